@@ -1,0 +1,47 @@
+# Two commands on a fresh Debian machine: `make up` runs the system, `make test` runs the whole suite.
+# Both create .venv and install what they need; a second run is quick (stamp files).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
+SYSTEM_PACKAGES := chromium docker-compose ffmpeg
+
+.PHONY: up test venv system lint lock clean-data
+
+up: venv
+	$(VENV)/bin/proctor up
+
+test: venv system
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Browser tests need Debian's chromium; the compose test needs docker-compose (v1 validates with no engine).
+system:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing system packages:$$missing"; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		else \
+			echo "missing system packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; \
+		fi; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# Re-pin after changing pyproject.toml (needs the registries).
+lock:
+	$(PY) -m pip freeze --exclude-editable | sort -f > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean-data:
+	rm -rf .data

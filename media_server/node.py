@@ -1,0 +1,247 @@
+"""A media node (`proctor media`): terminates candidates' WebRTC connections and feeds the outlets.
+
+Signaling reaches the node over a small internal HTTP API (`POST /offer`, `POST /sessions/{id}/close`,
+`GET /stats`); the node registers that address and its load in Redis every second, and persists each
+session's media time so a reconnect on any node continues the same timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCPeerConnection
+
+from media_server.ice import install_host_addresses, rtc_configuration
+from media_server.sdp import tune_answer
+from media_server.stream import CandidateStream
+from proctor.context import Context
+from proctor.http import error, read_json
+from proctor.redis import LIVE_CHANNEL, SESSION_CONTROL, SESSION_NODE
+from proctor.settings import Settings
+from signaling.nodes import NodeInfo, register, unregister
+from signaling.sessions import OPEN_STATUSES, parse_id
+
+log = logging.getLogger(__name__)
+
+FIRST_FRAME_TIMEOUT_S = 30.0
+ANSWER_TIMEOUT_S = 10.0
+
+# Something that attaches itself to each new stream (archiver segmenter, analyzers): called before the
+# answer is made, so it can subscribe to the encoded frames, the sampler and the signals.
+Attacher = Callable[[CandidateStream], None]
+
+
+class MediaNode:
+    def __init__(self, ctx: Context, attachers: list[Attacher] | None = None) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.url = ""
+        self.streams: dict[str, CandidateStream] = {}
+        self.attachers: list[Attacher] = list(attachers or [])
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._watchers: set[asyncio.Task[Any]] = set()
+        install_host_addresses(self.settings.ice_host_addresses)
+
+    # --- internal API --------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_sdp_bytes + 8192)
+        app.router.add_post("/offer", self.handle_offer)
+        app.router.add_post("/sessions/{session_id}/close", self.handle_close)
+        app.router.add_get("/stats", self.handle_stats)
+        return app
+
+    async def handle_offer(self, request: web.Request) -> web.Response:
+        body = await read_json(request, self.settings.max_sdp_bytes + 4096)
+        session_id = parse_id(str(body.get("session_id", "")))
+        sdp = body.get("sdp")
+        if session_id is None or not isinstance(sdp, str) or body.get("type") != "offer":
+            raise error(web.HTTPBadRequest, "expected {session_id, sdp, type: offer}")
+        old = self.streams.get(session_id)
+        if old is not None:
+            await old.close("replaced by a new connection")  # a reload: same session continues here
+        if len(self.streams) >= self.settings.media_node_capacity:
+            raise error(web.HTTPServiceUnavailable, "node is full")
+        async with self.ctx.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT status, duration_s, connections, last_seen_at FROM sessions WHERE id = $1", session_id)
+        if row is None:
+            raise error(web.HTTPNotFound, "no such session")
+        if row["status"] not in OPEN_STATUSES:
+            raise error(web.HTTPConflict, f"session is {row['status']}")
+        pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
+        stream = CandidateStream(session_id, pc, base_s=float(row["duration_s"]), on_closed=self._on_closed)
+        for attach in self.attachers:
+            attach(stream)
+        try:
+            answer = await asyncio.wait_for(stream.answer(sdp), ANSWER_TIMEOUT_S)
+        except Exception as exc:  # aiortc raises many kinds on bad SDP; none may take the node down
+            await pc.close()
+            log.info("session %s: offer refused: %r", session_id, exc)
+            raise error(web.HTTPBadRequest, f"invalid offer: {exc or type(exc).__name__}") from None
+        self.streams[session_id] = stream
+        async with self.ctx.pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE sessions SET status = 'live', started_at = coalesce(started_at, now()), node_id = $2, "
+                "connections = connections + 1 WHERE id = $1 AND status = ANY($3::text[])",
+                session_id, self.node_id, list(OPEN_STATUSES))
+        await self.ctx.redis.set(SESSION_NODE.format(session_id=session_id), self.node_id, ex=7 * 86400)
+        self._watch(stream, reconnect=row["connections"] > 0, last_seen=row["last_seen_at"])
+        return web.json_response({"sdp": tune_answer(answer.sdp, self.settings.video_bitrate_kbps),
+                                  "type": answer.type})
+
+    def _watch(self, stream: CandidateStream, *, reconnect: bool, last_seen: Any) -> None:
+        task = asyncio.create_task(self._watch_first_frame(stream, reconnect, last_seen))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch_first_frame(self, stream: CandidateStream, reconnect: bool, last_seen: Any) -> None:
+        """Record the reconnect gap once media flows again; drop a connection that never sends media."""
+        try:
+            await asyncio.wait_for(stream.first_frame.wait(), FIRST_FRAME_TIMEOUT_S)
+        except TimeoutError:
+            await stream.close("no media within 30 s")
+            return
+        wall_gap = max(0.0, time.time() - last_seen.timestamp()) if (reconnect and last_seen) else None
+        async with self.ctx.pool.acquire() as conn:
+            if wall_gap is not None:
+                gap = {"at_s": round(stream.clock.base_s, 3), "wall_s": round(wall_gap, 3), "node": self.node_id}
+                await conn.execute("UPDATE sessions SET media_gaps = media_gaps || $2::jsonb WHERE id = $1",
+                                   stream.session_id, [gap])
+        await self._publish(stream.session_id, "connected")
+
+    async def handle_close(self, request: web.Request) -> web.Response:
+        session_id = parse_id(request.match_info["session_id"]) or ""
+        stream = self.streams.get(session_id)
+        if stream is not None:
+            await stream.close("moved to another node")
+            return web.json_response({"closed": True, "duration_s": stream.clock.end_s})
+        return web.json_response({"closed": False})
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"node_id": self.node_id, "capacity": self.settings.media_node_capacity,
+                                  "streams": [s.snapshot() for s in self.streams.values()]})
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    async def _on_closed(self, stream: CandidateStream) -> None:
+        if self.streams.get(stream.session_id) is stream:
+            del self.streams[stream.session_id]
+        await self._persist([stream])
+        await self._publish(stream.session_id, "disconnected")
+
+    async def _persist(self, streams: list[CandidateStream]) -> None:
+        """Write each stream's media time; a reconnect (here or elsewhere) continues from it."""
+        rows = [(s.session_id, s.clock.end_s) for s in streams if s.clock.first_ts is not None]
+        if not rows:
+            return
+        try:
+            async with self.ctx.pool.acquire() as conn:
+                await conn.executemany(
+                    "UPDATE sessions SET duration_s = greatest(duration_s, $2), last_seen_at = now() WHERE id = $1",
+                    rows)
+        except Exception as exc:  # Postgres down: keep streaming, the next beat retries
+            log.warning("could not persist media time: %s", exc)
+
+    async def _publish(self, session_id: str, connection: str) -> None:
+        try:
+            await self.ctx.redis.publish(LIVE_CHANNEL, json.dumps(
+                {"type": "connection", "session_id": session_id, "connection": connection, "node": self.node_id,
+                 "at": time.time()}))
+        except Exception as exc:
+            log.warning("could not publish connection state: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        process.cpu_percent(None)
+        while True:
+            info = NodeInfo(self.node_id, self.url, len(self.streams), self.settings.media_node_capacity,
+                            process.cpu_percent(None))
+            try:
+                await register(self.ctx.redis, info)
+            except Exception as exc:
+                log.warning("node heartbeat failed: %s", exc)
+            await self._persist(list(self.streams.values()))
+            await asyncio.sleep(1.0)
+
+    async def _control(self) -> None:
+        """Follow control messages (session ended elsewhere) and close the stream they name."""
+        while True:
+            try:
+                pubsub = self.ctx.redis.pubsub()
+                await pubsub.subscribe(SESSION_CONTROL)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        data = json.loads(message["data"])
+                    except (ValueError, TypeError):
+                        continue
+                    stream = self.streams.get(str(data.get("session_id")))
+                    if stream is not None and data.get("action") == "end":
+                        await stream.close("session ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("control channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(1.0)
+
+    async def start(self, host: str, port: int) -> web.AppRunner:
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1]
+        self.url = f"http://{host}:{bound}"
+        self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._control())]
+        log.info("media node %s serving %s (capacity %d)", self.node_id, self.url,
+                 self.settings.media_node_capacity)
+        return runner
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.close("node stopping") for s in list(self.streams.values())),
+                             return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await unregister(self.ctx.redis, self.node_id)
+        except Exception:
+            pass
+
+
+def default_attachers(settings: Settings) -> list[Attacher]:
+    """The rooms that subscribe to every stream: filled in as archiver and analyzers register here."""
+    return []
+
+
+async def run(settings: Settings) -> None:
+    ctx = await Context.open(settings, pool_size=5)
+    node = MediaNode(ctx, default_attachers(settings))
+    runner = await node.start(settings.media_node_host, settings.media_node_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+        await runner.cleanup()
+        await ctx.close()
+
+
+def main(settings: Settings) -> int:
+    asyncio.run(run(settings))
+    return 0

@@ -1,0 +1,270 @@
+"""One candidate's WebRTC connection on a media node: peer connection, outlets, timeline and stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.rtcdatachannel import RTCDataChannel
+
+from media_server.taps import EncodedFrame, FrameSampler, drain, tap_encoded, vp8_size
+
+log = logging.getLogger(__name__)
+
+VIDEO_CLOCK = 90_000
+# A forward jump larger than this between consecutive video frames is a broken timestamp, not real time.
+MAX_TS_JUMP_S = 10.0
+MAX_SIGNAL_BYTES = 4096
+
+
+@dataclass
+class MediaClock:
+    """Session media time from the video RTP clock: base (media already received before this connection)
+    plus the RTP time since this connection's first video frame. Backward steps and absurd jumps are
+    refused (they would read as hours) and counted."""
+
+    base_s: float
+    first_ts: int | None = None
+    last_ts: int | None = None
+    offset_ts: int = 0  # RTP units removed after a refused forward jump
+    refused: int = 0
+
+    def media_time(self, timestamp: int) -> float | None:
+        if self.first_ts is None:
+            self.first_ts = self.last_ts = timestamp
+        assert self.last_ts is not None
+        delta = timestamp - self.offset_ts - self.last_ts
+        if delta < -VIDEO_CLOCK:  # more than a second backwards: not a reordering
+            self.refused += 1
+            return None
+        if delta > MAX_TS_JUMP_S * VIDEO_CLOCK:
+            # Treat the jump as one frame interval so the timeline stays continuous.
+            self.offset_ts += delta - VIDEO_CLOCK // 30
+            self.refused += 1
+        adjusted = timestamp - self.offset_ts
+        if adjusted > self.last_ts:
+            self.last_ts = adjusted
+        return self.base_s + (adjusted - self.first_ts) / VIDEO_CLOCK
+
+    def at(self, timestamp: int) -> float | None:
+        """Media time of a timestamp without advancing the clock (decoded frames lag the encoded tap)."""
+        if self.first_ts is None:
+            return None
+        adjusted = timestamp - self.offset_ts
+        if adjusted < self.first_ts:
+            return None
+        return self.base_s + (adjusted - self.first_ts) / VIDEO_CLOCK
+
+    @property
+    def end_s(self) -> float:
+        """Media time just after the last frame received (one nominal frame after its start)."""
+        if self.first_ts is None or self.last_ts is None:
+            return self.base_s
+        return self.base_s + (self.last_ts - self.first_ts) / VIDEO_CLOCK + 1 / 30
+
+
+@dataclass
+class StreamStats:
+    started_wall: float = field(default_factory=time.time)
+    first_frame_wall: float | None = None
+    last_frame_wall: float | None = None
+    video_frames: int = 0
+    video_bytes: int = 0
+    audio_frames: int = 0
+    audio_bytes: int = 0
+    keyframes: int = 0
+    width: int = 0
+    height: int = 0
+    resolution_changes: int = 0
+    signals: int = 0
+    bad_signals: int = 0
+    _window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=600))
+
+    def add_video(self, frame: EncodedFrame) -> None:
+        now = time.time()
+        if self.first_frame_wall is None:
+            self.first_frame_wall = now
+        self.last_frame_wall = now
+        self.video_frames += 1
+        self.video_bytes += len(frame.data)
+        self._window.append((now, len(frame.data)))
+        size = vp8_size(frame.data)
+        if size is not None:
+            self.keyframes += 1
+            if size != (self.width, self.height):
+                if self.width:
+                    self.resolution_changes += 1
+                self.width, self.height = size
+
+    def rates(self, window_s: float = 2.0) -> tuple[float, float]:
+        """(fps, kbit/s) over the last `window_s` seconds."""
+        now = time.time()
+        recent = [(t, n) for t, n in self._window if now - t <= window_s]
+        if len(recent) < 2:
+            return 0.0, 0.0
+        span = max(now - recent[0][0], 1e-3)
+        return len(recent) / span, sum(n for _, n in recent) * 8 / 1000 / span
+
+
+class CandidateStream:
+    """A candidate's peer connection. Other rooms attach to it through `on_encoded`, `sampler` and `on_signal`
+    without this class knowing what they do."""
+
+    def __init__(self, session_id: str, pc: RTCPeerConnection, base_s: float, on_closed: Callable[[CandidateStream],
+                 Any]) -> None:
+        self.session_id = session_id
+        self.pc = pc
+        self.clock = MediaClock(base_s)
+        self.stats = StreamStats()
+        self.sampler = FrameSampler(self.clock.at)
+        self.encoded_sinks: list[Callable[[EncodedFrame], None]] = []
+        self.signal_sinks: list[Callable[[float, dict[str, Any]], None]] = []
+        self.close_hooks: list[Callable[[CandidateStream], Any]] = []
+        self.video_receiver: RTCRtpReceiver | None = None
+        self.first_frame = asyncio.Event()
+        self.closed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._on_closed = on_closed
+        self._closing = False
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_state)
+
+    # --- setup ---------------------------------------------------------------------------------------
+    async def answer(self, sdp: str) -> RTCSessionDescription:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                _prefer_codec(transceiver, "video/VP8")
+            transceiver.direction = "recvonly"
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        receiver = next((t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+        if receiver is None:
+            return
+        if track.kind == "video":
+            self.video_receiver = receiver
+            tap_encoded(receiver, "video", self._on_video)
+            self.sampler.start(track)
+        else:
+            tap_encoded(receiver, "audio", self._on_audio)
+            self._tasks.append(asyncio.create_task(drain(track), name=f"drain-audio-{self.session_id}"))
+
+    def _on_video(self, frame: EncodedFrame) -> None:
+        media_time = self.clock.media_time(frame.timestamp)
+        if media_time is None:
+            return
+        self.stats.add_video(frame)
+        if not self.first_frame.is_set():
+            self.first_frame.set()
+        for sink in self.encoded_sinks:
+            sink(frame)
+
+    def _on_audio(self, frame: EncodedFrame) -> None:
+        self.stats.audio_frames += 1
+        self.stats.audio_bytes += len(frame.data)
+        for sink in self.encoded_sinks:
+            sink(frame)
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        channel.on("message", self._on_message)
+
+    def _on_message(self, message: Any) -> None:
+        """Browser signals (tab hidden, blur, ...): small JSON objects with a `type`; anything else is counted
+        and dropped, never allowed to raise."""
+        if not isinstance(message, str) or len(message) > MAX_SIGNAL_BYTES:
+            self.stats.bad_signals += 1
+            return
+        try:
+            data = json.loads(message)
+        except ValueError:
+            self.stats.bad_signals += 1
+            return
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            self.stats.bad_signals += 1
+            return
+        self.stats.signals += 1
+        media_time = self.clock.end_s
+        for sink in self.signal_sinks:
+            try:
+                sink(media_time, data)
+            except Exception:
+                log.exception("signal subscriber failed")
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("session %s connection %s", self.session_id, state)
+        if state in ("failed", "closed"):
+            await self.close(f"connection {state}")
+
+    # --- control -------------------------------------------------------------------------------------
+    async def request_keyframe(self) -> bool:
+        """Send an RTCP PLI to the browser; Chromium answers with a keyframe 50-70 ms later."""
+        receiver = self.video_receiver
+        if receiver is None:
+            return False
+        sources = receiver.getSynchronizationSources()
+        if not sources:
+            return False
+        await receiver._send_rtcp_pli(sources[0].source)
+        return True
+
+    async def close(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        log.info("session %s stream closing: %s", self.session_id, reason)
+        await self.sampler.stop()
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for hook in self.close_hooks:
+            try:
+                result = hook(self)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("close hook failed for session %s", self.session_id)
+        self.closed.set()
+        await self._on_closed(self)
+
+    def snapshot(self) -> dict[str, Any]:
+        fps, kbps = self.stats.rates()
+        return {
+            "session_id": self.session_id,
+            "state": self.pc.connectionState,
+            "media_time_s": round(self.clock.end_s, 3),
+            "fps": round(fps, 1),
+            "kbps": round(kbps, 1),
+            "width": self.stats.width,
+            "height": self.stats.height,
+            "video_frames": self.stats.video_frames,
+            "audio_frames": self.stats.audio_frames,
+            "keyframes": self.stats.keyframes,
+            "resolution_changes": self.stats.resolution_changes,
+            "timestamp_refused": self.clock.refused,
+            "frames_decoded": self.sampler.frames_decoded,
+            "frames_sampled": self.sampler.frames_sampled,
+            "signals": self.stats.signals,
+            "bad_signals": self.stats.bad_signals,
+            "first_frame_after_s": round(self.stats.first_frame_wall - self.stats.started_wall, 3)
+            if self.stats.first_frame_wall else None,
+        }
+
+
+def _prefer_codec(transceiver: Any, mime: str) -> None:
+    from aiortc import RTCRtpReceiver as Receiver
+
+    codecs = Receiver.getCapabilities(transceiver.kind).codecs
+    preferred = [c for c in codecs if c.mimeType == mime] + [c for c in codecs if c.mimeType != mime]
+    transceiver.setCodecPreferences(preferred)

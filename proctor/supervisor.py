@@ -1,0 +1,175 @@
+"""`proctor up`: the whole system as one process tree on a laptop.
+
+Starts embedded Postgres and Redis where no URL is set, migrates, places bundled model weights, then runs
+`proctor serve`, `proctor media` and `proctor worker` as child processes, restarting any that dies, until
+Ctrl-C or SIGTERM; then stops the children first and the servers last, so nothing is cut off mid-write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+from proctor.embedded import EmbeddedPostgres, EmbeddedRedis
+from proctor.settings import Settings
+
+log = logging.getLogger("proctor.up")
+
+ROLES = (("web", ["serve"]), ("media", ["media"]), ("worker", ["worker"]))
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "proctor", *self.argv], env=self.env)
+        self.started_at = time.monotonic()
+
+    def stop(self, timeout: float) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _wait_healthy(url: str, timeout: float, children: list[Child]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(c.proc is not None and c.proc.poll() is not None for c in children):
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _ensure_admin(settings: Settings) -> str | None:
+    """On a first start with no accounts, create `admin` with a random password kept in the data dir."""
+    import asyncpg
+
+    from proctor import accounts
+
+    async def run() -> str | None:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            if await conn.fetchval("SELECT count(*) FROM users"):
+                return None
+            password = secrets.token_urlsafe(12)
+            from proctor.db import _init_connection
+
+            await _init_connection(conn)
+            await accounts.create_user(conn, "admin", "admin", password)
+            return password
+        finally:
+            await conn.close()
+
+    password = asyncio.run(run())
+    if password:
+        path = settings.data_dir / "admin_password"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
+    return password
+
+
+def run_up(settings: Settings) -> int:
+    from analyzers.models import install_bundled_weights
+    from proctor import migrate
+
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            log.info("stopping (signal %d)", signum)
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PROCTOR_DATA_DIR=str(settings.data_dir), HTTP_PORT=str(settings.http_port),
+               HTTP_HOST=settings.http_host)
+    postgres = EmbeddedPostgres(settings.data_dir / "postgres") if not settings.database_url else None
+    redis = EmbeddedRedis(settings.data_dir / "redis") if not settings.redis_url else None
+    children: list[Child] = []
+    try:
+        if postgres is not None:
+            env["DATABASE_URL"] = postgres.start()
+        if redis is not None:
+            env["REDIS_URL"] = redis.start()
+        settings = Settings.from_env(env)
+        migrate.upgrade(settings.database_url)
+        install_bundled_weights(settings)
+        password = _ensure_admin(settings)
+        children = [Child(name, argv, env=env) for name, argv in ROLES]
+        for child in children:
+            child.start()
+        healthy = _wait_healthy(settings.base_url, 60, children)
+        _print_banner(settings, env, password, healthy)
+        while not stopping:
+            for child in children:
+                _keep_alive(child)
+            time.sleep(0.2)
+        return 0
+    finally:
+        for child in reversed(children):
+            child.stop(timeout=15)
+        if redis is not None:
+            redis.stop()
+        if postgres is not None:
+            postgres.stop()
+        log.info("stopped")
+
+
+def _keep_alive(child: Child) -> None:
+    """Restart a child that died; back off when it keeps dying right after start."""
+    assert child.proc is not None
+    code = child.proc.poll()
+    if code is None:
+        return
+    quick = time.monotonic() - child.started_at < 10
+    child.restarts = child.restarts + 1 if quick else 1
+    delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6)) if quick else 0.5
+    log.error("%s exited with %s; restarting in %.1fs", child.name, code, delay)
+    time.sleep(delay)
+    child.start()
+
+
+def _print_banner(settings: Settings, env: dict[str, str], password: str | None, healthy: bool) -> None:
+    lines = [
+        "",
+        f"  Proctoring server {'running' if healthy else 'STARTED BUT NOT HEALTHY (see the log above)'}",
+        f"  Web:          {settings.base_url}/",
+        f"  Health:       {settings.base_url}/healthz",
+        f"  Data:         {settings.data_dir}",
+        f"  DATABASE_URL={env['DATABASE_URL']}",
+        f"  REDIS_URL={env['REDIS_URL']}",
+    ]
+    if password:
+        lines.append(f"  First start: created user `admin`, password in {settings.data_dir / 'admin_password'}")
+    lines += ["  Press Ctrl-C to stop.", ""]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,65 @@
+"""The web process: REST API, signaling, candidate pages, proctor and admin pages, /healthz."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from analyzers.models import model_status
+from proctor.context import Context
+from proctor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CTX = web.AppKey("ctx", Context)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    checks = await ctx.health()
+    body: dict[str, Any] = dict(checks)
+    body["models"] = model_status(ctx.settings)
+    body["media_nodes"] = await _media_nodes(ctx)
+    healthy = all(checks[name]["status"] == "ok" for name in ("database", "redis", "storage"))
+    body["status"] = "ok" if healthy else "error"
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def _media_nodes(ctx: Context) -> list[dict[str, Any]]:
+    from signaling.nodes import live_nodes
+
+    try:
+        return [node.public() for node in await live_nodes(ctx.redis)]
+    except Exception as exc:  # Redis down is already reported above; keep /healthz answering
+        log.debug("media node listing failed: %s", exc)
+        return []
+
+
+def create_app(settings: Settings, ctx: Context | None = None) -> web.Application:
+    from web.auth import identify
+
+    app = web.Application(client_max_size=12 * 1024 * 1024, middlewares=[identify])
+    app[SETTINGS] = settings
+
+    async def open_context(app: web.Application) -> Any:
+        app[CTX] = ctx or await Context.open(settings)
+        yield
+        if ctx is None:
+            await app[CTX].close()
+
+    app.cleanup_ctx.append(open_context)
+    app.router.add_get("/healthz", healthz)
+    from signaling.api import setup_routes as setup_signaling
+
+    setup_signaling(app)
+    return app
+
+
+def main(settings: Settings) -> None:
+    app = create_app(settings)
+    log.info("web listening on %s:%s (public %s)", settings.http_host, settings.http_port, settings.base_url)
+    web.run_app(app, host=settings.http_host, port=settings.http_port, print=None, access_log=None,
+                shutdown_timeout=5)
