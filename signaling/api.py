@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from proctor.http import error, read_json, too_large
+from proctor.http import USER, error, read_json, too_large
 from proctor.redis import OFFER_LOCK, SESSION_NODE
 from signaling import nodes, sessions, tokens
 
@@ -35,7 +35,7 @@ def _ctx(request: web.Request) -> Any:
 
 
 def require_user(request: web.Request) -> Any:
-    user = request.get("user")
+    user = request.get(USER)
     if user is None:
         raise error(web.HTTPUnauthorized, "login or an API token is required")
     return user
@@ -362,7 +362,7 @@ async def end_session_candidate(request: web.Request) -> web.Response:
 
 async def end_session(request: web.Request) -> web.Response:
     """POST /api/sessions/{id}/end: staff (cookie or API token) or the candidate (join token)."""
-    if request.get("user") is not None:
+    if request.get(USER) is not None:
         return await end_session_staff(request)
     return await end_session_candidate(request)
 

@@ -2,7 +2,7 @@
 
 The middleware only identifies; each handler decides what it needs through `require_user` / `require_admin`,
 and the candidate endpoints check their own join token. Identification is stored under request["user"],
-a plain key, so rooms that register routes here (signaling) need not import this module.
+a key of the shared package, so rooms that register routes here (signaling) need not import this module.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proctor import accounts
-
-USER = "user"
+from proctor.http import USER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
