@@ -111,6 +111,10 @@ def run_up(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_data_dir(settings)
+    if lock is None:
+        print(f"proctor up: another `proctor up` is using {settings.data_dir} (PROCTOR_DATA_DIR)", file=sys.stderr)
+        return 1
     env = dict(os.environ, PROCTOR_DATA_DIR=str(settings.data_dir), HTTP_PORT=str(settings.http_port),
                HTTP_HOST=settings.http_host)
     postgres = EmbeddedPostgres(settings.data_dir / "postgres") if not settings.database_url else None
@@ -143,6 +147,21 @@ def run_up(settings: Settings) -> int:
         if postgres is not None:
             postgres.stop()
         log.info("stopped")
+
+
+def _lock_data_dir(settings: Settings) -> int | None:
+    """An exclusive lock on the data dir for this process's lifetime (released by the kernel on any exit)."""
+    import fcntl
+
+    fd = os.open(settings.data_dir / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 def _keep_alive(child: Child) -> None:

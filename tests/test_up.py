@@ -64,6 +64,10 @@ def test_up_starts_serves_stops_and_restarts(tmp_path: Path) -> None:
         assert body["status"] == "ok"
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 3  # web, media, worker (plus redis)
+        # A second `proctor up` on the same data refuses instead of fighting over the servers.
+        second = _start(data_dir, free_port())
+        out, _ = second.communicate(timeout=60)
+        assert second.returncode == 1 and "another `proctor up`" in out
     finally:
         out = _stop(proc)
     assert f"Web:          {url}/" in out
