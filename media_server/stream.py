@@ -85,7 +85,7 @@ class StreamStats:
     resolution_changes: int = 0
     signals: int = 0
     bad_signals: int = 0
-    _window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=600))
+    _window: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=600))
 
     def add_video(self, frame: EncodedFrame) -> None:
         now = time.time()
@@ -94,7 +94,7 @@ class StreamStats:
         self.last_frame_wall = now
         self.video_frames += 1
         self.video_bytes += len(frame.data)
-        self._window.append((now, len(frame.data)))
+        self._window.append((now, frame.timestamp, len(frame.data)))
         size = vp8_size(frame.data)
         if size is not None:
             self.keyframes += 1
@@ -104,13 +104,16 @@ class StreamStats:
                 self.width, self.height = size
 
     def rates(self, window_s: float = 2.0) -> tuple[float, float]:
-        """(fps, kbit/s) over the last `window_s` seconds."""
+        """(fps, kbit/s) over the frames that arrived in the last `window_s` seconds, timed by their RTP
+        timestamps (capture time), so a burst after a stall does not read as a high frame rate."""
         now = time.time()
-        recent = [(t, n) for t, n in self._window if now - t <= window_s]
+        recent = [(ts, n) for t, ts, n in self._window if now - t <= window_s]
         if len(recent) < 2:
             return 0.0, 0.0
-        span = max(now - recent[0][0], 1e-3)
-        return len(recent) / span, sum(n for _, n in recent) * 8 / 1000 / span
+        span = (recent[-1][0] - recent[0][0]) / VIDEO_CLOCK
+        if span <= 0:
+            return 0.0, 0.0
+        return (len(recent) - 1) / span, sum(n for _, n in recent[1:]) * 8 / 1000 / span
 
 
 class CandidateStream:
@@ -220,6 +223,9 @@ class CandidateStream:
 
     async def close(self, reason: str) -> None:
         if self._closing:
+            # Whoever closes a second time (a reconnect replacing this stream) must see it fully closed,
+            # its media time persisted, before going on.
+            await self.closed.wait()
             return
         self._closing = True
         log.info("session %s stream closing: %s", self.session_id, reason)
@@ -235,8 +241,10 @@ class CandidateStream:
                     await result
             except Exception:
                 log.exception("close hook failed for session %s", self.session_id)
-        self.closed.set()
-        await self._on_closed(self)
+        try:
+            await self._on_closed(self)
+        finally:
+            self.closed.set()
 
     def snapshot(self) -> dict[str, Any]:
         fps, kbps = self.stats.rates()
@@ -257,6 +265,7 @@ class CandidateStream:
             "frames_sampled": self.sampler.frames_sampled,
             "signals": self.stats.signals,
             "bad_signals": self.stats.bad_signals,
+            "first_frame_at": self.stats.first_frame_wall,
             "first_frame_after_s": round(self.stats.first_frame_wall - self.stats.started_wall, 3)
             if self.stats.first_frame_wall else None,
         }

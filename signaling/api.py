@@ -207,6 +207,16 @@ async def consent(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def candidate_state(request: web.Request) -> web.Response:
+    """What a (re)loaded candidate page needs to resume: status, consent given, reference photo taken."""
+    async with _ctx(request).pool.acquire() as conn:
+        row = await _candidate_session(request, conn)
+        has_reference = await conn.fetchval("SELECT count(*) > 0 FROM reference_photos WHERE session_id = $1",
+                                            row["id"])
+    return web.json_response({"status": row["status"], "consented": row["consent_at"] is not None,
+                              "has_reference": has_reference, "duration_s": row["duration_s"]})
+
+
 def _require_open(row: asyncpg.Record) -> None:
     if row["status"] not in sessions.OPEN_STATUSES:
         raise error(web.HTTPConflict, f"session is {row['status']}", status=row["status"])
@@ -375,6 +385,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_delete("/api/sessions/{session_id}", delete_session)
     r.add_get("/api/sessions/{session_id}/events", list_events)
     r.add_post("/api/sessions/{session_id}/end", end_session)
+    r.add_get("/api/sessions/{session_id}/state", candidate_state)
     r.add_post("/api/sessions/{session_id}/consent", consent)
     r.add_post("/api/sessions/{session_id}/precheck", precheck)
     r.add_post("/api/sessions/{session_id}/reference", upload_reference)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +13,8 @@ from proctor.context import Context
 from proctor.settings import Settings
 
 log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent
 
 CTX = web.AppKey("ctx", Context)
 SETTINGS = web.AppKey("settings", Settings)
@@ -51,10 +54,17 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
             await app[CTX].close()
 
     app.cleanup_ctx.append(open_context)
+    import aiohttp_jinja2
+    import jinja2
+
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(WEB_DIR / "templates"), autoescape=True)
     app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     from signaling.api import setup_routes as setup_signaling
+    from web.candidate import setup_routes as setup_candidate
 
     setup_signaling(app)
+    setup_candidate(app)
     return app
 
 

@@ -1,0 +1,37 @@
+"""Real headless Chromium (Debian's package) driven by Playwright, with a fake camera clip."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+# Measured on these machines (ARCHITECTURE.md): these flags let headless Chromium stream a fake camera to aiortc
+# on loopback without touching the network.
+FLAGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-sandbox",
+    # A backgrounded headless tab would otherwise throttle timers and the encoder.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+
+
+def chromium_args(clip: Path | None) -> list[str]:
+    args = list(FLAGS)
+    if clip is not None:
+        args.append(f"--use-file-for-fake-video-capture={clip}")
+    return args
+
+
+def have_chromium() -> bool:
+    return Path(CHROMIUM).exists()

@@ -1,0 +1,175 @@
+"""Live ingest end to end in real headless Chromium: join link -> consent -> camera check -> reference photo ->
+stream at 640x480 -> page reload continues the same session -> finish."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from media_server.node import MediaNode
+from proctor.context import Context
+from tests.browser import CHROMIUM, chromium_args, have_chromium
+from tests.conftest import ARTIFACTS, RunningApp, free_port
+from tests.media import face_clip
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="Debian chromium not installed")]
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return face_clip(tmp_path_factory.mktemp("clip") / "face.y4m")
+
+
+@pytest.fixture(scope="session")
+async def media_node(ctx: Context) -> AsyncIterator[MediaNode]:
+    node = MediaNode(ctx)
+    runner = await node.start("127.0.0.1", free_port())
+    # Wait for the first heartbeat so signaling can see the node.
+    for _ in range(50):
+        if await ctx.redis.exists(f"proctor:node:{node.node_id}"):
+            break
+        await asyncio.sleep(0.1)
+    try:
+        yield node
+    finally:
+        await node.stop()
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def browser(clip: Path) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        instance = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(clip))
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+async def create_session(base: str, token: str, candidate: str = "Ada Lovelace", exam: str = "Math 101") -> dict:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.post(f"{base}/api/sessions", json={"candidate": candidate, "exam": exam}) as response:
+            assert response.status == 201, await response.text()
+            return await response.json()
+
+
+async def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def stream_of(node: MediaNode, session_id: str) -> dict | None:
+    stream = node.streams.get(session_id)
+    return stream.snapshot() if stream is not None else None
+
+
+async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_node: MediaNode, browser: Any,
+                                                admin_token: str, ctx: Context) -> None:
+    session = await create_session(web_server.url, admin_token)
+    session_id = session["id"]
+    assert session["status"] == "created" and session["join_url"].startswith(f"{web_server.url}/join/")
+
+    page = await browser.new_page()
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.goto(session["join_url"])
+    await page.check("#consent-box")
+    await page.click("#consent-btn")
+    # The server-side pre-check finds the one face in the clip and enables the photo button.
+    await page.wait_for_selector("#photo-btn:not([disabled])", timeout=30_000)
+    assert "Looks good" in await page.text_content("#precheck-msg")
+    await page.click("#photo-btn")
+    await page.wait_for_selector("#step-exam:not([hidden])", timeout=15_000)
+    async with ctx.pool.acquire() as conn:
+        photo = await conn.fetchrow("SELECT * FROM reference_photos WHERE session_id = $1", session_id)
+    assert photo is not None and photo["faces"] == 1
+    assert await ctx.storage.exists(photo["storage_key"])
+
+    await page.click("#start-btn")
+    await page.wait_for_function("window.proctor.connection === 'connected'", timeout=20_000)
+    await page.screenshot(path=str(ARTIFACTS / "candidate-connected.png"))
+
+    # Frames arrive at 640x480 and at least 25 fps within a few seconds of connecting.
+    async def full_quality() -> dict | None:
+        snap = stream_of(media_node, session_id)
+        ok = snap and snap["width"] == 640 and snap["height"] == 480 and snap["fps"] >= 25
+        return snap if ok else None
+
+    connected_at = time.monotonic()
+    snap = await wait_for(full_quality, timeout=15)
+    print(f"640x480 at {snap['fps']} fps, {snap['kbps']} kbit/s, {time.monotonic() - connected_at:.1f}s after connect")
+    # Bitrate: the answer's start bitrate lets Chromium use the target within seconds, not after ~30 s.
+    async def bitrate_up() -> dict | None:
+        snap = stream_of(media_node, session_id)
+        return snap if snap and snap["kbps"] >= 0.5 * ctx.settings.video_bitrate_kbps else None
+
+    snap = await wait_for(bitrate_up, timeout=8)
+    print(f"{snap['kbps']} kbit/s {time.monotonic() - connected_at:.1f}s after connect")
+    # The decoded outlet is drained (frames nobody reads would pile up in the track's queue).
+    await wait_for(lambda: _decoded(media_node, session_id), timeout=5)
+    async with ctx.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id)
+    assert row["status"] == "live" and row["node_id"] == media_node.node_id and row["connections"] == 1
+
+    # Reload: the page reconnects by itself to the same session; the timeline records the gap.
+    await asyncio.sleep(2.5)  # let media time accumulate and be persisted
+    before = stream_of(media_node, session_id)
+    assert before is not None
+    reload_started = time.time()
+    await page.reload()
+    await page.wait_for_function("window.proctor.connection === 'connected'", timeout=30_000)
+
+    async def new_stream_flowing() -> dict | None:
+        snap = stream_of(media_node, session_id)
+        return snap if snap and snap["first_frame_at"] and snap["first_frame_at"] > reload_started else None
+
+    after = await wait_for(new_stream_flowing, timeout=15)
+    print(f"reload -> first frame at the server: {after['first_frame_at'] - reload_started:.2f}s")
+    async with ctx.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id)
+        count = await conn.fetchval("SELECT count(*) FROM sessions WHERE candidate = 'Ada Lovelace' "
+                                    "AND created_at >= $1", row["created_at"])
+    assert count == 1  # never a second session
+    assert row["connections"] == 2
+    gaps = await wait_for(lambda: _gaps(ctx, session_id), timeout=10)
+    assert len(gaps) == 1 and gaps[0]["at_s"] >= before["media_time_s"]
+    assert after["media_time_s"] >= gaps[0]["at_s"]  # the timeline continues, never restarts at 0
+
+    # Finish after a little more exam: the session ends and the node lets the stream go.
+    await asyncio.sleep(1.5)
+    await page.click("#finish-btn")
+    await page.wait_for_selector("#step-done:not([hidden])", timeout=10_000)
+    await wait_for(lambda: _no_stream(media_node, session_id), timeout=10)
+    async with ctx.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT status, end_reason, duration_s FROM sessions WHERE id = $1", session_id)
+    assert row["status"] == "ended" and row["end_reason"] == "finished by candidate"
+    assert row["duration_s"] > gaps[0]["at_s"] + 1.5  # the second connection's media was added
+    await page.screenshot(path=str(ARTIFACTS / "candidate-finished.png"))
+    await page.close()
+
+
+async def _gaps(ctx: Context, session_id: str) -> list[dict]:
+    async with ctx.pool.acquire() as conn:
+        return await conn.fetchval("SELECT media_gaps FROM sessions WHERE id = $1", session_id)
+
+
+async def _no_stream(node: MediaNode, session_id: str) -> bool:
+    return session_id not in node.streams
+
+
+async def _decoded(node: MediaNode, session_id: str) -> bool:
+    snap = stream_of(node, session_id)
+    return bool(snap and snap["frames_decoded"] > 0)
