@@ -61,14 +61,14 @@ async def create_session(base: str, token: str, candidate: str = "Ada Lovelace",
             return await response.json()
 
 
-async def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Any, within: float, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + within
     while True:
         value = await predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
 
 
@@ -109,17 +109,17 @@ async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_no
         return snap if ok else None
 
     connected_at = time.monotonic()
-    snap = await wait_for(full_quality, timeout=15)
+    snap = await wait_for(full_quality, within=15)
     print(f"640x480 at {snap['fps']} fps, {snap['kbps']} kbit/s, {time.monotonic() - connected_at:.1f}s after connect")
     # Bitrate: the answer's start bitrate lets Chromium use the target within seconds, not after ~30 s.
     async def bitrate_up() -> dict | None:
         snap = stream_of(media_node, session_id)
         return snap if snap and snap["kbps"] >= 0.5 * ctx.settings.video_bitrate_kbps else None
 
-    snap = await wait_for(bitrate_up, timeout=8)
+    snap = await wait_for(bitrate_up, within=8)
     print(f"{snap['kbps']} kbit/s {time.monotonic() - connected_at:.1f}s after connect")
     # The decoded outlet is drained (frames nobody reads would pile up in the track's queue).
-    await wait_for(lambda: _decoded(media_node, session_id), timeout=5)
+    await wait_for(lambda: _decoded(media_node, session_id), within=5)
     async with ctx.pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id)
     assert row["status"] == "live" and row["node_id"] == media_node.node_id and row["connections"] == 1
@@ -136,7 +136,7 @@ async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_no
         snap = stream_of(media_node, session_id)
         return snap if snap and snap["first_frame_at"] and snap["first_frame_at"] > reload_started else None
 
-    after = await wait_for(new_stream_flowing, timeout=15)
+    after = await wait_for(new_stream_flowing, within=15)
     print(f"reload -> first frame at the server: {after['first_frame_at'] - reload_started:.2f}s")
     async with ctx.pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id)
@@ -144,7 +144,7 @@ async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_no
                                     "AND created_at >= $1", row["created_at"])
     assert count == 1  # never a second session
     assert row["connections"] == 2
-    gaps = await wait_for(lambda: _gaps(ctx, session_id), timeout=10)
+    gaps = await wait_for(lambda: _gaps(ctx, session_id), within=10)
     assert len(gaps) == 1 and gaps[0]["at_s"] >= before["media_time_s"]
     assert after["media_time_s"] >= gaps[0]["at_s"]  # the timeline continues, never restarts at 0
 
@@ -152,7 +152,7 @@ async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_no
     await asyncio.sleep(1.5)
     await page.click("#finish-btn")
     await page.wait_for_selector("#step-done:not([hidden])", timeout=10_000)
-    await wait_for(lambda: _no_stream(media_node, session_id), timeout=10)
+    await wait_for(lambda: _no_stream(media_node, session_id), within=10)
     async with ctx.pool.acquire() as conn:
         row = await conn.fetchrow("SELECT status, end_reason, duration_s FROM sessions WHERE id = $1", session_id)
     assert row["status"] == "ended" and row["end_reason"] == "finished by candidate"
