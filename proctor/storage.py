@@ -31,7 +31,7 @@ class InvalidKey(StorageError, ValueError):
 
 def check_key(key: str) -> str:
     parts = key.split("/")
-    if not key or len(key) > 1000 or not all(_KEY_PART.match(part) for part in parts):
+    if not key or len(key) > 1000 or not all(_KEY_PART.fullmatch(part) for part in parts):
         raise InvalidKey(f"invalid storage key {key!r}")
     return key
 
@@ -97,7 +97,7 @@ class LocalStorage(Storage):
     def _put_file(self, key: str, path: Path) -> int:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(6).hex()}.part")  # unique per write
         shutil.copyfile(path, tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -110,7 +110,7 @@ class LocalStorage(Storage):
     def _put_bytes(self, key: str, data: bytes) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(6).hex()}.part")  # unique per write
         tmp.write_bytes(data)
         os.replace(tmp, target)
 

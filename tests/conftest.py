@@ -5,19 +5,25 @@ Tests that need their own servers (start/stop/restart) make them in their own tm
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp import web
 
+from media_server.node import MediaNode
 from proctor import accounts, migrate
 from proctor.context import Context
 from proctor.embedded import EmbeddedPostgres, EmbeddedRedis
 from proctor.settings import Settings
+from tests.browser import CHROMIUM, chromium_args
+from tests.media import face_clip
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -107,6 +113,50 @@ async def web_server(settings: Settings, ctx: Context) -> AsyncIterator[RunningA
         yield RunningApp(runner, f"http://127.0.0.1:{port}")
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return face_clip(tmp_path_factory.mktemp("clip") / "face.y4m")
+
+
+@pytest.fixture(scope="session")
+async def media_node(ctx: Context) -> AsyncIterator[MediaNode]:
+    node = MediaNode(ctx)
+    runner = await node.start("127.0.0.1", free_port())
+    # Wait for the first heartbeat so signaling can see the node.
+    for _ in range(50):
+        if await ctx.redis.exists(f"proctor:node:{node.node_id}"):
+            break
+        await asyncio.sleep(0.1)
+    try:
+        yield node
+    finally:
+        await node.stop()
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def browser(clip: Path) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        instance = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(clip))
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+
+async def wait_for(predicate: Any, within: float, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,44 +12,10 @@ import pytest
 
 from media_server.node import MediaNode
 from proctor.context import Context
-from tests.browser import CHROMIUM, chromium_args, have_chromium
-from tests.conftest import ARTIFACTS, RunningApp, free_port
-from tests.media import face_clip
+from tests.browser import have_chromium
+from tests.conftest import ARTIFACTS, RunningApp, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="Debian chromium not installed")]
-
-
-@pytest.fixture(scope="session")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return face_clip(tmp_path_factory.mktemp("clip") / "face.y4m")
-
-
-@pytest.fixture(scope="session")
-async def media_node(ctx: Context) -> AsyncIterator[MediaNode]:
-    node = MediaNode(ctx)
-    runner = await node.start("127.0.0.1", free_port())
-    # Wait for the first heartbeat so signaling can see the node.
-    for _ in range(50):
-        if await ctx.redis.exists(f"proctor:node:{node.node_id}"):
-            break
-        await asyncio.sleep(0.1)
-    try:
-        yield node
-    finally:
-        await node.stop()
-        await runner.cleanup()
-
-
-@pytest.fixture(scope="session")
-async def browser(clip: Path) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        instance = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=chromium_args(clip))
-        try:
-            yield instance
-        finally:
-            await instance.close()
 
 
 async def create_session(base: str, token: str, candidate: str = "Ada Lovelace", exam: str = "Math 101") -> dict:
@@ -59,17 +23,6 @@ async def create_session(base: str, token: str, candidate: str = "Ada Lovelace",
         async with http.post(f"{base}/api/sessions", json={"candidate": candidate, "exam": exam}) as response:
             assert response.status == 201, await response.text()
             return await response.json()
-
-
-async def wait_for(predicate: Any, within: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(interval)
 
 
 def stream_of(node: MediaNode, session_id: str) -> dict | None:
