@@ -131,6 +131,7 @@ class CandidateStream:
         self.signal_sinks: list[Callable[[float, dict[str, Any]], None]] = []
         self.close_hooks: list[Callable[[CandidateStream], Any]] = []
         self.video_receiver: RTCRtpReceiver | None = None
+        self.channel: RTCDataChannel | None = None
         self.first_frame = asyncio.Event()
         self.closed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -179,6 +180,7 @@ class CandidateStream:
             sink(frame)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        self.channel = channel
         channel.on("message", self._on_message)
 
     def _on_message(self, message: Any) -> None:
@@ -194,6 +196,12 @@ class CandidateStream:
             return
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             self.stats.bad_signals += 1
+            return
+        if data["type"] == "ping":
+            # The page's liveness check: a dead node stops answering and the page reconnects within seconds,
+            # instead of waiting for ICE consent to expire (30 s).
+            if self.channel is not None and self.channel.readyState == "open":
+                self.channel.send(json.dumps({"type": "pong", "t": data.get("t")}))
             return
         self.stats.signals += 1
         media_time = self.clock.end_s

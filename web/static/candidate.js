@@ -149,7 +149,10 @@
     state.pc = pc;
     for (const track of media.getTracks()) pc.addTrack(track, media);
     channel = pc.createDataChannel("signals", { ordered: true });
-    channel.onopen = () => { sendSignal("hello", { screen_extended: screenExtended() }); };
+    channel.onopen = () => { state.lastPong = Date.now(); sendSignal("hello", { screen_extended: screenExtended() }); };
+    channel.onmessage = (event) => {
+      try { if (JSON.parse(event.data).type === "pong") state.lastPong = Date.now(); } catch (err) { /* ignore */ }
+    };
     pc.onconnectionstatechange = () => onState(pc);
     try {
       await pc.setLocalDescription(await pc.createOffer());
@@ -187,7 +190,7 @@
       // Often recovers by itself within a few seconds; give it that chance first.
       setConnection("reconnecting");
       clearTimeout(disconnectTimer);
-      disconnectTimer = setTimeout(() => { if (pc.connectionState !== "connected") scheduleReconnect(pc); }, 3000);
+      disconnectTimer = setTimeout(() => { if (pc.connectionState !== "connected") scheduleReconnect(pc); }, 1500);
     } else if (s === "failed" || s === "closed") {
       scheduleReconnect(pc);
     }
@@ -203,6 +206,19 @@
     hint("exam-msg", `Connection lost; reconnecting (attempt ${state.attempts})...`, "bad");
     reconnectTimer = setTimeout(connect, delay);
   }
+
+  // Liveness: the node answers pings on the data channel. A node that died stops answering; reconnect after
+  // LIVENESS_MS instead of waiting ~30 s for ICE consent to expire.
+  const LIVENESS_MS = 4000;
+  setInterval(() => {
+    const pc = state.pc;
+    if (!pc || state.connection !== "connected" || !channel || channel.readyState !== "open") return;
+    channel.send(JSON.stringify({ type: "ping", t: Date.now() }));
+    if (Date.now() - (state.lastPong || 0) > LIVENESS_MS) {
+      console.warn("media node stopped answering; reconnecting");
+      scheduleReconnect(pc);
+    }
+  }, 1000);
 
   $("start-btn").addEventListener("click", async () => {
     $("start-btn").disabled = true;
