@@ -172,7 +172,9 @@ class MediaNode:
                 await register(self.ctx.redis, info)
             except Exception as exc:
                 log.warning("node heartbeat failed: %s", exc)
-            await self._persist(list(self.streams.values()))
+            streams = list(self.streams.values())
+            await self._persist(streams)
+            await asyncio.gather(*(s.refresh_receiver_stats() for s in streams), return_exceptions=True)
             await asyncio.sleep(1.0)
 
     async def _control(self) -> None:
@@ -203,7 +205,7 @@ class MediaNode:
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1]
-        self.url = f"http://{host}:{bound}"
+        self.url = f"http://{self.settings.media_node_advertise_host or host}:{bound}"
         self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._control())]
         log.info("media node %s serving %s (capacity %d)", self.node_id, self.url,
                  self.settings.media_node_capacity)

@@ -85,6 +85,9 @@ class StreamStats:
     resolution_changes: int = 0
     signals: int = 0
     bad_signals: int = 0
+    packets_received: int = 0
+    packets_lost: int = 0
+    jitter_ms: float = 0.0
     _window: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=600))
 
     def add_video(self, frame: EncodedFrame) -> None:
@@ -229,6 +232,17 @@ class CandidateStream:
         await receiver._send_rtcp_pli(sources[0].source)
         return True
 
+    async def refresh_receiver_stats(self) -> None:
+        """Packet counts and loss of the video stream, from aiortc's RTCP receiver statistics."""
+        if self.video_receiver is None:
+            return
+        report = await self.video_receiver.getStats()
+        for stat in report.values():
+            if getattr(stat, "type", "") == "inbound-rtp":
+                self.stats.packets_received = int(stat.packetsReceived)
+                self.stats.packets_lost = int(stat.packetsLost)
+                self.stats.jitter_ms = round(float(stat.jitter) / (VIDEO_CLOCK / 1000), 1)  # RTP units
+
     async def close(self, reason: str) -> None:
         if self._closing:
             # Whoever closes a second time (a reconnect replacing this stream) must see it fully closed,
@@ -267,6 +281,11 @@ class CandidateStream:
             "video_frames": self.stats.video_frames,
             "audio_frames": self.stats.audio_frames,
             "keyframes": self.stats.keyframes,
+            "packets_received": self.stats.packets_received,
+            "packets_lost": self.stats.packets_lost,
+            "loss_pct": round(100 * self.stats.packets_lost / max(1, self.stats.packets_lost
+                                                                  + self.stats.packets_received), 2),
+            "jitter_ms": self.stats.jitter_ms,
             "resolution_changes": self.stats.resolution_changes,
             "timestamp_refused": self.clock.refused,
             "frames_decoded": self.sampler.frames_decoded,

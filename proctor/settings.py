@@ -166,6 +166,10 @@ class Settings:
         "loopback tests or a public IP behind 1:1 NAT.")
     media_node_host: str = _setting(
         "MEDIA_NODE_HOST", "127.0.0.1", _str, "Address a media node's internal API binds to and registers.")
+    media_node_advertise_host: str = _setting(
+        "MEDIA_NODE_ADVERTISE_HOST", "", _str,
+        "Address signaling uses to reach a media node's internal API, when it binds 0.0.0.0 on another machine. "
+        "Empty: MEDIA_NODE_HOST.")
     media_node_port: int = _setting(
         "MEDIA_NODE_PORT", "8090", _int(0, 65535), "Port of a media node's internal API (0: any free port).")
     media_node_capacity: int = _setting(

@@ -73,6 +73,12 @@ async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_no
     print(f"{snap['kbps']} kbit/s {time.monotonic() - connected_at:.1f}s after connect")
     # The decoded outlet is drained (frames nobody reads would pile up in the track's queue).
     await wait_for(lambda: _decoded(media_node, session_id), within=5)
+    async def rtp_counted() -> dict | None:
+        snap = stream_of(media_node, session_id)
+        return snap if snap and snap["packets_received"] > 100 else None
+
+    snap = await wait_for(rtp_counted, within=5)
+    assert snap["loss_pct"] < 5 and snap["keyframes"] >= 1
     async with ctx.pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id)
     assert row["status"] == "live" and row["node_id"] == media_node.node_id and row["connections"] == 1

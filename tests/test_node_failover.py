@@ -32,7 +32,7 @@ async def _start_media_process(settings: Any, ctx: Context) -> tuple[subprocess.
                PROCTOR_DATA_DIR=str(settings.data_dir), ICE_HOST_ADDRESSES="127.0.0.1", MEDIA_NODE_PORT="0",
                SECRET_KEY=settings.secret_key)
     before = {n.node_id for n in await live_nodes(ctx.redis)}
-    proc = subprocess.Popen([sys.executable, "-m", "proctor", "media"], cwd=ROOT, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "proctor", "media"], cwd=ROOT, env=env)  # noqa: ASYNC220 (test)
 
     async def registered() -> str | None:
         assert proc.poll() is None, "proctor media exited"
