@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -34,11 +35,36 @@ from signaling.sessions import OPEN_STATUSES, parse_id
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 30.0
+# A connection that stops sending media (browser closed, laptop asleep) is let go after this long instead of
+# waiting ~30 s for ICE consent to expire; the candidate page reconnects by itself when it can.
+MEDIA_TIMEOUT_S = 8.0
 ANSWER_TIMEOUT_S = 10.0
 
 # Something that attaches itself to each new stream (archiver segmenter, analyzers): called before the
 # answer is made, so it can subscribe to the encoded frames, the sampler and the signals.
 Attacher = Callable[[CandidateStream], None]
+
+
+class LoopLag:
+    """How late the event loop wakes a 50 ms sleeper: the one figure that says whether RTP is being served
+    in time (CPU percent cannot, since decoding runs in threads)."""
+
+    def __init__(self, window: int = 200) -> None:
+        self.samples: deque[float] = deque(maxlen=window)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(0.05)
+            self.samples.append(max(0.0, loop.time() - started - 0.05) * 1000)
+
+    def summary(self) -> dict[str, float]:
+        ordered = sorted(self.samples)
+        if not ordered:
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+        return {"p50": round(ordered[len(ordered) // 2], 1), "p99": round(ordered[int(0.99 * (len(ordered) - 1))], 1),
+                "max": round(ordered[-1], 1)}
 
 
 class MediaNode:
@@ -51,6 +77,7 @@ class MediaNode:
         self.attachers: list[Attacher] = list(attachers or [])
         self._tasks: list[asyncio.Task[Any]] = []
         self._watchers: set[asyncio.Task[Any]] = set()
+        self.loop_lag = LoopLag()
         install_host_addresses(self.settings.ice_host_addresses)
 
     # --- internal API --------------------------------------------------------------------------------
@@ -130,6 +157,7 @@ class MediaNode:
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"node_id": self.node_id, "capacity": self.settings.media_node_capacity,
+                                  "loop_lag_ms": self.loop_lag.summary(),
                                   "streams": [s.snapshot() for s in self.streams.values()]})
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -173,6 +201,11 @@ class MediaNode:
             except Exception as exc:
                 log.warning("node heartbeat failed: %s", exc)
             streams = list(self.streams.values())
+            now = time.time()
+            for stream in streams:
+                last = stream.stats.last_frame_wall
+                if last is not None and now - last > MEDIA_TIMEOUT_S:
+                    asyncio.create_task(stream.close(f"no media for {MEDIA_TIMEOUT_S:.0f} s"))
             await self._persist(streams)
             await asyncio.gather(*(s.refresh_receiver_stats() for s in streams), return_exceptions=True)
             await asyncio.sleep(1.0)
@@ -206,7 +239,8 @@ class MediaNode:
         await site.start()
         bound = runner.addresses[0][1]
         self.url = f"http://{self.settings.media_node_advertise_host or host}:{bound}"
-        self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._control())]
+        self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._control()),
+                       asyncio.create_task(self.loop_lag.run())]
         log.info("media node %s serving %s (capacity %d)", self.node_id, self.url,
                  self.settings.media_node_capacity)
         return runner
