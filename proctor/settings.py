@@ -111,6 +111,13 @@ def _ice_servers(raw: str) -> tuple[dict[str, Any], ...]:
     return tuple(value)
 
 
+def _event_timing(raw: str) -> str:
+    from analyzers.rules import parse_event_timing
+
+    parse_event_timing(raw)  # raises ValueError naming the bad entry
+    return raw.strip()
+
+
 def _setting(env: str, default: str, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
     return field(default=None, metadata={"env": env, "default": default, "parse": parse, "doc": doc, "secret": secret})
 
@@ -196,6 +203,39 @@ class Settings:
         "DeepFace model for identity checks; its weights must be present.")
     phone_model_path: str = _setting(
         "PHONE_MODEL_PATH", "", _str, "YOLOv8 ONNX export for phone detection. Empty: phone detector unavailable.")
+    analyzers_enabled: tuple[str, ...] = _setting(
+        "ANALYZERS", "faces,gaze,identity,phone", _csv,
+        "Detectors to run on every stream; one whose model is unavailable is skipped and reported.")
+    faces_fps: float = _setting("FACES_FPS", "4", _float(0.1), "Frames per second analysed for face counting.")
+    face_min_score: float = _setting(
+        "FACE_MIN_SCORE", "0.6", _float(0.0), "Lowest detector score that counts as a face.")
+    gaze_fps: float = _setting("GAZE_FPS", "4", _float(0.1), "Frames per second analysed for head pose and iris.")
+    gaze_yaw_deg: float = _setting(
+        "GAZE_YAW_DEG", "30", _float(1.0),
+        "Head turn from the candidate's baseline that counts as looking away, degrees.")
+    gaze_pitch_deg: float = _setting(
+        "GAZE_PITCH_DEG", "25", _float(1.0),
+        "Head tilt up/down from the baseline that counts as looking away, degrees.")
+    gaze_iris: float = _setting(
+        "GAZE_IRIS", "0.15", _float(0.01), "Iris movement from the baseline that counts as looking away, eye widths.")
+    gaze_baseline_s: float = _setting(
+        "GAZE_BASELINE_S", "3", _float(0.5),
+        "Seconds of first frames with a face whose median is the gaze baseline when the reference photo has none.")
+    identity_interval_s: float = _setting(
+        "IDENTITY_INTERVAL_S", "5", _float(1.0), "Seconds between identity checks against the reference photo.")
+    identity_metric: str = _setting(
+        "IDENTITY_METRIC", "cosine", _choice("cosine", "euclidean", "euclidean_l2", "angular"),
+        "Distance DeepFace compares embeddings with.")
+    identity_threshold: float = _setting(
+        "IDENTITY_THRESHOLD", "0", _float(0.0),
+        "Distance above which the live face is another person; 0: DeepFace's tuned value for model and metric.")
+    phone_fps: float = _setting("PHONE_FPS", "1", _float(0.1), "Frames per second analysed for phones.")
+    phone_conf: float = _setting("PHONE_CONF", "0.35", _float(0.01), "Lowest \"cell phone\" score that counts.")
+    phone_iou: float = _setting("PHONE_IOU", "0.45", _float(0.01), "Box overlap above which detections merge (NMS).")
+    event_timing: str = _setting(
+        "EVENT_TIMING", "", _event_timing,
+        "Per-kind hysteresis overrides, start/end seconds: e.g. no_face=5/2,phone=1/3 "
+        "(defaults in analyzers/rules.py).")
     # --- misc --------------------------------------------------------------------------------------
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of every process.")

@@ -1,0 +1,197 @@
+"""What every detector is: one small class behind one interface, chosen by configuration (like Frigate's plugins).
+
+A detector turns one sampled RGB frame into `Signal`s (per-frame observations); `analyzers.rules.EventRules`
+turns those into events with hysteresis. Detectors run in worker threads and are CPU-bound.
+
+Threading model: one detector *instance* per candidate stream (so per-stream state — the gaze baseline, the
+identity reference — lives on the instance and one worker thread calls it at a time), while the heavy models
+are loaded once per process into module-level caches (`ModelPool`, `load_once`) guarded by locks.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+ALL_DETECTORS = ("faces", "gaze", "identity", "phone")
+
+
+class DetectorUnavailable(Exception):
+    """A detector cannot run here (weights missing, package missing); the message says what to do about it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Signal:
+    """One detector's observation about one frame.
+
+    kind: the event kind it feeds ("no_face", "multiple_people", "looking_away", "identity_mismatch", "phone").
+    active: whether the condition is present in this frame.
+    confidence: 0..1, how sure/how strong; for the threshold-based detectors 0.5 is "just at the threshold".
+    details: JSON-serializable facts for the event record (counts, angles, distances, boxes).
+    box: optional [x1, y1, x2, y2] in frame pixels, evidence to draw on the snapshot.
+    """
+
+    kind: str
+    active: bool
+    confidence: float
+    details: dict[str, Any] = field(default_factory=dict)
+    box: list[float] | None = None
+
+
+class Detector(ABC):
+    name: str = ""
+    fps: float = 1.0  # the rate it wants frames at
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load and warm up the model(s); cheap after the first call in a process. Raises DetectorUnavailable."""
+
+    @abstractmethod
+    def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
+        """Observe one HxWx3 uint8 RGB frame taken at `media_time_s` on the session media timeline."""
+
+    def status(self) -> tuple[bool, str]:
+        return True, self.name
+
+
+@dataclass(frozen=True)
+class AnalyzerConfig:
+    """Everything the detectors and the event rules read; `from_settings` works before Settings has the fields."""
+
+    enabled: tuple[str, ...] = ALL_DETECTORS
+    models_home: Path = Path(".data/models")  # DeepFace home: weights in models_home/.deepface/weights
+    # faces
+    faces_fps: float = 4.0
+    face_min_score: float = 0.6
+    # gaze
+    gaze_fps: float = 4.0
+    gaze_yaw_deg: float = 30.0
+    gaze_pitch_deg: float = 25.0
+    gaze_iris: float = 0.15  # iris offset from its baseline, in eye widths
+    gaze_baseline_s: float = 3.0
+    # identity
+    identity_model: str = "Dlib"
+    identity_interval_s: float = 5.0
+    identity_metric: str = "cosine"
+    identity_threshold: float = 0.0  # 0: DeepFace's threshold for the model and metric
+    # phone
+    phone_model_path: str = ""
+    phone_fps: float = 1.0
+    phone_conf: float = 0.35
+    phone_iou: float = 0.45
+    # events: "kind=start/end,..." overrides of analyzers.rules defaults, e.g. "no_face=5/2,phone=2/3"
+    event_timing: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> AnalyzerConfig:
+        def get(name: str) -> Any:
+            return getattr(settings, name, getattr(cls, name))
+
+        enabled = getattr(settings, "analyzers_enabled", cls.enabled)
+        if isinstance(enabled, str):
+            enabled = tuple(part.strip() for part in enabled.split(",") if part.strip())
+        models_home = getattr(settings, "models_home", None)
+        return cls(
+            enabled=tuple(enabled),
+            models_home=Path(models_home) if models_home else cls.models_home,
+            faces_fps=float(get("faces_fps")),
+            face_min_score=float(get("face_min_score")),
+            gaze_fps=float(get("gaze_fps")),
+            gaze_yaw_deg=float(get("gaze_yaw_deg")),
+            gaze_pitch_deg=float(get("gaze_pitch_deg")),
+            gaze_iris=float(get("gaze_iris")),
+            gaze_baseline_s=float(get("gaze_baseline_s")),
+            identity_model=str(get("identity_model")),
+            identity_interval_s=float(get("identity_interval_s")),
+            identity_metric=str(get("identity_metric")),
+            identity_threshold=float(get("identity_threshold")),
+            phone_model_path=str(get("phone_model_path") or ""),
+            phone_fps=float(get("phone_fps")),
+            phone_conf=float(get("phone_conf")),
+            phone_iou=float(get("phone_iou")),
+            event_timing=str(get("event_timing") or ""),
+        )
+
+    @property
+    def weights_dir(self) -> Path:
+        return Path(self.models_home) / ".deepface" / "weights"
+
+    def rules_config(self) -> Any:
+        """The event rules for these settings (identity checks are sparse: allow gaps of a few intervals)."""
+        from analyzers.rules import RulesConfig
+
+        return RulesConfig.default(identity_interval_s=self.identity_interval_s).with_timing(self.event_timing)
+
+
+def default_pool_size() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class ModelPool(Generic[T]):
+    """Up to `size` instances of a model that is not thread-safe (a mediapipe graph), made on first need and
+    lent to one thread at a time; callers beyond `size` wait for one to come back."""
+
+    def __init__(self, factory: Callable[[], T], size: int | None = None) -> None:
+        self._factory = factory
+        self._size = size or default_pool_size()
+        self._free: queue.LifoQueue[T] = queue.LifoQueue()
+        self._created = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def get(self) -> Iterator[T]:
+        try:
+            item = self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                create = self._created < self._size
+                if create:
+                    self._created += 1
+            if create:
+                try:
+                    item = self._factory()
+                except BaseException:
+                    with self._lock:
+                        self._created -= 1
+                    raise
+            else:
+                item = self._free.get()
+        try:
+            yield item
+        finally:
+            self._free.put(item)
+
+
+_once_lock = threading.Lock()
+_once: dict[Any, Any] = {}
+
+
+def load_once(key: Any, loader: Callable[[], T]) -> T:
+    """A process-wide cache: `loader()` runs once per key (serialized); a failure is not cached."""
+    try:
+        return _once[key]  # type: ignore[no-any-return]
+    except KeyError:
+        pass
+    with _once_lock:
+        if key not in _once:
+            _once[key] = loader()
+        return _once[key]  # type: ignore[no-any-return]
+
+
+def clamp01(value: float) -> float:
+    return float(min(1.0, max(0.0, value)))

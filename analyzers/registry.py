@@ -1,0 +1,66 @@
+"""Which detectors run: the enabled ones (AnalyzerConfig.enabled / ANALYZERS), each loaded and warmed up.
+
+`build_detectors(config)` is called once per candidate stream (detectors keep per-stream state); the models
+behind them load once per process, so after the first stream it costs microseconds. A detector that cannot
+run is left out and the reason recorded (`.unavailable` on the returned list) — it never silently passes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from analyzers.base import AnalyzerConfig, Detector, DetectorUnavailable
+from analyzers.faces import FaceDetector
+from analyzers.gaze import GazeDetector
+from analyzers.identity import IdentityDetector
+from analyzers.phone import PhoneDetector
+
+log = logging.getLogger(__name__)
+
+DETECTORS: dict[str, type[Detector]] = {
+    "faces": FaceDetector,
+    "gaze": GazeDetector,
+    "identity": IdentityDetector,
+    "phone": PhoneDetector,
+}
+
+
+class Detectors(list[Detector]):
+    """The detectors that loaded, plus `unavailable`: name -> why not, for the enabled ones that did not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unavailable: dict[str, str] = {}
+
+    def get(self, name: str) -> Detector | None:
+        return next((detector for detector in self if detector.name == name), None)
+
+
+def build_detectors(config: AnalyzerConfig) -> Detectors:
+    out = Detectors()
+    for name in config.enabled:
+        cls = DETECTORS.get(name)
+        if cls is None:
+            out.unavailable[name] = f"unknown detector {name!r}; known: {', '.join(DETECTORS)}"
+            log.warning("detector %s: %s", name, out.unavailable[name])
+            continue
+        detector = cls(config)  # type: ignore[call-arg]  # every detector takes the config
+        try:
+            detector.load()
+        except DetectorUnavailable as exc:
+            out.unavailable[name] = exc.reason
+            log.warning("detector %s unavailable: %s", name, exc.reason)
+            continue
+        out.append(detector)
+    return out
+
+
+def detector_status(detectors: Detectors) -> dict[str, dict[str, object]]:
+    """{name: {"ok": bool, "detail": str}} for loaded and unavailable detectors alike (for /healthz)."""
+    status: dict[str, dict[str, object]] = {}
+    for detector in detectors:
+        ok, detail = detector.status()
+        status[detector.name] = {"ok": ok, "detail": detail, "fps": detector.fps}
+    for name, reason in detectors.unavailable.items():
+        status[name] = {"ok": False, "detail": reason}
+    return status

@@ -1,0 +1,241 @@
+"""Event hysteresis (analyzers.rules): exact start/end times, flicker, gaps, peaks, flush, browser signals."""
+
+from __future__ import annotations
+
+import pytest
+
+from analyzers.base import AnalyzerConfig
+from analyzers.rules import (
+    EventChange,
+    EventRules,
+    KindRule,
+    RulesConfig,
+    browser_signal_to_condition,
+    parse_event_timing,
+)
+
+
+def feed(rules: EventRules, kind: str, frames: list[tuple[float, bool]], confidence: float = 0.8,
+         ) -> list[EventChange]:
+    changes: list[EventChange] = []
+    for t, active in frames:
+        changes += rules.update(kind, active, confidence if active else 0.1, t, {"t": t}, frame_ref=t)
+    return changes
+
+
+def frames(start: float, stop: float, active: bool, step: float = 0.25) -> list[tuple[float, bool]]:
+    n = int(round((stop - start) / step))
+    return [(round(start + i * step, 6), active) for i in range(n)]
+
+
+def test_start_and_end_times_are_exact() -> None:
+    rules = EventRules()  # no_face: start after 3 s, end after 2 s
+    changes = feed(rules, "no_face", frames(0, 10, False) + frames(10, 20, True) + frames(20, 30, False))
+    assert [c.type for c in changes] == ["start", "end"]
+    start, end = changes
+    assert start.start_s == 10.0 and start.end_s is None  # the first active frame, not the confirming one
+    assert end.start_s == 10.0 and end.end_s == 20.0  # the first clear frame
+    assert start.event_id == end.event_id
+
+
+def test_start_is_confirmed_exactly_after_start_after() -> None:
+    rules = EventRules()
+    assert feed(rules, "no_face", frames(10, 12.75 + 0.25, True)) == []  # held 2.75 s
+    [start] = rules.update("no_face", True, 0.8, 13.0)  # held 3.0 s
+    assert start.type == "start" and start.start_s == 10.0
+    assert feed(rules, "no_face", frames(14, 15.75 + 0.25, False)) == []  # clear 1.75 s
+    [end] = rules.update("no_face", False, 0.1, 16.0)
+    assert end.type == "end" and end.end_s == 14.0
+
+
+def test_flicker_shorter_than_start_after_never_starts() -> None:
+    rules = EventRules()
+    pattern = []
+    t = 0.0
+    for _ in range(20):  # 2.5 s on, 0.5 s off, for a minute: never 3 s in a row
+        pattern += frames(t, t + 2.5, True) + frames(t + 2.5, t + 3.0, False)
+        t += 3.0
+    assert feed(rules, "no_face", pattern) == []
+    assert rules.flush(t) == []
+
+
+def test_short_clear_gaps_do_not_end_an_event() -> None:
+    rules = EventRules()  # multiple_people: 2 s / 2 s
+    pattern = frames(0, 3, True)
+    for t in (3, 6, 9):  # 1.5 s clear, then active again
+        pattern += frames(t, t + 1.5, False) + frames(t + 1.5, t + 3, True)
+    pattern += frames(12, 15, False)
+    changes = feed(rules, "multiple_people", pattern)
+    assert [c.type for c in changes] == ["start", "end"]
+    assert changes[0].start_s == 0.0 and changes[1].end_s == 12.0
+
+
+def test_peak_confidence_and_its_frame_travel_with_the_event() -> None:
+    rules = EventRules()  # phone: 1 s / 2 s
+    out = []
+    for t, conf in [(0, 0.4), (0.5, 0.6), (1.0, 0.5), (1.5, 0.62), (2.0, 0.9), (2.5, 0.7), (3.0, 0.95)]:
+        out += rules.update("phone", True, conf, t, {"score": conf}, frame_ref=f"frame@{t}")
+    assert [c.type for c in out] == ["start", "update", "update"]
+    start, up1, up2 = out
+    assert start.start_s == 0 and start.confidence == 0.6 and start.frame_ref == "frame@0.5"  # peak of the run
+    assert start.details == {"score": 0.6}
+    # 0.62 is not 0.05 above 0.6: no update; 0.9 is, and so is 0.95.
+    assert (up1.confidence, up1.frame_ref) == (0.9, "frame@2.0")
+    assert (up2.confidence, up2.frame_ref) == (0.95, "frame@3.0")
+    out = feed(rules, "phone", frames(3.5, 6, False))
+    assert [c.type for c in out] == ["end"]
+    assert out[0].end_s == 3.5 and out[0].confidence == 0.95 and out[0].frame_ref == "frame@3.0"
+
+
+def test_update_step_zero_reports_every_new_peak() -> None:
+    rules = EventRules(RulesConfig(RulesConfig.default().rules, update_step=0.0))
+    out = []
+    for t, conf in [(0, 0.5), (1.0, 0.51), (1.5, 0.52), (2.0, 0.52)]:
+        out += rules.update("phone", True, conf, t)
+    assert [(c.type, c.confidence) for c in out] == [("start", 0.51), ("update", 0.52)]
+
+
+def test_flush_ends_open_events() -> None:
+    rules = EventRules()
+    feed(rules, "no_face", frames(5, 10, True))
+    feed(rules, "phone", frames(8, 9, True))  # phone: held 0.75 s < 1 s, never started
+    feed(rules, "looking_away", frames(0, 5, True) + frames(5, 6, False))  # open, clear run began at 5
+    out = rules.flush(10.0)
+    by_kind = {c.kind: c for c in out}
+    assert set(by_kind) == {"no_face", "looking_away"}
+    assert by_kind["no_face"].type == "end" and (by_kind["no_face"].start_s, by_kind["no_face"].end_s) == (5, 10)
+    assert (by_kind["looking_away"].start_s, by_kind["looking_away"].end_s) == (0, 5)  # its first clear frame
+    assert rules.flush(11.0) == [] and rules.open_events() == {}
+
+
+def test_frame_gap_does_not_invent_events() -> None:
+    rules = EventRules()  # no_face: 3 s; default max gap 3 s
+    # Active at 0..1, then nothing for 10 s, then active for 1 s: never 3 s of continuous evidence.
+    assert feed(rules, "no_face", frames(0, 1, True) + frames(11, 12, True)) == []
+    # An open event whose frames stop ends at its last evidence, not when frames come back.
+    feed(rules, "no_face", frames(20, 25, True))  # started at 20, last frame 24.75
+    out = rules.update("no_face", True, 0.9, 40.0)
+    assert [(c.type, c.start_s, c.end_s) for c in out] == [("end", 20.0, 24.75)]
+    # ... and tick() does the same without waiting for a frame.
+    feed(rules, "no_face", frames(50, 55, True))
+    assert rules.tick(56.0) == []
+    [end] = rules.tick(60.0)
+    assert (end.start_s, end.end_s) == (50.0, 54.75)
+
+
+def test_identity_needs_two_consecutive_checks() -> None:
+    rules = EventRules(AnalyzerConfig(identity_interval_s=5).rules_config())
+    assert rules.update("identity_mismatch", True, 0.9, 5.0) == []
+    assert rules.update("identity_mismatch", False, 0.2, 10.0) == []  # one mismatch alone: nothing
+    assert rules.update("identity_mismatch", True, 0.8, 15.0) == []
+    [start] = rules.update("identity_mismatch", True, 0.9, 20.0)
+    assert start.start_s == 15.0 and start.confidence == 0.9
+    assert rules.update("identity_mismatch", False, 0.2, 25.0) == []
+    assert rules.update("identity_mismatch", True, 0.9, 30.0) == []  # one match alone does not end it
+    assert rules.update("identity_mismatch", False, 0.2, 35.0) == []
+    [end] = rules.update("identity_mismatch", False, 0.2, 40.0)
+    assert end.end_s == 35.0
+    # A check skipped (no face for one interval) does not break the run: the gap allowance is 3.5 intervals.
+    assert rules.update("identity_mismatch", True, 0.9, 50.0) == []
+    assert [c.type for c in rules.update("identity_mismatch", True, 0.9, 60.0)] == ["start"]
+
+
+def test_timing_overrides() -> None:
+    assert parse_event_timing(" no_face=5/1.5 , phone=0/3") == {"no_face": (5.0, 1.5), "phone": (0.0, 3.0)}
+    assert parse_event_timing("") == {}
+    for bad in ("no_face=5", "no_face:5/2", "nose=1/1", "phone=a/2", "phone=-1/2"):
+        with pytest.raises(ValueError):
+            parse_event_timing(bad)
+    rules = EventRules(AnalyzerConfig(event_timing="no_face=1/0").rules_config())
+    out = feed(rules, "no_face", frames(0, 1.25, True) + [(2.0, False)])
+    assert [(c.type, c.start_s, c.end_s) for c in out] == [("start", 0, None), ("end", 0, 2.0)]
+    assert rules.config.rules["phone"] == RulesConfig.default().rules["phone"]
+
+
+def test_out_of_order_and_unknown_kinds() -> None:
+    rules = EventRules(RulesConfig({"x": KindRule(0.0, 0.0)}))
+    assert [c.type for c in rules.update("x", True, 0.5, 10.0)] == ["start"]
+    assert rules.update("x", False, 0.5, 9.0) == []  # older than the last frame: ignored
+    with pytest.raises(ValueError):
+        rules.update("nope", True, 1.0, 0.0)
+
+
+# --- browser signals ------------------------------------------------------------------------------------
+def test_browser_signal_mapping() -> None:
+    cases = {
+        "tab_hidden": ("tab_hidden", True), "tab_visible": ("tab_hidden", False),
+        "window_blur": ("window_blur", True), "window_focus": ("window_blur", False),
+        "fullscreen_exit": ("fullscreen_exit", True), "fullscreen_enter": ("fullscreen_exit", False),
+        "copy": ("copy_paste", True), "cut": ("copy_paste", True), "paste": ("copy_paste", True),
+    }
+    for kind, expected in cases.items():
+        assert browser_signal_to_condition({"type": kind, "at": 123}) == expected
+    assert browser_signal_to_condition({"type": "hello", "screen_extended": True}) == ("second_screen", True)
+    assert browser_signal_to_condition({"type": "screen_change", "screen_extended": False}) == ("second_screen", False)
+    assert browser_signal_to_condition({"type": "hello", "screen_extended": None}) is None
+    for other in ({"type": "ping"}, {"type": "pong"}, {}, {"type": 5}, "tab_hidden"):
+        assert browser_signal_to_condition(other) is None  # type: ignore[arg-type]
+
+
+def test_tab_hidden_latches_between_messages() -> None:
+    rules = EventRules()  # tab_hidden: start after 1 s, end after 0.5 s
+    assert rules.browser_signal({"type": "tab_hidden"}, 10.0) == []
+    assert rules.tick(10.5) == []
+    [start] = rules.tick(11.2)  # no new message: the hidden state held
+    assert (start.kind, start.start_s, start.confidence) == ("tab_hidden", 10.0, 1.0)
+    assert rules.browser_signal({"type": "tab_visible"}, 15.0) == []
+    assert rules.tick(15.3) == []
+    [end] = rules.tick(15.6)
+    assert (end.start_s, end.end_s) == (10.0, 15.0)
+
+
+def test_browser_state_changes_without_ticks_still_have_exact_times() -> None:
+    rules = EventRules()
+    assert rules.browser_signal({"type": "window_blur"}, 3.0) == []  # window_blur: 2 s / 0.5 s
+    [start] = rules.browser_signal({"type": "window_focus"}, 7.0)  # held 4 s: confirmed by the change itself
+    assert start.start_s == 3.0
+    [end] = rules.browser_signal({"type": "window_blur"}, 9.0)  # focus held 2 s >= 0.5 s
+    assert end.end_s == 7.0
+    # A short blur (1 s) never becomes an event.
+    assert rules.browser_signal({"type": "window_focus"}, 10.0) == []
+    assert rules.tick(20.0) == []
+
+
+def test_short_tab_switch_and_refocus_are_ignored() -> None:
+    rules = EventRules()
+    out = rules.browser_signal({"type": "tab_hidden"}, 1.0) + rules.browser_signal({"type": "tab_visible"}, 1.6)
+    out += rules.tick(5.0)
+    assert out == []
+    # fullscreen exit, back within 0.3 s of the start: the event still started, and ends at re-entry.
+    out = rules.browser_signal({"type": "fullscreen_exit"}, 2.0) + rules.tick(3.1)
+    out += rules.browser_signal({"type": "fullscreen_enter"}, 3.3) + rules.browser_signal(
+        {"type": "fullscreen_exit"}, 3.5)  # out again after 0.2 s: the same event goes on
+    out += rules.tick(10.0) + rules.flush(12.0)
+    assert [(c.type, c.start_s, c.end_s) for c in out] == [("start", 2.0, None), ("end", 2.0, 12.0)]
+
+
+def test_copy_paste_are_instantaneous() -> None:
+    rules = EventRules()
+    out = rules.browser_signal({"type": "paste", "at": 1}, 42.5)
+    assert [(c.type, c.kind, c.start_s, c.end_s) for c in out] == [("start", "copy_paste", 42.5, 42.5),
+                                                                    ("end", "copy_paste", 42.5, 42.5)]
+    assert out[0].details == {"signal": "paste"} and out[0].event_id == out[1].event_id
+    again = rules.browser_signal({"type": "copy"}, 42.6)
+    assert again[0].event_id != out[0].event_id
+    assert rules.flush(50.0) == []
+
+
+def test_second_screen_from_hello() -> None:
+    rules = EventRules()
+    [start] = rules.browser_signal({"type": "hello", "screen_extended": True}, 0.5)
+    assert start.kind == "second_screen" and start.start_s == 0.5 and start.details["screen_extended"] is True
+    assert rules.browser_signal({"type": "hello", "screen_extended": None}, 5.0) == []  # unknown: no change
+    [end] = rules.browser_signal({"type": "screen_change", "screen_extended": False}, 30.0)
+    assert end.end_s == 30.0
+
+
+def test_browser_flush_confirms_then_ends() -> None:
+    rules = EventRules()
+    rules.browser_signal({"type": "tab_hidden"}, 100.0)
+    out = rules.flush(104.0)  # never ticked: it held 4 s, so it started at 100 and ends with the stream
+    assert [(c.type, c.start_s, c.end_s) for c in out] == [("start", 100.0, None), ("end", 100.0, 104.0)]
