@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiortc import RTCPeerConnection
@@ -40,9 +40,20 @@ FIRST_FRAME_TIMEOUT_S = 30.0
 MEDIA_TIMEOUT_S = 8.0
 ANSWER_TIMEOUT_S = 10.0
 
-# Something that attaches itself to each new stream (archiver segmenter, analyzers): called before the
-# answer is made, so it can subscribe to the encoded frames, the sampler and the signals.
-Attacher = Callable[[CandidateStream], None]
+
+
+class Plugin(Protocol):
+    """A room that works on every stream of the node (archiver, analyzers) without the node knowing what it
+    does: `attach` runs before the answer is made, so it can subscribe to the encoded frames, the sampler
+    and the signals; `start`/`stop` bracket the node's life."""
+
+    def attach(self, stream: CandidateStream) -> None: ...
+
+    async def start(self, node_id: str) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class LoopLag:
@@ -68,13 +79,13 @@ class LoopLag:
 
 
 class MediaNode:
-    def __init__(self, ctx: Context, attachers: list[Attacher] | None = None) -> None:
+    def __init__(self, ctx: Context, plugins: list[Plugin] | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.url = ""
         self.streams: dict[str, CandidateStream] = {}
-        self.attachers: list[Attacher] = list(attachers or [])
+        self.plugins: list[Plugin] = list(plugins or [])
         self._tasks: list[asyncio.Task[Any]] = []
         self._watchers: set[asyncio.Task[Any]] = set()
         self.loop_lag = LoopLag()
@@ -108,8 +119,8 @@ class MediaNode:
             raise error(web.HTTPConflict, f"session is {row['status']}")
         pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
         stream = CandidateStream(session_id, pc, base_s=float(row["duration_s"]), on_closed=self._on_closed)
-        for attach in self.attachers:
-            attach(stream)
+        for plugin in self.plugins:
+            plugin.attach(stream)
         try:
             answer = await asyncio.wait_for(stream.answer(sdp), ANSWER_TIMEOUT_S)
         except Exception as exc:  # aiortc raises many kinds on bad SDP; none may take the node down
@@ -158,6 +169,7 @@ class MediaNode:
     async def handle_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"node_id": self.node_id, "capacity": self.settings.media_node_capacity,
                                   "loop_lag_ms": self.loop_lag.summary(),
+                                  "plugins": {type(p).__name__: p.stats() for p in self.plugins},
                                   "streams": [s.snapshot() for s in self.streams.values()]})
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -233,6 +245,8 @@ class MediaNode:
                 await asyncio.sleep(1.0)
 
     async def start(self, host: str, port: int) -> web.AppRunner:
+        for plugin in self.plugins:
+            await plugin.start(self.node_id)
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
@@ -248,6 +262,11 @@ class MediaNode:
     async def stop(self) -> None:
         await asyncio.gather(*(s.close("node stopping") for s in list(self.streams.values())),
                              return_exceptions=True)
+        for plugin in self.plugins:
+            try:
+                await plugin.stop()
+            except Exception:
+                log.exception("plugin %s failed to stop", type(plugin).__name__)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -257,14 +276,9 @@ class MediaNode:
             pass
 
 
-def default_attachers(settings: Settings) -> list[Attacher]:
-    """The rooms that subscribe to every stream: filled in as archiver and analyzers register here."""
-    return []
-
-
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, plugins: Callable[[Context], list[Plugin]]) -> None:
     ctx = await Context.open(settings, pool_size=5)
-    node = MediaNode(ctx, default_attachers(settings))
+    node = MediaNode(ctx, plugins(ctx))
     runner = await node.start(settings.media_node_host, settings.media_node_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -278,6 +292,6 @@ async def run(settings: Settings) -> None:
         await ctx.close()
 
 
-def main(settings: Settings) -> int:
-    asyncio.run(run(settings))
+def main(settings: Settings, plugins: Callable[[Context], list[Plugin]]) -> int:
+    asyncio.run(run(settings, plugins))
     return 0

@@ -14,11 +14,13 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from media_server.taps import EncodedFrame, FrameSampler, drain, tap_encoded, vp8_size
+from media_server.taps import EncodedFrame, FrameSampler, drain, tap_encoded, tap_loss, vp8_size
 
 log = logging.getLogger(__name__)
 
 VIDEO_CLOCK = 90_000
+AUDIO_CLOCK = 48_000
+MAX_AV_DRIFT_S = 1.0
 # A forward jump larger than this between consecutive video frames is a broken timestamp, not real time.
 MAX_TS_JUMP_S = 10.0
 MAX_SIGNAL_BYTES = 4096
@@ -130,7 +132,11 @@ class CandidateStream:
         self.clock = MediaClock(base_s)
         self.stats = StreamStats()
         self.sampler = FrameSampler(self.clock.at)
-        self.encoded_sinks: list[Callable[[EncodedFrame], None]] = []
+        # Encoded frames with their session media time (audio mapped onto the video clock).
+        self.encoded_sinks: list[Callable[[EncodedFrame, float], None]] = []
+        # Times the jitter buffer threw packets away: the frames after it may be corrupt until a keyframe.
+        self.losses = 0
+        self._audio_anchor: tuple[int, float] | None = None
         self.signal_sinks: list[Callable[[float, dict[str, Any]], None]] = []
         self.close_hooks: list[Callable[[CandidateStream], Any]] = []
         self.video_receiver: RTCRtpReceiver | None = None
@@ -161,6 +167,7 @@ class CandidateStream:
         if track.kind == "video":
             self.video_receiver = receiver
             tap_encoded(receiver, "video", self._on_video)
+            tap_loss(receiver, self._on_loss)
             self.sampler.start(track)
         else:
             tap_encoded(receiver, "audio", self._on_audio)
@@ -174,13 +181,35 @@ class CandidateStream:
         if not self.first_frame.is_set():
             self.first_frame.set()
         for sink in self.encoded_sinks:
-            sink(frame)
+            sink(frame, media_time)
+
+    def _on_loss(self) -> None:
+        self.losses += 1
 
     def _on_audio(self, frame: EncodedFrame) -> None:
+        media_time = self._audio_time(frame.timestamp)
+        if media_time is None:
+            return
         self.stats.audio_frames += 1
         self.stats.audio_bytes += len(frame.data)
         for sink in self.encoded_sinks:
-            sink(frame)
+            sink(frame, media_time)
+
+    def _audio_time(self, timestamp: int) -> float | None:
+        """Audio has its own RTP clock and origin: anchor it to the video timeline at the first audio frame
+        (the latest video frame's media time plus the wall time since it arrived), re-anchoring if it drifts
+        more than MAX_AV_DRIFT_S from that estimate (a sender clock reset)."""
+        last_video = self.stats.last_frame_wall
+        if last_video is None:
+            return None  # the timeline starts with video
+        estimate = self.clock.end_s - 1 / 30 + (time.time() - last_video)
+        if self._audio_anchor is not None:
+            anchor_ts, anchor_time = self._audio_anchor
+            media_time = anchor_time + (timestamp - anchor_ts) / AUDIO_CLOCK
+            if abs(media_time - estimate) <= MAX_AV_DRIFT_S:
+                return media_time
+        self._audio_anchor = (timestamp, estimate)
+        return estimate
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         self.channel = channel

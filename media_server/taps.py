@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError
 log = logging.getLogger(__name__)
 
 DECODER_QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+JITTER_BUFFER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,23 @@ def tap_encoded(receiver: RTCRtpReceiver, kind: str, sink: EncodedSink) -> None:
         original_put(item, block, timeout)
 
     decoder_queue.put = put  # type: ignore[method-assign]
+
+
+def tap_loss(receiver: RTCRtpReceiver, on_loss: Callable[[], None]) -> None:
+    """Call `on_loss` whenever the receiver's jitter buffer throws packets away.
+
+    The jitter buffer does not check that a frame is complete: when it overflows (packets lost for good) it
+    drops the oldest packets, and the next frame it assembles may start mid-frame. aiortc sends a PLI then;
+    the archive must also drop frames until the keyframe that answers it.
+    """
+    jitter = getattr(receiver, JITTER_BUFFER_ATTR)
+    original_smart_remove = jitter.smart_remove
+
+    def smart_remove(count: int) -> bool:
+        on_loss()
+        return bool(original_smart_remove(count))
+
+    jitter.smart_remove = smart_remove
 
 
 class FrameSubscriber(Protocol):

@@ -53,7 +53,14 @@ def cmd_media(args: argparse.Namespace) -> int:
     from media_server.node import main as media
 
     overrides = {"MEDIA_NODE_PORT": str(args.port)} if args.port is not None else {}
-    return media(_load_settings(overrides))
+    return media(_load_settings(overrides), media_plugins)
+
+
+def media_plugins(ctx):  # type: ignore[no-untyped-def]
+    """The rooms every media node runs on each stream: the archive (and, with their issue, the analyzers)."""
+    from archiver.segmenter import Archive
+
+    return [Archive(ctx)]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

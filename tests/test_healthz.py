@@ -18,7 +18,7 @@ async def test_healthz_ok(web_server: RunningApp) -> None:
         assert response.status == 200
         body = await response.json()
     assert body["status"] == "ok"
-    assert body["database"]["status"] == "ok" and body["database"]["revision"] == "0001"
+    assert body["database"]["status"] == "ok" and body["database"]["revision"] == "0002"
     assert body["redis"]["status"] == "ok"
     assert body["storage"] == {**body["storage"], "status": "ok", "backend": "local"}
     assert set(body["models"]) == {"faces", "gaze", "identity", "phone"}

@@ -1,0 +1,255 @@
+"""The segmenter: copy-muxes a live stream's encoded VP8 and Opus into WebM segments of SEGMENT_SECONDS.
+
+Never decodes or re-encodes. Every segment starts on a keyframe: a PLI is sent ~0.1 s before each boundary and
+the cut is made at the first keyframe at or after it. Each video frame is written one frame late, when the next
+one shows how long it lasted, so consecutive segments tile the session timeline exactly. After packet loss
+the jitter buffer may hand over corrupt frames: they are dropped until the next keyframe (and a PLI asks for
+one), the last good frame holding the picture meanwhile.
+
+All file writing happens on one archive thread per media process, in order; the event loop only decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from archiver.spool import Spool, SpoolSegment, Uploader
+from media_server.stream import CandidateStream
+from media_server.taps import EncodedFrame, vp8_size
+from proctor.context import Context
+
+log = logging.getLogger(__name__)
+
+PLI_LEAD_S = 0.1  # ask for the keyframe this long before the boundary (Chromium answers in 50-70 ms)
+PLI_RETRY_S = 0.5
+NOMINAL_FRAME_S = 1 / 30
+AUDIO_FRAME_MS = 20
+
+
+@dataclass
+class _Open:
+    segment: SpoolSegment
+    writer: Any = None  # WebmWriter, created on the archive thread
+    frames: int = 0
+    pending: tuple[bytes, float, bool] | None = None  # (VP8 frame, media time, keyframe) awaiting its duration
+    pli_sent_at: float | None = None
+
+
+@dataclass
+class RecorderStats:
+    segments: int = 0
+    dropped_frames: int = 0
+    losses: int = 0
+    plis: int = 0
+    write_errors: int = 0
+    audio_dropped: int = 0
+    keyframe_waits: list[float] = field(default_factory=list)
+
+
+class StreamRecorder:
+    """Segments one candidate connection. Created by `Archive.attach` for each stream."""
+
+    def __init__(self, archive: Archive, stream: CandidateStream) -> None:
+        self.archive = archive
+        self.stream = stream
+        self.segment_s = float(archive.ctx.settings.segment_seconds)
+        self.current: _Open | None = None
+        self.dropping = True  # until the first keyframe
+        self.seen_losses = 0
+        self.stats = RecorderStats()
+        self._last_pli = 0.0
+        self._closed = False
+        stream.encoded_sinks.append(self.on_frame)
+        stream.close_hooks.append(self.on_close)
+
+    # --- decisions (event loop) ------------------------------------------------------------------------
+    def on_frame(self, frame: EncodedFrame, media_time: float) -> None:
+        if self._closed:
+            return
+        if frame.kind == "video":
+            self._video(frame, media_time)
+        else:
+            self._audio(frame, media_time)
+
+    def _video(self, frame: EncodedFrame, t: float) -> None:
+        keyframe = frame.is_keyframe
+        if self.stream.losses != self.seen_losses:
+            self.seen_losses = self.stream.losses
+            self.stats.losses += 1
+            self.dropping = True
+        if self.dropping:
+            if not keyframe:
+                self.stats.dropped_frames += 1
+                self._ask_keyframe()
+                return
+            self.dropping = False
+        current = self.current
+        if current is None:
+            if keyframe:
+                self._open(frame, t)
+            return
+        boundary = current.segment.start_s + self.segment_s
+        if keyframe and t >= boundary - NOMINAL_FRAME_S / 2:
+            self._flush_pending(current, until=t)
+            self._close(current, end_s=t)
+            self._open(frame, t)
+            return
+        if t >= boundary - PLI_LEAD_S:
+            if current.pli_sent_at is None or t - current.pli_sent_at >= PLI_RETRY_S:
+                current.pli_sent_at = t
+                self._ask_keyframe(force=True)
+        self._flush_pending(current, until=t)
+        current.pending = (frame.data, t, keyframe)
+
+    def _audio(self, frame: EncodedFrame, t: float) -> None:
+        current = self.current
+        if current is None or t < current.segment.start_s:
+            self.stats.audio_dropped += 1  # before the first keyframe, or straddling a cut
+            return
+        pts = round((t - current.segment.start_s) * 1000)
+        self._submit(_write_audio, current, frame.data, pts)
+
+    def _flush_pending(self, current: _Open, until: float) -> None:
+        if current.pending is None:
+            return
+        data, t, keyframe = current.pending
+        start = current.segment.start_s
+        pts = round((t - start) * 1000)
+        duration = max(1, round((until - start) * 1000) - pts)
+        current.frames += 1
+        current.pending = None
+        self._submit(_write_video, current, data, pts, duration, keyframe)
+
+    def _open(self, frame: EncodedFrame, t: float) -> None:
+        size = vp8_size(frame.data) or (0, 0)
+        segment = self.archive.spool.new_segment(self.stream.session_id, t)
+        current = _Open(segment)
+        current.pending = (frame.data, t, True)
+        self.current = current
+        self.stats.segments += 1
+        self._submit(_open_writer, current, self.archive.spool, size)
+        self.archive.allocate_soon(segment)
+
+    def _close(self, current: _Open, end_s: float) -> None:
+        current.segment.end_s = end_s
+        current.segment.frames = current.frames
+        self._submit(_close_writer, current, self.archive.spool)
+        loop = asyncio.get_running_loop()
+        # Upload once the archive thread has closed the file (it runs the queue in order).
+        fut = loop.run_in_executor(self.archive.executor, lambda: None)
+        fut.add_done_callback(lambda _f, s=current.segment: self.archive.uploader.submit(s))
+
+    def _ask_keyframe(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_pli < PLI_RETRY_S:
+            return
+        self._last_pli = now
+        self.stats.plis += 1
+        asyncio.ensure_future(self.stream.request_keyframe())
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(self.archive.executor, self._guard, fn, args)
+
+    def _guard(self, fn: Any, args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.stats.write_errors += 1
+            log.exception("archive write failed for session %s", self.stream.session_id)
+
+    # --- end of the connection ---------------------------------------------------------------------------
+    async def on_close(self, stream: CandidateStream) -> None:
+        """Write the last frame with its nominal duration and hand the final segment to the uploader."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.archive.recorders.get(stream.session_id) is self:
+            del self.archive.recorders[stream.session_id]
+        current = self.current
+        self.current = None
+        if current is None:
+            return
+        end = stream.clock.end_s
+        self._flush_pending(current, until=end)
+        self._close(current, end_s=end)
+        # Wait until the archive thread has written and closed this stream's last file.
+        await asyncio.get_running_loop().run_in_executor(self.archive.executor, lambda: None)
+
+
+# --- archive thread --------------------------------------------------------------------------------------
+def _open_writer(current: _Open, spool: Spool, size: tuple[int, int]) -> None:
+    from archiver.webm import WebmWriter
+
+    width, height = size
+    current.writer = WebmWriter(current.segment.path(spool.root), width or 640, height or 480)
+
+
+def _write_video(current: _Open, data: bytes, pts: int, duration: int, keyframe: bool) -> None:
+    if current.writer is not None:
+        current.writer.write_video(data, pts, duration, keyframe)
+
+
+def _write_audio(current: _Open, data: bytes, pts: int) -> None:
+    if current.writer is not None:
+        current.writer.write_audio(data, pts, AUDIO_FRAME_MS)
+
+
+def _close_writer(current: _Open, spool: Spool) -> None:
+    if current.writer is not None:
+        current.writer.close()
+        current.writer = None
+    current.segment.state = "closed"
+    spool.save(current.segment)
+
+
+class Archive:
+    """The archive side of a media node: spool, uploader, one recorder per stream, crash recovery at start."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.spool = Spool(ctx.settings.spool_dir, node_id="")
+        self.uploader = Uploader(ctx, self.spool)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
+        self.recorders: dict[str, StreamRecorder] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def attach(self, stream: CandidateStream) -> None:
+        self.recorders[stream.session_id] = StreamRecorder(self, stream)
+
+    def allocate_soon(self, segment: SpoolSegment) -> None:
+        """Reserve the segment's index and row now, so the finalizer knows it is coming; retried at upload."""
+
+        async def run() -> None:
+            try:
+                await self.uploader.allocate(segment)
+            except Exception as exc:
+                log.warning("segment index not allocated yet (%s); will retry at upload", exc)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self, node_id: str) -> None:
+        self.spool.node_id = node_id
+        self.uploader.start()
+        for orphan in await asyncio.to_thread(self.spool.orphans):
+            recovered = await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.recover, orphan)
+            if recovered is not None:
+                self.uploader.submit(recovered)
+
+    async def stop(self, within_s: float = 20.0) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, lambda: None)
+        if not await self.uploader.drain(within_s):
+            log.warning("%d segments left in the spool; they upload at the next start", self.uploader.queue.qsize())
+        await self.uploader.stop()
+        self.executor.shutdown(wait=True)
+
+    def stats(self) -> dict[str, Any]:
+        return {"uploader": self.uploader.stats(),
+                "recorders": {sid: vars(r.stats) for sid, r in self.recorders.items()}}

@@ -1,0 +1,249 @@
+"""The media node's local spool: segments are written to disk first, uploaded with retries, committed to
+Postgres, and only then deleted. A segment left half-written by a process that died is recovered by the
+next media process started on the same data dir.
+
+Each segment file has a JSON sidecar with what the database needs (session, media start/end, frames) and who
+wrote it (node id and pid), so recovery needs nothing but the spool folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from proctor.context import Context
+from proctor.redis import MERGE_STREAM
+from proctor.storage import StorageError
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class SpoolSegment:
+    spool_id: str
+    session_id: str
+    start_s: float
+    node_id: str
+    pid: int
+    state: str = "writing"  # writing -> closed (ready to upload)
+    end_s: float | None = None
+    frames: int = 0
+    idx: int | None = None
+    recovered: bool = False
+
+    def path(self, root: Path) -> Path:
+        return root / self.session_id / f"{self.spool_id}.webm"
+
+    def sidecar(self, root: Path) -> Path:
+        return root / self.session_id / f"{self.spool_id}.json"
+
+    def key(self) -> str:
+        assert self.idx is not None
+        return f"sessions/{self.session_id}/segments/{self.idx:06d}.webm"
+
+
+class Spool:
+    def __init__(self, root: Path, node_id: str) -> None:
+        self.root = root
+        self.node_id = node_id
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_segment(self, session_id: str, start_s: float) -> SpoolSegment:
+        segment = SpoolSegment(uuid.uuid4().hex, session_id, start_s, self.node_id, os.getpid())
+        segment.path(self.root).parent.mkdir(parents=True, exist_ok=True)
+        self.save(segment)
+        return segment
+
+    def save(self, segment: SpoolSegment) -> None:
+        sidecar = segment.sidecar(self.root)
+        tmp = sidecar.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(segment)))
+        os.replace(tmp, sidecar)
+
+    def remove(self, segment: SpoolSegment) -> None:
+        segment.path(self.root).unlink(missing_ok=True)
+        segment.sidecar(self.root).unlink(missing_ok=True)
+        try:
+            segment.path(self.root).parent.rmdir()
+        except OSError:
+            pass  # other segments of the session still there
+
+    def segments(self) -> list[SpoolSegment]:
+        found = []
+        for sidecar in sorted(self.root.glob("*/*.json")):
+            try:
+                found.append(SpoolSegment(**json.loads(sidecar.read_text())))
+            except (ValueError, TypeError, OSError) as exc:
+                log.error("unreadable spool sidecar %s: %s", sidecar, exc)
+        return found
+
+    def orphans(self) -> list[SpoolSegment]:
+        """Segments whose writer process is gone: closed ones to upload, half-written ones to recover."""
+        return [s for s in self.segments() if s.pid != os.getpid() and not _alive(s.pid)]
+
+    def recover(self, segment: SpoolSegment) -> SpoolSegment | None:
+        """Turn a segment cut off by a crash into a proper WebM (loses at most the last unflushed cluster)."""
+        from archiver.webm import recover_partial
+
+        if segment.state == "closed":
+            return segment
+        path = segment.path(self.root)
+        fixed = path.with_suffix(".recovered.webm")
+        result = recover_partial(path, fixed) if path.exists() else None
+        if result is None or result.video_frames == 0:
+            log.error("segment %s of session %s held no usable video; removed", segment.spool_id,
+                      segment.session_id)
+            fixed.unlink(missing_ok=True)
+            self.remove(segment)
+            return None
+        os.replace(fixed, path)
+        segment.state, segment.recovered = "closed", True
+        segment.end_s = segment.start_s + result.duration_s
+        segment.frames = result.video_frames
+        self.save(segment)
+        log.warning("recovered %.1f s of session %s from a segment a dead process left", result.duration_s,
+                    segment.session_id)
+        return segment
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+async def allocate(conn: asyncpg.Connection, segment: SpoolSegment) -> int:
+    """The segment's index in its session, allocated once (idempotent by spool id, no holes)."""
+    async with conn.transaction():
+        idx = await conn.fetchval("SELECT idx FROM segments WHERE spool_id = $1", segment.spool_id)
+        if idx is not None:
+            return int(idx)
+        idx = await conn.fetchval(
+            "UPDATE sessions SET next_segment_idx = next_segment_idx + 1 WHERE id = $1 "
+            "RETURNING next_segment_idx - 1", segment.session_id)
+        if idx is None:
+            raise LookupError(f"session {segment.session_id} is gone")
+        await conn.execute(
+            "INSERT INTO segments (session_id, idx, start_s, end_s, state, node_id, spool_id) "
+            "VALUES ($1, $2, $3, $3, 'recording', $4, $5)",
+            segment.session_id, idx, segment.start_s, segment.node_id, segment.spool_id)
+        return int(idx)
+
+
+class Uploader:
+    """Uploads closed segments in order, forever retrying storage and database outages with backoff."""
+
+    def __init__(self, ctx: Context, spool: Spool) -> None:
+        self.ctx = ctx
+        self.spool = spool
+        self.queue: asyncio.Queue[SpoolSegment] = asyncio.Queue()
+        self.uploaded = 0
+        self.failures = 0
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+        # One allocation at a time, in the order asked (asyncio.Lock is FIFO): indexes follow media time.
+        self._allocating = asyncio.Lock()
+
+    async def allocate(self, segment: SpoolSegment) -> int:
+        async with self._allocating:
+            if segment.idx is None:
+                async with self.ctx.pool.acquire() as conn:
+                    segment.idx = await allocate(conn, segment)
+            return segment.idx
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="segment-uploader")
+
+    def submit(self, segment: SpoolSegment) -> None:
+        self.queue.put_nowait(segment)
+
+    async def drain(self, within_s: float) -> bool:
+        """Wait for queued uploads (at shutdown); what is left stays in the spool for the next start."""
+        deadline = time.monotonic() + within_s
+        while self.queue.qsize() or self._busy:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            segment = await self.queue.get()
+            self._busy = True
+            try:
+                await self._with_retries(segment)
+            finally:
+                self._busy = False
+
+    async def _with_retries(self, segment: SpoolSegment) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.upload(segment)
+                self.uploaded += 1
+                return
+            except LookupError as exc:  # the session was deleted: nothing to keep
+                log.warning("dropping spooled segment %s: %s", segment.spool_id, exc)
+                self.spool.remove(segment)
+                return
+            except (OSError, StorageError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError) as exc:
+                self.failures += 1
+                log.warning("segment %s upload failed (%s); retrying in %.1fs", segment.spool_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(MAX_BACKOFF_S, delay * 2)
+
+    async def upload(self, segment: SpoolSegment) -> None:
+        path = segment.path(self.spool.root)
+        if segment.idx is None:
+            await self.allocate(segment)
+            self.spool.save(segment)
+        sha256, size = await asyncio.to_thread(_digest, path)
+        await self.ctx.storage.put_file(segment.key(), path, content_type="video/webm")
+        async with self.ctx.pool.acquire() as conn:
+            updated = await conn.fetchval(
+                "UPDATE segments SET state = 'stored', end_s = $2, frames = $3, bytes = $4, sha256 = $5, "
+                "storage_key = $6, stored_at = now() WHERE spool_id = $1 RETURNING idx",
+                segment.spool_id, segment.end_s, segment.frames, size, sha256, segment.key())
+        if updated is None:
+            raise LookupError(f"segment row for {segment.spool_id} is gone")
+        # The file goes only after the upload and the commit both succeeded.
+        self.spool.remove(segment)
+        try:
+            await self.ctx.redis.xadd(MERGE_STREAM, {"session_id": segment.session_id}, maxlen=100_000,
+                                      approximate=True)
+        except Exception as exc:  # the merge also runs at finalize; a lost hint costs nothing
+            log.info("merge hint for %s not queued: %s", segment.session_id, exc)
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued": self.queue.qsize(), "uploaded": self.uploaded, "failures": self.failures}

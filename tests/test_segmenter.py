@@ -1,0 +1,196 @@
+"""The segmenter on a real encoded stream (pre-encoded VP8 + Opus fed as the media node's tap delivers them),
+with the real spool, uploader, Postgres and storage: segments tile the timeline exactly, start on keyframes,
+decode fully; loss drops frames until the next keyframe; a half-written segment of a dead process is
+recovered and uploaded."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archiver.segmenter import Archive
+from archiver.spool import Spool
+from archiver.webm import probe
+from bench.synthetic import EncodedClip, encode_clip
+from media_server.taps import EncodedFrame
+from proctor.context import Context
+from tests.conftest import wait_for
+from tests.media import face_canvas
+
+FPS = 30
+
+
+@pytest.fixture(scope="module")
+def clip() -> EncodedClip:
+    import numpy as np
+
+    base = face_canvas()
+    rng = np.random.default_rng(3)
+    frames = [np.clip(np.roll(base, i % 16, axis=1).astype(np.int16)
+                      + rng.integers(-8, 9, base.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+              for i in range(FPS * 3)]
+    return encode_clip(frames, fps=FPS, bitrate=600_000, gop=FPS)  # a keyframe every second
+
+
+@dataclass
+class _Clock:
+    end_s: float = 0.0
+
+
+@dataclass
+class FakeStream:
+    """What the recorder uses of a CandidateStream: sinks, close hooks, loss counter, PLI, clock."""
+
+    session_id: str
+    encoded_sinks: list[Any] = field(default_factory=list)
+    close_hooks: list[Any] = field(default_factory=list)
+    losses: int = 0
+    plis: int = 0
+    clock: _Clock = field(default_factory=_Clock)
+
+    async def request_keyframe(self) -> bool:
+        self.plis += 1
+        return True
+
+    def feed(self, frame: EncodedFrame, t: float) -> None:
+        for sink in self.encoded_sinks:
+            sink(frame, t)
+
+    async def close(self) -> None:
+        for hook in self.close_hooks:
+            await hook(self)
+
+
+async def _session(ctx: Context) -> str:
+    async with ctx.pool.acquire() as conn:
+        return str(await conn.fetchval(
+            "INSERT INTO sessions (candidate, exam, status, join_nonce, join_expires_at) "
+            "VALUES ('seg', 'e', 'live', 'n', now() + interval '1 hour') RETURNING id"))
+
+
+async def _stream(archive: Archive, clip: EncodedClip, session_id: str, seconds: float, base_s: float = 0.0,
+                  lose_at: float | None = None, pace: float = 0.0) -> FakeStream:
+    stream = FakeStream(session_id)
+    archive.attach(stream)  # type: ignore[arg-type]
+    n_video = int(seconds * FPS)
+    audio_i = 0
+    for i in range(n_video):
+        t = base_s + i / FPS
+        data, _ = clip.video[i % len(clip.video)]
+        if lose_at is not None and abs(t - lose_at) < 0.5 / FPS:
+            stream.losses += 1  # the jitter buffer threw packets away before this frame
+        stream.feed(EncodedFrame("video", "VP8", data, i * 3000, 90_000), t)
+        while base_s + audio_i * 0.02 <= t:
+            stream.feed(EncodedFrame("audio", "opus", clip.audio[audio_i % len(clip.audio)], audio_i * 960, 48_000),
+                        base_s + audio_i * 0.02)
+            audio_i += 1
+        if pace and i % 10 == 0:
+            await asyncio.sleep(pace)
+    stream.clock.end_s = base_s + n_video / FPS
+    await stream.close()
+    return stream
+
+
+@pytest.fixture
+async def archive(ctx: Context, tmp_path: Path) -> Any:
+    settings = replace(ctx.settings, segment_seconds=2, data_dir=tmp_path)
+    archive = Archive(Context(settings, ctx.pool, ctx.redis, ctx.storage))
+    await archive.start(f"test-{uuid.uuid4().hex[:6]}")
+    yield archive
+    await archive.stop()
+
+
+async def _stored(ctx: Context, session_id: str, count: int) -> list[Any] | None:
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM segments WHERE session_id = $1 ORDER BY idx", session_id)
+    return rows if len(rows) == count and all(r["state"] == "stored" for r in rows) else None
+
+
+async def test_segments_tile_the_timeline(ctx: Context, archive: Archive, clip: EncodedClip, tmp_path: Path) -> None:
+    session_id = await _session(ctx)
+    seconds = 7.0
+    stream = await _stream(archive, clip, session_id, seconds)
+    rows = await wait_for(lambda: _stored(ctx, session_id, 4), within=30)
+    # Cuts at the first keyframe at/after each 2-s boundary: [0,2) [2,4) [4,6) [6,7)
+    assert [(r["idx"], r["start_s"], round(r["end_s"], 6)) for r in rows] == [
+        (0, 0.0, 2.0), (1, 2.0, 4.0), (2, 4.0, 6.0), (3, 6.0, 7.0)]
+    total = 0.0
+    for row in rows:
+        path = tmp_path / f"{row['idx']}.webm"
+        await ctx.storage.download(row["storage_key"], path)
+        info = probe(path, decode=True)
+        assert info.first_is_keyframe and info.decode_errors == 0 and info.has_cues
+        assert info.decoded_frames == row["frames"]
+        assert info.duration_s == pytest.approx(row["end_s"] - row["start_s"], abs=0.0015)
+        assert info.audio_packets > 0
+        total += info.duration_s
+    assert total == pytest.approx(seconds, abs=1 / FPS)  # durations sum to the streamed duration
+    assert sum(r["frames"] for r in rows) == seconds * FPS
+    assert stream.plis >= 3  # asked for a keyframe before each boundary
+    assert list(archive.spool.root.glob("*/*")) == []  # spool emptied only after upload + commit
+
+
+async def test_loss_drops_until_keyframe(ctx: Context, archive: Archive, clip: EncodedClip, tmp_path: Path) -> None:
+    session_id = await _session(ctx)
+    await _stream(archive, clip, session_id, 3.0, lose_at=0.5)
+    rows = await wait_for(lambda: _stored(ctx, session_id, 2), within=30)
+    recorder_frames = sum(r["frames"] for r in rows)
+    assert recorder_frames == 3 * FPS - 15  # frames 0.5 s .. 1.0 s dropped until the keyframe at 1.0 s
+    assert rows[0]["end_s"] == pytest.approx(2.0) and rows[1]["end_s"] == pytest.approx(3.0)  # still tiles
+    path = tmp_path / "s0.webm"
+    await ctx.storage.download(rows[0]["storage_key"], path)
+    info = probe(path, decode=True)
+    assert info.decode_errors == 0 and info.duration_s == pytest.approx(2.0, abs=0.0015)
+
+
+async def test_reconnect_continues_the_timeline(ctx: Context, archive: Archive, clip: EncodedClip) -> None:
+    session_id = await _session(ctx)
+    await _stream(archive, clip, session_id, 3.0)
+    await _stream(archive, clip, session_id, 2.0, base_s=3.0)  # second connection starts where the first ended
+    rows = await wait_for(lambda: _stored(ctx, session_id, 3), within=30)
+    ends = [(r["start_s"], round(r["end_s"], 6)) for r in rows]
+    assert ends == [(0.0, 2.0), (2.0, 3.0), (3.0, 5.0)]
+
+
+def test_recovers_a_segment_a_killed_process_left(tmp_path: Path, clip: EncodedClip) -> None:
+    # A real process writes a segment at real-time pace and is killed with SIGKILL mid-segment.
+    spool_dir = tmp_path / "spool"
+    script = f"""
+import sys, time, pickle
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from archiver.spool import Spool
+from archiver.webm import WebmWriter
+clip = pickle.load(open({str(tmp_path / 'clip.pkl')!r}, 'rb'))
+spool = Spool(__import__('pathlib').Path({str(spool_dir)!r}), 'dead-node')
+seg = spool.new_segment('11111111-1111-1111-1111-111111111111', 10.0)
+w = WebmWriter(seg.path(spool.root), 640, 480)
+for i in range(600):
+    data, key = clip.video[i % len(clip.video)]
+    w.write_video(data, round(i * 1000 / 30), 33, key if i else True)
+    if i == 90:
+        print('written', flush=True)
+    time.sleep(1 / 30)
+"""
+    import pickle
+
+    (tmp_path / "clip.pkl").write_bytes(pickle.dumps(clip))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
+    proc.kill()
+    proc.wait()
+    spool = Spool(spool_dir, "new-node")
+    orphans = spool.orphans()
+    assert len(orphans) == 1 and orphans[0].state == "writing"
+    recovered = spool.recover(orphans[0])
+    assert recovered is not None and recovered.state == "closed" and recovered.recovered
+    # At least the media up to ~2 s before the kill survives (clusters are flushed every second).
+    assert recovered.end_s is not None and recovered.end_s - recovered.start_s >= 3.0 - 2.0
+    info = probe(recovered.path(spool.root), decode=True)
+    assert info.first_is_keyframe and info.decode_errors == 0 and info.has_cues
