@@ -24,6 +24,7 @@ MAX_AV_DRIFT_S = 1.0
 # A forward jump larger than this between consecutive video frames is a broken timestamp, not real time.
 MAX_TS_JUMP_S = 10.0
 MAX_SIGNAL_BYTES = 4096
+RTX_SSRC_ATTR = "_RTCRtpReceiver__rtx_ssrc"  # {rtx ssrc: media ssrc}; private, see tests/test_aiortc_internals.py
 
 
 @dataclass
@@ -255,10 +256,13 @@ class CandidateStream:
         receiver = self.video_receiver
         if receiver is None:
             return False
-        sources = receiver.getSynchronizationSources()
-        if not sources:
+        # Chromium also sends RTX (retransmissions, bandwidth probing padding) on a second SSRC; a PLI must
+        # name the media SSRC or it is ignored.
+        rtx = set(getattr(receiver, RTX_SSRC_ATTR, {}))
+        media = [s.source for s in receiver.getSynchronizationSources() if s.source not in rtx]
+        if not media:
             return False
-        await receiver._send_rtcp_pli(sources[0].source)
+        await receiver._send_rtcp_pli(media[0])
         return True
 
     async def refresh_receiver_stats(self) -> None:

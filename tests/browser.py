@@ -35,3 +35,15 @@ def chromium_args(clip: Path | None) -> list[str]:
 
 def have_chromium() -> bool:
     return Path(CHROMIUM).exists()
+
+
+async def join_and_start(page, join_url: str) -> None:  # type: ignore[no-untyped-def]
+    """What a candidate does: open the link, consent, pass the camera check, take the photo, start."""
+    await page.goto(join_url)
+    await page.check("#consent-box")
+    await page.click("#consent-btn")
+    await page.wait_for_selector("#photo-btn:not([disabled])", timeout=30_000)
+    await page.click("#photo-btn")
+    await page.wait_for_selector("#step-exam:not([hidden])", timeout=15_000)
+    await page.click("#start-btn")
+    await page.wait_for_function("window.proctor.connection === 'connected'", timeout=20_000)

@@ -60,6 +60,8 @@ def settings(servers: dict[str, str], data_dir: Path) -> Settings:
         "ICE_HOST_ADDRESSES": "127.0.0.1",
         "SECRET_KEY": "test-secret-key-that-is-long-enough-0123456789",
         "DISCONNECT_TIMEOUT_S": "5",
+        "SEGMENT_SECONDS": "2",
+        "MERGE_BATCH_SEGMENTS": "3",
         **servers,
     }
     return Settings.from_env(env, env_file=None)
@@ -120,9 +122,36 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return face_clip(tmp_path_factory.mktemp("clip") / "face.y4m")
 
 
+class FrameLog:
+    """A test plugin: the media time of every video frame each session's stream delivered, in order."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+
+    def attach(self, stream: Any) -> None:
+        log = self.times.setdefault(stream.session_id, [])
+        stream.encoded_sinks.append(lambda frame, t: log.append(t) if frame.kind == "video" else None)
+
+    async def start(self, node_id: str) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"sessions": len(self.times)}
+
+
 @pytest.fixture(scope="session")
-async def media_node(ctx: Context) -> AsyncIterator[MediaNode]:
-    node = MediaNode(ctx)
+def frame_log() -> FrameLog:
+    return FrameLog()
+
+
+@pytest.fixture(scope="session")
+async def media_node(ctx: Context, frame_log: FrameLog) -> AsyncIterator[MediaNode]:
+    from archiver.segmenter import Archive
+
+    node = MediaNode(ctx, [Archive(ctx), frame_log])
     runner = await node.start("127.0.0.1", free_port())
     # Wait for the first heartbeat so signaling can see the node.
     for _ in range(50):

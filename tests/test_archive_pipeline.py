@@ -1,0 +1,100 @@
+"""The archive end to end: real Chromium streams (with a reload gap), the node segments and uploads, the
+finalizer builds one master whose time is the session media time, frame for frame."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archiver.assemble import finalize, merge
+from archiver.webm import frame_at, probe
+from media_server.node import MediaNode
+from proctor.context import Context
+from tests.browser import have_chromium, join_and_start
+from tests.conftest import FrameLog, RunningApp, wait_for
+from tests.test_ingest_browser import create_session
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="Debian chromium not installed")]
+
+
+async def _all_stored(ctx: Context, session_id: str) -> list[Any] | None:
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM segments WHERE session_id = $1 ORDER BY idx", session_id)
+    return rows if rows and all(r["state"] in ("stored", "merged") for r in rows) else None
+
+
+async def test_stream_reload_finish_finalize(web_server: RunningApp, media_node: MediaNode, browser: Any,
+                                             admin_token: str, ctx: Context, frame_log: FrameLog,
+                                             tmp_path: Path) -> None:
+    session = await create_session(web_server.url, admin_token, candidate="Ada Archive")
+    sid = session["id"]
+    page = await browser.new_page()
+    await join_and_start(page, session["join_url"])
+    await asyncio.sleep(5)
+    await page.reload()  # a reconnect gap in the middle
+    await page.wait_for_function("window.proctor.connection === 'connected'", timeout=30_000)
+    await asyncio.sleep(4.5)
+    await page.evaluate("window.proctor.finish()")
+    await page.wait_for_selector("#step-done:not([hidden])", timeout=10_000)
+    await page.close()
+
+    rows = await wait_for(lambda: _all_stored(ctx, sid), within=30)
+    # Segments tile the session timeline exactly, across the reconnect too.
+    for prev, row in zip(rows, rows[1:], strict=False):
+        assert row["start_s"] == pytest.approx(prev["end_s"], abs=1e-6)
+    async with ctx.pool.acquire() as conn:
+        session_row = await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", sid)
+    assert len(session_row["media_gaps"]) == 1
+    assert rows[-1]["end_s"] == pytest.approx(session_row["duration_s"], abs=1e-6)
+    assert rows[0]["start_s"] == 0.0
+
+    assert await finalize(ctx, sid) is True
+    assert await finalize(ctx, sid) is False  # idempotent: already finalized
+    async with ctx.pool.acquire() as conn:
+        status = await conn.fetchval("SELECT status FROM sessions WHERE id = $1", sid)
+        master = await conn.fetchrow("SELECT * FROM master_videos WHERE session_id = $1", sid)
+        batches = await conn.fetch("SELECT * FROM batches WHERE session_id = $1", sid)
+    assert status == "finalized" and master is not None
+    assert batches, "MERGE_BATCH_SEGMENTS=3: at least one batch was merged on the way"
+    # Only the master is left in storage: segments and batches were deleted after the commit.
+    objects = [o.key for o in await ctx.storage.list(f"sessions/{sid}/")]
+    assert f"sessions/{sid}/master.webm" in objects
+    assert not [k for k in objects if "/segments/" in k or "/batches/" in k]
+
+    path = tmp_path / "master.webm"
+    await ctx.storage.download(master["storage_key"], path)
+    info = await asyncio.to_thread(probe, path, True)
+    assert info.first_is_keyframe and info.has_cues and info.decode_errors == 0
+    assert info.decoded_frames == info.video_frames
+    # Durations sum to the streamed duration (± 1 frame) and the header says so too.
+    assert info.duration_s == pytest.approx(session_row["duration_s"], abs=1 / 30)
+    assert master["duration_s"] == pytest.approx(info.duration_s, abs=0.001)
+
+    # Master time == session media time: every frame the node received sits at its media time (ms rounding).
+    expected = frame_log.times[sid]
+    assert info.video_frames == len(expected)
+    for t in [expected[i] for i in range(0, len(expected), max(1, len(expected) // 25))]:
+        pts, frame = await asyncio.to_thread(frame_at, path, t + 0.0004)
+        assert pts == pytest.approx(t, abs=0.001)
+        assert (frame.width, frame.height) == (640, 480)
+
+
+async def test_merge_is_idempotent_and_skips_gaps(ctx: Context) -> None:
+    """A session whose stored segments have a hole: only full consecutive runs merge, twice is harmless."""
+    from archiver.assemble import consecutive_runs
+
+    rows = [{"idx": i, "start_s": float(2 * i), "end_s": float(2 * i + 2)} for i in (0, 1, 2, 3, 5, 6, 7)]
+    runs = consecutive_runs(rows, 3)  # type: ignore[arg-type]
+    assert [[r["idx"] for r in run] for run in runs] == [[0, 1, 2], [5, 6, 7]]
+    untiled = [{"idx": 0, "start_s": 0.0, "end_s": 2.0}, {"idx": 1, "start_s": 2.5, "end_s": 4.0},
+               {"idx": 2, "start_s": 4.0, "end_s": 6.0}]
+    # 0 and 1 do not tile (a 0.5-s hole): only 1-2 is a run.
+    assert [[r["idx"] for r in run] for run in consecutive_runs(untiled, 2)] == [[1, 2]]  # type: ignore[arg-type]
+    async with ctx.pool.acquire() as conn:
+        sid = str(await conn.fetchval(
+            "INSERT INTO sessions (candidate, exam, status, join_nonce, join_expires_at) "
+            "VALUES ('m', 'e', 'live', 'n', now()) RETURNING id"))
+    assert await merge(ctx, sid) == 0  # nothing stored yet: nothing to do
