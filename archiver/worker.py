@@ -1,7 +1,11 @@
 """`proctor worker`: background jobs that run on any number of machines.
 
-Roles: `sweep` ends sessions whose candidate stayed disconnected longer than DISCONNECT_TIMEOUT_S (the
-update is conditional, so any number of workers can sweep at once and each session ends exactly once).
+Roles:
+- `merge`: stream-copies runs of stored segments into batches (jobs queued as segments are stored);
+- `finalize`: builds master.webm when a session ended (jobs queued at the end);
+- `sweep`: ends sessions whose candidate stayed disconnected longer than DISCONNECT_TIMEOUT_S (the update is
+  conditional, so any number of workers can sweep at once and each session ends exactly once), and re-queues
+  finalize for ended sessions left unfinalized (a lost job, or a failure to retry).
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import logging
 import signal
 
 from proctor.context import Context
+from proctor.redis import FINALIZE_STREAM, MERGE_STREAM
 from proctor.settings import Settings
 from signaling import sessions
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 5.0
-ROLES = ("sweep",)
+RETRY_FAILED_S = 300.0
+ROLES = ("merge", "finalize", "sweep")
 
 
 async def sweep_disconnected(ctx: Context) -> list[str]:
@@ -35,21 +41,56 @@ async def sweep_disconnected(ctx: Context) -> list[str]:
     return ended
 
 
+async def requeue_unfinalized(ctx: Context) -> list[str]:
+    """Sessions ended (or failed) a while ago but not finalized: queue their finalize again. Finalize is
+    idempotent and runs under the session lock, so a duplicate job costs one lock check."""
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id::text FROM sessions WHERE status IN ('ended', 'finalizing', 'failed') "
+            "AND coalesce(ended_at, created_at) < now() - make_interval(secs => $1)", RETRY_FAILED_S)
+    for row in rows:
+        await ctx.redis.xadd(FINALIZE_STREAM, {"session_id": row["id"], "reason": "retry"}, maxlen=100_000,
+                             approximate=True)
+    return [row["id"] for row in rows]
+
+
 async def _sweeper(ctx: Context) -> None:
+    rounds = 0
     while True:
         try:
             await sweep_disconnected(ctx)
+            if rounds % int(RETRY_FAILED_S / SWEEP_INTERVAL_S) == 0:
+                await requeue_unfinalized(ctx)
         except Exception as exc:  # a database or Redis outage: try again next round
             log.warning("sweep failed: %s", exc)
+        rounds += 1
         await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
+async def _consume(ctx: Context, kind: str, stop: asyncio.Event) -> None:
+    from archiver.assemble import handler
+    from archiver.jobs import JobQueue, consumer_name
+
+    stream = MERGE_STREAM if kind == "merge" else FINALIZE_STREAM
+    queue = JobQueue(ctx.redis, stream, consumer=consumer_name())
+    while not stop.is_set():
+        try:
+            await queue.ensure_group()
+            await queue.run(handler(kind, ctx, queue), stop)
+        except Exception as exc:  # Redis down: wait and resume; pending jobs are reclaimed later
+            log.warning("%s consumer stopped (%s); restarting", kind, exc)
+            await asyncio.sleep(2.0)
 
 
 async def run(settings: Settings, roles: list[str]) -> None:
     ctx = await Context.open(settings, pool_size=4)
     tasks = []
+    stop = asyncio.Event()
     if "sweep" in roles:
         tasks.append(asyncio.create_task(_sweeper(ctx)))
-    stop = asyncio.Event()
+    for kind in ("merge", "finalize"):
+        if kind in roles:
+            tasks.append(asyncio.create_task(_consume(ctx, kind, stop)))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -57,6 +98,8 @@ async def run(settings: Settings, roles: list[str]) -> None:
     try:
         await stop.wait()
     finally:
+        # Consumers finish the job in hand (run() returns once stop is set); the sweeper is simply cancelled.
+        await asyncio.wait(tasks, timeout=30)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -57,10 +57,11 @@ def cmd_media(args: argparse.Namespace) -> int:
 
 
 def media_plugins(ctx):  # type: ignore[no-untyped-def]
-    """The rooms every media node runs on each stream: the archive (and, with their issue, the analyzers)."""
+    """The rooms every media node runs on each stream: the archive and the live analyzers."""
+    from analyzers.live import Analysis
     from archiver.segmenter import Archive
 
-    return [Archive(ctx)]
+    return [Archive(ctx), Analysis(ctx)]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -164,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     media.add_argument("--port", type=int, help="internal API port (0: any free port)")
     media.set_defaults(func=cmd_media)
 
-    worker = sub.add_parser("worker", help="background workers (session sweep; archive jobs)")
-    worker.add_argument("--roles", default="sweep", help="comma list of roles (sweep)")
+    worker = sub.add_parser("worker", help="archive workers (merge, finalize) and the session sweep")
+    worker.add_argument("--roles", default="merge,finalize,sweep", help="comma list of merge, finalize, sweep")
     worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema")

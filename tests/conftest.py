@@ -149,9 +149,10 @@ def frame_log() -> FrameLog:
 
 @pytest.fixture(scope="session")
 async def media_node(ctx: Context, frame_log: FrameLog) -> AsyncIterator[MediaNode]:
+    from analyzers.live import Analysis
     from archiver.segmenter import Archive
 
-    node = MediaNode(ctx, [Archive(ctx), frame_log])
+    node = MediaNode(ctx, [Archive(ctx), Analysis(ctx), frame_log])
     runner = await node.start("127.0.0.1", free_port())
     # Wait for the first heartbeat so signaling can see the node.
     for _ in range(50):

@@ -1,0 +1,305 @@
+"""Live analysis on a media node: sampled frames -> detectors (thread pool) -> hysteresis rules -> events.
+
+Models load and warm up once per media process at start, so a candidate's first frame waits for nothing.
+Each detector of each stream has at most one frame in flight and one waiting: a newer frame replaces the
+waiting one, so a slow model drops frames instead of building a queue, and the event loop carrying RTP only
+ever hands over references. Every event start, update and end is written to Postgres and published on Redis
+at once, with the evidence JPEG of its strongest frame in storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from analyzers.base import AnalyzerConfig, Detector, Signal
+from analyzers.registry import build_detectors
+from analyzers.rules import EventChange, EventRules
+from proctor.context import Context
+from proctor.redis import LIVE_CHANNEL
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_THREADS = 2
+TICK_S = 0.5
+
+
+@dataclass
+class _Frame:
+    media_time: float
+    frame: Any  # av.VideoFrame, converted on the worker thread
+    arrived: float  # wall time it reached the sampler
+
+
+class _DetectorSlot:
+    """One detector on one stream: a FrameSubscriber with one frame in flight and at most one waiting."""
+
+    def __init__(self, owner: StreamAnalysis, detector: Detector) -> None:
+        self.owner = owner
+        self.detector = detector
+        self.fps = detector.fps
+        self.busy = False
+        self.waiting: _Frame | None = None
+        self.analysed = 0
+        self.replaced = 0
+        self.ms: deque[float] = deque(maxlen=200)
+
+    def on_frame(self, media_time_s: float, frame: Any) -> None:
+        item = _Frame(media_time_s, frame, time.time())
+        if self.busy:
+            if self.waiting is not None:
+                self.replaced += 1  # dropped: a newer frame is more useful than a late one
+            self.waiting = item
+            return
+        self._submit(item)
+
+    def _submit(self, item: _Frame) -> None:
+        self.busy = True
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.owner.analysis.executor, self._analyze, item)
+        future.add_done_callback(lambda f: self._done(f, item))
+
+    def _analyze(self, item: _Frame) -> tuple[list[Signal], np.ndarray]:
+        started = time.perf_counter()
+        rgb = self.owner.rgb(item)
+        signals = self.detector.analyze(rgb, item.media_time)
+        self.ms.append((time.perf_counter() - started) * 1000)
+        return signals, rgb
+
+    def _done(self, future: asyncio.Future[tuple[list[Signal], np.ndarray]], item: _Frame) -> None:
+        self.busy = False
+        self.analysed += 1
+        try:
+            signals, rgb = future.result()
+        except Exception:
+            log.exception("detector %s failed on session %s", self.detector.name, self.owner.session_id)
+            signals, rgb = [], None
+        if not self.owner.closed:
+            for signal in signals:
+                self.owner.observe(signal, item, rgb)
+        if self.waiting is not None and not self.owner.closed:
+            waiting, self.waiting = self.waiting, None
+            self._submit(waiting)
+
+
+class StreamAnalysis:
+    def __init__(self, analysis: Analysis, stream: Any) -> None:
+        self.analysis = analysis
+        self.stream = stream
+        self.session_id: str = stream.session_id
+        self.rules = EventRules(analysis.config.rules_config())
+        self.detectors = build_detectors(analysis.config)  # models are shared and already warm: ~0.2 ms
+        self.slots = [_DetectorSlot(self, d) for d in self.detectors]
+        self.closed = False
+        self._convert_lock = threading.Lock()
+        self._last_rgb: tuple[float, np.ndarray] | None = None
+        self.db_ids: dict[int, int] = {}  # rules event id -> events.id
+        self.changes: asyncio.Queue[tuple[EventChange, float | None]] = asyncio.Queue()
+        for slot in self.slots:
+            stream.sampler.subscribe(slot)
+        stream.signal_sinks.append(self.on_signal)
+        stream.close_hooks.append(self.on_close)
+        self._tasks = [asyncio.create_task(self._writer(), name=f"events-{self.session_id}"),
+                       asyncio.create_task(self._ticker(), name=f"rules-tick-{self.session_id}"),
+                       asyncio.create_task(self._load_reference(), name=f"reference-{self.session_id}")]
+
+    # --- inputs -------------------------------------------------------------------------------------------
+    def rgb(self, item: _Frame) -> np.ndarray:
+        """The frame as RGB, converted once however many detectors asked for it (only sampled frames pay).
+
+        Converting one av.VideoFrame from two threads at once shares its swscale context and crashes the
+        process, so conversion is serialized per stream; detectors get a read-only array.
+        """
+        with self._convert_lock:
+            if self._last_rgb is not None and self._last_rgb[0] == item.media_time:
+                return self._last_rgb[1]
+            rgb = item.frame.to_ndarray(format="rgb24")
+            rgb.flags.writeable = False
+            self._last_rgb = (item.media_time, rgb)
+            return rgb
+
+    def observe(self, signal: Signal, item: _Frame, rgb: np.ndarray | None) -> None:
+        for change in self.rules.update(signal.kind, signal.active, signal.confidence, item.media_time,
+                                        signal.details, frame_ref=rgb):
+            self.changes.put_nowait((change, item.arrived))
+
+    def on_signal(self, media_time_s: float, message: dict[str, Any]) -> None:
+        arrived = time.time()
+        for change in self.rules.browser_signal(message, media_time_s):
+            self.changes.put_nowait((change, arrived))
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            for change in self.rules.tick(self.stream.clock.end_s):
+                self.changes.put_nowait((change, None))
+
+    async def _load_reference(self) -> None:
+        """The enrolment photo: the identity reference and the gaze baseline."""
+        ctx = self.analysis.ctx
+        try:
+            async with ctx.pool.acquire() as conn:
+                key = await conn.fetchval("SELECT storage_key FROM reference_photos WHERE session_id = $1 "
+                                          "ORDER BY created_at DESC LIMIT 1", self.session_id)
+            if key is None:
+                return
+            data = await ctx.storage.get_bytes(key)
+        except Exception as exc:
+            log.warning("session %s: reference photo not loaded: %s", self.session_id, exc)
+            return
+        loop = asyncio.get_running_loop()
+        rgb = await loop.run_in_executor(self.analysis.executor, _decode_jpeg, data)
+        for detector in self.detectors:
+            setter = getattr(detector, "set_reference", None) or getattr(detector, "set_baseline_from", None)
+            if setter is not None and rgb is not None:
+                ok = await loop.run_in_executor(self.analysis.executor, setter, rgb)
+                log.info("session %s: %s reference %s", self.session_id, detector.name, "set" if ok else "has no face")
+
+    # --- outputs ------------------------------------------------------------------------------------------
+    async def _writer(self) -> None:
+        """Writes and publishes changes one at a time, in order (an end never overtakes its start)."""
+        while True:
+            change, arrived = await self.changes.get()
+            try:
+                await self._persist(change, arrived)
+            except Exception as exc:
+                log.error("session %s: event %s %s not stored: %s", self.session_id, change.type, change.kind, exc)
+            finally:
+                self.changes.task_done()
+
+    async def _persist(self, change: EventChange, arrived: float | None) -> None:
+        ctx = self.analysis.ctx
+        details = json.loads(json.dumps(change.details, default=_jsonable))
+        async with ctx.pool.acquire() as conn:
+            if change.type == "start" or change.event_id not in self.db_ids:
+                source = "browser" if change.kind in BROWSER_KINDS else "analyzer"
+                self.db_ids[change.event_id] = await conn.fetchval(
+                    "INSERT INTO events (session_id, kind, start_s, end_s, confidence, details, source) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    self.session_id, change.kind, change.start_s, change.end_s, change.confidence, details, source)
+            else:
+                await conn.execute(
+                    "UPDATE events SET end_s = $2, confidence = greatest(confidence, $3), details = $4, "
+                    "updated_at = now() WHERE id = $1",
+                    self.db_ids[change.event_id], change.end_s, change.confidence, details)
+        event_id = self.db_ids[change.event_id]
+        await self._publish(change, event_id, arrived)
+        if change.type == "end":
+            self.db_ids.pop(change.event_id, None)
+        if change.frame_ref is not None and change.type in ("start", "update"):
+            await self._snapshot(event_id, change.frame_ref)
+
+    async def _publish(self, change: EventChange, event_id: int, arrived: float | None) -> None:
+        message = {"type": "event", "action": change.type, "session_id": self.session_id,
+                   "event": {"id": event_id, "kind": change.kind, "start_s": change.start_s, "end_s": change.end_s,
+                             "confidence": change.confidence}, "at": time.time()}
+        await self.analysis.ctx.redis.publish(LIVE_CHANNEL, json.dumps(message))
+        if arrived is not None:
+            self.analysis.latency_ms.append((time.time() - arrived) * 1000)
+
+    async def _snapshot(self, event_id: int, rgb: np.ndarray) -> None:
+        ctx = self.analysis.ctx
+        jpeg = await asyncio.get_running_loop().run_in_executor(self.analysis.executor, _encode_jpeg, rgb)
+        key = f"sessions/{self.session_id}/events/{event_id}-{uuid.uuid4().hex[:12]}.jpg"
+        await ctx.storage.put_bytes(key, jpeg, content_type="image/jpeg")
+        async with ctx.pool.acquire() as conn:
+            old = await conn.fetchval("UPDATE events e SET snapshot_key = $2 FROM events o WHERE e.id = $1 "
+                                      "AND o.id = e.id RETURNING o.snapshot_key", event_id, key)
+        if old:
+            await ctx.storage.delete(old)  # only the strongest frame's evidence is kept
+
+    async def on_close(self, stream: Any) -> None:
+        self.closed = True
+        for change in self.rules.flush(stream.clock.end_s):
+            self.changes.put_nowait((change, None))
+        try:
+            await asyncio.wait_for(self.changes.join(), 15)  # every change written before the stream goes
+        except TimeoutError:
+            log.error("session %s: %d event changes not written", self.session_id, self.changes.qsize())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.analysis.streams.get(self.session_id) is self:
+            del self.analysis.streams[self.session_id]
+
+    def stats(self) -> dict[str, Any]:
+        return {slot.detector.name: {"analysed": slot.analysed, "replaced": slot.replaced,
+                                     "ms_p50": _percentile(slot.ms, 50)} for slot in self.slots}
+
+
+BROWSER_KINDS = {"tab_hidden", "window_blur", "fullscreen_exit", "second_screen", "copy_paste"}
+
+
+def _percentile(values: Any, q: float) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 2)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _encode_jpeg(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray | None:
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class Analysis:
+    """The media node plugin: shared warm models, a bounded thread pool, one StreamAnalysis per stream."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.config = AnalyzerConfig.from_settings(ctx.settings)
+        self.executor = ThreadPoolExecutor(max_workers=ANALYSIS_THREADS, thread_name_prefix="analyze")
+        self.streams: dict[str, StreamAnalysis] = {}
+        self.unavailable: dict[str, str] = {}
+        self.latency_ms: deque[float] = deque(maxlen=2000)
+
+    async def start(self, node_id: str) -> None:
+        from analyzers.models import install_bundled_weights
+
+        install_bundled_weights(self.ctx.settings)
+        started = time.perf_counter()
+        warm = await asyncio.get_running_loop().run_in_executor(self.executor, build_detectors, self.config)
+        self.unavailable = dict(warm.unavailable)
+        log.info("analyzers ready in %.1fs: %s%s", time.perf_counter() - started,
+                 ", ".join(d.name for d in warm) or "none",
+                 "".join(f"; {name} unavailable: {why}" for name, why in self.unavailable.items()))
+
+    def attach(self, stream: Any) -> None:
+        self.streams[stream.session_id] = StreamAnalysis(self, stream)
+
+    async def stop(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def stats(self) -> dict[str, Any]:
+        return {"unavailable": self.unavailable,
+                "latency_ms": {"p50": _percentile(self.latency_ms, 50), "p95": _percentile(self.latency_ms, 95)},
+                "streams": {sid: s.stats() for sid, s in self.streams.items()}}

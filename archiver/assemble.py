@@ -1,0 +1,219 @@
+"""Merge and finalize: stream-copy stored segments into batches, and batches into one seekable master.webm.
+
+Both run as Redis Streams jobs (archiver/jobs.py) under the session's Redis lock, and both are idempotent:
+each commits to Postgres before deleting what it replaced, so a worker killed at any point leaves work that
+the next delivery finishes, and never two masters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from proctor.context import Context
+from proctor.redis import LIVE_CHANNEL
+
+log = logging.getLogger(__name__)
+
+Heartbeat = Callable[[], Awaitable[None]]
+# A segment still being written or uploaded by a node that has been gone this long is declared lost.
+LOST_SEGMENT_S = 60.0
+WAIT_FOR_SEGMENTS_S = 600.0
+TILE_TOLERANCE_S = 0.002
+
+
+class NotReady(RuntimeError):
+    """The session's segments are not all stored yet; the job is retried later."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def consecutive_runs(rows: list[asyncpg.Record], size: int) -> list[list[asyncpg.Record]]:
+    """Full runs of `size` stored segments with consecutive indexes that tile the timeline exactly."""
+    runs: list[list[asyncpg.Record]] = []
+    current: list[asyncpg.Record] = []
+    for row in rows:
+        if current and (row["idx"] != current[-1]["idx"] + 1
+                        or abs(row["start_s"] - current[-1]["end_s"]) > TILE_TOLERANCE_S):
+            current = []
+        current.append(row)
+        if len(current) == size:
+            runs.append(current)
+            current = []
+    return runs
+
+
+async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = None) -> int:
+    """Merge every full run of MERGE_BATCH_SEGMENTS stored segments into a batch; returns batches made."""
+    from archiver.webm import concat
+
+    size = ctx.settings.merge_batch_segments
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT idx, start_s, end_s, storage_key FROM segments WHERE session_id = $1 AND state = 'stored' "
+            "ORDER BY idx", session_id)
+    made = 0
+    for run in consecutive_runs(list(rows), size):
+        with tempfile.TemporaryDirectory(prefix="merge-") as tmp:
+            inputs = []
+            for row in run:
+                path = Path(tmp) / f"{row['idx']:06d}.webm"
+                await ctx.storage.download(row["storage_key"], path)
+                inputs.append(path)
+                if heartbeat:
+                    await heartbeat()
+            out = Path(tmp) / "batch.webm"
+            result = await asyncio.to_thread(concat, inputs, out)
+            first, last = run[0]["idx"], run[-1]["idx"]
+            key = f"sessions/{session_id}/batches/{first:06d}-{last:06d}.webm"
+            sha = await asyncio.to_thread(_sha256, out)
+            size_bytes = out.stat().st_size
+            await ctx.storage.put_file(key, out, content_type="video/webm")
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO batches (session_id, first_idx, last_idx, start_s, end_s, bytes, sha256, storage_key) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (session_id, first_idx) DO NOTHING",
+                session_id, first, last, run[0]["start_s"], run[0]["start_s"] + result.duration_s, size_bytes, sha,
+                key)
+            await conn.execute("UPDATE segments SET state = 'merged' WHERE session_id = $1 AND idx BETWEEN $2 AND $3",
+                               session_id, first, last)
+        # Only after the commit: the segment objects the batch replaces.
+        for row in run:
+            await ctx.storage.delete(row["storage_key"])
+        made += 1
+        log.info("session %s: merged segments %d-%d into %s", session_id, first, last, key)
+    return made
+
+
+async def _wait_for_segments(ctx: Context, session_id: str, heartbeat: Heartbeat | None) -> None:
+    """Until every segment of the session is stored; segments of a node that died and never came back are
+    declared lost after LOST_SEGMENT_S (the node's restart would have recovered them)."""
+    from signaling.nodes import live_nodes
+
+    deadline = time.monotonic() + WAIT_FOR_SEGMENTS_S
+    while True:
+        async with ctx.pool.acquire() as conn:
+            pending = await conn.fetch(
+                "SELECT idx, node_id, created_at FROM segments WHERE session_id = $1 "
+                "AND state IN ('recording', 'spooled')", session_id)
+            if not pending:
+                return
+            alive = {n.node_id for n in await live_nodes(ctx.redis)}
+            lost = [r["idx"] for r in pending if r["node_id"] not in alive
+                    and (time.time() - r["created_at"].timestamp()) > LOST_SEGMENT_S]
+            if lost:
+                await conn.execute("UPDATE segments SET state = 'failed' WHERE session_id = $1 AND idx = ANY($2)",
+                                   session_id, lost)
+                log.error("session %s: segments %s lost with their node", session_id, lost)
+                continue
+        if time.monotonic() > deadline:
+            raise NotReady(f"{len(pending)} segments of session {session_id} still uploading")
+        if heartbeat:
+            await heartbeat()
+        await asyncio.sleep(1.0)
+
+
+async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = None) -> bool:
+    """Build master.webm once the session ended and all its media is stored; returns True when finalized
+    by this call (False: nothing to do — not ended yet, already finalized, or deleted)."""
+    from archiver.webm import concat
+
+    async with ctx.pool.acquire() as conn:
+        status = await conn.fetchval("SELECT status FROM sessions WHERE id = $1", session_id)
+    if status not in ("ended", "finalizing", "failed"):
+        return False
+    await _wait_for_segments(ctx, session_id, heartbeat)
+    await merge(ctx, session_id, heartbeat)
+    async with ctx.pool.acquire() as conn:
+        await conn.execute("UPDATE sessions SET status = 'finalizing', failure_reason = NULL WHERE id = $1",
+                           session_id)
+        pieces = await conn.fetch(
+            "SELECT first_idx AS idx, start_s, end_s, storage_key, 'batch' AS kind FROM batches "
+            "WHERE session_id = $1 AND state = 'stored' "
+            "UNION ALL SELECT idx, start_s, end_s, storage_key, 'segment' FROM segments "
+            "WHERE session_id = $1 AND state = 'stored' ORDER BY idx", session_id)
+    await _publish(ctx, session_id, "finalizing")
+    try:
+        with tempfile.TemporaryDirectory(prefix="finalize-") as tmp:
+            inputs = []
+            for i, piece in enumerate(pieces):
+                path = Path(tmp) / f"{i:06d}.webm"
+                await ctx.storage.download(piece["storage_key"], path)
+                inputs.append(path)
+                if heartbeat:
+                    await heartbeat()
+            key = f"sessions/{session_id}/master.webm"
+            out = Path(tmp) / "master.webm"
+            result = await asyncio.to_thread(concat, inputs, out) if inputs else None
+            if result is not None:
+                sha = await asyncio.to_thread(_sha256, out)
+                size_bytes = out.stat().st_size
+                await ctx.storage.put_file(key, out, content_type="video/webm")
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            if result is not None:
+                await conn.execute(
+                    "INSERT INTO master_videos (session_id, storage_key, bytes, sha256, duration_s, width, height) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (session_id) DO UPDATE SET "
+                    "storage_key = EXCLUDED.storage_key, bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, "
+                    "duration_s = EXCLUDED.duration_s, width = EXCLUDED.width, height = EXCLUDED.height",
+                    session_id, key, size_bytes, sha, result.duration_s, result.width, result.height)
+            await conn.execute("UPDATE sessions SET status = 'finalized', failure_reason = NULL WHERE id = $1",
+                               session_id)
+            await conn.execute("UPDATE batches SET state = 'deleted' WHERE session_id = $1", session_id)
+            await conn.execute("UPDATE segments SET state = 'merged' WHERE session_id = $1 AND state = 'stored'",
+                               session_id)
+    except Exception as exc:
+        async with ctx.pool.acquire() as conn:
+            await conn.execute("UPDATE sessions SET status = 'failed', failure_reason = $2 WHERE id = $1",
+                               session_id, f"finalize: {type(exc).__name__}: {exc}"[:500])
+        await _publish(ctx, session_id, "failed")
+        raise
+    # After the commit: the pieces the master replaces.
+    for piece in pieces:
+        await ctx.storage.delete(piece["storage_key"])
+    await _publish(ctx, session_id, "finalized")
+    log.info("session %s finalized: %.3f s", session_id, result.duration_s if result else 0.0)
+    return True
+
+
+async def _publish(ctx: Context, session_id: str, status: str) -> None:
+    try:
+        await ctx.redis.publish(LIVE_CHANNEL, json.dumps({"type": "session", "session_id": session_id,
+                                                          "status": status, "at": time.time()}))
+    except Exception as exc:
+        log.info("live status not published: %s", exc)
+
+
+def handler(kind: str, ctx: Context, queue: Any) -> Callable[[Any], Awaitable[None]]:
+    """A job handler for `merge` or `finalize` running under the session's Redis lock."""
+    from archiver.jobs import session_lock
+
+    work = merge if kind == "merge" else finalize
+
+    async def run(job: Any) -> None:
+        session_id = job.fields.get("session_id", "")
+        from signaling.sessions import parse_id
+
+        if parse_id(session_id) is None:
+            log.error("%s job %s has no valid session id; dropped", kind, job.id)
+            return
+        beat = queue.heartbeat_for(job)
+        async with session_lock(ctx.redis, session_id, heartbeat=beat):
+            await work(ctx, session_id, beat)
+
+    return run
