@@ -129,7 +129,9 @@ async def get_session(request: web.Request) -> web.Response:
             session_id)]
         data["events"] = [_event_json(r) for r in await conn.fetch(
             "SELECT * FROM events WHERE session_id = $1 ORDER BY start_s, id", session_id)]
-        data["master_video_url"] = None
+        has_master = await conn.fetchval("SELECT count(*) > 0 FROM master_videos WHERE session_id = $1",
+                                         session_id)
+        data["master_video_url"] = f"/api/sessions/{session_id}/master" if has_master else None
     return web.json_response(data)
 
 

@@ -66,6 +66,7 @@ async def test_stream_reload_finish_finalize(web_server: RunningApp, media_node:
 
     path = tmp_path / "master.webm"
     await ctx.storage.download(master["storage_key"], path)
+    await _check_playback_route(web_server.url, admin_token, sid, path.read_bytes())
     info = await asyncio.to_thread(probe, path, True)
     assert info.first_is_keyframe and info.has_cues and info.decode_errors == 0
     assert info.decoded_frames == info.video_frames
@@ -98,3 +99,20 @@ async def test_merge_is_idempotent_and_skips_gaps(ctx: Context) -> None:
             "INSERT INTO sessions (candidate, exam, status, join_nonce, join_expires_at) "
             "VALUES ('m', 'e', 'live', 'n', now()) RETURNING id"))
     assert await merge(ctx, sid) == 0  # nothing stored yet: nothing to do
+
+
+async def _check_playback_route(base: str, token: str, session_id: str, master: bytes) -> None:
+    """Reviewers play the master through the API: login required, HTTP Range answered (seeking)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/api/sessions/{session_id}/master") as response:
+            assert response.status == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        async with http.get(f"{base}/api/sessions/{session_id}", headers=auth) as response:
+            url = (await response.json())["master_video_url"]
+        assert url == f"/api/sessions/{session_id}/master"
+        async with http.get(base + url, headers={**auth, "Range": "bytes=100-199"}) as response:
+            assert response.status == 206 and await response.read() == master[100:200]
+        async with http.get(base + url, headers=auth) as response:
+            assert response.status == 200 and await response.read() == master

@@ -62,9 +62,11 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     from signaling.api import setup_routes as setup_signaling
     from web.candidate import setup_routes as setup_candidate
+    from web.media import setup_routes as setup_media
 
     setup_signaling(app)
     setup_candidate(app)
+    setup_media(app)
     return app
 
 

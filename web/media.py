@@ -1,0 +1,57 @@
+"""Playback and evidence for staff: the master video (HTTP Range from local storage, or a short-lived
+presigned URL on S3/R2) and event snapshots. Every route needs a login or an API token."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proctor.http import USER, error
+from signaling.sessions import parse_id
+from web.app import CTX
+
+
+def _require_user(request: web.Request) -> None:
+    if request.get(USER) is None:
+        raise error(web.HTTPUnauthorized, "login or an API token is required")
+
+
+async def master_video(request: web.Request) -> web.StreamResponse:
+    _require_user(request)
+    ctx = request.app[CTX]
+    session_id = parse_id(request.match_info["session_id"])
+    if session_id is None:
+        raise error(web.HTTPNotFound, "no such session")
+    async with ctx.pool.acquire() as conn:
+        key = await conn.fetchval("SELECT storage_key FROM master_videos WHERE session_id = $1", session_id)
+    if key is None:
+        raise error(web.HTTPNotFound, "no master video yet")
+    url = await ctx.storage.presigned_url(key, ctx.settings.presign_seconds)
+    if url is not None:
+        raise web.HTTPFound(url)
+    path = ctx.storage.local_path(key)
+    if path is None or not path.is_file():
+        raise error(web.HTTPNotFound, "master video missing from storage")
+    # FileResponse answers Range requests (206), which the browser's <video> uses to seek.
+    return web.FileResponse(path, headers={"Content-Type": "video/webm", "Cache-Control": "private, no-store"})
+
+
+async def event_snapshot(request: web.Request) -> web.Response:
+    _require_user(request)
+    ctx = request.app[CTX]
+    session_id = parse_id(request.match_info["session_id"])
+    try:
+        event_id = int(request.match_info["event_id"])
+    except ValueError:
+        raise error(web.HTTPNotFound, "no such event") from None
+    async with ctx.pool.acquire() as conn:
+        key = await conn.fetchval("SELECT snapshot_key FROM events WHERE id = $1 AND session_id = $2", event_id,
+                                  session_id)
+    if key is None:
+        raise error(web.HTTPNotFound, "no snapshot for this event")
+    data = await ctx.storage.get_bytes(key)
+    return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/api/sessions/{session_id}/master", master_video)
+    app.router.add_get("/api/sessions/{session_id}/events/{event_id}/snapshot", event_snapshot)
