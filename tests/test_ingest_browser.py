@@ -107,6 +107,23 @@ async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_no
     assert len(gaps) == 1 and gaps[0]["at_s"] >= before["media_time_s"]
     assert after["media_time_s"] >= gaps[0]["at_s"]  # the timeline continues, never restarts at 0
 
+    # Browser signals over the data channel become events on the same timeline: leave the window for 3 s.
+    await page.evaluate("window.dispatchEvent(new Event('blur'))")
+    await asyncio.sleep(3.2)
+    await page.evaluate("window.dispatchEvent(new Event('focus'))")
+    await page.evaluate("document.dispatchEvent(new Event('paste'))")
+
+    async def browser_events() -> list | None:
+        async with ctx.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT kind, start_s, end_s, source FROM events WHERE session_id = $1 "
+                                    "AND source = 'browser' ORDER BY start_s", session_id)
+        kinds = {r["kind"]: r for r in rows}
+        return rows if "window_blur" in kinds and kinds["window_blur"]["end_s"] and "copy_paste" in kinds else None
+
+    rows = await wait_for(browser_events, within=10)
+    blur = next(r for r in rows if r["kind"] == "window_blur")
+    assert 2.8 <= blur["end_s"] - blur["start_s"] <= 4.0 and blur["start_s"] >= gaps[0]["at_s"]
+
     # Finish after a little more exam: the session ends and the node lets the stream go.
     await asyncio.sleep(1.5)
     await page.click("#finish-btn")

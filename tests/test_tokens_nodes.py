@@ -80,3 +80,19 @@ def test_tune_answer_sets_bitrate_on_video_only() -> None:
     video = tuned.split("m=video", 1)[1]
     assert "b=AS:1200" in video and "b=AS" not in tuned.split("m=video", 1)[0]
     assert tune_answer(tuned, 1200).count("x-google-start-bitrate") == 1  # idempotent
+
+
+def test_media_clock_guards_timestamp_jumps() -> None:
+    from media_server.stream import MediaClock
+
+    clock = MediaClock(base_s=10.0)
+    assert clock.media_time(1000) == 10.0
+    assert clock.media_time(1000 + 3000) == pytest.approx(10.0 + 1 / 30)
+    # A backwards step of more than a second is refused (it would read as a 13-hour wrap).
+    assert clock.media_time(1000 - 200_000) is None
+    # A forward jump of an hour is taken as one frame: the timeline stays continuous.
+    t = clock.media_time(4000 + 90_000 * 3600)
+    assert t == pytest.approx(10.0 + 2 / 30, abs=0.001)
+    assert clock.refused == 2
+    assert clock.media_time(4000 + 90_000 * 3600 + 3000) == pytest.approx(10.0 + 3 / 30, abs=0.001)
+    assert clock.end_s == pytest.approx(10.0 + 4 / 30, abs=0.001)
