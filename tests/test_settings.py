@@ -101,3 +101,9 @@ def test_cli_reports_bad_setting_and_exits_2() -> None:
                             env={"SEGMENT_SECONDS": "twenty", "PATH": "/usr/bin:/bin"}, cwd=ROOT, timeout=60)
     assert result.returncode == 2
     assert "SEGMENT_SECONDS" in result.stderr
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [f.metadata["env"] for f in fields(Settings) if f"| `{f.metadata['env']}` |" not in readme]
+    assert not missing, f"README configuration table lacks {missing}: paste `proctor settings --table`"
