@@ -31,6 +31,15 @@ WAIT_FOR_SEGMENTS_S = 600.0
 TILE_TOLERANCE_S = 0.002
 
 
+async def _fetch(ctx: Context, key: str, path: Path) -> Path:
+    """A stored object as a local file: the object itself on local storage (no copy), a download on S3."""
+    local = ctx.storage.local_path(key)
+    if local is not None and local.is_file():
+        return local
+    await ctx.storage.download(key, path)
+    return path
+
+
 class NotReady(RuntimeError):
     """The session's segments are not all stored yet; the job is retried later."""
 
@@ -72,9 +81,7 @@ async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = Non
         with tempfile.TemporaryDirectory(prefix="merge-") as tmp:
             inputs = []
             for row in run:
-                path = Path(tmp) / f"{row['idx']:06d}.webm"
-                await ctx.storage.download(row["storage_key"], path)
-                inputs.append(path)
+                inputs.append(await _fetch(ctx, row["storage_key"], Path(tmp) / f"{row['idx']:06d}.webm"))
                 if heartbeat:
                     await heartbeat()
             out = Path(tmp) / "batch.webm"
@@ -152,9 +159,7 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
         with tempfile.TemporaryDirectory(prefix="finalize-") as tmp:
             inputs = []
             for i, piece in enumerate(pieces):
-                path = Path(tmp) / f"{i:06d}.webm"
-                await ctx.storage.download(piece["storage_key"], path)
-                inputs.append(path)
+                inputs.append(await _fetch(ctx, piece["storage_key"], Path(tmp) / f"{i:06d}.webm"))
                 if heartbeat:
                     await heartbeat()
             key = f"sessions/{session_id}/master.webm"

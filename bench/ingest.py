@@ -63,8 +63,14 @@ def admin_token(urls: dict[str, str]) -> str:
 
 
 async def node_info(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    async with http.get(f"{base}/healthz") as response:
-        nodes = (await response.json())["media_nodes"]
+    """The media node, once it has loaded its models and registered."""
+    deadline = time.monotonic() + 120
+    while True:
+        async with http.get(f"{base}/healthz") as response:
+            nodes = (await response.json())["media_nodes"]
+        if nodes or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
     node = nodes[0]
     pid = int(node["node_id"].rsplit("-", 2)[1])
     return {"url": node["url"], "pid": pid}
@@ -184,7 +190,8 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
     (RESULTS / "ingest.json").write_text(json.dumps(summary, indent=2))
     lines = [
         "# Ingest benchmark", "",
-        "Command: `.venv/bin/python -m bench.ingest` (one media node; no archiver/analyzers attached).", "",
+        "Command: `.venv/bin/python -m bench.ingest` (one media node with the archiver and all available "
+        "analyzers on every stream, at their default rates).", "",
         f"Page reload -> first frame at the server (real Chromium, {len(loads)} reloads): median "
         f"{summary['page_load_to_first_frame_s']['median']} s, p95 {summary['page_load_to_first_frame_s']['p95']} s.",
         "", f"Streams one node carried (all >= 25 fps, < 1 % loss, event-loop lag p99 < 50 ms): **{carried}**", "",
