@@ -62,11 +62,17 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     from signaling.api import setup_routes as setup_signaling
     from web.candidate import setup_routes as setup_candidate
+    from web.live import setup_routes as setup_live
+    from web.login import setup_routes as setup_login
     from web.media import setup_routes as setup_media
+    from web.staff import setup_routes as setup_staff
 
     setup_signaling(app)
     setup_candidate(app)
     setup_media(app)
+    setup_login(app)
+    setup_staff(app)
+    setup_live(app)
     return app
 
 

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proctor import accounts
-from proctor.http import USER
+from proctor.http import USER, error
+from web import cookies
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -35,4 +36,30 @@ async def identify(request: web.Request, handler: Handler) -> web.StreamResponse
             request[USER] = await accounts.user_for_token(conn, token)
         if request[USER] is None:
             raise web.HTTPUnauthorized(reason="invalid API token")
+    elif "Authorization" not in request.headers and cookies.COOKIE in request.cookies:
+        # Browser login (web/login.py). A request with any Authorization header (e.g. a candidate's join token)
+        # never falls back to the cookie, so a staff member's cookie cannot leak into candidate calls.
+        await _identify_cookie(request)
     return await handler(request)
+
+
+async def _identify_cookie(request: web.Request) -> None:
+    from web.app import CTX
+
+    ctx = request.app[CTX]
+    key = ctx.settings.signing_key()
+    claims = cookies.verify(key, request.cookies.get(cookies.COOKIE))
+    if claims is None or await ctx.redis.exists(cookies.REVOKED_KEY.format(sid=claims.sid)):
+        return
+    async with ctx.pool.acquire() as conn:  # reloaded every time: a disabled account stops at once
+        row = await conn.fetchrow("SELECT id, name, role FROM users WHERE id = $1 AND NOT disabled", claims.user_id)
+    if row is None:
+        return
+    if request.method in cookies.UNSAFE_METHODS and request.path != "/login":
+        presented = request.headers.get(cookies.CSRF_HEADER)
+        if presented is None and request.content_type == "application/x-www-form-urlencoded":
+            presented = (await request.post()).get(cookies.CSRF_FIELD)  # type: ignore[assignment]
+        if not cookies.csrf_ok(key, claims.sid, presented):
+            raise error(web.HTTPForbidden, f"CSRF token missing or wrong (send {cookies.CSRF_HEADER})")
+    request[USER] = accounts.User(row["id"], row["name"], row["role"])
+    request[cookies.SESSION] = claims

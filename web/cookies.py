@@ -1,0 +1,89 @@
+"""Staff login sessions in a signed cookie, and the CSRF tokens derived from them.
+
+The cookie is `<user id>.<issued at>.<expires at>.<session id>.<signature>`: HMAC-SHA256 over the first four
+fields with the app's signing key. Nothing secret is in it; the user is reloaded from Postgres on every request
+(a disabled account stops working at once) and a logged-out session id is remembered in Redis until it would
+have expired anyway. The CSRF token of a session is an HMAC of its session id under another label, so pages get
+it from the server and a cross-site form cannot know it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+COOKIE = "proctor_session"
+LOGIN_COOKIE = "proctor_login"  # pre-login CSRF nonce of the login form
+MAX_AGE_S = 12 * 3600
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+REVOKED_KEY = "proctor:web:revoked:{sid}"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True)
+class SessionClaims:
+    user_id: int
+    issued_at: int
+    expires_at: int
+    sid: str
+
+
+# The login session of a request identified by its cookie (absent for Bearer tokens and anonymous requests).
+SESSION: web.RequestKey[SessionClaims] = web.RequestKey("web_session", SessionClaims)
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _mac(key: bytes, label: str, payload: str) -> str:
+    return _b64(hmac.new(key, f"{label}|{payload}".encode(), hashlib.sha256).digest())
+
+
+def issue(key: bytes, user_id: int, now: float | None = None, max_age_s: int = MAX_AGE_S) -> tuple[str, SessionClaims]:
+    issued = int(now if now is not None else time.time())
+    claims = SessionClaims(int(user_id), issued, issued + max_age_s, secrets.token_urlsafe(16))
+    payload = f"{claims.user_id}.{claims.issued_at}.{claims.expires_at}.{claims.sid}"
+    return f"{payload}.{_mac(key, 'session-v1', payload)}", claims
+
+
+def verify(key: bytes, value: str | None, now: float | None = None) -> SessionClaims | None:
+    """The claims of a well-signed, unexpired cookie value; None for anything else."""
+    if not value or len(value) > 300:
+        return None
+    parts = value.split(".")
+    if len(parts) != 5:
+        return None
+    payload, signature = ".".join(parts[:4]), parts[4]
+    if not hmac.compare_digest(signature, _mac(key, "session-v1", payload)):
+        return None
+    try:
+        claims = SessionClaims(int(parts[0]), int(parts[1]), int(parts[2]), parts[3])
+    except ValueError:
+        return None
+    current = now if now is not None else time.time()
+    if claims.expires_at <= current or claims.issued_at > current + 60:
+        return None
+    return claims
+
+
+def csrf_token(key: bytes, sid: str) -> str:
+    return _mac(key, "csrf-v1", sid)
+
+
+def csrf_ok(key: bytes, sid: str, presented: str | None) -> bool:
+    return bool(presented) and hmac.compare_digest(str(presented), csrf_token(key, sid))
+
+
+def login_nonce() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def login_csrf(key: bytes, nonce: str) -> str:
+    return _mac(key, "login-csrf-v1", nonce)

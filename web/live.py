@@ -1,0 +1,184 @@
+"""Proctor live monitor: GET /live (grid of live sessions and their open flags) and the WebSocket GET /api/live.
+
+The WebSocket relays every message published on Redis LIVE_CHANNEL (events from the analyzers, connection
+changes from media nodes, session status from signaling and the archiver, acknowledgements). One Redis
+subscription per web process is fanned out to all sockets; each socket has a bounded queue, and a slow client
+loses its oldest messages (it is told how many, so it can reload) rather than holding memory or the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from proctor.http import error
+from proctor.redis import LIVE_CHANNEL
+from signaling.api import require_user
+from web import cookies
+from web.app import CTX
+from web.login import page_user, render_page
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+
+
+class Subscriber:
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=size)
+        self.dropped = 0
+        self.ws: web.WebSocketResponse | None = None
+
+    def offer(self, data: str) -> None:
+        if self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()  # drop the oldest
+                self.dropped += 1
+        self.queue.put_nowait(data)
+
+
+class LiveHub:
+    """One Redis pub/sub subscription to LIVE_CHANNEL, fanned out to every connected monitor."""
+
+    def __init__(self, queue_size: int = QUEUE_SIZE) -> None:
+        self.queue_size = queue_size
+        self.subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def subscribe(self, redis: Any) -> Subscriber:
+        sub = Subscriber(self.queue_size)
+        self.subscribers.add(sub)
+        if self._task is None or self._task.done():
+            self._ready = asyncio.Event()
+            self._task = asyncio.create_task(self._run(redis), name="live-hub")
+        try:
+            await asyncio.wait_for(self._ready.wait(), 5)
+        except TimeoutError:
+            self.subscribers.discard(sub)
+            raise error(web.HTTPServiceUnavailable, "live channel unavailable (Redis)") from None
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    def publish_local(self, data: str) -> None:
+        for sub in list(self.subscribers):
+            sub.offer(data)
+
+    async def _run(self, redis: Any) -> None:
+        while True:
+            pubsub = redis.pubsub()
+            try:
+                await pubsub.subscribe(LIVE_CHANNEL)
+                self._ready.set()
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self.publish_local(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis restarted: tell the monitors, resubscribe shortly
+                log.warning("live hub lost Redis: %s", exc)
+                self.publish_local(json.dumps({"type": "hub", "state": "reconnecting"}))
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def close_sockets(self) -> None:
+        for sub in list(self.subscribers):
+            if sub.ws is not None:
+                with contextlib.suppress(Exception):
+                    await sub.ws.close(code=1001, message=b"server shutdown")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+LIVE_HUB = web.AppKey("live_hub", LiveHub)
+
+
+async def live_socket(request: web.Request) -> web.StreamResponse:
+    user = require_user(request)  # 401 before any upgrade
+    if request.get(cookies.SESSION) is not None:
+        # A cookie-authenticated socket must come from our own pages (cross-site WebSocket hijacking).
+        origin = request.headers.get("Origin")
+        if origin and origin.rstrip("/") != f"{request.scheme}://{request.host}" \
+                and origin.rstrip("/") != request.app[CTX].settings.base_url.rstrip("/"):
+            raise error(web.HTTPForbidden, "cross-origin WebSocket refused")
+    hub = request.app[LIVE_HUB]
+    sub = await hub.subscribe(request.app[CTX].redis)
+    ws = web.WebSocketResponse(heartbeat=25, max_msg_size=4096)
+    sub.ws = ws
+    try:
+        await ws.prepare(request)
+        await ws.send_json({"type": "hello", "user": user.name, "role": user.role})
+        pump = asyncio.create_task(_pump(sub, ws))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT and msg.data == "ping":
+                    await ws.send_str('{"type":"pong"}')
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+    finally:
+        hub.unsubscribe(sub)
+    return ws
+
+
+async def _pump(sub: Subscriber, ws: web.WebSocketResponse) -> None:
+    reported = 0
+    while not ws.closed:
+        data = await sub.queue.get()
+        if sub.dropped != reported:
+            await ws.send_str(json.dumps({"type": "overflow", "dropped": sub.dropped - reported}))
+            reported = sub.dropped
+        await ws.send_str(data)
+
+
+async def live_page(request: web.Request) -> web.Response:
+    page_user(request)
+    async with request.app[CTX].pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, candidate, exam, status, started_at, duration_s, node_id, "
+            "(last_seen_at > now() - interval '20 seconds') AS recent FROM sessions "
+            "WHERE status = 'live' ORDER BY started_at NULLS LAST, created_at")
+        events = await conn.fetch(
+            "SELECT e.id, e.session_id, e.kind, e.start_s, e.end_s, e.confidence, e.acknowledged_at, "
+            "e.snapshot_key IS NOT NULL AS has_snapshot FROM events e JOIN sessions s ON s.id = e.session_id "
+            "WHERE s.status = 'live' AND (e.end_s IS NULL OR e.acknowledged_at IS NULL) ORDER BY e.start_s")
+    flags: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        flags.setdefault(str(e["session_id"]), []).append({
+            "id": e["id"], "kind": e["kind"], "start_s": e["start_s"], "end_s": e["end_s"],
+            "confidence": e["confidence"], "acknowledged": e["acknowledged_at"] is not None})
+    config = {"sessions": [{
+        "id": str(r["id"]), "candidate": r["candidate"], "exam": r["exam"], "status": r["status"],
+        "connection": "connected" if r["recent"] else "unknown", "duration_s": r["duration_s"],
+        "flags": flags.get(str(r["id"]), [])} for r in rows]}
+    return render_page("live.html", request, {"nav": "live", "config_json": json.dumps(config)})
+
+
+def setup_routes(app: web.Application) -> None:
+    hub = LiveHub()
+    app[LIVE_HUB] = hub
+
+    async def close_sockets(app: web.Application) -> None:
+        await hub.close_sockets()
+
+    async def close_hub(app: web.Application) -> None:
+        await hub.close()
+
+    app.on_shutdown.append(close_sockets)
+    app.on_cleanup.append(close_hub)
+    app.router.add_get("/live", live_page)
+    app.router.add_get("/api/live", live_socket)

@@ -1,0 +1,205 @@
+"""Staff pages and the review API: sessions list, review (master video + timeline), event review/ack, exports.
+
+Pages need a login (redirect to /login); the JSON routes need a login cookie or an API token (401), and a
+state-changing call from a page carries the CSRF token (checked by web.auth.identify).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from proctor import accounts
+from proctor.http import error, read_json
+from signaling import sessions
+from signaling.api import require_user
+from web.app import CTX
+from web.login import page_user, render_page
+
+REVIEW_STATES = ("pending", "confirmed", "dismissed")
+MAX_NOTE = 2000
+MAX_QUERY = 200
+EXPORT_FIELDS = ("id", "kind", "start_s", "end_s", "duration_s", "confidence", "source", "review_state",
+                 "review_note", "reviewed_by", "reviewed_at", "acknowledged_by", "acknowledged_at", "snapshot_url")
+
+
+def _session_id(request: web.Request) -> str:
+    session_id = sessions.parse_id(request.match_info["session_id"])
+    if session_id is None:
+        raise error(web.HTTPNotFound, "no such session")
+    return session_id
+
+
+def _event_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["event_id"])
+    except ValueError:
+        raise error(web.HTTPNotFound, "no such event") from None
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# --- pages ---------------------------------------------------------------------------------------------
+
+async def sessions_page(request: web.Request) -> web.Response:
+    page_user(request)
+    status = request.query.get("status") or None
+    if status is not None and status not in sessions.STATUSES:
+        status = None
+    query = request.query.get("q", "").strip()[:MAX_QUERY]
+    flagged = request.query.get("flagged") == "1"
+    async with request.app[CTX].pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT s.id, s.candidate, s.exam, s.status, s.created_at, s.started_at, s.ended_at, s.duration_s, "
+            "count(e.id) AS events, count(e.id) FILTER (WHERE e.end_s IS NULL) AS open_events, "
+            "count(e.id) FILTER (WHERE e.review_state = 'confirmed') AS confirmed, "
+            "count(e.id) FILTER (WHERE e.review_state = 'pending') AS pending "
+            "FROM sessions s LEFT JOIN events e ON e.session_id = s.id "
+            "WHERE ($1::text IS NULL OR s.status = $1) "
+            "AND ($2 = '' OR s.candidate ILIKE '%' || $2 || '%' OR s.exam ILIKE '%' || $2 || '%') "
+            "GROUP BY s.id HAVING (NOT $3 OR count(e.id) > 0) ORDER BY s.created_at DESC LIMIT 200",
+            status, _like(query), flagged)
+    return render_page("sessions.html", request, {
+        "nav": "sessions", "rows": rows, "statuses": sessions.STATUSES, "status": status or "", "q": query,
+        "flagged": flagged, "duration": _duration})
+
+
+def _duration(seconds: float | None) -> str:
+    total = int(seconds or 0)
+    return f"{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d}"
+
+
+async def review_page(request: web.Request) -> web.Response:
+    page_user(request)
+    session_id = _session_id(request)
+    async with request.app[CTX].pool.acquire() as conn:
+        row = await sessions.get(conn, session_id)
+        if row is None:
+            raise web.HTTPNotFound(text="no such session")
+        master = await conn.fetchrow("SELECT duration_s FROM master_videos WHERE session_id = $1", session_id)
+    config = {"sessionId": session_id, "status": row["status"],
+              "masterDuration": master["duration_s"] if master else None}
+    return render_page("review.html", request, {"nav": "sessions", "session": row,
+                                                "config_json": json.dumps(config)})
+
+
+# --- review API ----------------------------------------------------------------------------------------
+
+_EVENT_SQL = (
+    "SELECT e.*, r.name AS reviewed_by_name, a.name AS acknowledged_by_name FROM events e "
+    "LEFT JOIN users r ON r.id = e.reviewed_by LEFT JOIN users a ON a.id = e.acknowledged_by ")
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def event_json(row: asyncpg.Record) -> dict[str, Any]:
+    end_s = row["end_s"]
+    return {
+        "id": row["id"], "session_id": str(row["session_id"]), "kind": row["kind"], "start_s": row["start_s"],
+        "end_s": end_s, "duration_s": round(end_s - row["start_s"], 3) if end_s is not None else None,
+        "confidence": row["confidence"], "source": row["source"],
+        "review_state": row["review_state"], "review_note": row["review_note"],
+        "reviewed_by": row["reviewed_by_name"], "reviewed_at": _iso(row["reviewed_at"]),
+        "acknowledged_by": row["acknowledged_by_name"], "acknowledged_at": _iso(row["acknowledged_at"]),
+        "snapshot_url": f"/api/sessions/{row['session_id']}/events/{row['id']}/snapshot" if row["snapshot_key"]
+        else None,
+    }
+
+
+async def review_event(request: web.Request) -> web.Response:
+    """POST /api/sessions/{id}/events/{eid}/review {"state": "confirmed|dismissed|pending", "note": "..."}."""
+    user = require_user(request)
+    session_id, event_id = _session_id(request), _event_id(request)
+    body = await read_json(request, 16 * 1024)
+    state, note = body.get("state"), body.get("note")
+    if state not in REVIEW_STATES:
+        raise error(web.HTTPBadRequest, f"state must be one of {', '.join(REVIEW_STATES)}")
+    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
+        raise error(web.HTTPBadRequest, f"note must be a string of at most {MAX_NOTE} characters")
+    note = note.strip() or None if isinstance(note, str) else None
+    async with request.app[CTX].pool.acquire() as conn, conn.transaction():
+        updated = await conn.fetchval(
+            "UPDATE events SET review_state = $3, review_note = $4, reviewed_by = $5, reviewed_at = now(), "
+            "updated_at = now() WHERE id = $1 AND session_id = $2 RETURNING id",
+            event_id, session_id, state, note, user.id)
+        if updated is None:
+            raise error(web.HTTPNotFound, "no such event")
+        await accounts.audit(conn, user.name, "event.review", f"event:{event_id}",
+                             {"session_id": session_id, "state": state, "note": note})
+        row = await conn.fetchrow(_EVENT_SQL + "WHERE e.id = $1", event_id)
+    return web.json_response(event_json(row))
+
+
+async def acknowledge_event(request: web.Request) -> web.Response:
+    """POST /api/sessions/{id}/events/{eid}/ack: a proctor has seen a live alert (first acknowledgement kept)."""
+    user = require_user(request)
+    session_id, event_id = _session_id(request), _event_id(request)
+    ctx = request.app[CTX]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        updated = await conn.fetchval(
+            "UPDATE events SET acknowledged_by = coalesce(acknowledged_by, $3), "
+            "acknowledged_at = coalesce(acknowledged_at, now()), updated_at = now() "
+            "WHERE id = $1 AND session_id = $2 RETURNING id", event_id, session_id, user.id)
+        if updated is None:
+            raise error(web.HTTPNotFound, "no such event")
+        await accounts.audit(conn, user.name, "event.ack", f"event:{event_id}", {"session_id": session_id})
+        row = await conn.fetchrow(_EVENT_SQL + "WHERE e.id = $1", event_id)
+    data = event_json(row)
+    # Other proctors' monitors clear the alert too.
+    await sessions.publish(ctx.redis, {"type": "ack", "session_id": session_id, "event_id": event_id,
+                                       "by": data["acknowledged_by"]})
+    return web.json_response(data)
+
+
+async def _export_rows(request: web.Request) -> tuple[asyncpg.Record, list[dict[str, Any]]]:
+    require_user(request)
+    session_id = _session_id(request)
+    async with request.app[CTX].pool.acquire() as conn:
+        row = await sessions.get(conn, session_id)
+        if row is None:
+            raise error(web.HTTPNotFound, "no such session")
+        events = await conn.fetch(_EVENT_SQL + "WHERE e.session_id = $1 ORDER BY e.start_s, e.id", session_id)
+    return row, [event_json(e) for e in events]
+
+
+def _cell(value: Any) -> Any:
+    # Spreadsheet formula injection: text starting with = + - @ (or tab/CR) is prefixed with a quote.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+async def export_events(request: web.Request) -> web.Response:
+    """GET /api/sessions/{id}/events.csv | events.json: every event with its review, as a download."""
+    fmt = request.match_info["fmt"]
+    row, events = await _export_rows(request)
+    name = f"session-{row['id']}-events.{fmt}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "private, no-store"}
+    if fmt == "json":
+        body = {"session": sessions.to_json(row), "events": events}
+        return web.json_response(body, headers=headers, dumps=lambda d: json.dumps(d, indent=2))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(EXPORT_FIELDS)
+    for event in events:
+        writer.writerow([_cell(event[f]) for f in EXPORT_FIELDS])
+    return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8", headers=headers)
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", sessions_page)
+    r.add_get("/sessions", sessions_page)
+    r.add_get("/sessions/{session_id}", review_page)
+    r.add_post("/api/sessions/{session_id}/events/{event_id}/review", review_event)
+    r.add_post("/api/sessions/{session_id}/events/{event_id}/ack", acknowledge_event)
+    r.add_get("/api/sessions/{session_id}/events.{fmt:csv|json}", export_events)
