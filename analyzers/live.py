@@ -10,6 +10,7 @@ at once, with the evidence JPEG of its strongest frame in storage.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import threading
@@ -26,12 +27,15 @@ from analyzers.base import AnalyzerConfig, Detector, Signal
 from analyzers.registry import build_detectors
 from analyzers.rules import EventChange, EventRules
 from proctor.context import Context
-from proctor.redis import LIVE_CHANNEL
+from proctor.redis import LIVE_CHANNEL, THUMBNAIL_KEY
+from signaling.scoring import refresh_score
 
 log = logging.getLogger(__name__)
 
 ANALYSIS_THREADS = 2
 TICK_S = 0.5
+THUMBNAIL_S = 3.0
+THUMBNAIL_TTL_S = 30
 
 
 @dataclass
@@ -87,6 +91,8 @@ class _DetectorSlot:
         if not self.owner.closed:
             for signal in signals:
                 self.owner.observe(signal, item, rgb)
+            if rgb is not None:
+                self.owner.maybe_thumbnail(rgb)
         if self.waiting is not None and not self.owner.closed:
             waiting, self.waiting = self.waiting, None
             self._submit(waiting)
@@ -104,6 +110,8 @@ class StreamAnalysis:
         self._convert_lock = threading.Lock()
         self._last_rgb: tuple[float, np.ndarray] | None = None
         self.db_ids: dict[int, int] = {}  # rules event id -> events.id
+        self._thumb_at = 0.0
+        self._pending: set[asyncio.Future[None]] = set()
         self.changes: asyncio.Queue[tuple[EventChange, float | None]] = asyncio.Queue()
         for slot in self.slots:
             stream.sampler.subscribe(slot)
@@ -137,6 +145,26 @@ class StreamAnalysis:
         arrived = time.time()
         for change in self.rules.browser_signal(message, media_time_s):
             self.changes.put_nowait((change, arrived))
+
+    def maybe_thumbnail(self, rgb: np.ndarray) -> None:
+        """Every THUMBNAIL_S a small JPEG of the latest analysed frame, for the live monitor's grid."""
+        now = time.monotonic()
+        if now - self._thumb_at < THUMBNAIL_S:
+            return
+        self._thumb_at = now
+
+        async def store() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                jpeg = await loop.run_in_executor(self.analysis.executor, _thumbnail, rgb)
+                await self.analysis.ctx.redis.set(THUMBNAIL_KEY.format(session_id=self.session_id),
+                                                  base64.b64encode(jpeg).decode(), ex=THUMBNAIL_TTL_S)
+            except Exception as exc:
+                log.debug("thumbnail not stored: %s", exc)
+
+        task = asyncio.ensure_future(store())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _ticker(self) -> None:
         while True:
@@ -196,6 +224,8 @@ class StreamAnalysis:
         await self._publish(change, event_id, arrived)
         if change.type == "end":
             self.db_ids.pop(change.event_id, None)
+            async with ctx.pool.acquire() as conn:
+                await refresh_score(conn, self.session_id, ctx.settings.weights)
         if change.frame_ref is not None and change.type in ("start", "update"):
             await self._snapshot(event_id, change.frame_ref)
 
@@ -262,6 +292,13 @@ def _encode_jpeg(rgb: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def _thumbnail(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    small = cv2.resize(rgb, (160, 120), interpolation=cv2.INTER_AREA)
+    return _encode_jpeg(small)
 
 
 def _decode_jpeg(data: bytes) -> np.ndarray | None:

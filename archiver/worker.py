@@ -4,8 +4,9 @@ Roles:
 - `merge`: stream-copies runs of stored segments into batches (jobs queued as segments are stored);
 - `finalize`: builds master.webm when a session ended (jobs queued at the end);
 - `sweep`: ends sessions whose candidate stayed disconnected longer than DISCONNECT_TIMEOUT_S (the update is
-  conditional, so any number of workers can sweep at once and each session ends exactly once), and re-queues
-  finalize for ended sessions left unfinalized (a lost job, or a failure to retry).
+  conditional, so any number of workers can sweep at once and each session ends exactly once), re-queues
+  finalize for ended sessions left unfinalized (a lost job, or a failure to retry), and deletes sessions older
+  than RETENTION_DAYS.
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ async def sweep_disconnected(ctx: Context) -> list[str]:
     return ended
 
 
+async def expire_sessions(ctx: Context) -> list[str]:
+    """RETENTION_DAYS: sessions older than that lose their video, snapshots, photos and events (audit-logged)."""
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id::text FROM sessions WHERE created_at < now() - make_interval(days => $1) "
+            "AND status NOT IN ('created', 'live') ORDER BY created_at LIMIT 100", ctx.settings.retention_days)
+    expired = []
+    for row in rows:
+        if await sessions.delete(ctx, row["id"], actor="retention",
+                                 reason=f"older than {ctx.settings.retention_days} days"):
+            expired.append(row["id"])
+    if expired:
+        log.info("retention: deleted %d sessions older than %d days", len(expired), ctx.settings.retention_days)
+    return expired
+
+
 async def requeue_unfinalized(ctx: Context) -> list[str]:
     """Sessions ended (or failed) a while ago but not finalized: queue their finalize again. Finalize is
     idempotent and runs under the session lock, so a duplicate job costs one lock check."""
@@ -61,6 +78,7 @@ async def _sweeper(ctx: Context) -> None:
             await sweep_disconnected(ctx)
             if rounds % int(RETRY_FAILED_S / SWEEP_INTERVAL_S) == 0:
                 await requeue_unfinalized(ctx)
+                await expire_sessions(ctx)
         except Exception as exc:  # a database or Redis outage: try again next round
             log.warning("sweep failed: %s", exc)
         rounds += 1

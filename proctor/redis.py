@@ -23,3 +23,5 @@ def connect(url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=15)
 # Control messages to media nodes, e.g. {"session_id": ..., "action": "end"}; every node listens.
 SESSION_CONTROL = "proctor:control:session"
+# The live monitor's thumbnail of a stream: base64 JPEG, refreshed by the media node, expiring when it stops.
+THUMBNAIL_KEY = "proctor:thumb:{session_id}"

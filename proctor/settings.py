@@ -118,6 +118,13 @@ def _event_timing(raw: str) -> str:
     return raw.strip()
 
 
+def _score_weights(raw: str) -> str:
+    from signaling.scoring import parse_weights
+
+    parse_weights(raw)
+    return raw.strip()
+
+
 def _setting(env: str, default: str, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
     return field(default=None, metadata={"env": env, "default": default, "parse": parse, "doc": doc, "secret": secret})
 
@@ -236,6 +243,10 @@ class Settings:
         "EVENT_TIMING", "", _event_timing,
         "Per-kind hysteresis overrides, start/end seconds: e.g. no_face=5/2,phone=1/3 "
         "(defaults in analyzers/rules.py).")
+    score_weights: str = _setting(
+        "SCORE_WEIGHTS", "", _score_weights,
+        "Suspicion score weights, points per 10 s of a flag: e.g. phone=8,identity_mismatch=10 "
+        "(defaults in signaling/scoring.py).")
     # --- misc --------------------------------------------------------------------------------------
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of every process.")
@@ -287,6 +298,12 @@ class Settings:
     @property
     def models_home(self) -> Path:
         return Path(self.deepface_home).absolute() if self.deepface_home else self.data_dir / "models"
+
+    @property
+    def weights(self) -> dict[str, float]:
+        from signaling.scoring import parse_weights
+
+        return parse_weights(self.score_weights)
 
     def signing_key(self) -> bytes:
         """SECRET_KEY, or one generated on first start and kept in the data dir so restarts keep links valid."""

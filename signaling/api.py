@@ -178,23 +178,9 @@ async def _end(request: web.Request, *, actor: str, reason: str) -> web.Response
 
 async def delete_session(request: web.Request) -> web.Response:
     user = require_admin(request)
-    ctx = _ctx(request)
     session_id = _session_id(request)
-    async with ctx.pool.acquire() as conn:
-        row = await sessions.get(conn, session_id)
-        if row is None:
-            raise error(web.HTTPNotFound, "no such session")
-        if row["status"] in sessions.OPEN_STATUSES:
-            await sessions.end(conn, ctx.redis, session_id, "deleted")
-    # Storage first: a crash in between leaves a row that can be deleted again, never orphaned video.
-    for obj in await ctx.storage.list(f"sessions/{session_id}/"):
-        await ctx.storage.delete(obj.key)
-    async with ctx.pool.acquire() as conn:
-        await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
-        from proctor.accounts import audit
-
-        await audit(conn, user.name, "session.delete", f"session:{session_id}",
-                    {"candidate": row["candidate"], "exam": row["exam"]})
+    if not await sessions.delete(_ctx(request), session_id, actor=user.name, reason="deleted by admin"):
+        raise error(web.HTTPNotFound, "no such session")
     return web.json_response({"id": session_id, "deleted": True})
 
 

@@ -84,3 +84,26 @@ async def end(conn: asyncpg.Connection, redis: aioredis.Redis, session_id: str, 
                      approximate=True)
     await publish(redis, {"type": "session", "session_id": session_id, "status": "ended", "reason": reason})
     return True
+
+
+async def delete(ctx: Any, session_id: str, *, actor: str, reason: str) -> bool:
+    """Remove a session's video, snapshots, photos and events (its row and everything under it), audit-logged.
+
+    Storage first: a crash in between leaves a row that can be deleted again, never orphaned video.
+    """
+    from proctor.accounts import audit
+
+    async with ctx.pool.acquire() as conn:
+        row = await get(conn, session_id)
+        if row is None:
+            return False
+        if row["status"] in OPEN_STATUSES:
+            await end(conn, ctx.redis, session_id, "deleted")
+    for obj in await ctx.storage.list(f"sessions/{session_id}/"):
+        await ctx.storage.delete(obj.key)
+    async with ctx.pool.acquire() as conn:
+        await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
+        await audit(conn, actor, "session.delete", f"session:{session_id}",
+                    {"candidate": row["candidate"], "exam": row["exam"], "reason": reason})
+    await publish(ctx.redis, {"type": "session", "session_id": session_id, "status": "deleted"})
+    return True

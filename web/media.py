@@ -3,9 +3,12 @@ presigned URL on S3/R2) and event snapshots. Every route needs a login or an API
 
 from __future__ import annotations
 
+import base64
+
 from aiohttp import web
 
 from proctor.http import USER, error
+from proctor.redis import THUMBNAIL_KEY
 from signaling.sessions import parse_id
 from web.app import CTX
 
@@ -52,6 +55,21 @@ async def event_snapshot(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
 
+async def thumbnail(request: web.Request) -> web.Response:
+    """The latest small frame of a live stream (the media node refreshes it every few seconds)."""
+    _require_user(request)
+    ctx = request.app[CTX]
+    session_id = parse_id(request.match_info["session_id"])
+    if session_id is None:
+        raise error(web.HTTPNotFound, "no such session")
+    data = await ctx.redis.get(THUMBNAIL_KEY.format(session_id=session_id))
+    if not data:
+        raise error(web.HTTPNotFound, "no thumbnail: the stream is not live")
+    return web.Response(body=base64.b64decode(data), content_type="image/jpeg",
+                        headers={"Cache-Control": "private, no-store"})
+
+
 def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/api/sessions/{session_id}/thumbnail", thumbnail)
     app.router.add_get("/api/sessions/{session_id}/master", master_video)
     app.router.add_get("/api/sessions/{session_id}/events/{event_id}/snapshot", event_snapshot)

@@ -1,0 +1,42 @@
+"""The session's suspicion score: flags weighted by kind and by how long they lasted, dismissed ones excluded.
+
+score = min(100, sum over events of weight[kind] * max(duration_s, 1) / 10): a weight is the points one flag of
+that kind earns per 10 seconds (an instant flag counts as one second). Weights are a setting (SCORE_WEIGHTS);
+kinds without a weight earn 1. The score is stored on the session and refreshed whenever an event ends or
+a reviewer changes its state, so lists sort and filter on it without recomputing.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+DEFAULT_WEIGHTS = {
+    "identity_mismatch": 10.0, "phone": 8.0, "multiple_people": 6.0, "second_screen": 5.0, "no_face": 3.0,
+    "looking_away": 2.0, "tab_hidden": 2.0, "copy_paste": 2.0, "window_blur": 1.0, "fullscreen_exit": 1.0,
+}
+
+
+def parse_weights(raw: str) -> dict[str, float]:
+    """`kind=weight,...` over the defaults; raises ValueError naming the bad entry."""
+    weights = dict(DEFAULT_WEIGHTS)
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        kind, sep, value = part.partition("=")
+        try:
+            if not sep or not kind.strip():
+                raise ValueError
+            weights[kind.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"expected kind=number, got {part!r}") from None
+        if weights[kind.strip()] < 0:
+            raise ValueError(f"weight of {kind.strip()} must not be negative")
+    return weights
+
+
+async def refresh_score(conn: asyncpg.Connection, session_id: str, weights: dict[str, float]) -> float:
+    """Recompute and store the score (connections come from proctor.db pools, whose jsonb codec encodes dicts)."""
+    score = await conn.fetchval(
+        "UPDATE sessions SET score = least(100, coalesce((SELECT sum(coalesce(($2::jsonb ->> e.kind)::float, 1) "
+        "* greatest(coalesce(e.end_s, e.start_s) - e.start_s, 1) / 10) FROM events e "
+        "WHERE e.session_id = $1 AND e.review_state <> 'dismissed'), 0)) WHERE id = $1 RETURNING score",
+        session_id, weights)
+    return float(score or 0.0)
