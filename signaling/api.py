@@ -246,8 +246,8 @@ def decode_photo(data: bytes) -> Any:
         raise error(web.HTTPUnsupportedMediaType, "photo is not a readable image") from None
 
 
-async def precheck(request: web.Request) -> web.Response:
-    """Camera pre-check: is exactly one face visible, and is there enough light? Guidance when not."""
+async def _checked_photo(request: web.Request) -> tuple[asyncpg.Record, bytes, Any, Any]:
+    """The candidate's session, the uploaded still, its pixels, and the one-face/enough-light check of it."""
     ctx = _ctx(request)
     async with ctx.pool.acquire() as conn:
         row = await _candidate_session(request, conn)
@@ -257,19 +257,18 @@ async def precheck(request: web.Request) -> web.Response:
     from analyzers.precheck import check_frame
 
     result = await asyncio.get_running_loop().run_in_executor(None, check_frame, rgb)
+    return row, data, rgb, result
+
+
+async def precheck(request: web.Request) -> web.Response:
+    """Camera pre-check: is exactly one face visible, and is there enough light? Guidance when not."""
+    _, _, _, result = await _checked_photo(request)
     return web.json_response(result.to_json())
 
 
 async def upload_reference(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    async with ctx.pool.acquire() as conn:
-        row = await _candidate_session(request, conn)
-        _require_open(row)
-    data = await _read_photo(request)
-    rgb = decode_photo(data)
-    from analyzers.precheck import check_frame
-
-    result = await asyncio.get_running_loop().run_in_executor(None, check_frame, rgb)
+    row, data, rgb, result = await _checked_photo(request)
     if not result.ok:
         raise error(web.HTTPUnprocessableEntity, result.message, precheck=result.to_json())
     digest = hashlib.sha256(data).hexdigest()

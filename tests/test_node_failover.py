@@ -20,7 +20,7 @@ from archiver.worker import sweep_disconnected
 from media_server.node import MediaNode
 from proctor.context import Context
 from signaling.nodes import live_nodes
-from tests.browser import have_chromium
+from tests.browser import have_chromium, join_and_start
 from tests.conftest import ARTIFACTS, RunningApp, wait_for
 from tests.test_ingest_browser import create_session
 
@@ -55,14 +55,7 @@ async def test_page_moves_to_another_node_when_its_node_dies(web_server: Running
         session = await create_session(web_server.url, admin_token, candidate="Alan Turing")
         sid = session["id"]
         page = await browser.new_page()
-        await page.goto(session["join_url"])
-        await page.check("#consent-box")
-        await page.click("#consent-btn")
-        await page.wait_for_selector("#photo-btn:not([disabled])", timeout=30_000)
-        await page.click("#photo-btn")
-        await page.wait_for_selector("#step-exam:not([hidden])", timeout=15_000)
-        await page.click("#start-btn")
-        await page.wait_for_function("window.proctor.connection === 'connected'", timeout=20_000)
+        await join_and_start(page, session["join_url"])
 
         async def on_process_node() -> Any:
             async with ctx.pool.acquire() as conn:
