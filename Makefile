@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
-SYSTEM_PACKAGES := chromium docker-compose ffmpeg
+SYSTEM_PACKAGES := chromium docker-compose
 
 .PHONY: up test venv system lint lock clean-data
 
