@@ -7,13 +7,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 SYSTEM_PACKAGES := chromium docker-compose
 
-.PHONY: up test venv system lint lock clean-data
+.PHONY: up test bench venv system lint lock clean-data
 
 up: venv
 	$(VENV)/bin/proctor up
 
 test: venv system
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks (minutes; not part of the tests): results in bench/results/.
+bench: venv system
+	$(PY) -m bench.archive
+	$(PY) -m bench.ingest
 
 venv: $(STAMP)
 
@@ -41,7 +46,8 @@ lint: venv
 
 # Re-pin after changing pyproject.toml (needs the registries).
 lock:
-	$(PY) -m pip freeze --exclude-editable | sort -f > requirements.lock.new && mv requirements.lock.new requirements.lock
+	{ head -3 requirements.lock; $(PY) -m pip freeze --exclude-editable | sort -f; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 clean-data:
 	rm -rf .data
