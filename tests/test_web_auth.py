@@ -163,7 +163,7 @@ async def test_login_rate_limit(web_server: RunningApp, ctx: Context) -> None:
 
 
 def _fill(path: str) -> str:
-    values = {"session_id": str(uuid.uuid4()), "event_id": "1", "fmt": "csv"}
+    values = {"session_id": str(uuid.uuid4()), "event_id": "1", "fmt": "csv", "idx": "0"}
     return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda m: values[m.group(1)], path)
 
 
@@ -204,7 +204,9 @@ async def test_every_staff_route_requires_login(web_server: RunningApp, settings
     # Staff pages, the new review API, and the candidate routes (no join token) are all covered.
     for expected in ("/", "/live", "/sessions/{session_id}", "/api/live", "/logout",
                      "/api/sessions/{session_id}/events/{event_id}/review",
-                     "/api/sessions/{session_id}/events/{event_id}/ack", "/api/sessions/{session_id}/events.{fmt}"):
+                     "/api/sessions/{session_id}/events/{event_id}/ack", "/api/sessions/{session_id}/events.{fmt}",
+                     "/api/sessions/{session_id}/preview", "/api/sessions/{session_id}/segments/{idx}",
+                     "/api/sessions/{session_id}/batches/{idx}"):
         assert expected in paths, expected
     assert {p.rsplit("/", 1)[-1] for p in paths if p.startswith("/api/sessions/{session_id}/")} >= CANDIDATE
     print(f"{len(checked)} unauthenticated requests refused over {len(paths)} routes")

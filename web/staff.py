@@ -1,4 +1,5 @@
-"""Staff pages and the review API: sessions list, review (master video + timeline), event review/ack, exports.
+"""Staff pages and the review API: sessions list, review (master video + timeline), event review/ack, exports,
+and the preview of a session whose master is not built yet (its stored segments and batches, in order).
 
 Pages need a login (redirect to /login); the JSON routes need a login cookie or an API token (401), and a
 state-changing call from a page carries the CSRF token (checked by web.auth.identify).
@@ -9,7 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 from aiohttp import web
@@ -18,12 +21,14 @@ from proctor import accounts
 from proctor.http import error, read_json
 from signaling import sessions
 from signaling.api import require_user
+from signaling.scoring import refresh_score
 from web.app import CTX
 from web.login import page_user, render_page
 
 REVIEW_STATES = ("pending", "confirmed", "dismissed")
 MAX_NOTE = 2000
 MAX_QUERY = 200
+SORTS = {"newest": "s.created_at DESC", "score": "s.score DESC, s.created_at DESC"}
 EXPORT_FIELDS = ("id", "kind", "start_s", "end_s", "duration_s", "confidence", "source", "review_state",
                  "review_note", "reviewed_by", "reviewed_at", "acknowledged_by", "acknowledged_at", "snapshot_url")
 
@@ -46,6 +51,21 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _tenths(score: float | None) -> float:
+    # Half up, as staff.js's Math.round does, so the server and the page show the same number.
+    return math.floor((score or 0.0) * 10 + 0.5) / 10
+
+
+def score_level(score: float | None) -> str:
+    """The colour band of a suspicion score (of the number shown): low (green) < 10 <= mid (amber) < 40 <= high."""
+    value = _tenths(score)
+    return "low" if value < 10 else "mid" if value < 40 else "high"
+
+
+def fmt_score(score: float | None) -> str:
+    return f"{_tenths(score):.1f}"
+
+
 # --- pages ---------------------------------------------------------------------------------------------
 
 async def sessions_page(request: web.Request) -> web.Response:
@@ -55,20 +75,33 @@ async def sessions_page(request: web.Request) -> web.Response:
         status = None
     query = request.query.get("q", "").strip()[:MAX_QUERY]
     flagged = request.query.get("flagged") == "1"
+    sort = request.query.get("sort", "newest")
+    if sort not in SORTS:
+        sort = "newest"
     async with request.app[CTX].pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT s.id, s.candidate, s.exam, s.status, s.created_at, s.started_at, s.ended_at, s.duration_s, "
+            "s.score, "
             "count(e.id) AS events, count(e.id) FILTER (WHERE e.end_s IS NULL) AS open_events, "
             "count(e.id) FILTER (WHERE e.review_state = 'confirmed') AS confirmed, "
             "count(e.id) FILTER (WHERE e.review_state = 'pending') AS pending "
             "FROM sessions s LEFT JOIN events e ON e.session_id = s.id "
             "WHERE ($1::text IS NULL OR s.status = $1) "
             "AND ($2 = '' OR s.candidate ILIKE '%' || $2 || '%' OR s.exam ILIKE '%' || $2 || '%') "
-            "GROUP BY s.id HAVING (NOT $3 OR count(e.id) > 0) ORDER BY s.created_at DESC LIMIT 200",
+            f"GROUP BY s.id HAVING (NOT $3 OR count(e.id) > 0) ORDER BY {SORTS[sort]} LIMIT 200",
             status, _like(query), flagged)
     return render_page("sessions.html", request, {
         "nav": "sessions", "rows": rows, "statuses": sessions.STATUSES, "status": status or "", "q": query,
-        "flagged": flagged, "duration": _duration})
+        "flagged": flagged, "sort": sort, "duration": _duration,
+        "sort_urls": {name: _list_url(status, query, flagged, name) for name in SORTS},
+        "score_level": score_level, "fmt_score": fmt_score})
+
+
+def _list_url(status: str | None, query: str, flagged: bool, sort: str) -> str:
+    params = {"status": status or "", "flagged": "1" if flagged else "", "q": query,
+              "sort": sort if sort != "newest" else ""}
+    encoded = urlencode({k: v for k, v in params.items() if v})
+    return f"/?{encoded}" if encoded else "/"
 
 
 def _duration(seconds: float | None) -> str:
@@ -77,17 +110,87 @@ def _duration(seconds: float | None) -> str:
 
 
 async def review_page(request: web.Request) -> web.Response:
-    page_user(request)
+    user = page_user(request)
     session_id = _session_id(request)
     async with request.app[CTX].pool.acquire() as conn:
         row = await sessions.get(conn, session_id)
         if row is None:
             raise web.HTTPNotFound(text="no such session")
         master = await conn.fetchrow("SELECT duration_s FROM master_videos WHERE session_id = $1", session_id)
-    config = {"sessionId": session_id, "status": row["status"],
-              "masterDuration": master["duration_s"] if master else None}
-    return render_page("review.html", request, {"nav": "sessions", "session": row,
-                                                "config_json": json.dumps(config)})
+        pieces = await preview_pieces(conn, session_id) if master is None else []
+    can_delete = user.role == "admin"
+    config = {"sessionId": session_id, "status": row["status"], "score": row["score"],
+              "masterDuration": master["duration_s"] if master else None, "pieces": pieces,
+              "canDelete": can_delete}
+    return render_page("review.html", request, {
+        "nav": "sessions", "session": row, "config_json": json.dumps(config), "can_delete": can_delete,
+        "score_level": score_level, "fmt_score": fmt_score})
+
+
+# --- preview: the stored pieces of a session whose master is not built yet ------------------------------
+
+async def preview_pieces(conn: asyncpg.Connection, session_id: str) -> list[dict[str, Any]]:
+    """Stored batches (merged runs of segments) and stored segments in timeline order, each with its URL.
+
+    Each piece is a WebM whose own time starts at 0 at the piece's start_s on the session media timeline.
+    """
+    rows = await conn.fetch(
+        "SELECT 'batch' AS kind, first_idx AS idx, last_idx, start_s, end_s FROM batches "
+        "WHERE session_id = $1 AND state = 'stored' "
+        "UNION ALL SELECT 'segment', idx, idx, start_s, end_s FROM segments "
+        "WHERE session_id = $1 AND state = 'stored' AND storage_key IS NOT NULL ORDER BY start_s, idx", session_id)
+    return [{"kind": r["kind"], "idx": r["idx"], "start_s": r["start_s"], "end_s": r["end_s"],
+             "segments": r["last_idx"] - r["idx"] + 1,
+             "url": f"/api/sessions/{session_id}/{'batches' if r['kind'] == 'batch' else 'segments'}/{r['idx']}"}
+            for r in rows]
+
+
+async def preview(request: web.Request) -> web.Response:
+    """GET /api/sessions/{id}/preview: {"status", "score", "master", "pieces"} for the review page's polling."""
+    require_user(request)
+    session_id = _session_id(request)
+    async with request.app[CTX].pool.acquire() as conn:
+        row = await sessions.get(conn, session_id)
+        if row is None:
+            raise error(web.HTTPNotFound, "no such session")
+        has_master = await conn.fetchval("SELECT count(*) > 0 FROM master_videos WHERE session_id = $1",
+                                         session_id)
+        pieces = [] if has_master else await preview_pieces(conn, session_id)
+    return web.json_response({"status": row["status"], "score": row["score"], "master": has_master,
+                              "pieces": pieces}, headers={"Cache-Control": "private, no-store"})
+
+
+async def _serve_piece(request: web.Request, sql: str) -> web.StreamResponse:
+    require_user(request)
+    ctx = request.app[CTX]
+    session_id = _session_id(request)
+    try:
+        idx = int(request.match_info["idx"])
+    except ValueError:
+        raise error(web.HTTPNotFound, "no such piece") from None
+    async with ctx.pool.acquire() as conn:
+        key = await conn.fetchval(sql, session_id, idx)
+    if key is None:
+        raise error(web.HTTPNotFound, "not stored (yet, or any more: merged into the master)")
+    url = await ctx.storage.presigned_url(key, ctx.settings.presign_seconds)
+    if url is not None:
+        raise web.HTTPFound(url)
+    path = ctx.storage.local_path(key)
+    if path is None or not path.is_file():
+        raise error(web.HTTPNotFound, "missing from storage")
+    return web.FileResponse(path, headers={"Content-Type": "video/webm", "Cache-Control": "private, no-store"})
+
+
+async def segment_video(request: web.Request) -> web.StreamResponse:
+    """GET /api/sessions/{id}/segments/{idx}: one stored segment (302 to a presigned URL, or the file)."""
+    return await _serve_piece(request, "SELECT storage_key FROM segments WHERE session_id = $1 AND idx = $2 "
+                                       "AND state = 'stored' AND storage_key IS NOT NULL")
+
+
+async def batch_video(request: web.Request) -> web.StreamResponse:
+    """GET /api/sessions/{id}/batches/{first_idx}: one stored batch of merged segments."""
+    return await _serve_piece(request, "SELECT storage_key FROM batches WHERE session_id = $1 AND first_idx = $2 "
+                                       "AND state = 'stored'")
 
 
 # --- review API ----------------------------------------------------------------------------------------
@@ -135,8 +238,10 @@ async def review_event(request: web.Request) -> web.Response:
             raise error(web.HTTPNotFound, "no such event")
         await accounts.audit(conn, user.name, "event.review", f"event:{event_id}",
                              {"session_id": session_id, "state": state, "note": note})
+        # Dismissed flags drop out of the suspicion score; confirming or resetting one brings it back.
+        score = await refresh_score(conn, session_id, request.app[CTX].settings.weights)
         row = await conn.fetchrow(_EVENT_SQL + "WHERE e.id = $1", event_id)
-    return web.json_response(event_json(row))
+    return web.json_response({**event_json(row), "session_score": score})
 
 
 async def acknowledge_event(request: web.Request) -> web.Response:
@@ -203,3 +308,6 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/sessions/{session_id}/events/{event_id}/review", review_event)
     r.add_post("/api/sessions/{session_id}/events/{event_id}/ack", acknowledge_event)
     r.add_get("/api/sessions/{session_id}/events.{fmt:csv|json}", export_events)
+    r.add_get("/api/sessions/{session_id}/preview", preview)
+    r.add_get("/api/sessions/{session_id}/segments/{idx}", segment_video)
+    r.add_get("/api/sessions/{session_id}/batches/{idx}", batch_video)

@@ -8,16 +8,37 @@
   const monitor = { sessions, ws: null, connected: false, lastAlert: null, messages: 0 };
   window.monitor = monitor;
 
+  const THUMB_MS = 3000;
+
   function card(s) {
-    const node = staff.el("article", { class: "card", dataset: { sessionId: s.id, connection: s.connection } },
+    const img = staff.el("img", { class: "thumb-live", alt: `latest frame of ${s.candidate || "the candidate"}` });
+    const node = staff.el("article", {
+      class: "card", dataset: { sessionId: s.id, connection: s.connection, thumb: "loading" },
+    },
       staff.el("header", {},
         staff.el("strong", { class: "candidate" }, s.candidate || s.id.slice(0, 8)),
         staff.el("span", { class: "hint exam" }, s.exam || ""),
         staff.el("span", { class: "pill conn", dataset: { state: s.connection } }, s.connection)),
+      staff.el("div", { class: "thumbbox" }, img, staff.el("span", { class: "placeholder" }, "No picture yet")),
       staff.el("ul", { class: "flags" }),
       staff.el("footer", {}, staff.el("a", { href: `/sessions/${s.id}` }, "Open review")));
+    // The media node refreshes the thumbnail every ~3 s; 404 (none yet, or the stream stopped) shows the
+    // placeholder and the last picture is not kept.
+    img.addEventListener("load", () => { node.dataset.thumb = "ok"; });
+    img.addEventListener("error", () => { node.dataset.thumb = "none"; });
+    refreshThumb(node, s.id);
     return node;
   }
+
+  function refreshThumb(node, id) {
+    const img = node.querySelector("img.thumb-live");
+    if (img) img.src = `/api/sessions/${id}/thumbnail?t=${Date.now()}`;
+  }
+
+  setInterval(() => {
+    if (document.hidden) return;
+    for (const [id, entry] of sessions) if (!entry.card.classList.contains("ended")) refreshThumb(entry.card, id);
+  }, THUMB_MS);
 
   function ensure(id, data = {}) {
     let entry = sessions.get(id);

@@ -1,5 +1,9 @@
-// Review page: the master video is the session media timeline, so seeking to an event is
+// Review page. With the master video, the video is the session media timeline, so seeking to an event is
 // video.currentTime = event.start_s, exactly.
+// Before the master exists (live, ended, finalizing; or failed), the page plays the stored pieces (segments, and
+// batches of already merged segments) one after another. Each piece is a WebM whose own time starts at 0 at the
+// piece's start_s, so seeking to session time t is: load the piece holding t, then currentTime = t - start_s.
+// When the master appears (polling every 3 s) the player switches to it at the same session time.
 "use strict";
 (() => {
   const config = JSON.parse(document.getElementById("config").textContent);
@@ -9,32 +13,95 @@
   const playhead = document.getElementById("playhead");
   const body = document.getElementById("events-body");
   const progress = document.getElementById("progress");
-  const state = { events: [], current: -1, duration: config.masterDuration || 0, masterLoaded: false };
+  const state = {
+    events: [], current: -1, duration: config.masterDuration || 0, masterLoaded: false,
+    mode: null, // null (nothing to play yet) | "preview" (stored pieces) | "master"
+    pieces: [], playing: null, pieceLoaded: false, waitingForMore: false,
+    pendingSeek: null, autoplay: false, resumeAt: null, status: config.status, score: config.score, deleted: false,
+  };
   window.review = state;
+  const PIECE_EPSILON = 0.005;
 
   function duration() {
     if (state.duration > 0) return state.duration;
-    if (Number.isFinite(video.duration) && video.duration > 0) return video.duration;
+    if (state.mode === "master" && Number.isFinite(video.duration) && video.duration > 0) return video.duration;
     return 0;
+  }
+
+  // --- session time <-> the playing file's time -----------------------------------------------------------
+
+  function sessionTime() {
+    if (state.mode === "preview") return state.playing ? state.playing.start_s + video.currentTime : 0;
+    return video.currentTime;
+  }
+
+  function pieceFor(t) {
+    // The first piece that ends after t: the one holding t, or the next one after a gap; else the last.
+    const found = state.pieces.find((p) => t < p.end_s - PIECE_EPSILON);
+    return found || state.pieces[state.pieces.length - 1] || null;
+  }
+
+  function nextAfter(t) {
+    return state.pieces.find((p) => p.end_s > t + PIECE_EPSILON) || null;
+  }
+
+  function playOnFrom(t) {
+    // Continue at t with whichever piece holds it now (a segment may have been merged into a batch meanwhile).
+    const next = nextAfter(t);
+    if (next) loadPiece(next, t - next.start_s, true);
+    else state.waitingForMore = true; // the live tail: a later poll brings the next segment
+    return !!next;
+  }
+
+  function samePiece(a, b) { return !!a && !!b && a.kind === b.kind && a.idx === b.idx; }
+
+  function loadPiece(piece, offset, play) {
+    state.playing = piece;
+    state.pieceLoaded = false;
+    state.waitingForMore = false;
+    state.pendingSeek = Math.max(0, offset);
+    state.autoplay = play;
+    video.src = piece.url;
+  }
+
+  function seekSession(t) {
+    if (state.mode === "master") {
+      if (state.masterLoaded) video.currentTime = t;
+      else state.pendingSeek = t;
+    } else if (state.mode === "preview") {
+      const piece = pieceFor(t);
+      if (!piece) return;
+      const offset = Math.max(0, t - piece.start_s);
+      if (!samePiece(piece, state.playing)) loadPiece(piece, offset, state.pieceLoaded && !video.paused);
+      else if (state.pieceLoaded) video.currentTime = offset;
+      else state.pendingSeek = offset; // still loading: seek when its metadata is in
+    }
   }
 
   function seekTo(index) {
     if (index < 0 || index >= state.events.length) return;
     state.current = index;
     const ev = state.events[index];
-    if (state.masterLoaded) video.currentTime = ev.start_s;
+    seekSession(ev.start_s);
     render();
     showDetail();
+    const last = state.pieces[state.pieces.length - 1];
+    if (state.mode === "preview" && last && ev.start_s >= last.end_s) {
+      document.getElementById("review-msg").textContent =
+        `Not in the preview yet: it is stored up to ${staff.fmtTime(last.end_s)}.`;
+    }
     const row = body.querySelector(`tr[data-event-id="${ev.id}"]`);
     if (row) row.scrollIntoView({ block: "nearest" });
   }
+
+  // --- rendering ------------------------------------------------------------------------------------------
 
   function renderTimeline() {
     timeline.querySelectorAll(".marker").forEach((m) => m.remove());
     const d = duration();
     if (!d) return;
     state.events.forEach((ev, i) => {
-      const end = ev.end_s === null ? d : ev.end_s;
+      const end = ev.end_s === null ? d : Math.min(d, ev.end_s);
       const left = Math.min(100, (ev.start_s / d) * 100);
       const width = Math.max(0, ((end - ev.start_s) / d) * 100);
       const marker = staff.el("button", {
@@ -74,6 +141,13 @@
 
   function render() { renderTimeline(); renderTable(); }
 
+  function showScore(score) {
+    state.score = score;
+    const badge = document.getElementById("session-score");
+    badge.dataset.level = staff.scoreLevel(score);
+    document.getElementById("session-score-value").textContent = staff.fmtScore(score);
+  }
+
   function showDetail() {
     const ev = state.events[state.current];
     const panel = document.getElementById("detail");
@@ -94,6 +168,8 @@
     document.getElementById("review-msg").textContent = "";
   }
 
+  // --- review and delete ----------------------------------------------------------------------------------
+
   async function review(newState) {
     const ev = state.events[state.current];
     if (!ev) return;
@@ -101,6 +177,8 @@
     try {
       const updated = await staff.api("POST", `${base}/events/${ev.id}/review`,
         { state: newState, note: document.getElementById("note").value });
+      if (typeof updated.session_score === "number") showScore(updated.session_score);
+      delete updated.session_score;
       state.events[state.current] = updated;
       render();
       showDetail();
@@ -113,63 +191,174 @@
   document.getElementById("dismiss-btn").addEventListener("click", () => review("dismissed"));
   document.getElementById("reset-btn").addEventListener("click", () => review("pending"));
 
+  const deleteBtn = document.getElementById("delete-btn");
+  if (deleteBtn) {
+    deleteBtn.addEventListener("click", async () => {
+      if (!window.confirm("Delete this session for good? Its video, snapshots and events are removed; " +
+                          "the audit log keeps a record of the deletion.")) return;
+      const msg = document.getElementById("delete-msg");
+      deleteBtn.disabled = true;
+      try {
+        await staff.api("DELETE", base);
+        state.deleted = true;
+        video.removeAttribute("src");
+        location.href = "/";
+      } catch (e) {
+        msg.textContent = `Could not delete the session: ${e.message}`;
+        msg.hidden = false;
+        deleteBtn.disabled = false;
+      }
+    });
+  }
+
+  // --- keys and the player --------------------------------------------------------------------------------
+
   document.addEventListener("keydown", (e) => {
     if (e.target.closest("input, textarea, select") || e.ctrlKey || e.metaKey || e.altKey) return;
     const key = e.key.toLowerCase();
     if (key === "j" || key === "n") { seekTo(Math.min(state.events.length - 1, state.current + 1)); }
     else if (key === "k" || key === "p") { seekTo(Math.max(0, state.current - 1)); }
-    else if (key === " " && state.masterLoaded) { if (video.paused) video.play(); else video.pause(); }
+    else if (key === " " && (state.masterLoaded || state.pieceLoaded)) {
+      if (video.paused) video.play().catch(() => {}); else video.pause();
+    }
     else return;
     e.preventDefault();
   });
 
   video.addEventListener("timeupdate", () => {
     const d = duration();
-    if (d) playhead.style.left = `${Math.min(100, (video.currentTime / d) * 100)}%`;
+    if (d) playhead.style.left = `${Math.min(100, (sessionTime() / d) * 100)}%`;
   });
   video.addEventListener("seeked", () => {
-    state.lastSeek = { currentTime: video.currentTime };
+    state.lastSeek = { currentTime: video.currentTime, sessionTime: sessionTime() };
     video.dispatchEvent(new Event("timeupdate"));
   });
   video.addEventListener("loadedmetadata", () => {
-    if (!state.duration && Number.isFinite(video.duration)) state.duration = video.duration;
-    state.masterLoaded = true;
+    if (state.mode === "master") {
+      if (!state.duration && Number.isFinite(video.duration)) state.duration = video.duration;
+      state.masterLoaded = true;
+    } else if (state.mode === "preview") {
+      state.pieceLoaded = true;
+    }
     render();
-    if (state.current >= 0) video.currentTime = state.events[state.current].start_s;
+    const seek = state.pendingSeek;
+    state.pendingSeek = null;
+    if (seek !== null && Math.abs(video.currentTime - seek) > 0.001) video.currentTime = seek;
+    if (state.autoplay) video.play().catch(() => {});
+    state.autoplay = false;
   });
+  video.addEventListener("ended", () => {
+    if (state.mode === "preview" && state.playing) playOnFrom(state.playing.end_s);
+  });
+  let pieceErrors = 0;
+  video.addEventListener("error", () => {
+    // A piece merged into a batch (or the master) since the list was read: read the list again, same time.
+    if (state.mode !== "preview" || !state.playing || state.deleted || pieceErrors > 5) return;
+    pieceErrors += 1;
+    state.resumeAt = state.playing.start_s + (state.pendingSeek ?? video.currentTime ?? 0);
+    state.playing = null;
+    state.pieceLoaded = false;
+    schedule(500);
+  });
+  video.addEventListener("playing", () => { pieceErrors = 0; });
+
+  // --- loading and polling --------------------------------------------------------------------------------
+
+  function switchToMaster(url) {
+    if (state.mode === "master") return;
+    let at = state.current >= 0 ? state.events[state.current].start_s : null;
+    let play = false;
+    if (state.mode === "preview" && state.playing) { at = sessionTime(); play = !video.paused; }
+    state.mode = "master";
+    state.playing = null;
+    state.pieceLoaded = false;
+    state.pieces = [];
+    state.duration = config.masterDuration || 0;
+    state.pendingSeek = at;
+    state.autoplay = play;
+    progress.hidden = true;
+    progress.classList.remove("preview");
+    video.src = url;
+  }
+
+  function setPieces(pieces) {
+    state.pieces = pieces;
+    if (!pieces.length) return;
+    state.duration = pieces[pieces.length - 1].end_s; // the timeline is what is stored so far
+    if (state.mode !== "preview" || !state.playing) {
+      state.mode = "preview";
+      const start = state.resumeAt ?? (state.current >= 0 ? state.events[state.current].start_s : pieces[0].start_s);
+      state.resumeAt = null;
+      seekSession(start);
+    } else if (state.waitingForMore) {
+      playOnFrom(state.playing.end_s);
+    }
+  }
+
+  function segmentCount() {
+    return state.pieces.reduce((n, p) => n + (p.segments || 1), 0);
+  }
+
+  let timer = null;
+  function schedule(ms) { // one polling chain, whoever asks for the next load
+    clearTimeout(timer);
+    timer = setTimeout(load, ms);
+  }
 
   async function load() {
-    let session;
+    if (state.deleted) return;
+    let session, preview;
     try {
       session = await staff.api("GET", base);
       const exported = await staff.api("GET", `${base}/events.json`);
+      const currentId = state.current >= 0 ? state.events[state.current].id : null;
       state.events = exported.events;
+      state.current = currentId === null ? -1 : state.events.findIndex((e) => e.id === currentId);
+      preview = session.master_video_url ? null : await staff.api("GET", `${base}/preview`);
     } catch (e) {
+      if (state.deleted) return;
       progress.hidden = false;
       progress.textContent = `Could not load the session: ${e.message}. Retrying…`;
-      setTimeout(load, 3000);
+      schedule(3000);
       return;
     }
     const status = document.getElementById("session-status");
     status.textContent = session.status;
     status.dataset.status = session.status;
-    render();
+    state.status = session.status;
+    showScore(session.score);
     if (session.master_video_url) {
-      progress.hidden = true;
-      if (!video.src) video.src = session.master_video_url;
+      switchToMaster(session.master_video_url);
+      render();
       return;
     }
     if (!state.duration) state.duration = session.duration_s || 0;
+    setPieces(preview.pieces);
+    render();
     progress.hidden = false;
-    const why = {
-      created: "The candidate has not started yet.",
-      live: "The exam is still running; the recording is being archived.",
-      ended: "The exam has ended; the video is queued for assembly.",
-      finalizing: "The video is being assembled.",
-      failed: `Assembling the video failed${session.failure_reason ? ": " + session.failure_reason : ""}.`,
-    }[session.status] || "The video is not available yet.";
-    progress.textContent = `${why} (status: ${session.status}) Checking again every 3 s…`;
-    if (session.status !== "failed") setTimeout(load, 3000);
+    const failed = session.status === "failed";
+    const reason = session.failure_reason ? ": " + session.failure_reason : "";
+    if (state.pieces.length) {
+      const n = segmentCount();
+      progress.classList.add("preview");
+      progress.textContent = failed
+        ? `Assembling the video failed${reason}. Playing the ${n} stored segment${n === 1 ? "" : "s"} instead.`
+        : `Preview from ${n} stored segment${n === 1 ? "" : "s"}; the full video is being built. ` +
+          `(status: ${session.status}) Checking again every 3 s…`;
+    } else {
+      progress.classList.remove("preview");
+      const why = {
+        created: "The candidate has not started yet.",
+        live: "The exam is still running; the recording is being archived.",
+        ended: "The exam has ended; the video is queued for assembly.",
+        finalizing: "The video is being assembled.",
+        failed: `Assembling the video failed${reason}.`,
+      }[session.status] || "The video is not available yet.";
+      progress.textContent = `${why} (status: ${session.status}) Checking again every 3 s…`;
+    }
+    if (!failed) schedule(3000);
   }
+
+  if (!config.masterDuration && config.pieces && config.pieces.length) setPieces(config.pieces);
   load();
 })();

@@ -35,5 +35,12 @@ window.staff = (() => {
     return `${m}:${sec.toFixed(2).padStart(5, "0")}`;
   }
 
-  return { api, el, fmtTime, csrf };
+  // Suspicion score 0-100, one decimal; green < 10, amber < 40, red >= 40 (as the server renders it).
+  function fmtScore(s) { return (Math.round((s || 0) * 10) / 10).toFixed(1); }
+  function scoreLevel(s) {
+    const v = Math.round((s || 0) * 10) / 10;
+    return v < 10 ? "low" : v < 40 ? "mid" : "high";
+  }
+
+  return { api, el, fmtTime, fmtScore, scoreLevel, csrf };
 })();
