@@ -4,6 +4,7 @@ presigned URL on S3/R2) and event snapshots. Every route needs a login or an API
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from aiohttp import web
 
@@ -28,12 +29,17 @@ async def master_video(request: web.Request) -> web.StreamResponse:
         key = await conn.fetchval("SELECT storage_key FROM master_videos WHERE session_id = $1", session_id)
     if key is None:
         raise error(web.HTTPNotFound, "no master video yet")
+    return await serve_video(ctx, key)
+
+
+async def serve_video(ctx: Any, key: str) -> web.StreamResponse:
+    """A stored WebM for the browser: a short-lived presigned URL on S3/R2, the file itself on local storage."""
     url = await ctx.storage.presigned_url(key, ctx.settings.presign_seconds)
     if url is not None:
         raise web.HTTPFound(url)
     path = ctx.storage.local_path(key)
     if path is None or not path.is_file():
-        raise error(web.HTTPNotFound, "master video missing from storage")
+        raise error(web.HTTPNotFound, "video missing from storage")
     # FileResponse answers Range requests (206), which the browser's <video> uses to seek.
     return web.FileResponse(path, headers={"Content-Type": "video/webm", "Cache-Control": "private, no-store"})
 

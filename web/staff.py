@@ -24,6 +24,7 @@ from signaling.api import require_user
 from signaling.scoring import refresh_score
 from web.app import CTX
 from web.login import page_user, render_page
+from web.media import serve_video
 
 REVIEW_STATES = ("pending", "confirmed", "dismissed")
 MAX_NOTE = 2000
@@ -172,13 +173,7 @@ async def _serve_piece(request: web.Request, sql: str) -> web.StreamResponse:
         key = await conn.fetchval(sql, session_id, idx)
     if key is None:
         raise error(web.HTTPNotFound, "not stored (yet, or any more: merged into the master)")
-    url = await ctx.storage.presigned_url(key, ctx.settings.presign_seconds)
-    if url is not None:
-        raise web.HTTPFound(url)
-    path = ctx.storage.local_path(key)
-    if path is None or not path.is_file():
-        raise error(web.HTTPNotFound, "missing from storage")
-    return web.FileResponse(path, headers={"Content-Type": "video/webm", "Cache-Control": "private, no-store"})
+    return await serve_video(ctx, key)
 
 
 async def segment_video(request: web.Request) -> web.StreamResponse:
