@@ -91,7 +91,7 @@ async def new_session(http: aiohttp.ClientSession, base: str, token: str, name: 
 async def page_loads(base: str, token: str, node_url: str, reloads: int) -> list[float]:
     from playwright.async_api import async_playwright
 
-    from tests.browser import CHROMIUM, chromium_args
+    from tests.browser import CHROMIUM, CONNECTED, chromium_args
     from tests.media import face_clip
 
     clip = face_clip(Path(tempfile.mkdtemp()) / "face.y4m")
@@ -107,7 +107,7 @@ async def page_loads(base: str, token: str, node_url: str, reloads: int) -> list
         await page.click("#photo-btn")
         await page.wait_for_selector("#step-exam:not([hidden])")
         await page.click("#start-btn")
-        await page.wait_for_function("window.proctor.connection === 'connected'", timeout=20_000)
+        await page.wait_for_selector(CONNECTED, timeout=20_000)
         for _ in range(reloads):
             await asyncio.sleep(1.0)
             started = time.time()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from typing import Any
 
@@ -25,6 +26,7 @@ MAX_FIELD = 200
 MAX_PHOTO_BYTES = 8 * 1024 * 1024
 MAX_PHOTO_PIXELS = 4096 * 4096
 OFFER_LOCK_S = 20
+OFFERS_PER_MINUTE = 30  # a page reconnecting with backoff makes a handful
 NODE_TIMEOUT_S = 15
 
 
@@ -306,8 +308,9 @@ async def offer(request: web.Request) -> web.Response:
     async with ctx.pool.acquire() as conn:
         row = await _candidate_session(request, conn)
         _require_open(row)
-    sdp, kind = _check_sdp(await read_json(request, ctx.settings.max_sdp_bytes + 4096), ctx.settings.max_sdp_bytes)
     session_id = str(row["id"])
+    await _rate_limit(ctx, f"proctor:rate:offer:{session_id}", OFFERS_PER_MINUTE, "offers for this session")
+    sdp, kind = _check_sdp(await read_json(request, ctx.settings.max_sdp_bytes + 4096), ctx.settings.max_sdp_bytes)
     lock_key = OFFER_LOCK.format(session_id=session_id)
     if not await ctx.redis.set(lock_key, "1", nx=True, ex=OFFER_LOCK_S):
         raise error(web.HTTPConflict, "another offer for this session is being answered; retry shortly")
@@ -315,6 +318,17 @@ async def offer(request: web.Request) -> web.Response:
         return await _relay(ctx, session_id, sdp, kind)
     finally:
         await ctx.redis.delete(lock_key)
+
+
+async def _rate_limit(ctx: Any, key: str, limit: int, what: str) -> None:
+    """At most `limit` per minute (fixed window in Redis); a reconnect loop gone wrong gets 429, not a node."""
+    count = await ctx.redis.incr(key)
+    if count == 1:
+        await ctx.redis.expire(key, 60)
+    if count > limit:
+        raise web.HTTPTooManyRequests(
+            text=json.dumps({"error": f"too many {what}; retry in a minute"}), content_type="application/json",
+            headers={"Retry-After": str(max(1, await ctx.redis.ttl(key)))})
 
 
 async def _relay(ctx: Any, session_id: str, sdp: str, kind: str) -> web.Response:

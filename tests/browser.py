@@ -26,6 +26,10 @@ FLAGS = [
 ]
 
 
+# The page marks its connection state on the pill; waiting on a selector needs no eval (the page's CSP forbids it).
+CONNECTED = "#conn-state[data-state=connected]"
+
+
 def chromium_args(clip: Path | None) -> list[str]:
     args = list(FLAGS)
     if clip is not None:
@@ -46,4 +50,4 @@ async def join_and_start(page, join_url: str) -> None:  # type: ignore[no-untype
     await page.click("#photo-btn")
     await page.wait_for_selector("#step-exam:not([hidden])", timeout=15_000)
     await page.click("#start-btn")
-    await page.wait_for_function("window.proctor.connection === 'connected'", timeout=20_000)
+    await page.wait_for_selector(CONNECTED, timeout=20_000)

@@ -13,7 +13,7 @@ from archiver.assemble import finalize, merge
 from archiver.webm import frame_at, probe
 from media_server.node import MediaNode
 from proctor.context import Context
-from tests.browser import have_chromium, join_and_start
+from tests.browser import CONNECTED, have_chromium, join_and_start
 from tests.conftest import FrameLog, RunningApp, wait_for
 from tests.test_ingest_browser import create_session
 
@@ -35,7 +35,7 @@ async def test_stream_reload_finish_finalize(web_server: RunningApp, media_node:
     await join_and_start(page, session["join_url"])
     await asyncio.sleep(5)
     await page.reload()  # a reconnect gap in the middle
-    await page.wait_for_function("window.proctor.connection === 'connected'", timeout=30_000)
+    await page.wait_for_selector(CONNECTED, timeout=30_000)
     await asyncio.sleep(4.5)
     await page.evaluate("window.proctor.finish()")
     await page.wait_for_selector("#step-done:not([hidden])", timeout=10_000)

@@ -12,7 +12,7 @@ import pytest
 
 from media_server.node import MediaNode
 from proctor.context import Context
-from tests.browser import have_chromium
+from tests.browser import CONNECTED, have_chromium
 from tests.conftest import ARTIFACTS, RunningApp, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="Debian chromium not installed")]
@@ -52,7 +52,7 @@ async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_no
     assert await ctx.storage.exists(photo["storage_key"])
 
     await page.click("#start-btn")
-    await page.wait_for_function("window.proctor.connection === 'connected'", timeout=20_000)
+    await page.wait_for_selector(CONNECTED, timeout=20_000)
     await page.screenshot(path=str(ARTIFACTS / "candidate-connected.png"))
 
     # Frames arrive at 640x480 and at least 25 fps within a few seconds of connecting.
@@ -89,7 +89,7 @@ async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_no
     assert before is not None
     reload_started = time.time()
     await page.reload()
-    await page.wait_for_function("window.proctor.connection === 'connected'", timeout=30_000)
+    await page.wait_for_selector(CONNECTED, timeout=30_000)
 
     async def new_stream_flowing() -> dict | None:
         snap = stream_of(media_node, session_id)

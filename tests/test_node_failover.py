@@ -20,7 +20,7 @@ from archiver.worker import sweep_disconnected
 from media_server.node import MediaNode
 from proctor.context import Context
 from signaling.nodes import live_nodes
-from tests.browser import have_chromium, join_and_start
+from tests.browser import CONNECTED, have_chromium, join_and_start
 from tests.conftest import ARTIFACTS, RunningApp, wait_for
 from tests.test_ingest_browser import create_session
 
@@ -75,7 +75,7 @@ async def test_page_moves_to_another_node_when_its_node_dies(web_server: Running
             return bool(stream and stream.stats.video_frames > 30)
 
         await wait_for(moved, within=45, interval=0.3)
-        await page.wait_for_function("window.proctor.connection === 'connected'", timeout=10_000)
+        await page.wait_for_selector(CONNECTED, timeout=10_000)
         stream = media_node.streams[sid]
         print(f"node killed -> media on the other node after {stream.stats.first_frame_wall - killed_at:.1f}s")
         async with ctx.pool.acquire() as conn:

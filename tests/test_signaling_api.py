@@ -222,3 +222,19 @@ async def test_delete_session(web_server: RunningApp, ctx: Context, session: dic
     async with ctx.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'session.delete' AND target = $1",
                                    f"session:{sid}") == 1
+
+
+async def test_offers_are_rate_limited(web_server: RunningApp, session: dict) -> None:
+    url = f"{web_server.url}/api/sessions/{session['id']}/offer"
+    statuses = []
+    for _ in range(32):
+        status, _ = await _call("POST", url, session["token"], json={"sdp": "bad", "type": "offer"})
+        statuses.append(status)
+    assert statuses[:30] == [400] * 30 and statuses[30:] == [429, 429]
+
+
+async def test_join_page_has_a_content_security_policy(web_server: RunningApp, session: dict) -> None:
+    async with aiohttp.ClientSession() as http, http.get(session["join_url"]) as response:
+        assert response.status == 200
+        csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp

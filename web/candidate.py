@@ -10,6 +10,11 @@ from aiohttp import web
 from signaling import sessions, tokens
 from web.app import CTX
 
+# The page's own script only; camera preview is a MediaStream (blob:/mediastream:), snapshots are canvas data.
+CANDIDATE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                 "media-src 'self' blob: mediastream:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                 "form-action 'none'")
+
 
 async def join_page(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
@@ -38,6 +43,8 @@ async def join_page(request: web.Request) -> web.Response:
         "session": row, "config_json": json.dumps(config), "retention_days": settings.retention_days})
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"  # the token is in the URL
+    response.headers["Content-Security-Policy"] = CANDIDATE_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
 
