@@ -12,6 +12,8 @@ All file writing happens on one archive thread per media process, in order; the 
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +24,13 @@ from archiver.spool import Spool, SpoolSegment, Uploader
 from media_server.stream import CandidateStream
 from media_server.taps import EncodedFrame, vp8_size
 from proctor.context import Context
+from proctor.redis import LIVE_CHANNEL
 
 log = logging.getLogger(__name__)
 
 PLI_LEAD_S = 0.1  # ask for the keyframe this long before the boundary (Chromium answers in 50-70 ms)
 PLI_RETRY_S = 0.5
+ALERT_EVERY_S = 60.0
 NOMINAL_FRAME_S = 1 / 30
 AUDIO_FRAME_MS = 20
 
@@ -63,6 +67,7 @@ class StreamRecorder:
         self.seen_losses = 0
         self.stats = RecorderStats()
         self._last_pli = 0.0
+        self._last_alert = -ALERT_EVERY_S
         self._closed = False
         stream.encoded_sinks.append(self.on_frame)
         stream.close_hooks.append(self.on_close)
@@ -154,14 +159,28 @@ class StreamRecorder:
 
     def _submit(self, fn: Any, *args: Any) -> None:
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(self.archive.executor, self._guard, fn, args)
+        loop.run_in_executor(self.archive.executor, self._guard, loop, fn, args)
 
-    def _guard(self, fn: Any, args: tuple[Any, ...]) -> None:
+    def _guard(self, loop: asyncio.AbstractEventLoop, fn: Any, args: tuple[Any, ...]) -> None:
         try:
             fn(*args)
-        except Exception:
+        except Exception as exc:
             self.stats.write_errors += 1
             log.exception("archive write failed for session %s", self.stream.session_id)
+            loop.call_soon_threadsafe(self._alert, exc)
+
+    def _alert(self, exc: Exception) -> None:
+        """Never silent: a failed archive write (spool disk full, I/O error) becomes an event on the session's
+        timeline, visible live and in review, at most once a minute per stream."""
+        now = time.monotonic()
+        if now - self._last_alert < ALERT_EVERY_S:
+            return
+        self._last_alert = now
+        disk_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        message = (f"spool disk full on media node {self.archive.spool.node_id}: video is not being recorded"
+                   if disk_full else f"archive write failed: {type(exc).__name__}: {exc}")
+        t = self.stream.clock.end_s
+        asyncio.ensure_future(self.archive.alert(self.stream.session_id, t, message))
 
     # --- end of the connection ---------------------------------------------------------------------------
     async def on_close(self, stream: CandidateStream) -> None:
@@ -221,6 +240,20 @@ class Archive:
 
     def attach(self, stream: CandidateStream) -> None:
         self.recorders[stream.session_id] = StreamRecorder(self, stream)
+
+    async def alert(self, session_id: str, media_time: float, message: str) -> None:
+        try:
+            async with self.ctx.pool.acquire() as conn:
+                event_id = await conn.fetchval(
+                    "INSERT INTO events (session_id, kind, start_s, end_s, confidence, details, source) "
+                    "VALUES ($1, 'recording_error', $2, $2, 1, $3, 'system') RETURNING id",
+                    session_id, media_time, {"message": message})
+            await self.ctx.redis.publish(LIVE_CHANNEL, json.dumps({
+                "type": "event", "action": "start", "session_id": session_id, "at": time.time(),
+                "event": {"id": event_id, "kind": "recording_error", "start_s": media_time, "end_s": media_time,
+                          "confidence": 1.0, "message": message}}))
+        except Exception as exc:  # the database may be what failed; the log line above still says it
+            log.error("could not raise the recording alert for %s: %s", session_id, exc)
 
     def allocate_soon(self, segment: SpoolSegment) -> None:
         """Reserve the segment's index and row now, so the finalizer knows it is coming; retried at upload."""

@@ -169,6 +169,9 @@ async def load_steps(base: str, token: str, node: dict[str, Any], steps: list[in
                    "median_fps": statistics.median(fps), "max_loss_pct": max(loss), "loop_lag_p99_ms": lag["p99"],
                    "node_rss_mb": round(rss_before / 2**20), "loader_cpu_pct": round(loader_cpu, 1), "ok": ok}
             print(json.dumps(row), flush=True)
+            for s in snap:
+                if s["fps"] < 25:  # what a stalled stream looked like, for the record
+                    print("slow stream:", json.dumps(s), flush=True)
             results.append(row)
             if not ok:
                 break

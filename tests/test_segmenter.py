@@ -194,3 +194,37 @@ for i in range(600):
     assert recovered.end_s is not None and recovered.end_s - recovered.start_s >= 3.0 - 2.0
     info = probe(recovered.path(spool.root), decode=True)
     assert info.first_is_keyframe and info.decode_errors == 0 and info.has_cues
+
+
+async def test_spool_disk_full_raises_an_alert(ctx: Context, archive: Archive, clip: EncodedClip,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails (ENOSPC) is never silent: an event on the session and a live alert."""
+    import errno
+
+    import archiver.webm
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archiver.webm.WebmWriter, "write_video", full)
+    session_id = await _session(ctx)
+    pubsub = ctx.redis.pubsub()
+    await pubsub.subscribe("proctor:live")
+    await _stream(archive, clip, session_id, 1.0)
+
+    async def alerted() -> Any:
+        async with ctx.pool.acquire() as conn:
+            return await conn.fetchrow("SELECT * FROM events WHERE session_id = $1 AND kind = 'recording_error'",
+                                       session_id)
+
+    row = await wait_for(alerted, within=10)
+    assert "spool disk full" in row["details"]["message"] and row["source"] == "system"
+    messages = []
+    for _ in range(20):  # the subscribe confirmation also reads as None here: keep reading a little
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            messages.append(message["data"])
+    await pubsub.aclose()
+    assert any("recording_error" in m and session_id in m for m in messages)
+    async with ctx.pool.acquire() as conn:  # one alert, not one per frame
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE session_id = $1", session_id) == 1
