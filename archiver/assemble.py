@@ -78,7 +78,7 @@ async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = Non
             "ORDER BY idx", session_id)
     made = 0
     for run in consecutive_runs(list(rows), size):
-        with tempfile.TemporaryDirectory(prefix="merge-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="merge-", dir=ctx.storage.scratch_dir()) as tmp:
             inputs = []
             for row in run:
                 inputs.append(await _fetch(ctx, row["storage_key"], Path(tmp) / f"{row['idx']:06d}.webm"))
@@ -90,7 +90,7 @@ async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = Non
             key = f"sessions/{session_id}/batches/{first:06d}-{last:06d}.webm"
             sha = await asyncio.to_thread(_sha256, out)
             size_bytes = out.stat().st_size
-            await ctx.storage.put_file(key, out, content_type="video/webm")
+            await ctx.storage.put_file(key, out, content_type="video/webm", move=True)
         async with ctx.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO batches (session_id, first_idx, last_idx, start_s, end_s, bytes, sha256, storage_key) "
@@ -156,7 +156,7 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
             "WHERE session_id = $1 AND state = 'stored' ORDER BY idx", session_id)
     await _publish(ctx, session_id, "finalizing")
     try:
-        with tempfile.TemporaryDirectory(prefix="finalize-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="finalize-", dir=ctx.storage.scratch_dir()) as tmp:
             inputs = []
             for i, piece in enumerate(pieces):
                 inputs.append(await _fetch(ctx, piece["storage_key"], Path(tmp) / f"{i:06d}.webm"))
@@ -168,7 +168,7 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
             if result is not None:
                 sha = await asyncio.to_thread(_sha256, out)
                 size_bytes = out.stat().st_size
-                await ctx.storage.put_file(key, out, content_type="video/webm")
+                await ctx.storage.put_file(key, out, content_type="video/webm", move=True)
         async with ctx.pool.acquire() as conn, conn.transaction():
             if result is not None:
                 await conn.execute(

@@ -486,3 +486,16 @@ async def test_s3_unreachable_endpoint_raises_storage_error() -> None:
                         access_key_id="k", secret_access_key="s")
     with pytest.raises(StorageError):
         await storage.check()
+
+
+async def test_local_put_file_move_renames_into_place(local: LocalStorage) -> None:
+    scratch = local.scratch_dir()
+    assert scratch is not None
+    source = scratch / "master.webm"
+    source.write_bytes(b"x" * 1000)
+    assert await local.put_file("sessions/s/master.webm", source, move=True) == 1000
+    assert not source.exists()  # moved, not copied
+    assert await local.get_bytes("sessions/s/master.webm") == b"x" * 1000
+    # The scratch folder never shows up as stored objects.
+    (scratch / "leftover.part").write_bytes(b"y")
+    assert [o.key for o in await local.list("")] == ["sessions/s/master.webm"]
