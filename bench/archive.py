@@ -167,14 +167,38 @@ async def finalize_bench(clip: EncodedClip, segments: int, work: Path) -> dict[s
         master = work / "master.webm"
         await ctx.storage.download(f"sessions/{sid}/master.webm", master)
         info = probe(master)
+        seek = await asyncio.to_thread(seek_errors, master, seg_s * segments)
         await ctx.close()
         return {"segments": segments, "batches": batches, "merge_s": round(merged, 2),
                 "finalize_s": round(finalized, 2), "master_duration_s": round(duration, 3),
                 "expected_duration_s": round(seg_s * segments, 3), "cues": info.has_cues,
-                "master_mb": round(master.stat().st_size / 2**20, 1)}
+                "master_mb": round(master.stat().st_size / 2**20, 1), **seek}
     finally:
         rd.stop()
         pg.stop()
+
+
+def seek_errors(master: Path, duration: float, samples: int = 200) -> dict[str, float]:
+    """Seek the master to random times: the frame shown must be the one whose media time is the largest <= t
+    (frames sit at round(i * 1000 / 30) ms). Error in frames."""
+    import random
+
+    from archiver.webm import frame_at
+
+    rng = random.Random(11)
+    errors = []
+    for _ in range(samples):
+        t = rng.uniform(0, duration - 0.1)
+        i = int(t * FPS)
+        while round((i + 1) * 1000 / FPS) / 1000 <= t:
+            i += 1
+        while i > 0 and round(i * 1000 / FPS) / 1000 > t:
+            i -= 1
+        expected = round(i * 1000 / FPS) / 1000
+        pts, _ = frame_at(master, t)
+        errors.append(abs(pts - expected) * FPS)
+    return {"seek_samples": samples, "seek_error_frames_max": round(max(errors), 3),
+            "seek_error_frames_mean": round(sum(errors) / len(errors), 4)}
 
 
 def main() -> None:
@@ -203,7 +227,9 @@ def main() -> None:
         f"Finalize of a {fin['segments']}-segment (2-hour) session: merge into {fin['batches']} batches "
         f"{fin['merge_s']} s, finalize (concat + upload + commit) {fin['finalize_s']} s; master "
         f"{fin['master_duration_s']} s (expected {fin['expected_duration_s']} s), Cues {fin['cues']}, "
-        f"{fin['master_mb']} MB.",
+        f"{fin['master_mb']} MB.", "",
+        f"Seek error over {fin['seek_samples']} random times in that master (decoded frame vs the frame whose media "
+        f"time is the largest <= t): max {fin['seek_error_frames_max']} frames, mean {fin['seek_error_frames_mean']}.",
     ]
     (RESULTS / "archive.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
