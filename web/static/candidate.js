@@ -19,6 +19,8 @@
 
   function show(step) {
     for (const el of document.querySelectorAll(".step")) el.hidden = el.id !== step;
+    // The candidate keeps seeing what the proctor sees during the exam.
+    if (step === "step-exam" && media && $("selfview").srcObject !== media) $("selfview").srcObject = media;
   }
 
   function setConnection(value, text) {
