@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import numpy as np
 
 from analyzers.base import AnalyzerConfig, Detector, Signal
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 ANALYSIS_THREADS = 2
 TICK_S = 0.5
 THUMBNAIL_S = 3.0
+STORE_RETRY_S = 120.0
 THUMBNAIL_TTL_S = 30
 
 
@@ -206,28 +208,54 @@ class StreamAnalysis:
                 self.changes.task_done()
 
     async def _persist(self, change: EventChange, arrived: float | None) -> None:
-        ctx = self.analysis.ctx
-        details = json.loads(json.dumps(change.details, default=_jsonable))
-        async with ctx.pool.acquire() as conn:
-            if change.type == "start" or change.event_id not in self.db_ids:
-                source = "browser" if change.kind in BROWSER_KINDS else "analyzer"
-                self.db_ids[change.event_id] = await conn.fetchval(
-                    "INSERT INTO events (session_id, kind, start_s, end_s, confidence, details, source) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                    self.session_id, change.kind, change.start_s, change.end_s, change.confidence, details, source)
-            else:
-                await conn.execute(
-                    "UPDATE events SET end_s = $2, confidence = greatest(confidence, $3), details = $4, "
-                    "updated_at = now() WHERE id = $1",
-                    self.db_ids[change.event_id], change.end_s, change.confidence, details)
-        event_id = self.db_ids[change.event_id]
-        await self._publish(change, event_id, arrived)
+        event_id = await self._store(change)
+        # Publishing and evidence are best effort once the event is safe in Postgres.
+        try:
+            await self._publish(change, event_id, arrived)
+        except Exception as exc:
+            log.warning("session %s: event %s not published: %s", self.session_id, event_id, exc)
         if change.type == "end":
             self.db_ids.pop(change.event_id, None)
-            async with ctx.pool.acquire() as conn:
-                await refresh_score(conn, self.session_id, ctx.settings.weights)
         if change.frame_ref is not None and change.type in ("start", "update"):
-            await self._snapshot(event_id, change.frame_ref)
+            try:
+                await self._snapshot(event_id, change.frame_ref)
+            except Exception as exc:
+                log.warning("session %s: evidence for event %s not stored: %s", self.session_id, event_id, exc)
+
+    async def _store(self, change: EventChange) -> int:
+        """Write the change, retrying through a database outage of up to STORE_RETRY_S (events must not be
+        lost to a Postgres restart); the writer keeps the order, so later changes wait behind it."""
+        ctx = self.analysis.ctx
+        details = json.loads(json.dumps(change.details, default=_jsonable))
+        deadline = time.monotonic() + STORE_RETRY_S
+        delay = 0.25
+        while True:
+            try:
+                event_id = self.db_ids.get(change.event_id)
+                async with ctx.pool.acquire() as conn, conn.transaction():
+                    if change.type == "start" or event_id is None:
+                        source = "browser" if change.kind in BROWSER_KINDS else "analyzer"
+                        event_id = await conn.fetchval(
+                            "INSERT INTO events (session_id, kind, start_s, end_s, confidence, details, source) "
+                            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id", self.session_id, change.kind,
+                            change.start_s, change.end_s, change.confidence, details, source)
+                    else:
+                        await conn.execute(
+                            "UPDATE events SET end_s = $2, confidence = greatest(confidence, $3), details = $4, "
+                            "updated_at = now() WHERE id = $1", event_id, change.end_s, change.confidence, details)
+                    if change.type == "end":
+                        await refresh_score(conn, self.session_id, ctx.settings.weights)
+                # Only a committed insert is remembered: a retry after a failed commit inserts again.
+                self.db_ids[change.event_id] = event_id
+                return event_id
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.CannotConnectNowError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("session %s: database unavailable (%s); retrying the event in %.1fs",
+                            self.session_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
 
     async def _publish(self, change: EventChange, event_id: int, arrived: float | None) -> None:
         message = {"type": "event", "action": change.type, "session_id": self.session_id,
