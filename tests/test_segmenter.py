@@ -228,3 +228,47 @@ async def test_spool_disk_full_raises_an_alert(ctx: Context, archive: Archive, c
     assert any("recording_error" in m and session_id in m for m in messages)
     async with ctx.pool.acquire() as conn:  # one alert, not one per frame
         assert await conn.fetchval("SELECT count(*) FROM events WHERE session_id = $1", session_id) == 1
+
+
+class _Outage:
+    """Storage that refuses every upload while `down` (a dead network to R2), the real backend otherwise."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.down = True
+        self.refused = 0
+
+    async def put_file(self, *args: Any, **kwargs: Any) -> int:
+        if self.down:
+            from proctor.storage import StorageError
+
+            self.refused += 1
+            raise StorageError("storage unreachable")
+        return await self.real.put_file(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_storage_outage_spools_and_uploads_later(ctx: Context, clip: EncodedClip, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import archiver.spool
+
+    monkeypatch.setattr(archiver.spool, "MAX_BACKOFF_S", 0.5)  # retry quickly in the test
+    storage = _Outage(ctx.storage)
+    settings = replace(ctx.settings, segment_seconds=2, data_dir=tmp_path)
+    archive = Archive(Context(settings, ctx.pool, ctx.redis, storage))  # type: ignore[arg-type]
+    await archive.start(f"outage-{uuid.uuid4().hex[:6]}")
+    try:
+        session_id = await _session(ctx)
+        await _stream(archive, clip, session_id, 5.0)
+        await asyncio.sleep(1.5)
+        assert storage.refused >= 1
+        spooled = list(archive.spool.root.glob("*/*.webm"))
+        assert len(spooled) == 3  # every segment waits safely on local disk
+        storage.down = False
+        rows = await wait_for(lambda: _stored(ctx, session_id, 3), within=30)
+        assert sum(r["frames"] for r in rows) == 5 * FPS  # nothing lost
+        assert list(archive.spool.root.glob("*/*")) == []
+    finally:
+        await archive.stop()
