@@ -1,6 +1,6 @@
 """Ingest benchmark: page load -> first frame with real Chromium, and how many streams one media node carries.
 
-    .venv/bin/python -m bench.ingest [--steps 4,8,16,24,32] [--hold 15] [--reloads 10]
+    .venv/bin/python -m bench.ingest [--steps 4,8,16,24,32] [--hold 15] [--reloads 10] [--nodes 1]
 
 Starts `proctor up` on a scratch data dir, then
 1. opens one candidate page in headless Chromium, connects, and reloads it `--reloads` times: the time from
@@ -10,6 +10,11 @@ Starts `proctor up` on a scratch data dir, then
    node process's CPU. A step passes when every stream keeps >= 25 fps with < 1 % loss and the loop's p99
    wake-up lag stays under 50 ms.
 Writes bench/results/ingest.md and ingest.json.
+
+With `--nodes 2` a second `proctor media` process (same Postgres, Redis and data dir) runs beside the one
+`proctor up` starts; signaling spreads the streams (least loaded). Each step then reports the sum of both nodes'
+CPU and each node's streams, fps, loss and loop lag; a step passes when every node meets the thresholds above.
+Writes bench/results/ingest-2nodes.md and ingest-2nodes.json.
 """
 
 from __future__ import annotations
@@ -62,18 +67,32 @@ def admin_token(urls: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-async def node_info(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    """The media node, once it has loaded its models and registered."""
+def start_media_node(data_dir: Path, urls: dict[str, str]) -> subprocess.Popen[str]:
+    """One more media node beside the one `proctor up` runs, on the same Postgres, Redis and data dir."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(urls, PROCTOR_DATA_DIR=str(data_dir), ICE_HOST_ADDRESSES="127.0.0.1", MEDIA_NODE_PORT="0",
+               MEDIA_NODE_CAPACITY="500", LOG_LEVEL="WARNING")
+    return subprocess.Popen([sys.executable, "-m", "proctor", "media"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+async def nodes_info(http: aiohttp.ClientSession, base: str, count: int = 1) -> list[dict[str, Any]]:
+    """The media nodes, once `count` of them have loaded their models and registered."""
     deadline = time.monotonic() + 120
     while True:
         async with http.get(f"{base}/healthz") as response:
             nodes = (await response.json())["media_nodes"]
-        if nodes or time.monotonic() > deadline:
+        if len(nodes) >= count:
             break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(nodes)} of {count} media nodes registered")
         await asyncio.sleep(0.5)
-    node = nodes[0]
-    pid = int(node["node_id"].rsplit("-", 2)[1])
-    return {"url": node["url"], "pid": pid}
+    return [{"url": node["url"], "pid": int(node["node_id"].rsplit("-", 2)[1])} for node in nodes]
+
+
+async def node_info(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    """The media node, once it has loaded its models and registered."""
+    return (await nodes_info(http, base))[0]
 
 
 async def stats(http: aiohttp.ClientSession, node_url: str) -> dict[str, Any]:
@@ -88,7 +107,7 @@ async def new_session(http: aiohttp.ClientSession, base: str, token: str, name: 
     return body["id"], body["join_url"]
 
 
-async def page_loads(base: str, token: str, node_url: str, reloads: int) -> list[float]:
+async def page_loads(base: str, token: str, node_urls: list[str], reloads: int) -> list[float]:
     from playwright.async_api import async_playwright
 
     from tests.browser import CHROMIUM, CONNECTED, chromium_args
@@ -114,7 +133,7 @@ async def page_loads(base: str, token: str, node_url: str, reloads: int) -> list
             await page.reload()
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
-                streams = {s["session_id"]: s for s in (await stats(http, node_url))["streams"]}
+                streams = {s["session_id"]: s for url in node_urls for s in (await stats(http, url))["streams"]}
                 first = (streams.get(session_id) or {}).get("first_frame_at")
                 if first and first > started:
                     samples.append(first - started)
@@ -124,7 +143,7 @@ async def page_loads(base: str, token: str, node_url: str, reloads: int) -> list
     return samples
 
 
-async def load_steps(base: str, token: str, node: dict[str, Any], steps: list[int], hold: float) -> list[dict]:
+async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: list[int], hold: float) -> list[dict]:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
     from tests.media import face_canvas
@@ -138,7 +157,7 @@ async def load_steps(base: str, token: str, node: dict[str, Any], steps: list[in
         frame = np.clip(np.roll(noisy, int(4 * np.sin(i / 14)), axis=1), 0, 255).astype(np.uint8)
         frames.append(frame)
     clip = encode_clip(frames)
-    node_proc = psutil.Process(node["pid"])
+    node_procs = [psutil.Process(node["pid"]) for node in nodes]
     loader = psutil.Process()
     results = []
     pcs = []
@@ -151,23 +170,35 @@ async def load_steps(base: str, token: str, node: dict[str, Any], steps: list[in
                 ours.add(session_id)
                 pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer", join_token, http))
             await asyncio.sleep(3)  # let every stream settle
-            node_proc.cpu_percent(None)
+            for proc in node_procs:
+                proc.cpu_percent(None)
             loader.cpu_percent(None)
-            rss_before = node_proc.memory_info().rss
+            rss_before = [proc.memory_info().rss for proc in node_procs]
             await asyncio.sleep(hold)
-            cpu = node_proc.cpu_percent(None)
+            cpus = [proc.cpu_percent(None) for proc in node_procs]
             loader_cpu = loader.cpu_percent(None)
-            node_stats = await stats(http, node["url"])
-            lag = node_stats["loop_lag_ms"]
-            snap = [s for s in node_stats["streams"] if s["session_id"] in ours]
-            fps = [s["fps"] for s in snap]
-            loss = [s["loss_pct"] for s in snap]
-            # The loop that carries RTP must stay responsive: p99 wake-up lag under 50 ms.
-            ok = len(snap) == target and min(fps) >= 25 and max(loss) < 1 and lag["p99"] < 50
+            per_node = []
+            snap = []
+            for node, cpu, rss in zip(nodes, cpus, rss_before, strict=True):
+                node_stats = await stats(http, node["url"])
+                mine = [s for s in node_stats["streams"] if s["session_id"] in ours]
+                snap += mine
+                per_node.append({"pid": node["pid"], "streams": len(mine), "cpu_pct": round(cpu, 1),
+                                 "min_fps": min((s["fps"] for s in mine), default=None),
+                                 "max_loss_pct": max((s["loss_pct"] for s in mine), default=None),
+                                 "loop_lag_p99_ms": node_stats["loop_lag_ms"]["p99"], "rss_mb": round(rss / 2**20)})
+            cpu = sum(cpus)
+            fps = [s["fps"] for s in snap] or [0.0]
+            loss = [s["loss_pct"] for s in snap] or [0.0]
+            lag_p99 = max(n["loop_lag_p99_ms"] for n in per_node)
+            # The loop that carries RTP must stay responsive (on every node): p99 wake-up lag under 50 ms.
+            ok = len(snap) == target and min(fps) >= 25 and max(loss) < 1 and lag_p99 < 50
             row = {"streams": target, "carried": len(snap), "node_cpu_pct": round(cpu, 1),
                    "cpu_pct_per_stream": round(cpu / target, 2), "min_fps": min(fps),
-                   "median_fps": statistics.median(fps), "max_loss_pct": max(loss), "loop_lag_p99_ms": lag["p99"],
-                   "node_rss_mb": round(rss_before / 2**20), "loader_cpu_pct": round(loader_cpu, 1), "ok": ok}
+                   "median_fps": statistics.median(fps), "max_loss_pct": max(loss), "loop_lag_p99_ms": lag_p99,
+                   "node_rss_mb": round(sum(rss_before) / 2**20), "loader_cpu_pct": round(loader_cpu, 1), "ok": ok}
+            if len(nodes) > 1:
+                row["nodes"] = per_node
             print(json.dumps(row), flush=True)
             for s in snap:
                 if s["fps"] < 25:  # what a stalled stream looked like, for the record
@@ -182,15 +213,39 @@ async def load_steps(base: str, token: str, node: dict[str, Any], steps: list[in
 def write_results(loads: list[float], steps: list[dict], args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     carried = max((s["streams"] for s in steps if s["ok"]), default=0)
+    nodes = args.nodes
+    suffix = "" if nodes == 1 else f"-{nodes}nodes"
     summary = {
         "page_load_to_first_frame_s": {"median": round(statistics.median(loads), 3) if loads else None,
                                        "p95": round(sorted(loads)[int(0.95 * (len(loads) - 1))], 3) if loads else None,
                                        "samples": [round(x, 3) for x in loads]},
-        "streams_one_node_carried": carried,
+        ("streams_one_node_carried" if nodes == 1 else f"streams_{nodes}_nodes_carried"): carried,
+        "nodes": nodes,
         "steps": steps,
         "machine": {"cpus": os.cpu_count(), "hold_s": args.hold},
     }
-    (RESULTS / "ingest.json").write_text(json.dumps(summary, indent=2))
+    (RESULTS / f"ingest{suffix}.json").write_text(json.dumps(summary, indent=2))
+    if nodes > 1:
+        lines = [
+            f"# Ingest benchmark, {nodes} media nodes", "",
+            f"Command: `.venv/bin/python -m bench.ingest --nodes {nodes} --steps {args.steps} --hold {args.hold:g} "
+            f"--reloads {args.reloads}` ({nodes} media node processes on the same machine, each with the archiver "
+            "and all available analyzers on every stream; signaling places each stream on the least loaded node).",
+            "", f"Streams {nodes} nodes carried (every stream >= 25 fps, < 1 % loss, every node's event-loop lag p99 "
+            f"< 50 ms): **{carried}**; machine: {os.cpu_count()} CPUs, loader on the same machine.", "",
+            "| streams | carried | nodes CPU % (sum) | CPU % / stream | "
+            + " | ".join(f"node {i + 1}: streams / CPU % / min fps / max loss % / lag p99 ms" for i in range(nodes))
+            + " | loader CPU % | ok |",
+            "| --- | --- | --- | --- | " + "--- | " * nodes + "--- | --- |",
+        ]
+        for s in steps:
+            per = " | ".join(f"{n['streams']} / {n['cpu_pct']} / {n['min_fps']} / {n['max_loss_pct']} / "
+                             f"{n['loop_lag_p99_ms']}" for n in s["nodes"])
+            lines.append(f"| {s['streams']} | {s['carried']} | {s['node_cpu_pct']} | {s['cpu_pct_per_stream']} | "
+                         f"{per} | {s['loader_cpu_pct']} | {s['ok']} |")
+        (RESULTS / f"ingest{suffix}.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     lines = [
         "# Ingest benchmark", "",
         "Command: `.venv/bin/python -m bench.ingest` (one media node with the archiver and all available "
@@ -217,14 +272,22 @@ async def main_async(args: argparse.Namespace) -> None:
     base = f"http://127.0.0.1:{port}"
     data_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     proc, urls = start_system(data_dir, port)
+    extra: list[subprocess.Popen[str]] = []
     try:
         token = admin_token(urls)
         async with aiohttp.ClientSession() as http:
-            node = await node_info(http, base)
-        loads = await page_loads(base, token, node["url"], args.reloads) if args.reloads else []
-        steps = await load_steps(base, token, node, [int(s) for s in args.steps.split(",")], args.hold)
+            await nodes_info(http, base)  # the first node is up: the schema and storage exist
+            extra = [start_media_node(data_dir, urls) for _ in range(args.nodes - 1)]
+            nodes = await nodes_info(http, base, args.nodes)
+        urls_ = [node["url"] for node in nodes]
+        loads = await page_loads(base, token, urls_, args.reloads) if args.reloads else []
+        steps = await load_steps(base, token, nodes, [int(s) for s in args.steps.split(",")], args.hold)
         write_results(loads, steps, args)
     finally:
+        for media in extra:
+            os.killpg(media.pid, signal.SIGINT)
+        for media in extra:
+            media.wait(60)
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(60)
 
@@ -234,6 +297,7 @@ def main() -> None:
     parser.add_argument("--steps", default="4,8,16,24,32")
     parser.add_argument("--hold", type=float, default=15.0)
     parser.add_argument("--reloads", type=int, default=10)
+    parser.add_argument("--nodes", type=int, default=1, help="media node processes (2: ingest-2nodes.md/json)")
     asyncio.run(main_async(parser.parse_args()))
 
 

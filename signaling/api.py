@@ -357,6 +357,7 @@ async def _relay(ctx: Any, session_id: str, sdp: str, kind: str) -> web.Response
                                      json={"session_id": session_id, "sdp": sdp, "type": kind}) as response:
                     body = await response.json(content_type=None)
                     if response.status == 200:
+                        await nodes.note_placement(ctx.redis, node.node_id)
                         return web.json_response({"sdp": body["sdp"], "type": body["type"], "node": node.node_id})
                     if 400 <= response.status < 500:
                         raise error(web.HTTPBadRequest, body.get("error", "the media node refused the offer"))

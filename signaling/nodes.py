@@ -8,7 +8,7 @@ never chosen. Signaling picks the live node with the lowest load that has room.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -59,12 +59,27 @@ def _parse(data: dict[str, str]) -> NodeInfo | None:
         return None
 
 
+PLACED_KEY = "proctor:placed:{node_id}"
+PLACED_TTL_S = 2  # a node's heartbeat reports its real count within a second
+
+
+async def note_placement(redis: aioredis.Redis, node_id: str) -> None:
+    """Count a stream just sent to a node until its heartbeat reports it: a burst of offers within one
+    heartbeat would otherwise all see the same stale loads and pile onto one node."""
+    key = PLACED_KEY.format(node_id=node_id)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, PLACED_TTL_S)
+        await pipe.execute()
+
+
 async def live_nodes(redis: aioredis.Redis) -> list[NodeInfo]:
     nodes = []
     async for key in redis.scan_iter(match=NODE_PATTERN, count=100):
         node = _parse(await redis.hgetall(key))
         if node is not None:
-            nodes.append(node)
+            placed = int(await redis.get(PLACED_KEY.format(node_id=node.node_id)) or 0)
+            nodes.append(replace(node, streams=node.streams + placed) if placed else node)
     return sorted(nodes, key=lambda n: n.node_id)
 
 

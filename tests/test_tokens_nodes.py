@@ -96,3 +96,20 @@ def test_media_clock_guards_timestamp_jumps() -> None:
     assert clock.refused == 2
     assert clock.media_time(4000 + 90_000 * 3600 + 3000) == pytest.approx(10.0 + 3 / 30, abs=0.001)
     assert clock.end_s == pytest.approx(10.0 + 4 / 30, abs=0.001)
+
+
+async def test_a_burst_of_offers_spreads_over_nodes(ctx) -> None:  # type: ignore[no-untyped-def]
+    """Placements count until the next heartbeat, so a burst alternates between equally loaded nodes."""
+    from signaling.nodes import live_nodes, note_placement, register
+
+    prefix = f"burst-{time.time_ns()}"
+    for name in ("a", "b"):
+        await register(ctx.redis, NodeInfo(f"{prefix}-{name}", "http://x", 0, 100))
+    chosen = []
+    for _ in range(6):
+        nodes = [n for n in await live_nodes(ctx.redis) if n.node_id.startswith(prefix)]
+        node = choose(nodes)
+        assert node is not None
+        chosen.append(node.node_id[-1])
+        await note_placement(ctx.redis, node.node_id)
+    assert chosen.count("a") == 3 and chosen.count("b") == 3
