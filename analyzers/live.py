@@ -114,6 +114,7 @@ class StreamAnalysis:
         self.db_ids: dict[int, int] = {}  # rules event id -> events.id
         self._thumb_at = 0.0
         self._pending: set[asyncio.Future[None]] = set()
+        self._snapshot_lock = asyncio.Lock()
         self.changes: asyncio.Queue[tuple[EventChange, float | None]] = asyncio.Queue()
         for slot in self.slots:
             stream.sampler.subscribe(slot)
@@ -217,8 +218,15 @@ class StreamAnalysis:
         if change.type == "end":
             self.db_ids.pop(change.event_id, None)
         if change.frame_ref is not None and change.type in ("start", "update"):
+            # Off the writer's path: the next change (an end, say) is not kept waiting for a JPEG upload.
+            task = asyncio.ensure_future(self._snapshot_safely(event_id, change.frame_ref))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _snapshot_safely(self, event_id: int, rgb: np.ndarray) -> None:
+        async with self._snapshot_lock:  # one at a time, in order: the strongest frame's evidence wins
             try:
-                await self._snapshot(event_id, change.frame_ref)
+                await self._snapshot(event_id, rgb)
             except Exception as exc:
                 log.warning("session %s: evidence for event %s not stored: %s", self.session_id, event_id, exc)
 
@@ -282,6 +290,8 @@ class StreamAnalysis:
             self.changes.put_nowait((change, None))
         try:
             await asyncio.wait_for(self.changes.join(), 15)  # every change written before the stream goes
+            if self._pending:
+                await asyncio.wait_for(asyncio.gather(*self._pending, return_exceptions=True), 15)
         except TimeoutError:
             log.error("session %s: %d event changes not written", self.session_id, self.changes.qsize())
         for task in self._tasks:
