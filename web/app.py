@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,29 @@ async def _media_nodes(ctx: Context) -> list[dict[str, Any]]:
         return []
 
 
+@web.middleware
+async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A database or Redis outage is a 503 with Retry-After (the candidate page and integrations retry),
+    never a 500; nothing already received is affected, the media nodes keep spooling."""
+    import asyncpg
+    import redis.exceptions
+
+    from proctor.storage import StorageError
+
+    try:
+        return await handler(request)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError, asyncpg.InterfaceError, ConnectionRefusedError, StorageError) as exc:
+        log.warning("%s %s: dependency unavailable: %s", request.method, request.path, exc)
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": "temporarily unavailable, retry shortly"}), content_type="application/json",
+            headers={"Retry-After": "2"}) from None
+
+
 def create_app(settings: Settings, ctx: Context | None = None) -> web.Application:
     from web.auth import identify
 
-    app = web.Application(client_max_size=12 * 1024 * 1024, middlewares=[identify])
+    app = web.Application(client_max_size=12 * 1024 * 1024, middlewares=[unavailable, identify])
     app[SETTINGS] = settings
 
     async def open_context(app: web.Application) -> Any:

@@ -1,0 +1,65 @@
+"""A dependency outage as a user meets it: Redis stopped for a while -> clear 503s (never a 500), /healthz
+says which server is down, and everything works again when it is back, without a restart by hand."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from proctor.context import Context
+from proctor.embedded import EmbeddedRedis
+from proctor.redis import connect
+from tests.conftest import free_port
+
+
+async def test_redis_outage_gives_503_and_recovers(ctx: Context, tmp_path: Path, admin_token: str) -> None:
+    from web.app import create_app
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = await asyncio.to_thread(server.start)
+    redis = connect(url)
+    port = free_port()
+    settings = replace(ctx.settings, redis_url=url, http_port=port, public_base_url=f"http://127.0.0.1:{port}")
+    app = create_app(settings, ctx=Context(settings, ctx.pool, redis, ctx.storage))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/api/sessions", json={"candidate": "c", "exam": "e"}, headers=auth) as r:
+                session = await r.json()
+            token = session["join_url"].rsplit("/", 1)[1]
+            offer = {"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"}
+
+            await asyncio.to_thread(server.stop)  # Redis goes away
+            async with http.get(f"{base}/healthz") as r:
+                assert r.status == 503 and (await r.json())["redis"]["status"] == "error"
+            async with http.post(f"{base}/api/sessions/{session['id']}/offer", json=offer,
+                                 headers={"Authorization": f"Bearer {token}"}) as r:
+                assert r.status == 503 and r.headers["Retry-After"] == "2"
+                assert "temporarily unavailable" in (await r.json())["error"]
+            # What does not need Redis keeps working.
+            async with http.get(f"{base}/api/sessions/{session['id']}", headers=auth) as r:
+                assert r.status == 200
+
+            await asyncio.to_thread(server.start)  # back, same data dir
+            for _ in range(50):
+                async with http.get(f"{base}/healthz") as r:
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.2)
+            assert r.status == 200
+            async with http.post(f"{base}/api/sessions/{session['id']}/offer", json=offer,
+                                 headers={"Authorization": f"Bearer {token}"}) as r:
+                # Signaling works again: this Redis has no media node registered, and it says so.
+                assert r.status == 503 and "no media node" in (await r.json())["error"]
+    finally:
+        await runner.cleanup()
+        await redis.aclose()
+        await asyncio.to_thread(server.stop)
