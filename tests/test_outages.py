@@ -63,3 +63,45 @@ async def test_redis_outage_gives_503_and_recovers(ctx: Context, tmp_path: Path,
         await runner.cleanup()
         await redis.aclose()
         await asyncio.to_thread(server.stop)
+
+
+async def test_postgres_outage_gives_503_and_recovers(ctx: Context, tmp_path: Path, admin_token: str) -> None:
+    from proctor import db, migrate
+    from proctor.accounts import create_token, create_user
+    from proctor.embedded import EmbeddedPostgres
+    from web.app import create_app
+
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    url = await asyncio.to_thread(pg.start)
+    await asyncio.to_thread(migrate.upgrade, url)
+    pool = await db.create_pool(url, max_size=4)
+    async with pool.acquire() as conn:
+        await create_user(conn, "outage-admin", "admin", "long enough pw")
+        token = await create_token(conn, "outage-admin")
+    port = free_port()
+    settings = replace(ctx.settings, database_url=url, http_port=port)
+    runner = web.AppRunner(create_app(settings, ctx=Context(settings, pool, ctx.redis, ctx.storage)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/api/sessions", headers=auth) as r:
+                assert r.status == 200
+            await asyncio.to_thread(pg.stop)  # Postgres goes away
+            for path in ("/api/sessions", "/healthz"):
+                async with http.get(base + path, headers=auth) as r:
+                    assert r.status == 503, (path, r.status, await r.text())
+            await asyncio.to_thread(pg.start)  # back, same data
+            statuses = []
+            for _ in range(30):
+                async with http.get(f"{base}/api/sessions", headers=auth) as r:
+                    statuses.append(r.status)
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.2)
+            assert statuses[-1] == 200 and 500 not in statuses
+    finally:
+        await runner.cleanup()
+        await pool.close()
+        await asyncio.to_thread(pg.stop)

@@ -54,7 +54,8 @@ async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, asyncpg.PostgresConnectionError,
-            asyncpg.CannotConnectNowError, asyncpg.InterfaceError, ConnectionRefusedError, StorageError) as exc:
+            asyncpg.OperatorInterventionError, asyncpg.InterfaceError, StorageError,
+            OSError) as exc:  # OSError: a refused or vanished socket (a unix socket file gone with the server)
         log.warning("%s %s: dependency unavailable: %s", request.method, request.path, exc)
         raise web.HTTPServiceUnavailable(
             text=json.dumps({"error": "temporarily unavailable, retry shortly"}), content_type="application/json",
