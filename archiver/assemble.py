@@ -8,7 +8,6 @@ the next delivery finishes, and never two masters.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import tempfile
@@ -21,6 +20,7 @@ import asyncpg
 
 from proctor.context import Context
 from proctor.redis import LIVE_CHANNEL
+from proctor.storage import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,6 @@ async def _fetch(ctx: Context, key: str, path: Path) -> Path:
 
 class NotReady(RuntimeError):
     """The session's segments are not all stored yet; the job is retried later."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def consecutive_runs(rows: list[asyncpg.Record], size: int) -> list[list[asyncpg.Record]]:
@@ -88,8 +80,7 @@ async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = Non
             result = await asyncio.to_thread(concat, inputs, out)
             first, last = run[0]["idx"], run[-1]["idx"]
             key = f"sessions/{session_id}/batches/{first:06d}-{last:06d}.webm"
-            sha = await asyncio.to_thread(_sha256, out)
-            size_bytes = out.stat().st_size
+            sha, size_bytes = await asyncio.to_thread(file_sha256, out)
             await ctx.storage.put_file(key, out, content_type="video/webm", move=True)
         async with ctx.pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -166,8 +157,7 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
             out = Path(tmp) / "master.webm"
             result = await asyncio.to_thread(concat, inputs, out) if inputs else None
             if result is not None:
-                sha = await asyncio.to_thread(_sha256, out)
-                size_bytes = out.stat().st_size
+                sha, size_bytes = await asyncio.to_thread(file_sha256, out)
                 await ctx.storage.put_file(key, out, content_type="video/webm", move=True)
         async with ctx.pool.acquire() as conn, conn.transaction():
             if result is not None:

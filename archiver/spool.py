@@ -9,7 +9,6 @@ wrote it (node id and pid), so recovery needs nothing but the spool folder.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import asyncpg
 
 from proctor.context import Context
 from proctor.redis import MERGE_STREAM
-from proctor.storage import StorageError
+from proctor.storage import StorageError, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -128,16 +127,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _digest(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 async def allocate(conn: asyncpg.Connection, segment: SpoolSegment) -> int:
     """The segment's index in its session, allocated once (idempotent by spool id, no holes)."""
     async with conn.transaction():
@@ -228,7 +217,7 @@ class Uploader:
         if segment.idx is None:
             await self.allocate(segment)
             self.spool.save(segment)
-        sha256, size = await asyncio.to_thread(_digest, path)
+        sha256, size = await asyncio.to_thread(file_sha256, path)
         await self.ctx.storage.put_file(segment.key(), path, content_type="video/webm")
         async with self.ctx.pool.acquire() as conn:
             updated = await conn.fetchval(

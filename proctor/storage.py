@@ -8,6 +8,7 @@ blocking, so the S3 backend runs every call in a thread and never on the event l
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import shutil
@@ -27,6 +28,17 @@ class StorageError(RuntimeError):
 
 class InvalidKey(StorageError, ValueError):
     """A key that is not a plain relative path."""
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 hex digest and size of a file, read in 1-MiB chunks (stored with every segment, batch, master)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def check_key(key: str) -> str:

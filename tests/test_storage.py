@@ -9,7 +9,6 @@ skip.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import urllib.error
 import urllib.parse
@@ -21,7 +20,16 @@ from typing import Any
 
 import pytest
 
-from proctor.storage import InvalidKey, LocalStorage, S3Storage, Storage, StorageError, StoredObject, check_key
+from proctor.storage import (
+    InvalidKey,
+    LocalStorage,
+    S3Storage,
+    Storage,
+    StorageError,
+    StoredObject,
+    check_key,
+    file_sha256,
+)
 from tests.seaweed import SeaweedS3, free_ports, weed_binary
 
 BUCKET = "proctor-test"
@@ -73,11 +81,7 @@ def _tree(root: Path) -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)[0]
 
 
 # --- fixtures -----------------------------------------------------------------------------------------------
