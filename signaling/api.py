@@ -50,7 +50,8 @@ def require_admin(request: web.Request) -> Any:
     return user
 
 
-def _session_id(request: web.Request) -> str:
+def path_session_id(request: web.Request) -> str:
+    """The canonical session id in the route, or 404 (a malformed id reads as not found, never a 500)."""
     session_id = sessions.parse_id(request.match_info["session_id"])
     if session_id is None:
         raise error(web.HTTPNotFound, "no such session")
@@ -59,7 +60,7 @@ def _session_id(request: web.Request) -> str:
 
 async def _candidate_session(request: web.Request, conn: asyncpg.Connection) -> asyncpg.Record:
     """The session a join token opens; the token must be valid, current and for this very session."""
-    session_id = _session_id(request)
+    session_id = path_session_id(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -120,7 +121,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def get_session(request: web.Request) -> web.Response:
     require_user(request)
-    session_id = _session_id(request)
+    session_id = path_session_id(request)
     async with _ctx(request).pool.acquire() as conn:
         row = await sessions.get(conn, session_id)
         if row is None:
@@ -149,7 +150,7 @@ def _event_json(row: asyncpg.Record) -> dict[str, Any]:
 
 async def list_events(request: web.Request) -> web.Response:
     require_user(request)
-    session_id = _session_id(request)
+    session_id = path_session_id(request)
     async with _ctx(request).pool.acquire() as conn:
         if await sessions.get(conn, session_id) is None:
             raise error(web.HTTPNotFound, "no such session")
@@ -164,7 +165,7 @@ async def end_session_staff(request: web.Request) -> web.Response:
 
 async def _end(request: web.Request, *, actor: str, reason: str) -> web.Response:
     ctx = _ctx(request)
-    session_id = _session_id(request)
+    session_id = path_session_id(request)
     async with ctx.pool.acquire() as conn:
         row = await sessions.get(conn, session_id)
         if row is None:
@@ -180,7 +181,7 @@ async def _end(request: web.Request, *, actor: str, reason: str) -> web.Response
 
 async def delete_session(request: web.Request) -> web.Response:
     user = require_admin(request)
-    session_id = _session_id(request)
+    session_id = path_session_id(request)
     if not await sessions.delete(_ctx(request), session_id, actor=user.name, reason="deleted by admin"):
         raise error(web.HTTPNotFound, "no such session")
     return web.json_response({"id": session_id, "deleted": True})

@@ -8,23 +8,16 @@ from typing import Any
 
 from aiohttp import web
 
-from proctor.http import USER, error
+from proctor.http import error
 from proctor.redis import THUMBNAIL_KEY
-from signaling.sessions import parse_id
+from signaling.api import path_session_id, require_user
 from web.app import CTX
 
 
-def _require_user(request: web.Request) -> None:
-    if request.get(USER) is None:
-        raise error(web.HTTPUnauthorized, "login or an API token is required")
-
-
 async def master_video(request: web.Request) -> web.StreamResponse:
-    _require_user(request)
+    require_user(request)
     ctx = request.app[CTX]
-    session_id = parse_id(request.match_info["session_id"])
-    if session_id is None:
-        raise error(web.HTTPNotFound, "no such session")
+    session_id = path_session_id(request)
     async with ctx.pool.acquire() as conn:
         key = await conn.fetchval("SELECT storage_key FROM master_videos WHERE session_id = $1", session_id)
     if key is None:
@@ -45,9 +38,9 @@ async def serve_video(ctx: Any, key: str) -> web.StreamResponse:
 
 
 async def event_snapshot(request: web.Request) -> web.Response:
-    _require_user(request)
+    require_user(request)
     ctx = request.app[CTX]
-    session_id = parse_id(request.match_info["session_id"])
+    session_id = path_session_id(request)
     try:
         event_id = int(request.match_info["event_id"])
     except ValueError:
@@ -63,11 +56,9 @@ async def event_snapshot(request: web.Request) -> web.Response:
 
 async def thumbnail(request: web.Request) -> web.Response:
     """The latest small frame of a live stream (the media node refreshes it every few seconds)."""
-    _require_user(request)
+    require_user(request)
     ctx = request.app[CTX]
-    session_id = parse_id(request.match_info["session_id"])
-    if session_id is None:
-        raise error(web.HTTPNotFound, "no such session")
+    session_id = path_session_id(request)
     data = await ctx.redis.get(THUMBNAIL_KEY.format(session_id=session_id))
     if not data:
         raise error(web.HTTPNotFound, "no thumbnail: the stream is not live")

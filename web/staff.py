@@ -20,7 +20,7 @@ from aiohttp import web
 from proctor import accounts
 from proctor.http import error, read_json
 from signaling import sessions
-from signaling.api import require_user
+from signaling.api import path_session_id, require_user
 from signaling.scoring import refresh_score
 from web.app import CTX
 from web.login import page_user, render_page
@@ -32,13 +32,6 @@ MAX_QUERY = 200
 SORTS = {"newest": "s.created_at DESC", "score": "s.score DESC, s.created_at DESC"}
 EXPORT_FIELDS = ("id", "kind", "start_s", "end_s", "duration_s", "confidence", "source", "review_state",
                  "review_note", "reviewed_by", "reviewed_at", "acknowledged_by", "acknowledged_at", "snapshot_url")
-
-
-def _session_id(request: web.Request) -> str:
-    session_id = sessions.parse_id(request.match_info["session_id"])
-    if session_id is None:
-        raise error(web.HTTPNotFound, "no such session")
-    return session_id
 
 
 def _event_id(request: web.Request) -> int:
@@ -112,7 +105,7 @@ def _duration(seconds: float | None) -> str:
 
 async def review_page(request: web.Request) -> web.Response:
     user = page_user(request)
-    session_id = _session_id(request)
+    session_id = path_session_id(request)
     async with request.app[CTX].pool.acquire() as conn:
         row = await sessions.get(conn, session_id)
         if row is None:
@@ -149,7 +142,7 @@ async def preview_pieces(conn: asyncpg.Connection, session_id: str) -> list[dict
 async def preview(request: web.Request) -> web.Response:
     """GET /api/sessions/{id}/preview: {"status", "score", "master", "pieces"} for the review page's polling."""
     require_user(request)
-    session_id = _session_id(request)
+    session_id = path_session_id(request)
     async with request.app[CTX].pool.acquire() as conn:
         row = await sessions.get(conn, session_id)
         if row is None:
@@ -164,7 +157,7 @@ async def preview(request: web.Request) -> web.Response:
 async def _serve_piece(request: web.Request, sql: str) -> web.StreamResponse:
     require_user(request)
     ctx = request.app[CTX]
-    session_id = _session_id(request)
+    session_id = path_session_id(request)
     try:
         idx = int(request.match_info["idx"])
     except ValueError:
@@ -216,7 +209,7 @@ def event_json(row: asyncpg.Record) -> dict[str, Any]:
 async def review_event(request: web.Request) -> web.Response:
     """POST /api/sessions/{id}/events/{eid}/review {"state": "confirmed|dismissed|pending", "note": "..."}."""
     user = require_user(request)
-    session_id, event_id = _session_id(request), _event_id(request)
+    session_id, event_id = path_session_id(request), _event_id(request)
     body = await read_json(request, 16 * 1024)
     state, note = body.get("state"), body.get("note")
     if state not in REVIEW_STATES:
@@ -242,7 +235,7 @@ async def review_event(request: web.Request) -> web.Response:
 async def acknowledge_event(request: web.Request) -> web.Response:
     """POST /api/sessions/{id}/events/{eid}/ack: a proctor has seen a live alert (first acknowledgement kept)."""
     user = require_user(request)
-    session_id, event_id = _session_id(request), _event_id(request)
+    session_id, event_id = path_session_id(request), _event_id(request)
     ctx = request.app[CTX]
     async with ctx.pool.acquire() as conn, conn.transaction():
         updated = await conn.fetchval(
@@ -262,7 +255,7 @@ async def acknowledge_event(request: web.Request) -> web.Response:
 
 async def _export_rows(request: web.Request) -> tuple[asyncpg.Record, list[dict[str, Any]]]:
     require_user(request)
-    session_id = _session_id(request)
+    session_id = path_session_id(request)
     async with request.app[CTX].pool.acquire() as conn:
         row = await sessions.get(conn, session_id)
         if row is None:
