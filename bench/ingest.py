@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -265,16 +268,37 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
     print("\n".join(lines))
 
 
-async def main_async(args: argparse.Namespace) -> None:
+@dataclass
+class System:
+    base: str
+    data_dir: Path
+    urls: dict[str, str]
+    token: str
+
+
+@contextlib.contextmanager
+def running_system(prefix: str = "bench-") -> Iterator[System]:
+    """`proctor up` on a scratch data dir with an admin API token; stopped (SIGINT) on exit."""
     from tests.conftest import free_port
 
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-"))
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
     proc, urls = start_system(data_dir, port)
+    try:
+        yield System(f"http://127.0.0.1:{port}", data_dir, urls, admin_token(urls))
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with running_system() as system:
+        await _run(args, system.base, system.data_dir, system.urls, system.token)
+
+
+async def _run(args: argparse.Namespace, base: str, data_dir: Path, urls: dict[str, str], token: str) -> None:
     extra: list[subprocess.Popen[str]] = []
     try:
-        token = admin_token(urls)
         async with aiohttp.ClientSession() as http:
             await nodes_info(http, base)  # the first node is up: the schema and storage exist
             extra = [start_media_node(data_dir, urls) for _ in range(args.nodes - 1)]
@@ -288,8 +312,6 @@ async def main_async(args: argparse.Namespace) -> None:
             os.killpg(media.pid, signal.SIGINT)
         for media in extra:
             media.wait(60)
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(60)
 
 
 def main() -> None:

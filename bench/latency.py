@@ -25,17 +25,14 @@ import asyncio
 import io
 import json
 import os
-import signal
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 
 import bench.synthetic as synthetic
-from bench.ingest import RESULTS, admin_token, new_session, node_info, start_system, stats
+from bench.ingest import RESULTS, new_session, node_info, running_system, stats
 
 FPS = 30
 DELAYS = {"start": 3.0, "end": 2.0}  # no_face hysteresis (analyzers/rules.py defaults)
@@ -233,20 +230,10 @@ def write_results(summary: dict[str, Any]) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    from tests.conftest import free_port
-
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-"))
-    proc, urls = start_system(data_dir, port)
-    try:
-        token = admin_token(urls)
+    with running_system() as system:
         async with aiohttp.ClientSession() as http:
-            node = await node_info(http, base)
-        write_results(await run_bench(base, token, node, args))
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(60)
+            node = await node_info(http, system.base)
+        write_results(await run_bench(system.base, system.token, node, args))
 
 
 def main() -> None:

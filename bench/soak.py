@@ -13,33 +13,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 import psutil
 
-from bench.ingest import RESULTS, admin_token, new_session, node_info, start_system, stats
+from bench.ingest import RESULTS, new_session, node_info, running_system, stats
 
 
 async def soak(args: argparse.Namespace) -> dict:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
-    from tests.conftest import free_port
     from tests.media import face_canvas
 
     install_host_addresses(("127.0.0.1",))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc, urls = start_system(Path(tempfile.mkdtemp(prefix="soak-")), port)
     samples = []
-    try:
-        token = admin_token(urls)
+    with running_system("soak-") as system:
+        base, token = system.base, system.token
         face = face_canvas()
         none = np.full_like(face, 90)
         # Scenes change every 10 s so events start and end all along (exercising the event path too).
@@ -64,9 +56,6 @@ async def soak(args: argparse.Namespace) -> dict:
                     "threads": node_proc.num_threads(), "fds": node_proc.num_fds()})
                 print(json.dumps(samples[-1]), flush=True)
             await asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True)
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(60)
     half = samples[len(samples) // 2:]
     slope = 0.0
     if len(half) >= 2:
