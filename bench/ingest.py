@@ -146,7 +146,8 @@ async def page_loads(base: str, token: str, node_urls: list[str], reloads: int) 
     return samples
 
 
-async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: list[int], hold: float) -> list[dict]:
+async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: list[int], hold: float,
+                     profile_s: float = 0.0) -> list[dict]:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
     from tests.media import face_canvas
@@ -209,6 +210,8 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
             results.append(row)
             if not ok:
                 break
+        if profile_s:  # at the last step's load: where the node's CPU goes
+            await profile_node(nodes[0]["pid"], profile_s, len(pcs))
         await asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True)
     return results
 
@@ -267,6 +270,16 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
     (RESULTS / "ingest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
+async def profile_node(pid: int, seconds: float, streams: int) -> None:
+    from bench.profile import record, summarise
+
+    raw = await asyncio.to_thread(record, pid, seconds, RESULTS / "profile-ingest.raw")
+    text = (f"# Media node profile\n\nCommand: `.venv/bin/python -m bench.ingest --profile {seconds:g}` "
+            f"(perf, on-CPU samples, {seconds:g} s at {streams} streams, every analyzer on).\n\n{summarise(raw)}\n")
+    (RESULTS / "profile-ingest.md").write_text(text)
+    raw.unlink()
+    print(text, flush=True)
+
 
 @dataclass
 class System:
@@ -305,7 +318,8 @@ async def _run(args: argparse.Namespace, base: str, data_dir: Path, urls: dict[s
             nodes = await nodes_info(http, base, args.nodes)
         urls_ = [node["url"] for node in nodes]
         loads = await page_loads(base, token, urls_, args.reloads) if args.reloads else []
-        steps = await load_steps(base, token, nodes, [int(s) for s in args.steps.split(",")], args.hold)
+        steps = await load_steps(base, token, nodes, [int(s) for s in args.steps.split(",")], args.hold,
+                                 args.profile)
         write_results(loads, steps, args)
     finally:
         for media in extra:
@@ -320,6 +334,8 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=15.0)
     parser.add_argument("--reloads", type=int, default=10)
     parser.add_argument("--nodes", type=int, default=1, help="media node processes (2: ingest-2nodes.md/json)")
+    parser.add_argument("--profile", type=float, default=0.0,
+                        help="seconds of py-spy sampling at the last step (bench/results/profile-ingest.md)")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from media_server.taps import EncodedFrame, FrameSampler, drain, tap_encoded, tap_loss, vp8_size
+from media_server.taps import EncodedFrame, FrameSampler, tap_encoded, tap_loss, vp8_size
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,8 @@ class CandidateStream:
             tap_loss(receiver, self._on_loss)
             self.sampler.start(track)
         else:
-            tap_encoded(receiver, "audio", self._on_audio)
-            self._tasks.append(asyncio.create_task(drain(track), name=f"drain-audio-{self.session_id}"))
+            # The archive keeps the encoded Opus and no analyzer listens: audio is never decoded.
+            tap_encoded(receiver, "audio", self._on_audio, decode=False)
 
     def _on_video(self, frame: EncodedFrame) -> None:
         media_time = self.clock.media_time(frame.timestamp)

@@ -6,7 +6,8 @@ private queue read by its decoder thread. Wrapping that queue's `put` hands us e
 names: aiortc is pinned exactly and tests/test_aiortc_internals.py fails loudly if they change.
 
 Decoded: the receiver's decoder thread fills the track's queue; a frame nobody reads stays there forever,
-so every track is drained, and only the frames a subscriber asked for (by rate) are handed over. Subscribers
+so the video track is drained, and only the frames a subscriber asked for (by rate) are handed over. Audio
+never reaches its decoder (nothing reads decoded audio). Subscribers
 convert pixels themselves, off the event loop.
 """
 
@@ -55,8 +56,13 @@ def vp8_size(data: bytes) -> tuple[int, int] | None:
 EncodedSink = Callable[[EncodedFrame], None]
 
 
-def tap_encoded(receiver: RTCRtpReceiver, kind: str, sink: EncodedSink) -> None:
-    """Call `sink` with each whole encoded frame the receiver passes to its decoder (on the event loop)."""
+def tap_encoded(receiver: RTCRtpReceiver, kind: str, sink: EncodedSink, decode: bool = True) -> None:
+    """Call `sink` with each whole encoded frame the receiver passes to its decoder (on the event loop).
+
+    With `decode=False` the frames stop here: nothing reads decoded audio, and decoding 50 Opus packets a
+    second per stream in a thread that wakes the loop for each cost CPU for nothing. The end-of-stream None
+    still goes through, so the decoder thread and the track end as usual.
+    """
     decoder_queue: queue.Queue[Any] = getattr(receiver, DECODER_QUEUE_ATTR)
     original_put = decoder_queue.put
 
@@ -67,6 +73,8 @@ def tap_encoded(receiver: RTCRtpReceiver, kind: str, sink: EncodedSink) -> None:
                 sink(EncodedFrame(kind, codec.name, frame.data, frame.timestamp, codec.clockRate))
             except Exception:  # a subscriber's bug must never stop the media path
                 log.exception("encoded frame subscriber failed")
+            if not decode:
+                return
         original_put(item, block, timeout)
 
     decoder_queue.put = put  # type: ignore[method-assign]
@@ -148,12 +156,3 @@ class FrameSampler:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-
-
-async def drain(track: MediaStreamTrack) -> None:
-    """Read and drop a track's decoded frames (audio: the archive uses the encoded Opus)."""
-    while True:
-        try:
-            await track.recv()
-        except MediaStreamError:
-            return
