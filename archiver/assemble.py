@@ -59,6 +59,17 @@ def consecutive_runs(rows: list[asyncpg.Record], size: int) -> list[list[asyncpg
     return runs
 
 
+def placements_ms(pieces: list[asyncpg.Record], origin_s: float) -> list[int]:
+    """Where each piece (ordered by start) begins in the output, in ms after origin_s: its own media start.
+
+    Placing by start rather than back to back keeps output time equal to session media time when pieces do
+    not tile: a segment recovered from a crashed node ends a little before or after the reconnection's first
+    segment begins. Rounding each start on its own (not the differences) keeps every frame within 1 ms.
+    """
+    origin = round(origin_s * 1000)
+    return [round(piece["start_s"] * 1000) - origin for piece in pieces]
+
+
 async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = None) -> int:
     """Merge every full run of MERGE_BATCH_SEGMENTS stored segments into a batch; returns batches made."""
     from archiver.webm import concat
@@ -77,7 +88,7 @@ async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = Non
                 if heartbeat:
                     await heartbeat()
             out = Path(tmp) / "batch.webm"
-            result = await asyncio.to_thread(concat, inputs, out)
+            result = await asyncio.to_thread(concat, inputs, out, placements_ms(run, run[0]["start_s"]))
             first, last = run[0]["idx"], run[-1]["idx"]
             key = f"sessions/{session_id}/batches/{first:06d}-{last:06d}.webm"
             sha, size_bytes = await asyncio.to_thread(file_sha256, out)
@@ -144,7 +155,7 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
             "SELECT first_idx AS idx, start_s, end_s, storage_key, 'batch' AS kind FROM batches "
             "WHERE session_id = $1 AND state = 'stored' "
             "UNION ALL SELECT idx, start_s, end_s, storage_key, 'segment' FROM segments "
-            "WHERE session_id = $1 AND state = 'stored' ORDER BY idx", session_id)
+            "WHERE session_id = $1 AND state = 'stored' ORDER BY start_s, idx", session_id)
     await _publish(ctx, session_id, "finalizing")
     try:
         with tempfile.TemporaryDirectory(prefix="finalize-", dir=ctx.storage.scratch_dir()) as tmp:
@@ -155,7 +166,9 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
                     await heartbeat()
             key = f"sessions/{session_id}/master.webm"
             out = Path(tmp) / "master.webm"
-            result = await asyncio.to_thread(concat, inputs, out) if inputs else None
+            # Each piece at its own media start: master time == session media time, also across a failover.
+            starts = placements_ms(list(pieces), 0.0)
+            result = await asyncio.to_thread(concat, inputs, out, starts) if inputs else None
             if result is not None:
                 sha, size_bytes = await asyncio.to_thread(file_sha256, out)
                 await ctx.storage.put_file(key, out, content_type="video/webm", move=True)

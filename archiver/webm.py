@@ -13,7 +13,8 @@ a file cut off by a crash.
   as CodecPrivate. Clusters close every second and every write is flushed, so a process killed mid-segment loses
   at most the open cluster (about 1 s) and what the interleaver holds (at most 0.5 s).
 - `concat`: stream copy of several such files into one, each input offset by the summed durations of the inputs
-  before it; the output has Cues and its header Duration equals the sum exactly.
+  before it, or placed at its own start on the session timeline (a tail overlapping the next input is cut);
+  the output has Cues and its header Duration is the end of the last input exactly.
 - `probe`, `frame_at`: what a file holds; the frame displayed at a time.
 - `recover_partial`: a proper WebM from the packets a crashed writer left behind.
 """
@@ -234,6 +235,7 @@ class ConcatResult:
     inputs: int = 0
     input_durations_ms: list[int] = field(default_factory=list)
     audio_dropped: int = 0  # audio past the end of its input's video (overlapping the next input)
+    video_trimmed: int = 0  # video frames dropped because the next input starts before them (placements)
 
 
 def _packets(container: Any, streams: list[Any]) -> Iterator[tuple[Any, bool]]:
@@ -450,11 +452,13 @@ class _CopyOut:
         self.video_frames = 0
         self.audio_packets = 0
         self.audio_dropped = 0
+        self.video_trimmed = 0
         self.end_ms = 0
         self._last_audio_end = 0
 
     def copy(self, packets: list[Any], vstream: Any, offset_ms: int, end_ms: int, start_ms: int = 0) -> None:
-        """Mux one input's packets (in file order) at +offset_ms; audio is kept inside [start_ms, end_ms)."""
+        """Mux one input's packets (in file order) at +offset_ms, keeping those inside [start_ms, end_ms): the
+        frame and the audio packet that straddle end_ms are shortened to end there."""
         in_ms: dict[int, bool] = {}  # per input stream: is its time base already 1/1000 (WebM's)?
         for packet in packets:
             stream = packet.stream
@@ -469,6 +473,12 @@ class _CopyOut:
             if stream is vstream:
                 if pts < start_ms:
                     continue
+                if pts >= end_ms:  # the next input already starts here (concat with placements)
+                    self.video_trimmed += 1
+                    continue
+                if pts + duration > end_ms:  # the last kept frame lasts until the next input starts
+                    duration = end_ms - pts
+                    packet.duration = duration
                 packet.stream = self.video
                 self.video_frames += 1
             else:
@@ -529,18 +539,24 @@ def _has_audio_packets(container: Any) -> bool:
     return False
 
 
-def concat(inputs: list[Path], output: Path) -> ConcatResult:
-    """Stream-copy WebM files (each starting at pts 0 on a keyframe) into one, back to back on one timeline.
+def concat(inputs: list[Path], output: Path, starts_ms: list[int] | None = None) -> ConcatResult:
+    """Stream-copy WebM files (each starting at pts 0 on a keyframe) into one on one timeline.
 
-    Input i is shifted by the summed durations (last video pts + duration) of inputs 0..i-1, so output time is
-    the concatenation of the inputs' timelines, to the millisecond. Audio past the end of its input's video is
-    dropped (the last packet's duration is cut at it), so the header Duration is exactly the sum.
-    The output has an audio track if any input has audio packets. Writing to a regular file, the muxer adds
-    Cues and the Duration at close.
+    Without `starts_ms`, inputs go back to back: input i is shifted by the summed durations (last video pts +
+    duration) of inputs 0..i-1, to the millisecond. With `starts_ms` (non-decreasing, one per input), input i is
+    placed at its own start, so output time is the timeline the starts come from (session media time) even
+    where the inputs do not tile it: a hole stays a hole (the player holds the last frame), and where input i
+    runs past the start of input i+1 (a segment recovered from a crashed node overlapping the reconnection's
+    first one) its tail is cut there. The later input is the one kept whole because it starts on a keyframe;
+    dropping its head instead would leave undecodable frames up to its next keyframe.
+    Audio past the end of its input's video is dropped (the last packet's duration is cut at it), so the header
+    Duration is the end of the last input. The output has an audio track if any input has audio packets.
+    Writing to a regular file, the muxer adds Cues and the Duration at close.
     """
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ValueError("nothing to concatenate")
+    _check_starts(starts_ms, len(inputs))
     video_from = audio_from = None
     for path in inputs:  # headers (and the first audio packet) only: which inputs give the track templates
         with av.open(str(path)) as container:
@@ -564,7 +580,7 @@ def concat(inputs: list[Path], output: Path) -> ConcatResult:
                           height=out.video.codec_context.height, inputs=len(inputs))
     offset = 0
     try:
-        for path in inputs:
+        for i, path in enumerate(inputs):
             container, vstream, _, packets, truncated = _read_input(path)
             try:
                 if truncated:
@@ -572,18 +588,33 @@ def concat(inputs: list[Path], output: Path) -> ConcatResult:
                 end = _video_end_ms(packets, vstream) if vstream is not None else None
                 if end is None:
                     raise ValueError(f"{path}: no video frames")
-                out.copy(packets, vstream, offset, end)
+                if starts_ms is not None:
+                    offset = starts_ms[i]
+                    if i + 1 < len(inputs):
+                        end = min(end, starts_ms[i + 1] - offset)
+                if end > 0:  # an input wholly covered by the next one adds nothing
+                    out.copy(packets, vstream, offset, end)
             finally:
                 container.close()
-            result.input_durations_ms.append(end)
-            offset += end
+            result.input_durations_ms.append(max(end, 0))
+            offset += max(end, 0)
     finally:
         out.close()
     result.video_frames, result.audio_packets, result.audio_dropped = out.video_frames, out.audio_packets, \
         out.audio_dropped
-    result.duration_ms = offset
-    result.duration_s = offset / 1000
+    result.video_trimmed = out.video_trimmed
+    result.duration_ms = out.end_ms
+    result.duration_s = out.end_ms / 1000
     return result
+
+
+def _check_starts(starts_ms: list[int] | None, count: int) -> None:
+    if starts_ms is None:
+        return
+    if len(starts_ms) != count:
+        raise ValueError(f"{len(starts_ms)} starts for {count} inputs")
+    if any(s < 0 for s in starts_ms) or any(b < a for a, b in zip(starts_ms, starts_ms[1:], strict=False)):
+        raise ValueError(f"input starts must be non-negative and in order: {starts_ms}")
 
 
 def recover_partial(path: Path, output: Path) -> ProbeResult | None:

@@ -101,6 +101,42 @@ async def test_merge_is_idempotent_and_skips_gaps(ctx: Context) -> None:
     assert await merge(ctx, sid) == 0  # nothing stored yet: nothing to do
 
 
+async def test_finalize_places_a_recovered_segment_at_its_media_time(ctx: Context, tmp_path: Path) -> None:
+    """A node killed mid-segment: its recovered segment (4.0-5.333 s) runs past the start of the reconnection's
+    first segment (5.0 s, where the heartbeat had last persisted the media time). Merged into a batch with the
+    two before it, it must still leave master time == session media time: its tail is cut at 5.0 s."""
+    from tests.test_webm import Clip, encode_tone, encode_video, frame_ms, read_number, write_segment
+
+    synth = Clip(await asyncio.to_thread(encode_video, 270, 640, 480), encode_tone(9.0), 640, 480)
+    frames = [(0, 60), (60, 120), (120, 160), (150, 210), (210, 270)]  # source frames of each segment
+    async with ctx.pool.acquire() as conn:
+        sid = str(await conn.fetchval(
+            "INSERT INTO sessions (candidate, exam, status, join_nonce, join_expires_at, ended_at, duration_s) "
+            "VALUES ('Kill Nine', 'e', 'ended', 'n', now(), now(), 9.0) RETURNING id"))
+        for idx, (first, stop) in enumerate(frames):
+            path = tmp_path / f"{idx}.webm"
+            await asyncio.to_thread(write_segment, path, synth, first, stop)
+            key = f"sessions/{sid}/segments/{idx:06d}.webm"
+            await ctx.storage.put_file(key, path)
+            await conn.execute(
+                "INSERT INTO segments (session_id, idx, start_s, end_s, frames, storage_key, state) "
+                "VALUES ($1, $2, $3, $4, $5, $6, 'stored')", sid, idx, frame_ms(first) / 1000, frame_ms(stop) / 1000,
+                stop - first, key)
+    assert await finalize(ctx, sid) is True
+    async with ctx.pool.acquire() as conn:
+        master = await conn.fetchrow("SELECT * FROM master_videos WHERE session_id = $1", sid)
+        batch = await conn.fetchrow("SELECT * FROM batches WHERE session_id = $1", sid)
+    assert (batch["first_idx"], batch["last_idx"]) == (0, 2) and batch["end_s"] == pytest.approx(5.333)
+    assert master["duration_s"] == 9.0  # not 9.333: back to back would have shifted the last 4 s by 1/3 s
+    path = tmp_path / "master.webm"
+    await ctx.storage.download(master["storage_key"], path)
+    info = await asyncio.to_thread(probe, path, True)
+    assert info.video_frames == info.decoded_frames == 270 and info.decode_errors == 0
+    for n in (0, 100, 149, 150, 151, 200, 269):
+        pts, frame = await asyncio.to_thread(frame_at, path, frame_ms(n) / 1000 + 0.0004)
+        assert round(pts * 1000) == frame_ms(n) and read_number(frame) == n, n
+
+
 async def _check_playback_route(base: str, token: str, session_id: str, master: bytes) -> None:
     """Reviewers play the master through the API: login required, HTTP Range answered (seeking)."""
     import aiohttp

@@ -334,6 +334,48 @@ def test_recover_cut_inside_a_cluster_and_nothing_usable(synth: Clip, tmp_path: 
     assert recover_partial(garbage, tmp_path / "none2.webm") is None
 
 
+def _master_pts(path: Path) -> list[int]:
+    with av.open(str(path)) as container:
+        return [p.pts for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def test_concat_places_inputs_at_their_media_start(synth: Clip, tmp_path: Path) -> None:
+    """After a node crash the recovered segment overlaps (or falls short of) the reconnection's first segment:
+    with placements each input sits at its own media time, the overlapped tail is cut, a hole stays a hole."""
+    recovered, reconnect = tmp_path / "recovered.webm", tmp_path / "reconnect.webm"
+    write_segment(recovered, synth, 0, 90)  # 0-3 s
+    write_segment(reconnect, synth, 60, 120)  # 2-4 s: starts 1 s before the recovered one ends
+    master = tmp_path / "overlap.webm"
+    result = concat([recovered, reconnect], master, starts_ms=[0, 2000])
+    # Back to back would put frame 60 of the reconnection at 3 s: a 1-s shift of everything after the crash.
+    assert result.duration_ms == 4000 and result.video_trimmed == 30 and result.input_durations_ms == [2000, 2000]
+    assert result.video_frames == 120 and result.audio_packets == 200
+    assert _master_pts(master) == [frame_ms(n) for n in range(120)]
+    info = probe(master, decode=True)
+    assert info.decoded_frames == 120 and info.decode_errors == 0 and info.audio_decode_errors == 0
+    assert info.header_duration_s == 4.0 and info.has_cues
+    for t, number in ((1.99, 59), (2.0, 60), (2.5, 75), (3.99, 119)):
+        pts, frame = frame_at(master, t)
+        assert read_number(frame) == number and round(pts * 1000) == frame_ms(number), t
+
+    short = tmp_path / "short.webm"
+    write_segment(short, synth, 0, 60)  # 0-2 s, then nothing until the reconnection at 3 s
+    later = tmp_path / "later.webm"
+    write_segment(later, synth, 90, 150)
+    holed = tmp_path / "hole.webm"
+    result = concat([short, later], holed, starts_ms=[0, 3000])
+    assert result.duration_ms == 5000 and result.video_trimmed == 0 and result.video_frames == 120
+    assert _master_pts(holed) == [frame_ms(n) for n in (*range(60), *range(90, 150))]
+    pts, frame = frame_at(holed, 2.5)  # inside the hole: the last frame before it
+    assert read_number(frame) == 59 and round(pts * 1000) == frame_ms(59)
+    pts, frame = frame_at(holed, 3.0)
+    assert read_number(frame) == 90 and round(pts * 1000) == 3000
+    assert probe(holed, decode=True).decode_errors == 0
+
+    with pytest.raises(ValueError, match="in order"):
+        concat([short, later], tmp_path / "bad.webm", starts_ms=[3000, 0])
+
+
 def test_thirty_twenty_second_segments_concat_fast_and_exact(synth: Clip, tmp_path: Path) -> None:
     segments = []
     started = time.perf_counter()
