@@ -22,9 +22,10 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
-from media_server.ice import install_host_addresses, rtc_configuration
+from media_server.ice import enlarge_receive_buffers, install_host_addresses, rtc_configuration
 from media_server.sdp import tune_answer
 from media_server.stream import CandidateStream
+from media_server.udp import install_batched_reads
 from proctor.context import Context
 from proctor.http import error, read_json
 from proctor.redis import LIVE_CHANNEL, SESSION_CONTROL, SESSION_NODE
@@ -39,6 +40,10 @@ FIRST_FRAME_TIMEOUT_S = 30.0
 # waiting ~30 s for ICE consent to expire; the candidate page reconnects by itself when it can.
 MEDIA_TIMEOUT_S = 8.0
 ANSWER_TIMEOUT_S = 10.0
+# The heartbeat persists every stream's media time this often; a node that dies unannounced received at
+# most about this much more (plus the time one beat takes) than it wrote.
+PERSIST_PERIOD_S = 1.0
+UNPERSISTED_MAX_S = PERSIST_PERIOD_S + 0.25
 
 
 
@@ -90,6 +95,7 @@ class MediaNode:
         self._watchers: set[asyncio.Task[Any]] = set()
         self.loop_lag = LoopLag()
         install_host_addresses(self.settings.ice_host_addresses)
+        install_batched_reads()
 
     # --- internal API --------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -117,8 +123,13 @@ class MediaNode:
             raise error(web.HTTPNotFound, "no such session")
         if row["status"] not in OPEN_STATUSES:
             raise error(web.HTTPConflict, f"session is {row['status']}")
+        base_s = float(row["duration_s"])
+        if body.get("previous_lost") is True and row["last_seen_at"] is not None:
+            # The node that carried the stream died: it received up to one persist period more than it
+            # wrote. Start after that (a short empty stretch) rather than give two frames the same time.
+            base_s += min(max(0.0, time.time() - row["last_seen_at"].timestamp()), UNPERSISTED_MAX_S)
         pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
-        stream = CandidateStream(session_id, pc, base_s=float(row["duration_s"]), on_closed=self._on_closed)
+        stream = CandidateStream(session_id, pc, base_s=base_s, on_closed=self._on_closed)
         for plugin in self.plugins:
             plugin.attach(stream)
         try:
@@ -127,6 +138,7 @@ class MediaNode:
             await pc.close()
             log.info("session %s: offer refused: %r", session_id, exc)
             raise error(web.HTTPBadRequest, f"invalid offer: {exc or type(exc).__name__}") from None
+        enlarge_receive_buffers(pc)
         self.streams[session_id] = stream
         async with self.ctx.pool.acquire() as conn:
             await conn.execute(
@@ -220,7 +232,7 @@ class MediaNode:
                     asyncio.create_task(stream.close(f"no media for {MEDIA_TIMEOUT_S:.0f} s"))
             await self._persist(streams)
             await asyncio.gather(*(s.refresh_receiver_stats() for s in streams), return_exceptions=True)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(PERSIST_PERIOD_S)
 
     async def _control(self) -> None:
         """Follow control messages (session ended elsewhere) and close the stream they name."""

@@ -25,6 +25,7 @@ MAX_AV_DRIFT_S = 1.0
 MAX_TS_JUMP_S = 10.0
 MAX_SIGNAL_BYTES = 4096
 RTX_SSRC_ATTR = "_RTCRtpReceiver__rtx_ssrc"  # {rtx ssrc: media ssrc}; private, see tests/test_aiortc_internals.py
+REMOTE_STREAMS_ATTR = "_RTCRtpReceiver__remote_streams"  # {ssrc: StreamStatistics}; private, likewise
 
 
 @dataclass
@@ -91,6 +92,7 @@ class StreamStats:
     packets_received: int = 0
     packets_lost: int = 0
     jitter_ms: float = 0.0
+    rtx_packets: int = 0  # retransmissions received (answers to our NACKs)
     _window: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=600))
 
     def add_video(self, frame: EncodedFrame) -> None:
@@ -212,22 +214,91 @@ class CandidateStream:
         self._audio_anchor = (timestamp, estimate)
         return estimate
 
+    # Signals passed on to the rules (and so to Postgres and the live monitor): a burst, then a steady rate. A real
+    # page sends a few a minute; a flood (a script on the page, a hostile peer) would otherwise become thousands
+    # of events a second (every copy/cut/paste message is an event).
+    SIGNAL_BURST = 40
+    SIGNAL_RATE_PER_S = 10.0
+
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         self.channel = channel
+        self._signal_tokens = float(self.SIGNAL_BURST)
+        self._signal_at = time.monotonic()
+        self._guard_receive(channel)
         channel.on("message", self._on_message)
 
-    def _on_message(self, message: Any) -> None:
-        """Browser signals (tab hidden, blur, ...): small JSON objects with a `type`; anything else is counted
-        and dropped, never allowed to raise."""
+    def _signal_allowed(self) -> bool:
+        now = time.monotonic()
+        self._signal_tokens = min(float(self.SIGNAL_BURST),
+                                  self._signal_tokens + (now - self._signal_at) * self.SIGNAL_RATE_PER_S)
+        self._signal_at = now
+        if self._signal_tokens < 1.0:
+            return False
+        self._signal_tokens -= 1.0
+        return True
+
+    def _guard_receive(self, channel: RTCDataChannel) -> None:
+        """aiortc parses each data-channel message itself before any handler runs (the UTF-8 of a text message,
+        DCEP fields checked with asserts); a hostile message raises out of its receive path, which ends the DTLS
+        transport and so the whole connection, media included. Drop such a message instead of the connection.
+        Installed once per SCTP transport; `_data_channel_receive` is private (aiortc is pinned)."""
+        transport = channel.transport
+        receive = getattr(transport, "_data_channel_receive", None)
+        if receive is None or getattr(transport, "_proctor_guarded", False):
+            return
+
+        async def guarded(stream_id: int, pp_id: int, data: bytes) -> None:
+            try:
+                await receive(stream_id, pp_id, data)
+            except Exception as exc:  # one bad message from the peer: counted, never fatal
+                self.stats.bad_signals += 1
+                log.debug("session %s: data-channel message dropped: %r", self.session_id, exc)
+
+        transport._data_channel_receive = guarded  # type: ignore[method-assign]
+        transport._proctor_guarded = True  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _parse_signal(message: Any) -> dict[str, Any] | None:
+        """A page signal: a flat, strict JSON object (RFC 8259: no NaN/Infinity, no overflow to inf) with a
+        string `type` and scalar values Postgres can store (no NUL, no lone surrogate); None otherwise.
+        Browsers' JSON.stringify never makes anything else, and the values may end up in event details."""
         if not isinstance(message, str) or len(message) > MAX_SIGNAL_BYTES:
-            self.stats.bad_signals += 1
-            return
-        try:
-            data = json.loads(message)
-        except ValueError:
-            self.stats.bad_signals += 1
-            return
-        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            return None
+
+        def not_json(name: str) -> Any:
+            raise ValueError(f"{name} is not JSON")
+
+        def finite(raw: str) -> float:
+            value = float(raw)
+            if value != value or abs(value) == float("inf"):
+                raise ValueError("number out of range")
+            return value
+
+        def storable(text: str) -> bool:
+            try:
+                text.encode("utf-8")  # fails on a lone surrogate ("\ud800")
+            except UnicodeEncodeError:
+                return False
+            return "\x00" not in text
+
+        try:  # RecursionError: deeply nested arrays fit in 4 KB
+            data = json.loads(message, parse_constant=not_json, parse_float=finite)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str) or len(data) > 16:
+            return None
+        for key, value in data.items():
+            if value is not None and not isinstance(value, str | bool | int | float):
+                return None
+            if not storable(key) or (isinstance(value, str) and not storable(value)):
+                return None
+        return data
+
+    def _on_message(self, message: Any) -> None:
+        """Browser signals (tab hidden, blur, ...): small JSON objects with a `type`; anything else, and signals
+        beyond the rate limit, are counted as bad and dropped, never allowed to raise."""
+        data = self._parse_signal(message)
+        if data is None:
             self.stats.bad_signals += 1
             return
         if data["type"] == "ping":
@@ -235,6 +306,9 @@ class CandidateStream:
             # instead of waiting for ICE consent to expire (30 s).
             if self.channel is not None and self.channel.readyState == "open":
                 self.channel.send(json.dumps({"type": "pong", "t": data.get("t")}))
+            return
+        if not self._signal_allowed():
+            self.stats.bad_signals += 1
             return
         self.stats.signals += 1
         media_time = self.clock.end_s
@@ -266,15 +340,23 @@ class CandidateStream:
         return True
 
     async def refresh_receiver_stats(self) -> None:
-        """Packet counts and loss of the video stream, from aiortc's RTCP receiver statistics."""
-        if self.video_receiver is None:
+        """Packet counts and loss of the video stream, from aiortc's RTCP receiver statistics.
+
+        Read from the receiver's per-SSRC statistics rather than getStats(): aiortc gives every SSRC's
+        inbound-rtp entry the same id, so once retransmissions arrive getStats() reports the RTX stream's
+        counts (a few dozen packets, no loss) instead of the media stream's."""
+        receiver = self.video_receiver
+        if receiver is None:
             return
-        report = await self.video_receiver.getStats()
-        for stat in report.values():
-            if getattr(stat, "type", "") == "inbound-rtp":
-                self.stats.packets_received = int(stat.packetsReceived)
-                self.stats.packets_lost = int(stat.packetsLost)
-                self.stats.jitter_ms = round(float(stat.jitter) / (VIDEO_CLOCK / 1000), 1)  # RTP units
+        rtx = set(getattr(receiver, RTX_SSRC_ATTR, {}))
+        streams: dict[int, Any] = getattr(receiver, REMOTE_STREAMS_ATTR, {})
+        for ssrc, stream in list(streams.items()):
+            if ssrc in rtx:
+                self.stats.rtx_packets = int(stream.packets_received)
+            else:
+                self.stats.packets_received = int(stream.packets_received)
+                self.stats.packets_lost = max(0, int(stream.packets_lost))
+                self.stats.jitter_ms = round(float(stream.jitter) / (VIDEO_CLOCK / 1000), 1)  # RTP units
 
     async def close(self, reason: str) -> None:
         if self._closing:
@@ -319,6 +401,7 @@ class CandidateStream:
             "loss_pct": round(100 * self.stats.packets_lost / max(1, self.stats.packets_lost
                                                                   + self.stats.packets_received), 2),
             "jitter_ms": self.stats.jitter_ms,
+            "rtx_packets": self.stats.rtx_packets,
             "resolution_changes": self.stats.resolution_changes,
             "timestamp_refused": self.clock.refused,
             "frames_decoded": self.sampler.frames_decoded,

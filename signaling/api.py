@@ -337,8 +337,11 @@ async def _relay(ctx: Any, session_id: str, sdp: str, kind: str) -> web.Response
     live = await nodes.live_nodes(ctx.redis)
     tried: set[str] = set()
     timeout = aiohttp.ClientTimeout(total=NODE_TIMEOUT_S)
+    # The previous node died without closing the stream: the media time it last persisted is up to one
+    # persist period behind what it received; the new node must start after that, not overlap it.
+    previous_lost = bool(previous) and previous not in {n.node_id for n in live}
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        if previous and previous not in {n.node_id for n in live}:
+        if previous_lost:
             log.info("session %s was on node %s, which is gone", session_id, previous)
         while True:
             node = nodes.choose([n for n in live if n.node_id not in tried], prefer=previous)
@@ -352,10 +355,11 @@ async def _relay(ctx: Any, session_id: str, sdp: str, kind: str) -> web.Response
                     async with http.post(f"{old.url}/sessions/{session_id}/close") as response:
                         await response.read()
                 except (TimeoutError, aiohttp.ClientError):
-                    pass
+                    previous_lost = True
             try:
                 async with http.post(f"{node.url}/offer",
-                                     json={"session_id": session_id, "sdp": sdp, "type": kind}) as response:
+                                     json={"session_id": session_id, "sdp": sdp, "type": kind,
+                                           "previous_lost": previous_lost}) as response:
                     body = await response.json(content_type=None)
                     if response.status == 200:
                         await nodes.note_placement(ctx.redis, node.node_id)
