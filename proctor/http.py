@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -10,6 +11,15 @@ from aiohttp import web
 # The caller identified by the web process's middleware (an accounts.User, or None); rooms that register
 # routes read it through this key without importing the web room.
 USER: web.RequestKey[Any] = web.RequestKey("user", object)
+
+
+# The one route with a credential in its path: /join/<token> (the token opens the candidate's exam).
+_JOIN_PATH = re.compile(r"(/join/)[^/?#]+")
+
+
+def redact_path(path: str) -> str:
+    """A request path safe to log: a join link's token is replaced by a placeholder."""
+    return _JOIN_PATH.sub(r"\1<redacted>", path)
 
 
 def error(cls: type[web.HTTPException], message: str, **extra: Any) -> web.HTTPException:

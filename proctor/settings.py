@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+MAX_PRESIGN_SECONDS = 12 * 3600
 
 
 class SettingsError(ValueError):
@@ -154,8 +156,10 @@ class Settings:
     s3_access_key_id: str = _setting("S3_ACCESS_KEY_ID", "", _str, "Access key id.", secret=True)
     s3_secret_access_key: str = _setting("S3_SECRET_ACCESS_KEY", "", _str, "Secret access key.", secret=True)
     s3_region: str = _setting("S3_REGION", "auto", _str, "Region; R2 uses `auto`.")
+    # At most 12 h: a presigned URL is a bearer credential for the exam video that cannot be revoked, so it
+    # should not outlive a review sitting (SigV4 itself would allow 7 days).
     presign_seconds: int = _setting(
-        "PRESIGN_SECONDS", "300", _int(10, 7 * 24 * 3600), "Lifetime of presigned playback URLs, seconds.")
+        "PRESIGN_SECONDS", "300", _int(10, MAX_PRESIGN_SECONDS), "Lifetime of presigned playback URLs, seconds.")
     # --- web and signaling -------------------------------------------------------------------------
     http_host: str = _setting("HTTP_HOST", "127.0.0.1", _str, "Address the web server binds to.")
     http_port: int = _setting("HTTP_PORT", "8080", _int(1, 65535), "Port of the web server.")
@@ -318,12 +322,44 @@ class Settings:
         return path.read_text().strip().encode()
 
     def redacted(self) -> dict[str, Any]:
-        """Settings as a dict with secrets masked, safe to log."""
+        """Settings as a dict with secrets masked, safe to log: the secret settings, a password inside a URL
+        (DATABASE_URL, REDIS_URL) and TURN credentials."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.metadata["env"]] = "***" if f.metadata["secret"] and value else value
+            if f.metadata["secret"] and value:
+                value = "***"
+            elif isinstance(value, str):
+                value = mask_url_password(value)
+            elif f.name == "ice_servers":
+                value = tuple({**s, "credential": "***"} if "credential" in s else s for s in value)
+            out[f.metadata["env"]] = value
         return out
+
+    def __repr__(self) -> str:
+        # Settings travel inside Context and may be printed by accident (a debug line, a failing assertion):
+        # the dataclass repr would show SECRET_KEY, S3_SECRET_ACCESS_KEY and the database password.
+        return f"Settings({self.redacted()!r})"
+
+
+def mask_url_password(value: str) -> str:
+    """The URL with its password (user:password@ or ?password=) replaced by ***; anything else unchanged."""
+    if "://" not in value:
+        return value
+    parts = urlsplit(value)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, _, password = userinfo.partition(":")
+        if password:
+            netloc = f"{user}:***@{host}"
+    query = parts.query
+    if "password" in query.lower():
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, True)],
+                          safe="*/")
+    # Rebuilt by hand: urlunsplit would turn unix:///path into unix:/path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + \
+        (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def example_env() -> str:

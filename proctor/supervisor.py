@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from proctor.embedded import EmbeddedPostgres, EmbeddedRedis
-from proctor.settings import Settings
+from proctor.settings import Settings, mask_url_password
 
 log = logging.getLogger("proctor.up")
 
@@ -185,8 +185,9 @@ def _print_banner(settings: Settings, env: dict[str, str], password: str | None,
         f"  Web:          {settings.base_url}/",
         f"  Health:       {settings.base_url}/healthz",
         f"  Data:         {settings.data_dir}",
-        f"  DATABASE_URL={env['DATABASE_URL']}",
-        f"  REDIS_URL={env['REDIS_URL']}",
+        # Embedded servers have no password, so these stay copyable; a configured password is not echoed.
+        f"  DATABASE_URL={mask_url_password(env['DATABASE_URL'])}",
+        f"  REDIS_URL={mask_url_password(env['REDIS_URL'])}",
     ]
     if password:
         lines.append(f"  First start: created user `admin`, password in {settings.data_dir / 'admin_password'}")

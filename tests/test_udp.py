@@ -46,15 +46,15 @@ async def test_one_wake_drains_the_socket() -> None:
     loop._add_reader(sock.fileno(), lambda: counting(transport))  # type: ignore[attr-defined]
     try:
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for i in range(40):
+        for i in range(udp.MAX_DATAGRAMS_PER_WAKE):
             sender.sendto(f"p{i}".encode(), sock.getsockname())
         sender.close()
         for _ in range(50):
             await asyncio.sleep(0.01)
-            if len(protocol.received) == 40:
+            if len(protocol.received) == udp.MAX_DATAGRAMS_PER_WAKE:
                 break
     finally:
         selector_events._SelectorDatagramTransport._read_ready = original  # type: ignore[method-assign]
         transport.close()
-    assert protocol.received == [f"p{i}".encode() for i in range(40)]
-    assert wakes <= 3  # the stock transport needs one wake per datagram (40)
+    assert protocol.received == [f"p{i}".encode() for i in range(udp.MAX_DATAGRAMS_PER_WAKE)]
+    assert wakes <= 3  # the stock transport needs one wake per datagram (16)

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from analyzers.models import model_status
 from proctor.context import Context
+from proctor.http import redact_path
 from proctor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, asyncpg.PostgresConnectionError,
             asyncpg.OperatorInterventionError, asyncpg.InterfaceError, StorageError,
             OSError) as exc:  # OSError: a refused or vanished socket (a unix socket file gone with the server)
-        log.warning("%s %s: dependency unavailable: %s", request.method, request.path, exc)
+        log.warning("%s %s: dependency unavailable: %s", request.method, redact_path(request.path), exc)
         raise web.HTTPServiceUnavailable(
             text=json.dumps({"error": "temporarily unavailable, retry shortly"}), content_type="application/json",
             headers={"Retry-After": "2"}) from None
@@ -97,8 +99,27 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
     return app
 
 
+class AccessLogger(AbstractAccessLogger):
+    """The access log at DEBUG (LOG_LEVEL=DEBUG shows it; at INFO the live monitor's polling would flood the
+    log), with the join token cut out of /join/<token> and no query string or headers: nothing in it is a
+    credential."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.debug('%s "%s %s" %s %.1f ms', request.remote, request.method, redact_path(request.path),
+                          response.status, time * 1000)
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+
+def runner_options() -> dict[str, Any]:
+    """How the web process serves its app (keyword arguments of web.run_app and web.AppRunner)."""
+    return {"access_log_class": AccessLogger, "access_log": logging.getLogger("aiohttp.access")}
+
+
 def main(settings: Settings) -> None:
     app = create_app(settings)
     log.info("web listening on %s:%s (public %s)", settings.http_host, settings.http_port, settings.base_url)
-    web.run_app(app, host=settings.http_host, port=settings.http_port, print=None, access_log=None,
-                shutdown_timeout=5)
+    web.run_app(app, host=settings.http_host, port=settings.http_port, print=None, shutdown_timeout=5,
+                **runner_options())
