@@ -251,7 +251,18 @@
     if (state.mode === "preview" && state.playing) playOnFrom(state.playing.end_s);
   });
   let pieceErrors = 0;
+  let masterErrors = 0;
   video.addEventListener("error", () => {
+    if (state.mode === "master" && state.masterUrl && !state.deleted && masterErrors < 5) {
+      // The presigned URL behind the master route expired (PRESIGN_SECONDS) during a long review: ask the
+      // route again (it redirects to a fresh one) and carry on at the same time.
+      masterErrors += 1;
+      state.pendingSeek = state.pendingSeek ?? video.currentTime;
+      state.autoplay = !video.paused;
+      const sep = state.masterUrl.includes("?") ? "&" : "?";
+      video.src = `${state.masterUrl}${sep}retry=${Date.now()}`;
+      return;
+    }
     // A piece merged into a batch (or the master) since the list was read: read the list again, same time.
     if (state.mode !== "preview" || !state.playing || state.deleted || pieceErrors > 5) return;
     pieceErrors += 1;
@@ -260,7 +271,7 @@
     state.pieceLoaded = false;
     schedule(500);
   });
-  video.addEventListener("playing", () => { pieceErrors = 0; });
+  video.addEventListener("playing", () => { pieceErrors = 0; masterErrors = 0; });
 
   // --- loading and polling --------------------------------------------------------------------------------
 
@@ -270,6 +281,7 @@
     let play = false;
     if (state.mode === "preview" && state.playing) { at = sessionTime(); play = !video.paused; }
     state.mode = "master";
+    state.masterUrl = url;
     state.playing = null;
     state.pieceLoaded = false;
     state.pieces = [];
