@@ -301,7 +301,7 @@ class StreamAnalysis:
             del self.analysis.streams[self.session_id]
 
     def stats(self) -> dict[str, Any]:
-        return {slot.detector.name: {"analysed": slot.analysed, "replaced": slot.replaced,
+        return {slot.detector.name: {"analysed": slot.analysed, "replaced": slot.replaced, "fps": slot.fps,
                                      "ms_p50": _percentile(slot.ms, 50)} for slot in self.slots}
 
 
