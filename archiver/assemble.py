@@ -88,7 +88,7 @@ async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = Non
                 if heartbeat:
                     await heartbeat()
             out = Path(tmp) / "batch.webm"
-            result = await asyncio.to_thread(concat, inputs, out, placements_ms(run, run[0]["start_s"]))
+            result = await asyncio.to_thread(concat, inputs, out, placements_ms(run, run[0]["start_s"]), True)
             first, last = run[0]["idx"], run[-1]["idx"]
             key = f"sessions/{session_id}/batches/{first:06d}-{last:06d}.webm"
             sha, size_bytes = await asyncio.to_thread(file_sha256, out)
@@ -168,7 +168,7 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
             out = Path(tmp) / "master.webm"
             # Each piece at its own media start: master time == session media time, also across a failover.
             starts = placements_ms(list(pieces), 0.0)
-            result = await asyncio.to_thread(concat, inputs, out, starts) if inputs else None
+            result = await asyncio.to_thread(concat, inputs, out, starts, True) if inputs else None
             if result is not None:
                 sha, size_bytes = await asyncio.to_thread(file_sha256, out)
                 await ctx.storage.put_file(key, out, content_type="video/webm", move=True)

@@ -21,9 +21,12 @@ a file cut off by a crash.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +34,10 @@ from typing import Any
 
 import av
 import av.error
+
+from archiver.mkvcat import Unsupported, concat_clusters
+
+log = logging.getLogger(__name__)
 
 MS = Fraction(1, 1000)
 OPUS_RATE = 48_000
@@ -236,6 +243,7 @@ class ConcatResult:
     input_durations_ms: list[int] = field(default_factory=list)
     audio_dropped: int = 0  # audio past the end of its input's video (overlapping the next input)
     video_trimmed: int = 0  # video frames dropped because the next input starts before them (placements)
+    method: str = "remux"  # or "clusters" (archiver.mkvcat)
 
 
 def _packets(container: Any, streams: list[Any]) -> Iterator[tuple[Any, bool]]:
@@ -539,8 +547,13 @@ def _has_audio_packets(container: Any) -> bool:
     return False
 
 
-def concat(inputs: list[Path], output: Path, starts_ms: list[int] | None = None) -> ConcatResult:
+def concat(inputs: list[Path], output: Path, starts_ms: list[int] | None = None,
+           fast: bool = False) -> ConcatResult:
     """Stream-copy WebM files (each starting at pts 0 on a keyframe) into one on one timeline.
+
+    With `fast`, inputs that need no cutting are joined by archiver.mkvcat (whole Clusters copied as bytes,
+    ~10x faster; frames and packets are then not counted: video_frames/audio_packets are -1); anything it does
+    not handle falls back to the PyAV remux below.
 
     Without `starts_ms`, inputs go back to back: input i is shifted by the summed durations (last video pts +
     duration) of inputs 0..i-1, to the millisecond. With `starts_ms` (non-decreasing, one per input), input i is
@@ -557,6 +570,16 @@ def concat(inputs: list[Path], output: Path, starts_ms: list[int] | None = None)
     if not inputs:
         raise ValueError("nothing to concatenate")
     _check_starts(starts_ms, len(inputs))
+    if fast:
+        try:
+            copied = concat_clusters(inputs, Path(output), starts_ms)
+        except Unsupported as exc:
+            log.info("cluster copy not possible (%s): remuxing", exc)
+        else:
+            return ConcatResult(duration_s=copied.duration_ms / 1000, video_frames=-1, audio_packets=-1,
+                                width=copied.width, height=copied.height, duration_ms=copied.duration_ms,
+                                inputs=len(inputs), input_durations_ms=copied.input_durations_ms,
+                                audio_dropped=copied.audio_dropped, method="clusters")
     video_from = audio_from = None
     for path in inputs:  # headers (and the first audio packet) only: which inputs give the track templates
         with av.open(str(path)) as container:
@@ -579,9 +602,15 @@ def concat(inputs: list[Path], output: Path, starts_ms: list[int] | None = None)
     result = ConcatResult(duration_s=0.0, video_frames=0, audio_packets=0, width=out.video.codec_context.width,
                           height=out.video.codec_context.height, inputs=len(inputs))
     offset = 0
+    # Demuxing the next input overlaps muxing this one: PyAV releases the GIL in both, and a 2-hour master is
+    # ~600k packets, so finalize takes roughly the longer of the two instead of their sum.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="concat-read")
+    pending: Future[tuple[Any, Any, Any, list[Any], bool]] | None = reader.submit(_read_input, inputs[0])
     try:
         for i, path in enumerate(inputs):
-            container, vstream, _, packets, truncated = _read_input(path)
+            assert pending is not None
+            container, vstream, _, packets, truncated = pending.result()
+            pending = reader.submit(_read_input, inputs[i + 1]) if i + 1 < len(inputs) else None
             try:
                 if truncated:
                     raise ValueError(f"{path}: truncated input (recover it first)")
@@ -599,6 +628,10 @@ def concat(inputs: list[Path], output: Path, starts_ms: list[int] | None = None)
             result.input_durations_ms.append(max(end, 0))
             offset += max(end, 0)
     finally:
+        if pending is not None:  # stopped early: the prefetched input must be closed too
+            with contextlib.suppress(Exception):
+                pending.result()[0].close()
+        reader.shutdown(wait=True)
         out.close()
     result.video_frames, result.audio_packets, result.audio_dropped = out.video_frames, out.audio_packets, \
         out.audio_dropped
