@@ -15,10 +15,9 @@ up: venv
 test: venv system
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Benchmarks (minutes; not part of the tests): results in bench/results/.
+# Benchmarks (~25 minutes; not part of the tests): every figure against its target in bench/results/summary.md.
 bench: venv system
-	$(PY) -m bench.archive
-	$(PY) -m bench.ingest
+	$(PY) -m bench.all $(BENCH_ARGS)
 
 venv: $(STAMP)
 

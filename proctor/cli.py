@@ -11,7 +11,9 @@ import asyncio
 import getpass
 import logging
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 from proctor.settings import Settings, SettingsError, example_env, settings_table
 
@@ -148,6 +150,20 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The benchmarks live in the repository's bench/ (not in the installed package): run them from there."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "all.py").exists():
+        print("proctor bench: needs a source checkout (bench/ is not installed)", file=sys.stderr)
+        return 2
+    argv = [sys.executable, "-m", "bench.all"]
+    if args.which != "all":
+        argv += ["--only", args.which]
+    if args.quick:
+        argv.append("--quick")
+    return subprocess.call(argv, cwd=root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proctor", description="Live AI proctoring server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--example", action="store_true", help="print .env.example")
     settings.add_argument("--table", action="store_true", help="print the README's configuration table")
     settings.set_defaults(func=cmd_settings)
+
+    bench = sub.add_parser("bench", help="benchmarks (minutes); results in bench/results/")
+    bench.add_argument("which", nargs="?", default="all",
+                       choices=("all", "archive", "ingest", "ingest2", "latency", "soak"))
+    bench.add_argument("--quick", action="store_true", help="a short smoke run, not for the recorded figures")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
