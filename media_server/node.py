@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
+from media_server.decode import DecodePool
 from media_server.ice import enlarge_receive_buffers, install_host_addresses, rtc_configuration
 from media_server.sdp import tune_answer
 from media_server.stream import CandidateStream
@@ -91,6 +92,7 @@ class MediaNode:
         self.url = ""
         self.streams: dict[str, CandidateStream] = {}
         self.plugins: list[Plugin] = list(plugins or [])
+        self.decode_pool = DecodePool()
         self._tasks: list[asyncio.Task[Any]] = []
         self._watchers: set[asyncio.Task[Any]] = set()
         self.loop_lag = LoopLag()
@@ -129,7 +131,8 @@ class MediaNode:
             # wrote. Start after that (a short empty stretch) rather than give two frames the same time.
             base_s += min(max(0.0, time.time() - row["last_seen_at"].timestamp()), UNPERSISTED_MAX_S)
         pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
-        stream = CandidateStream(session_id, pc, base_s=base_s, on_closed=self._on_closed)
+        stream = CandidateStream(session_id, pc, base_s=base_s, on_closed=self._on_closed,
+                                 decode_pool=self.decode_pool)
         for plugin in self.plugins:
             plugin.attach(stream)
         try:
@@ -257,6 +260,7 @@ class MediaNode:
                 await asyncio.sleep(1.0)
 
     async def start(self, host: str, port: int) -> web.AppRunner:
+        self.decode_pool.start(asyncio.get_running_loop())
         for plugin in self.plugins:
             await plugin.start(self.node_id)
         runner = web.AppRunner(self.app(), access_log=None)
@@ -279,6 +283,7 @@ class MediaNode:
                 await plugin.stop()
             except Exception:
                 log.exception("plugin %s failed to stop", type(plugin).__name__)
+        await asyncio.to_thread(self.decode_pool.stop)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -14,7 +14,8 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from media_server.taps import EncodedFrame, FrameSampler, tap_encoded, tap_loss, vp8_size
+from media_server.decode import DecodePool, FrameSampler
+from media_server.taps import EncodedFrame, tap_encoded, tap_loss, vp8_size
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +130,13 @@ class CandidateStream:
     without this class knowing what they do."""
 
     def __init__(self, session_id: str, pc: RTCPeerConnection, base_s: float, on_closed: Callable[[CandidateStream],
-                 Any]) -> None:
+                 Any], decode_pool: DecodePool) -> None:
         self.session_id = session_id
         self.pc = pc
         self.clock = MediaClock(base_s)
         self.stats = StreamStats()
         self.sampler = FrameSampler(self.clock.at)
+        self._decode_pool = decode_pool
         # Encoded frames with their session media time (audio mapped onto the video clock).
         self.encoded_sinks: list[Callable[[EncodedFrame, float], None]] = []
         # Times the jitter buffer threw packets away: the frames after it may be corrupt until a keyframe.
@@ -169,9 +171,10 @@ class CandidateStream:
             return
         if track.kind == "video":
             self.video_receiver = receiver
-            tap_encoded(receiver, "video", self._on_video)
+            # Decoded by the node's one decoding thread (media_server/decode.py), not aiortc's per receiver.
+            tap_encoded(receiver, "video", self._on_video, decode=False)
             tap_loss(receiver, self._on_loss)
-            self.sampler.start(track)
+            self.sampler.start(self._decode_pool, self.request_keyframe)
         else:
             # The archive keeps the encoded Opus and no analyzer listens: audio is never decoded.
             tap_encoded(receiver, "audio", self._on_audio, decode=False)
@@ -183,6 +186,7 @@ class CandidateStream:
         self.stats.add_video(frame)
         if not self.first_frame.is_set():
             self.first_frame.set()
+        self.sampler.submit(frame.data, frame.timestamp)
         for sink in self.encoded_sinks:
             sink(frame, media_time)
 
@@ -406,6 +410,7 @@ class CandidateStream:
             "timestamp_refused": self.clock.refused,
             "frames_decoded": self.sampler.frames_decoded,
             "frames_sampled": self.sampler.frames_sampled,
+            "frames_skipped": self.sampler.frames_skipped,
             "signals": self.stats.signals,
             "bad_signals": self.stats.bad_signals,
             "first_frame_at": self.stats.first_frame_wall,

@@ -1,4 +1,4 @@
-"""The two outlets of a media node: encoded frames (for the archiver) and sampled decoded frames (analyzers).
+"""The encoded outlet of a media node: whole encoded frames (for the archiver and for decoding) and loss.
 
 Encoded: aiortc's RTCRtpReceiver reassembles frames in its jitter buffer and puts `(codec, JitterFrame)` on a
 private queue read by its decoder thread. Wrapping that queue's `put` hands us every whole encoded frame
@@ -13,15 +13,13 @@ convert pixels themselves, off the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from aiortc import MediaStreamTrack, RTCRtpReceiver
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCRtpReceiver
 
 log = logging.getLogger(__name__)
 
@@ -95,64 +93,3 @@ def tap_loss(receiver: RTCRtpReceiver, on_loss: Callable[[], None]) -> None:
         return bool(original_smart_remove(count))
 
     jitter.smart_remove = smart_remove
-
-
-class FrameSubscriber(Protocol):
-    """Receives decoded video frames at the rate it asks for; must not block (hand work to a thread)."""
-
-    fps: float
-
-    def on_frame(self, media_time_s: float, frame: Any) -> None: ...
-
-
-@dataclass
-class _Slot:
-    subscriber: FrameSubscriber
-    next_due: float = 0.0
-
-
-class FrameSampler:
-    """Drains a decoded track and hands each subscriber the latest frame at its own rate."""
-
-    def __init__(self, to_media_time: Callable[[int], float | None]) -> None:
-        self.track: MediaStreamTrack | None = None
-        self._to_media_time = to_media_time
-        self._slots: list[_Slot] = []
-        self.frames_decoded = 0
-        self.frames_sampled = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def subscribe(self, subscriber: FrameSubscriber) -> None:
-        self._slots.append(_Slot(subscriber))
-
-    def start(self, track: MediaStreamTrack) -> None:
-        self.track = track
-        self._task = asyncio.create_task(self._run(track), name=f"sampler-{track.id}")
-
-    async def _run(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            self.frames_decoded += 1
-            if frame.pts is None:
-                continue
-            media_time = self._to_media_time(frame.pts)
-            if media_time is None:
-                continue
-            for slot in self._slots:
-                if media_time + 1e-6 >= slot.next_due:
-                    # Schedule from the due time, not from now, so the rate holds exactly on average.
-                    period = 1.0 / max(slot.subscriber.fps, 0.01)
-                    slot.next_due = max(slot.next_due + period, media_time - period)
-                    self.frames_sampled += 1
-                    try:
-                        slot.subscriber.on_frame(media_time, frame)
-                    except Exception:
-                        log.exception("frame subscriber failed")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)

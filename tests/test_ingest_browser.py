@@ -71,7 +71,7 @@ async def test_candidate_flow_reload_and_finish(web_server: RunningApp, media_no
 
     snap = await wait_for(bitrate_up, within=8)
     print(f"{snap['kbps']} kbit/s {time.monotonic() - connected_at:.1f}s after connect")
-    # The decoded outlet is drained (frames nobody reads would pile up in the track's queue).
+    # The decoded outlet works: the node's decoding thread decodes this stream for its subscribers.
     await wait_for(lambda: _decoded(media_node, session_id), within=5)
     async def rtp_counted() -> dict | None:
         snap = stream_of(media_node, session_id)
