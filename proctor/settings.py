@@ -220,7 +220,9 @@ class Settings:
     faces_fps: float = _setting("FACES_FPS", "4", _float(0.1), "Frames per second analysed for face counting.")
     face_min_score: float = _setting(
         "FACE_MIN_SCORE", "0.6", _float(0.0), "Lowest detector score that counts as a face.")
-    gaze_fps: float = _setting("GAZE_FPS", "4", _float(0.1), "Frames per second analysed for head pose and iris.")
+    # 2, not 4: looking_away needs 4 s of evidence (8 samples at 2 fps), and FaceMesh with iris is the costliest
+    # analyzer (~3 ms a frame): half its rate is ~0.6 % of a core per stream, measured in bench/results/.
+    gaze_fps: float = _setting("GAZE_FPS", "2", _float(0.1), "Frames per second analysed for head pose and iris.")
     gaze_yaw_deg: float = _setting(
         "GAZE_YAW_DEG", "30", _float(1.0),
         "Head turn from the candidate's baseline that counts as looking away, degrees.")
