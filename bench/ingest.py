@@ -176,7 +176,9 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                 session_id, join_url = await new_session(http, base, token, f"synthetic-{len(pcs)}")
                 join_token = join_url.rsplit("/", 1)[1]
                 ours.add(session_id)
-                pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer", join_token, http))
+                # Each sender starts at another keyframe: candidates do not all look away at the same instant.
+                pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer", join_token, http,
+                                                start_keyframe=len(pcs)))
             await asyncio.sleep(3)  # let every stream settle
             for proc in node_procs:
                 proc.cpu_percent(None)

@@ -3,9 +3,12 @@
     .venv/bin/python -m bench.soak [--streams 8] [--minutes 10] [--every 30]
 
 Starts `proctor up` (one media node with the archiver and all analyzers), connects `--streams` synthetic
-candidates (pre-encoded 640x480@30 VP8 + Opus), samples the node's RSS, stream count, fps and event-loop lag
-every `--every` seconds, and reports the RSS trend over the second half (after warm-up) as MB per minute.
-Writes bench/results/soak.md and soak.json.
+candidates (pre-encoded 640x480@30 VP8 + Opus), samples the node's RSS, stream count, fps, event-loop lag,
+threads, file descriptors, asyncio tasks and queues every `--every` seconds, and reports the RSS trend over
+the second half (after warm-up) as MB per minute. Then every candidate hangs up, and the node must come back
+to where it started: no stream, peer connection, task, thread or file left over, queues empty.
+Writes bench/results/soak.md and soak.json. With `--check` (make chaos) it exits 1 when memory is not flat
+(|trend| >= 1 MB/min), a queue grew, or something leaked.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
+from typing import Any
 
 import aiohttp
 import numpy as np
 import psutil
 
 from bench.ingest import RESULTS, new_session, node_info, running_system, stats
+
+WARMUP_S = 20
 
 
 async def soak(args: argparse.Namespace) -> dict:
@@ -40,22 +47,42 @@ async def soak(args: argparse.Namespace) -> dict:
         async with aiohttp.ClientSession() as http:
             node = await node_info(http, base)
             node_proc = psutil.Process(node["pid"])
-            pcs = []
-            for i in range(args.streams):
-                session_id, join_url = await new_session(http, base, token, f"soak-{i}")
-                pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer",
-                                                join_url.rsplit("/", 1)[1], http))
+
+            async def connect(prefix: str) -> list[Any]:
+                pcs = []
+                for i in range(args.streams):
+                    session_id, join_url = await new_session(http, base, token, f"{prefix}-{i}")
+                    pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer",
+                                                    join_url.rsplit("/", 1)[1], http, start_keyframe=i))
+                return pcs
+
+            async def hang_up(pcs: list[Any], floor: dict[str, Any] | None) -> dict[str, Any]:
+                """Close every sender; the node notices (DTLS close, else the 8-s no-media timeout) and must let go
+                of everything. Returns the node's state once it has."""
+                await asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True)
+                deadline = time.monotonic() + 60
+                while True:
+                    await asyncio.sleep(2)
+                    snap = _sample(await stats(http, node["url"]), node_proc, -1)
+                    settled = snap["streams"] == 0 and (floor is None or snap["tasks"] <= floor["tasks"] + 2)
+                    if settled or time.monotonic() > deadline:
+                        await asyncio.sleep(5)  # closing tasks take their last steps
+                        return _sample(await stats(http, node["url"]), node_proc, -1)
+
+            # Warm-up wave: thread pools, database connections and models reach their working size; what the
+            # node holds after it is the baseline the soak must come back to.
+            warmup = await connect("warmup")
+            await asyncio.sleep(WARMUP_S)
+            baseline = await hang_up(warmup, None)
+            await asyncio.sleep(args.every)
+            baseline = _sample(await stats(http, node["url"]), node_proc, -1)
+            pcs = await connect("soak")
             started = time.monotonic()
             while time.monotonic() - started < args.minutes * 60:
                 await asyncio.sleep(args.every)
-                snap = await stats(http, node["url"])
-                fps = [s["fps"] for s in snap["streams"]]
-                samples.append({"t_s": round(time.monotonic() - started), "rss_mb": round(
-                    node_proc.memory_info().rss / 2**20, 1), "streams": len(snap["streams"]),
-                    "min_fps": min(fps) if fps else 0, "loop_lag_p99_ms": snap["loop_lag_ms"]["p99"],
-                    "threads": node_proc.num_threads(), "fds": node_proc.num_fds()})
+                samples.append(_sample(await stats(http, node["url"]), node_proc, round(time.monotonic() - started)))
                 print(json.dumps(samples[-1]), flush=True)
-            await asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True)
+            after = await hang_up(pcs, baseline)
     half = samples[len(samples) // 2:]
     slope = 0.0
     if len(half) >= 2:
@@ -65,7 +92,37 @@ async def soak(args: argparse.Namespace) -> dict:
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(
             1e-9, sum((x - mx) ** 2 for x in xs))
     return {"streams": args.streams, "minutes": args.minutes, "samples": samples,
-            "rss_slope_mb_per_min_second_half": round(slope, 2)}
+            "rss_slope_mb_per_min_second_half": round(slope, 2), "baseline": baseline, "after": after,
+            "problems": _problems(baseline, samples, after, slope, args.streams)}
+
+
+def _sample(snap: dict[str, Any], proc: psutil.Process, t_s: int) -> dict[str, Any]:
+    fps = [s["fps"] for s in snap["streams"]]
+    uploader = snap.get("plugins", {}).get("Archive", {}).get("uploader", {})
+    return {"t_s": t_s, "rss_mb": round(proc.memory_info().rss / 2**20, 1), "streams": len(snap["streams"]),
+            "min_fps": min(fps) if fps else 0, "loop_lag_p99_ms": snap["loop_lag_ms"]["p99"],
+            "threads": proc.num_threads(), "fds": proc.num_fds(), "tasks": snap.get("tasks"),
+            "peer_connections": snap.get("peer_connections"), "decode_queue": snap.get("decode_queue"),
+            "upload_queue": uploader.get("queued")}
+
+
+def _problems(baseline: dict[str, Any], samples: list[dict[str, Any]], after: dict[str, Any], slope: float,
+              streams: int) -> list[str]:
+    problems = []
+    if abs(slope) >= 1.0:
+        problems.append(f"RSS trend {slope:.2f} MB/min over the second half")
+    if any(s["streams"] != streams or s["min_fps"] < 25 for s in samples):
+        problems.append("a stream dropped or fell under 25 fps during the soak")
+    if max((s["decode_queue"] or 0) for s in samples) > 10 * streams:
+        problems.append("the decode queue grew")
+    if max((s["upload_queue"] or 0) for s in samples) > 2 * streams:
+        problems.append("the upload queue grew")
+    if after["streams"] or after["peer_connections"]:
+        problems.append(f"{after['streams']} streams / {after['peer_connections']} peer connections left")
+    for what, slack in (("tasks", 2), ("threads", 2), ("fds", 4)):
+        if after[what] is not None and after[what] > baseline[what] + slack:
+            problems.append(f"{what}: {baseline[what]} before, {after[what]} after")
+    return problems
 
 
 def main() -> None:
@@ -73,19 +130,27 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--every", type=float, default=30)
-    result = asyncio.run(soak(parser.parse_args()))
+    parser.add_argument("--check", action="store_true", help="exit 1 on a leak, a growing queue or memory growth")
+    args = parser.parse_args()
+    result = asyncio.run(soak(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(result, indent=2))
     lines = ["# Soak", "", f"Command: `.venv/bin/python -m bench.soak --streams {result['streams']} --minutes "
              f"{result['minutes']}` (one media node, archiver and all analyzers on).", "",
              f"RSS trend over the second half: **{result['rss_slope_mb_per_min_second_half']} MB/min**", "",
-             "| t (s) | node RSS MB | streams | min fps | loop lag p99 ms | threads | fds |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "Leak check (before the streams / after they all hung up): "
+             + ", ".join(f"{k} {result['baseline'][k]} / {result['after'][k]}"
+                         for k in ("streams", "peer_connections", "tasks", "threads", "fds", "rss_mb")) + ".",
+             "", "Problems: " + ("; ".join(result["problems"]) or "none") + ".", "",
+             "| t (s) | node RSS MB | streams | min fps | loop lag p99 ms | threads | fds | tasks | decode queue "
+             "| upload queue |", "| " + "--- | " * 10]
     for s in result["samples"]:
         lines.append(f"| {s['t_s']} | {s['rss_mb']} | {s['streams']} | {s['min_fps']} | {s['loop_lag_p99_ms']} | "
-                     f"{s['threads']} | {s['fds']} |")
+                     f"{s['threads']} | {s['fds']} | {s['tasks']} | {s['decode_queue']} | {s['upload_queue']} |")
     (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.check and result["problems"]:
+        sys.exit("soak: " + "; ".join(result["problems"]))
 
 
 if __name__ == "__main__":

@@ -95,14 +95,18 @@ class ReplayTrack(MediaStreamTrack):
         return packet
 
 
-def _video_start(clip: EncodedClip) -> int:
-    return next(i for i, (_, key) in enumerate(clip.video) if key)
+def _video_start(clip: EncodedClip, nth: int = 0) -> int:
+    """Index of the clip's nth keyframe (modulo how many it has): where a sender may start."""
+    keys = [i for i, (_, key) in enumerate(clip.video) if key]
+    return keys[nth % len(keys)]
 
 
-async def connect_sender(clip: EncodedClip, offer_url: str, token: str, http: Any) -> RTCPeerConnection:
-    """One synthetic candidate: offer through signaling with the join token, like the browser does."""
+async def connect_sender(clip: EncodedClip, offer_url: str, token: str, http: Any,
+                         start_keyframe: int = 0) -> RTCPeerConnection:
+    """One synthetic candidate: offer through signaling with the join token, like the browser does.
+    `start_keyframe` picks where in the clip it starts, so many senders are not in lockstep."""
     pc = RTCPeerConnection()
-    start = _video_start(clip)
+    start = _video_start(clip, start_keyframe)
     pc.addTrack(ReplayTrack("video", [d for d, _ in clip.video], 1 / clip.fps, 90_000 // clip.fps, VIDEO_TB, start))
     pc.addTrack(ReplayTrack("audio", clip.audio, 0.02, 960, AUDIO_TB))
     pc.createDataChannel("signals")

@@ -74,6 +74,10 @@ class DecodePool:
             self._thread.join(timeout=5)
             self._thread = None
 
+    def queued(self) -> int:
+        """Encoded frames waiting to be decoded, all streams (approximate)."""
+        return self._queue.qsize()
+
     def submit(self, decoder: StreamDecoder, data: bytes, timestamp: int) -> None:
         if decoder.closed:
             return

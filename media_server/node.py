@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections import deque
@@ -184,6 +185,11 @@ class MediaNode:
     async def handle_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"node_id": self.node_id, "capacity": self.settings.media_node_capacity,
                                   "loop_lag_ms": self.loop_lag.summary(),
+                                  # For the soak's leak check: these must come back down when streams end.
+                                  "tasks": len(asyncio.all_tasks()), "threads": threading.active_count(),
+                                  "peer_connections": sum(1 for s in self.streams.values()
+                                                          if s.pc.connectionState != "closed"),
+                                  "decode_queue": self.decode_pool.queued(),
                                   "plugins": {type(p).__name__: p.stats() for p in self.plugins},
                                   "streams": [s.snapshot() for s in self.streams.values()]})
 
