@@ -158,13 +158,40 @@ class Uploader:
         self._task: asyncio.Task[None] | None = None
         # One allocation at a time, in the order asked (asyncio.Lock is FIFO): indexes follow media time.
         self._allocating = asyncio.Lock()
+        # Per session, the segments still waiting for an index, in the order first asked (the segmenter asks as it
+        # opens each one, so: media order). A failed allocation (Postgres down) is retried later, by the uploader's
+        # backoff; a segment opened after the database came back must not take an index before them, or merges
+        # and the master would put the media out of order (measured: idx 4 = 18-20 s, idx 7 = 8-10 s).
+        self._waiting: dict[str, dict[str, SpoolSegment]] = {}
 
     async def allocate(self, segment: SpoolSegment) -> int:
+        if segment.idx is None:
+            # Registered before the lock is awaited: the order of the calls becomes the order of the indexes.
+            self._waiting.setdefault(segment.session_id, {}).setdefault(segment.spool_id, segment)
         async with self._allocating:
             if segment.idx is None:
-                async with self.ctx.pool.acquire() as conn:
-                    segment.idx = await allocate(conn, segment)
+                await self._allocate_in_order(segment)
+            assert segment.idx is not None
             return segment.idx
+
+    async def _allocate_in_order(self, segment: SpoolSegment) -> None:
+        """Index every segment of the session asked before `segment`, then `segment` itself."""
+        waiting = self._waiting.get(segment.session_id, {})
+        async with self.ctx.pool.acquire() as conn:
+            try:
+                for spool_id, earlier in list(waiting.items()):
+                    if earlier.idx is None:
+                        earlier.idx = await allocate(conn, earlier)
+                    del waiting[spool_id]
+                    if earlier is segment:
+                        break
+                if segment.idx is None:  # not registered (a session dropped meanwhile): on its own
+                    segment.idx = await allocate(conn, segment)
+            except LookupError:  # the session is gone: so are all its waiting segments
+                self._waiting.pop(segment.session_id, None)
+                raise
+        if not waiting:
+            self._waiting.pop(segment.session_id, None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="segment-uploader")
@@ -209,8 +236,13 @@ class Uploader:
             except (OSError, StorageError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError) as exc:
                 self.failures += 1
                 log.warning("segment %s upload failed (%s); retrying in %.1fs", segment.spool_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(MAX_BACKOFF_S, delay * 2)
+            except Exception:
+                # Anything else (a client library raising its own type) is retried too: were it to end this task,
+                # every later segment of every stream would stay in the spool until a restart.
+                self.failures += 1
+                log.exception("segment %s upload failed unexpectedly; retrying in %.1fs", segment.spool_id, delay)
+            await asyncio.sleep(delay)
+            delay = min(MAX_BACKOFF_S, delay * 2)
 
     async def upload(self, segment: SpoolSegment) -> None:
         path = segment.path(self.spool.root)

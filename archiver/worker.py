@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 from proctor.context import Context
 from proctor.redis import FINALIZE_STREAM, MERGE_STREAM
@@ -72,15 +73,33 @@ async def requeue_unfinalized(ctx: Context) -> list[str]:
 
 
 async def _sweeper(ctx: Context) -> None:
+    """Every SWEEP_INTERVAL_S: end disconnected sessions, now and then re-queue finalizes and apply retention.
+
+    Sessions are ended only once the servers have been reachable for DISCONNECT_TIMEOUT_S: while Postgres is down
+    the media nodes cannot record that their candidates still stream (last_seen_at), so right after an outage
+    longer than the timeout every live session looks disconnected and the first sweep would end them all. A worker
+    just started cannot know what came before, so it waits as well; a session really left ends at most one
+    timeout later than it would have.
+    """
     rounds = 0
+    # Monotonic time since which every round reached Postgres and Redis; None after a failure (and at start).
+    reachable_since: float | None = None
     while True:
         try:
-            await sweep_disconnected(ctx)
+            async with ctx.pool.acquire() as conn:
+                await conn.execute("SELECT 1")
+            # Redis too: a session ended while it is down is ended in Postgres only; its node is not told and its
+            # finalize is not queued (until requeue_unfinalized, minutes later).
+            await ctx.redis.ping()
+            reachable_since = reachable_since or time.monotonic()
+            if time.monotonic() - reachable_since >= ctx.settings.disconnect_timeout_s:
+                await sweep_disconnected(ctx)
             if rounds % int(RETRY_FAILED_S / SWEEP_INTERVAL_S) == 0:
                 await requeue_unfinalized(ctx)
                 await expire_sessions(ctx)
         except Exception as exc:  # a database or Redis outage: try again next round
             log.warning("sweep failed: %s", exc)
+            reachable_since = None
         rounds += 1
         await asyncio.sleep(SWEEP_INTERVAL_S)
 
@@ -102,13 +121,9 @@ async def _consume(ctx: Context, kind: str, stop: asyncio.Event) -> None:
 
 async def run(settings: Settings, roles: list[str]) -> None:
     ctx = await Context.open(settings, pool_size=4)
-    tasks = []
     stop = asyncio.Event()
-    if "sweep" in roles:
-        tasks.append(asyncio.create_task(_sweeper(ctx)))
-    for kind in ("merge", "finalize"):
-        if kind in roles:
-            tasks.append(asyncio.create_task(_consume(ctx, kind, stop)))
+    sweeper = asyncio.create_task(_sweeper(ctx)) if "sweep" in roles else None
+    tasks = [asyncio.create_task(_consume(ctx, kind, stop)) for kind in ("merge", "finalize") if kind in roles]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -116,8 +131,13 @@ async def run(settings: Settings, roles: list[str]) -> None:
     try:
         await stop.wait()
     finally:
-        # Consumers finish the job in hand (run() returns once stop is set); the sweeper is simply cancelled.
-        await asyncio.wait(tasks, timeout=30)
+        # The sweeper holds no job and never returns by itself: cancelled at once (waiting for it with the consumers
+        # made every stop take the full 30 s). Consumers finish the job in hand (run() returns once stop is set).
+        if sweeper is not None:
+            sweeper.cancel()
+            tasks.append(sweeper)
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

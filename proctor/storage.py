@@ -218,11 +218,14 @@ class S3Storage(Storage):
         self._transfer = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
-        except (BotoCoreError, ClientError) as exc:
+        # Boto3Error: the transfer manager (upload_file, download_file) turns a ClientError into its own
+        # S3UploadFailedError / RetriesExceededError, e.g. a 500 from a server going down (measured on SeaweedFS).
+        except (BotoCoreError, ClientError, Boto3Error) as exc:
             raise StorageError(f"s3 {getattr(fn, '__name__', fn)}: {exc}") from exc
 
     async def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream",

@@ -119,10 +119,10 @@ class SeaweedS3:
             self.stop()
             raise
 
-    def _launch(self, config: Path) -> None:
+    def _launch(self, config: Path, ports: dict[str, int] | None = None) -> None:
         assert self._workdir is not None and self.data_dir is not None and self.binary is not None
         names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc"]
-        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        self.ports = dict(ports) if ports else dict(zip(names, free_ports(len(names)), strict=True))
         p = self.ports
         self.endpoint = f"http://127.0.0.1:{p['s3']}"
         self._grpc_sockets = [
@@ -150,7 +150,7 @@ class SeaweedS3:
             self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                           env=env, cwd=self._workdir, start_new_session=True)
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, create_buckets: bool = True) -> None:
         """Until the S3 gateway answers and the master can place a write (a volume server has registered)."""
         deadline = time.monotonic() + self.startup_timeout
         checks = [
@@ -171,7 +171,7 @@ class SeaweedS3:
                 if time.monotonic() > deadline:
                     raise SeaweedError(f"no answer from {url} within {self.startup_timeout:.0f}s:\n{self.log_tail()}")
                 time.sleep(0.1)
-        if self.buckets:
+        if self.buckets and create_buckets:
             client = self.client()
             for bucket in self.buckets:
                 client.create_bucket(Bucket=bucket)
@@ -203,6 +203,23 @@ class SeaweedS3:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+    def kill(self) -> None:
+        """An outage: the server process goes away; its data, ports and config stay for `restart()`."""
+        self._kill()
+
+    def restart(self) -> None:
+        """Back after `kill()`: the same ports (clients keep their endpoint) and the same data (buckets, objects)."""
+        if self._workdir is None:
+            raise SeaweedError("restart() needs a server that was started (and not stopped)")
+        if self.running:
+            return
+        try:
+            self._launch(self._workdir / "s3.json", ports=self.ports)
+            self._wait_ready(create_buckets=False)
+        except BaseException:
+            self._kill()
+            raise
 
     def __enter__(self) -> SeaweedS3:
         return self.start()
