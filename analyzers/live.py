@@ -29,6 +29,7 @@ from analyzers.registry import build_detectors
 from analyzers.rules import EventChange, EventRules
 from proctor.context import Context
 from proctor.redis import LIVE_CHANNEL, THUMBNAIL_KEY
+from proctor.storage import StorageError
 from signaling.scoring import refresh_score
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ ANALYSIS_THREADS = 2
 TICK_S = 0.5
 THUMBNAIL_S = 3.0
 STORE_RETRY_S = 120.0
+# Evidence JPEGs wait this long for storage to come back (kept in memory meanwhile, one at a time per stream).
+SNAPSHOT_RETRY_S = 300.0
+# What a Postgres restart looks like from here: connection errors, and a query cut off by the shutdown.
+DB_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                  asyncpg.exceptions.OperatorInterventionError)
 THUMBNAIL_TTL_S = 30
 
 
@@ -237,11 +243,18 @@ class StreamAnalysis:
         details = json.loads(json.dumps(change.details, default=_jsonable))
         deadline = time.monotonic() + STORE_RETRY_S
         delay = 0.25
+        retried = False
         while True:
             try:
                 event_id = self.db_ids.get(change.event_id)
                 async with ctx.pool.acquire() as conn, conn.transaction():
-                    if change.type == "start" or event_id is None:
+                    if event_id is None and retried:
+                        # The failed attempt may have committed before the connection broke: find its row
+                        # (one event per kind starts at a given media time) rather than insert a duplicate.
+                        event_id = await conn.fetchval(
+                            "SELECT id FROM events WHERE session_id = $1 AND kind = $2 AND start_s = $3 "
+                            "ORDER BY id LIMIT 1", self.session_id, change.kind, change.start_s)
+                    if event_id is None:
                         source = "browser" if change.kind in BROWSER_KINDS else "analyzer"
                         event_id = await conn.fetchval(
                             "INSERT INTO events (session_id, kind, start_s, end_s, confidence, details, source) "
@@ -256,10 +269,10 @@ class StreamAnalysis:
                 # Only a committed insert is remembered: a retry after a failed commit inserts again.
                 self.db_ids[change.event_id] = event_id
                 return event_id
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError) as exc:
+            except DB_UNAVAILABLE as exc:
                 if time.monotonic() > deadline:
                     raise
+                retried = True
                 log.warning("session %s: database unavailable (%s); retrying the event in %.1fs",
                             self.session_id, exc, delay)
                 await asyncio.sleep(delay)
@@ -274,31 +287,60 @@ class StreamAnalysis:
             self.analysis.latency_ms.append((time.time() - arrived) * 1000)
 
     async def _snapshot(self, event_id: int, rgb: np.ndarray) -> None:
+        """Store the evidence JPEG and point the event at it, retrying through a storage or database outage
+        (an event without its frame is weaker evidence for a reviewer)."""
         ctx = self.analysis.ctx
         jpeg = await asyncio.get_running_loop().run_in_executor(self.analysis.executor, _encode_jpeg, rgb)
         key = f"sessions/{self.session_id}/events/{event_id}-{uuid.uuid4().hex[:12]}.jpg"
-        await ctx.storage.put_bytes(key, jpeg, content_type="image/jpeg")
-        async with ctx.pool.acquire() as conn:
-            old = await conn.fetchval("UPDATE events e SET snapshot_key = $2 FROM events o WHERE e.id = $1 "
-                                      "AND o.id = e.id RETURNING o.snapshot_key", event_id, key)
+        deadline = time.monotonic() + SNAPSHOT_RETRY_S
+        delay = 0.5
+        stored = False
+        while True:
+            try:
+                if not stored:
+                    await ctx.storage.put_bytes(key, jpeg, content_type="image/jpeg")
+                    stored = True
+                async with ctx.pool.acquire() as conn:
+                    old = await conn.fetchval("UPDATE events e SET snapshot_key = $2 FROM events o WHERE e.id = $1 "
+                                              "AND o.id = e.id RETURNING o.snapshot_key", event_id, key)
+                break
+            except (StorageError, *DB_UNAVAILABLE) as exc:
+                if time.monotonic() > deadline or self.analysis.stopping:
+                    raise
+                log.info("session %s: evidence for event %s waits (%s); retrying in %.1fs", self.session_id,
+                         event_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
         if old:
             await ctx.storage.delete(old)  # only the strongest frame's evidence is kept
 
     async def on_close(self, stream: Any) -> None:
+        """Flush the rules and hand the remaining writes to a background drain: the stream's close (and a
+        reconnect waiting on it) must not wait for a database or storage outage to end."""
         self.closed = True
         for change in self.rules.flush(stream.clock.end_s):
             self.changes.put_nowait((change, None))
-        try:
-            await asyncio.wait_for(self.changes.join(), 15)  # every change written before the stream goes
-            if self._pending:
-                await asyncio.wait_for(asyncio.gather(*self._pending, return_exceptions=True), 15)
-        except TimeoutError:
-            log.error("session %s: %d event changes not written", self.session_id, self.changes.qsize())
-        for task in self._tasks:
+        writer, others = self._tasks[0], self._tasks[1:]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         if self.analysis.streams.get(self.session_id) is self:
             del self.analysis.streams[self.session_id]
+        drain = asyncio.ensure_future(self._drain(writer))
+        self.analysis.draining.add(drain)
+        drain.add_done_callback(self.analysis.draining.discard)
+
+    async def _drain(self, writer: asyncio.Task[None]) -> None:
+        """Every change written (the writer retries through an outage), every evidence frame stored, then stop."""
+        try:
+            await asyncio.wait_for(self.changes.join(), STORE_RETRY_S + 10)
+            if self._pending:
+                await asyncio.wait_for(asyncio.gather(*self._pending, return_exceptions=True), SNAPSHOT_RETRY_S + 10)
+        except TimeoutError:
+            log.error("session %s: %d event changes not written", self.session_id, self.changes.qsize())
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     def stats(self) -> dict[str, Any]:
         return {slot.detector.name: {"analysed": slot.analysed, "replaced": slot.replaced, "fps": slot.fps,
@@ -356,6 +398,8 @@ class Analysis:
         self.streams: dict[str, StreamAnalysis] = {}
         self.unavailable: dict[str, str] = {}
         self.latency_ms: deque[float] = deque(maxlen=2000)
+        self.draining: set[asyncio.Future[None]] = set()  # closed streams still writing their last events
+        self.stopping = False
 
     async def start(self, node_id: str) -> None:
         from analyzers.models import install_bundled_weights
@@ -372,6 +416,11 @@ class Analysis:
         self.streams[stream.session_id] = StreamAnalysis(self, stream)
 
     async def stop(self) -> None:
+        self.stopping = True  # evidence uploads stop retrying; event writes get a last chance below
+        if self.draining:
+            done, _ = await asyncio.wait(set(self.draining), timeout=20)
+            if len(done) < len(self.draining):
+                log.error("%d closed streams still had events to write at shutdown", len(self.draining) - len(done))
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def stats(self) -> dict[str, Any]:

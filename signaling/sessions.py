@@ -74,11 +74,17 @@ async def end(conn: asyncpg.Connection, redis: aioredis.Redis, session_id: str, 
 
     Returns False when the session was not open (already ended); ending twice is harmless.
     """
-    row = await conn.fetchrow(
-        "UPDATE sessions SET status = 'ended', ended_at = now(), end_reason = $2 "
-        "WHERE id = $1 AND status = ANY($3::text[]) RETURNING id, node_id", session_id, reason, list(OPEN_STATUSES))
-    if row is None:
-        return False
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE sessions SET status = 'ended', ended_at = now(), end_reason = $2 WHERE id = $1 "
+            "AND status = ANY($3::text[]) RETURNING id, node_id", session_id, reason, list(OPEN_STATUSES))
+        if row is None:
+            return False
+        # Redis must be up to tell the node and queue the finalize. If it is down, this raises and the update
+        # rolls back (the caller answers 503 and the end can be retried) instead of leaving an ended session
+        # that nobody acts on until the 5-minute re-queue. (The calls themselves come after the commit, so a
+        # worker never reads the finalize job before the session is visibly ended.)
+        await redis.ping()
     await redis.publish(SESSION_CONTROL, json.dumps({"session_id": session_id, "action": "end"}))
     await redis.xadd(FINALIZE_STREAM, {"session_id": session_id, "reason": reason}, maxlen=100_000,
                      approximate=True)

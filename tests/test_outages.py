@@ -12,7 +12,7 @@ from aiohttp import web
 
 from proctor.context import Context
 from proctor.embedded import EmbeddedRedis
-from proctor.redis import connect
+from proctor.redis import FINALIZE_STREAM, connect
 from tests.conftest import free_port
 
 
@@ -47,6 +47,11 @@ async def test_redis_outage_gives_503_and_recovers(ctx: Context, tmp_path: Path,
             # What does not need Redis keeps working.
             async with http.get(f"{base}/api/sessions/{session['id']}", headers=auth) as r:
                 assert r.status == 200
+            # Ending needs Redis (tell the node, queue the finalize): refused and rolled back, so it can be retried.
+            async with http.post(f"{base}/api/sessions/{session['id']}/end", headers=auth) as r:
+                assert r.status == 503
+            async with http.get(f"{base}/api/sessions/{session['id']}", headers=auth) as r:
+                assert (await r.json())["status"] != "ended"
 
             await asyncio.to_thread(server.start)  # back, same data dir
             for _ in range(50):
@@ -59,6 +64,9 @@ async def test_redis_outage_gives_503_and_recovers(ctx: Context, tmp_path: Path,
                                  headers={"Authorization": f"Bearer {token}"}) as r:
                 # Signaling works again: this Redis has no media node registered, and it says so.
                 assert r.status == 503 and "no media node" in (await r.json())["error"]
+            async with http.post(f"{base}/api/sessions/{session['id']}/end", headers=auth) as r:
+                assert r.status in (200, 202)
+            assert [fields["session_id"] for _, fields in await redis.xrange(FINALIZE_STREAM)] == [session["id"]]
     finally:
         await runner.cleanup()
         await redis.aclose()
