@@ -223,6 +223,12 @@ class StreamAnalysis:
             log.warning("session %s: event %s not published: %s", self.session_id, event_id, exc)
         if change.type == "end":
             self.db_ids.pop(change.event_id, None)
+            # After the publish: the session score is derived data and must not delay the alert.
+            try:
+                async with self.analysis.ctx.pool.acquire() as conn:
+                    await refresh_score(conn, self.session_id, self.analysis.ctx.settings.weights)
+            except Exception as exc:
+                log.warning("session %s: score not refreshed: %s", self.session_id, exc)
         if change.frame_ref is not None and change.type in ("start", "update"):
             # Off the writer's path: the next change (an end, say) is not kept waiting for a JPEG upload.
             task = asyncio.ensure_future(self._snapshot_safely(event_id, change.frame_ref))
@@ -264,8 +270,6 @@ class StreamAnalysis:
                         await conn.execute(
                             "UPDATE events SET end_s = $2, confidence = greatest(confidence, $3), details = $4, "
                             "updated_at = now() WHERE id = $1", event_id, change.end_s, change.confidence, details)
-                    if change.type == "end":
-                        await refresh_score(conn, self.session_id, ctx.settings.weights)
                 # Only a committed insert is remembered: a retry after a failed commit inserts again.
                 self.db_ids[change.event_id] = event_id
                 return event_id

@@ -40,7 +40,7 @@ BENCHES = (
     Bench("ingest2", ("bench.ingest", "--nodes", "2", "--steps", "12,16,20,24,28", "--hold", "15", "--reloads", "0"),
           ("bench.ingest", "--nodes", "2", "--steps", "16,24", "--hold", "8", "--reloads", "0")),
     Bench("latency", ("bench.latency", "--senders", "12"), ("bench.latency", "--senders", "6", "--cycles", "2")),
-    Bench("soak", ("bench.soak", "--streams", "12", "--minutes", "10"),
+    Bench("soak", ("bench.soak", "--streams", "12", "--minutes", "10", "--every", "15"),
           ("bench.soak", "--streams", "8", "--minutes", "2")),
 )
 
@@ -113,12 +113,16 @@ def figures() -> list[dict[str, Any]]:
                          if load["samples"] else "not run"),
             "target": "-", "met": None, "method": "bench/results/ingest.md: `python -m bench.ingest --reloads 10`"})
     if soak:
-        slope = soak["rss_slope_mb_per_min_second_half"]
+        slope, se = soak["rss_slope_mb_per_min"], soak["rss_slope_se"]
         rss = [s["rss_mb"] for s in soak["samples"]]
+        after, before = soak["after"], soak["baseline"]
         rows.append({
-            "figure": f"7. RSS over a {soak['minutes']:g}-minute soak at {soak['streams']} streams",
-            "measured": f"{rss[0]} -> {rss[-1]} MB; second half {slope} MB/min",
-            "target": "flat (|slope| < 1 MB/min)", "met": abs(slope) < 1,
+            "figure": f"7. RSS over a {soak['minutes']:g}-minute soak at {soak['streams']} streams; leaks",
+            "measured": (f"{rss[0]} -> {rss[-1]} MB (min {min(rss)}, max {max(rss)}); trend after "
+                         f"{soak['trend_from_s']} s: {slope} +- {se} MB/min; after hanging up: {after['streams']} "
+                         f"streams, tasks {before['tasks']} -> {after['tasks']}, fds {before['fds']} -> {after['fds']}"
+                         + (f"; problems: {'; '.join(soak['problems'])}" if soak["problems"] else "")),
+            "target": "flat (|trend| < 1 MB/min), nothing left after", "met": not soak["problems"],
             "method": "bench/results/soak.md: `python -m bench.soak`"})
     return rows
 

@@ -63,6 +63,15 @@ class Plugin(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+def _thread_names() -> dict[str, int]:
+    """Live Python threads by name with the numbers taken out ("analyze_0" -> "analyze_"): which pool grew."""
+    names: dict[str, int] = {}
+    for thread in threading.enumerate():
+        name = "".join(c for c in thread.name if not c.isdigit())
+        names[name] = names.get(name, 0) + 1
+    return names
+
+
 class LoopLag:
     """How late the event loop wakes a 50 ms sleeper: the one figure that says whether RTP is being served
     in time (CPU percent cannot, since decoding runs in threads)."""
@@ -187,6 +196,7 @@ class MediaNode:
                                   "loop_lag_ms": self.loop_lag.summary(),
                                   # For the soak's leak check: these must come back down when streams end.
                                   "tasks": len(asyncio.all_tasks()), "threads": threading.active_count(),
+                                  "thread_names": _thread_names(),
                                   "peer_connections": sum(1 for s in self.streams.values()
                                                           if s.pc.connectionState != "closed"),
                                   "decode_queue": self.decode_pool.queued(),
