@@ -275,6 +275,19 @@ class Archive:
             recovered = await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.recover, orphan)
             if recovered is not None:
                 self.uploader.submit(recovered)
+            else:
+                await self._mark_lost(orphan)
+
+    async def _mark_lost(self, segment: SpoolSegment) -> None:
+        """A dead writer's segment with nothing usable: say so now, so finalize does not wait LOST_SEGMENT_S
+        for a row that will never be stored."""
+        try:
+            async with self.ctx.pool.acquire() as conn:
+                await conn.execute("UPDATE segments SET state = 'failed' WHERE spool_id = $1 "
+                                   "AND state IN ('recording', 'spooled')",
+                                   segment.spool_id)
+        except Exception as exc:  # finalize's LOST_SEGMENT_S still catches it
+            log.warning("could not mark segment %s lost: %s", segment.spool_id, exc)
 
     async def stop(self, within_s: float = 20.0) -> None:
         await asyncio.get_running_loop().run_in_executor(self.executor, lambda: None)

@@ -272,3 +272,28 @@ async def test_storage_outage_spools_and_uploads_later(ctx: Context, clip: Encod
         assert list(archive.spool.root.glob("*/*")) == []
     finally:
         await archive.stop()
+
+
+async def test_an_unrecoverable_orphan_is_marked_failed_at_once(ctx: Context, tmp_path: Path) -> None:
+    """A dead writer's segment with no usable video: its row is failed when the next node starts, so finalize
+    does not wait LOST_SEGMENT_S for it."""
+    from archiver.spool import allocate
+
+    session_id = await _session(ctx)
+    settings = replace(ctx.settings, segment_seconds=2, data_dir=tmp_path)
+    spool = Spool(settings.spool_dir, "dead-node")
+    segment = spool.new_segment(session_id, 0.0)
+    segment.pid = 2**22 + 12345  # no such process: an orphan
+    spool.save(segment)
+    segment.path(spool.root).write_bytes(b"\x1a\x45\xdf\xa3 cut off before any frame")
+    async with ctx.pool.acquire() as conn:
+        await allocate(conn, segment)
+        assert await conn.fetchval("SELECT state FROM segments WHERE spool_id = $1", segment.spool_id) == "recording"
+    archive = Archive(Context(settings, ctx.pool, ctx.redis, ctx.storage))
+    await archive.start("new-node")
+    try:
+        async with ctx.pool.acquire() as conn:
+            state = await conn.fetchval("SELECT state FROM segments WHERE spool_id = $1", segment.spool_id)
+        assert state == "failed" and spool.segments() == []
+    finally:
+        await archive.stop()
