@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import aiohttp
 
 from proctor.context import Context
-from proctor.redis import LIVE_CHANNEL
+from proctor.embedded import EmbeddedRedis
+from proctor.redis import LIVE_CHANNEL, connect
 from tests.conftest import RunningApp
-from web.live import Subscriber
+from web.live import LiveHub, Subscriber
 
 
 def test_slow_socket_drops_oldest() -> None:
@@ -40,3 +42,25 @@ async def test_one_subscription_fans_out(web_server: RunningApp, ctx: Context, p
                 await ctx.redis.publish(LIVE_CHANNEL, json.dumps(message))
                 got = await asyncio.gather(*(ws.receive_json(timeout=5) for ws in (first, second, third)))
                 assert got == [message] * 3
+
+
+async def test_monitors_are_told_to_resync_after_a_redis_restart(tmp_path: Path) -> None:
+    """Alerts published while Redis was down never reach a monitor: the hub says so twice (reconnecting, then
+    resync once subscribed again), and what is published afterwards flows again."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = await asyncio.to_thread(server.start)
+    redis = connect(url)
+    hub = LiveHub()
+    try:
+        sub = await hub.subscribe(redis)
+        await asyncio.to_thread(server.stop)
+        assert json.loads(await asyncio.wait_for(sub.queue.get(), 10)) == {"type": "hub", "state": "reconnecting"}
+        await asyncio.to_thread(server.start)
+        assert json.loads(await asyncio.wait_for(sub.queue.get(), 15)) == {"type": "hub", "state": "resync"}
+        message = {"type": "session", "session_id": "y", "status": "live", "at": 2.0}
+        await redis.publish(LIVE_CHANNEL, json.dumps(message))
+        assert json.loads(await asyncio.wait_for(sub.queue.get(), 5)) == message
+    finally:
+        await hub.close()
+        await redis.aclose()
+        await asyncio.to_thread(server.stop)

@@ -72,11 +72,17 @@ class LiveHub:
             sub.offer(data)
 
     async def _run(self, redis: Any) -> None:
+        lost = False
         while True:
             pubsub = redis.pubsub()
             try:
                 await pubsub.subscribe(LIVE_CHANNEL)
                 self._ready.set()
+                if lost:
+                    # Whatever was published while Redis was away never reached the monitors (the events
+                    # themselves are in Postgres): tell them to reload their state.
+                    self.publish_local(json.dumps({"type": "hub", "state": "resync"}))
+                    lost = False
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self.publish_local(message["data"])
@@ -84,7 +90,9 @@ class LiveHub:
                 raise
             except Exception as exc:  # Redis restarted: tell the monitors, resubscribe shortly
                 log.warning("live hub lost Redis: %s", exc)
-                self.publish_local(json.dumps({"type": "hub", "state": "reconnecting"}))
+                if not lost:
+                    self.publish_local(json.dumps({"type": "hub", "state": "reconnecting"}))
+                lost = True
                 await asyncio.sleep(1)
             finally:
                 with contextlib.suppress(Exception):

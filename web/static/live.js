@@ -120,6 +120,11 @@
     monitor.messages += 1;
     if (msg.type === "hello") { monitor.connected = true; return; }
     if (msg.type === "overflow") { location.reload(); return; }
+    if (msg.type === "hub" && msg.state === "reconnecting") {
+      wsState.textContent = "reconnecting…"; wsState.dataset.state = "reconnecting"; return;
+    }
+    // The server lost Redis for a while: alerts of that time are stored but were never pushed. Reload them.
+    if (msg.type === "hub" && msg.state === "resync") { location.reload(); return; }
     if (msg.type === "event" && msg.session_id && msg.event) {
       const li = upsertFlag(msg.session_id, msg.event, msg.action === "start");
       if (msg.action === "start") {
