@@ -58,6 +58,22 @@ def path_session_id(request: web.Request) -> str:
     return session_id
 
 
+def path_int(request: web.Request, name: str, not_found: str) -> int:
+    """An integer route parameter, or 404 saying `not_found` (malformed reads as not found, never a 500)."""
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        raise error(web.HTTPNotFound, not_found) from None
+
+
+async def existing_session(conn: asyncpg.Connection, session_id: str) -> asyncpg.Record:
+    """The session's row, or 404."""
+    row = await sessions.get(conn, session_id)
+    if row is None:
+        raise error(web.HTTPNotFound, "no such session")
+    return row
+
+
 async def _candidate_session(request: web.Request, conn: asyncpg.Connection) -> asyncpg.Record:
     """The session a join token opens; the token must be valid, current and for this very session."""
     session_id = path_session_id(request)
@@ -123,10 +139,7 @@ async def get_session(request: web.Request) -> web.Response:
     require_user(request)
     session_id = path_session_id(request)
     async with _ctx(request).pool.acquire() as conn:
-        row = await sessions.get(conn, session_id)
-        if row is None:
-            raise error(web.HTTPNotFound, "no such session")
-        data = sessions.to_json(row)
+        data = sessions.to_json(await existing_session(conn, session_id))
         data["segments"] = [dict(r) for r in await conn.fetch(
             "SELECT idx, start_s, end_s, frames, bytes, state FROM segments WHERE session_id = $1 ORDER BY idx",
             session_id)]
@@ -152,8 +165,7 @@ async def list_events(request: web.Request) -> web.Response:
     require_user(request)
     session_id = path_session_id(request)
     async with _ctx(request).pool.acquire() as conn:
-        if await sessions.get(conn, session_id) is None:
-            raise error(web.HTTPNotFound, "no such session")
+        await existing_session(conn, session_id)
         rows = await conn.fetch("SELECT * FROM events WHERE session_id = $1 ORDER BY start_s, id", session_id)
     return web.json_response([_event_json(row) for row in rows])
 

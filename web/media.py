@@ -10,7 +10,7 @@ from aiohttp import web
 
 from proctor.http import error
 from proctor.redis import THUMBNAIL_KEY
-from signaling.api import path_session_id, require_user
+from signaling.api import path_int, path_session_id, require_user
 from web.app import CTX
 
 
@@ -41,10 +41,7 @@ async def event_snapshot(request: web.Request) -> web.Response:
     require_user(request)
     ctx = request.app[CTX]
     session_id = path_session_id(request)
-    try:
-        event_id = int(request.match_info["event_id"])
-    except ValueError:
-        raise error(web.HTTPNotFound, "no such event") from None
+    event_id = path_int(request, "event_id", "no such event")
     async with ctx.pool.acquire() as conn:
         key = await conn.fetchval("SELECT snapshot_key FROM events WHERE id = $1 AND session_id = $2", event_id,
                                   session_id)

@@ -20,7 +20,7 @@ from aiohttp import web
 from proctor import accounts
 from proctor.http import error, read_json
 from signaling import sessions
-from signaling.api import path_session_id, require_user
+from signaling.api import existing_session, path_int, path_session_id, require_user
 from signaling.scoring import refresh_score
 from web.app import CTX
 from web.login import page_user, render_page
@@ -32,13 +32,6 @@ MAX_QUERY = 200
 SORTS = {"newest": "s.created_at DESC", "score": "s.score DESC, s.created_at DESC"}
 EXPORT_FIELDS = ("id", "kind", "start_s", "end_s", "duration_s", "confidence", "source", "review_state",
                  "review_note", "reviewed_by", "reviewed_at", "acknowledged_by", "acknowledged_at", "snapshot_url")
-
-
-def _event_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["event_id"])
-    except ValueError:
-        raise error(web.HTTPNotFound, "no such event") from None
 
 
 def _like(text: str) -> str:
@@ -144,9 +137,7 @@ async def preview(request: web.Request) -> web.Response:
     require_user(request)
     session_id = path_session_id(request)
     async with request.app[CTX].pool.acquire() as conn:
-        row = await sessions.get(conn, session_id)
-        if row is None:
-            raise error(web.HTTPNotFound, "no such session")
+        row = await existing_session(conn, session_id)
         has_master = await conn.fetchval("SELECT count(*) > 0 FROM master_videos WHERE session_id = $1",
                                          session_id)
         pieces = [] if has_master else await preview_pieces(conn, session_id)
@@ -158,10 +149,7 @@ async def _serve_piece(request: web.Request, sql: str) -> web.StreamResponse:
     require_user(request)
     ctx = request.app[CTX]
     session_id = path_session_id(request)
-    try:
-        idx = int(request.match_info["idx"])
-    except ValueError:
-        raise error(web.HTTPNotFound, "no such piece") from None
+    idx = path_int(request, "idx", "no such piece")
     async with ctx.pool.acquire() as conn:
         key = await conn.fetchval(sql, session_id, idx)
     if key is None:
@@ -209,7 +197,7 @@ def event_json(row: asyncpg.Record) -> dict[str, Any]:
 async def review_event(request: web.Request) -> web.Response:
     """POST /api/sessions/{id}/events/{eid}/review {"state": "confirmed|dismissed|pending", "note": "..."}."""
     user = require_user(request)
-    session_id, event_id = path_session_id(request), _event_id(request)
+    session_id, event_id = path_session_id(request), path_int(request, "event_id", "no such event")
     body = await read_json(request, 16 * 1024)
     state, note = body.get("state"), body.get("note")
     if state not in REVIEW_STATES:
@@ -235,7 +223,7 @@ async def review_event(request: web.Request) -> web.Response:
 async def acknowledge_event(request: web.Request) -> web.Response:
     """POST /api/sessions/{id}/events/{eid}/ack: a proctor has seen a live alert (first acknowledgement kept)."""
     user = require_user(request)
-    session_id, event_id = path_session_id(request), _event_id(request)
+    session_id, event_id = path_session_id(request), path_int(request, "event_id", "no such event")
     ctx = request.app[CTX]
     async with ctx.pool.acquire() as conn, conn.transaction():
         updated = await conn.fetchval(
@@ -257,9 +245,7 @@ async def _export_rows(request: web.Request) -> tuple[asyncpg.Record, list[dict[
     require_user(request)
     session_id = path_session_id(request)
     async with request.app[CTX].pool.acquire() as conn:
-        row = await sessions.get(conn, session_id)
-        if row is None:
-            raise error(web.HTTPNotFound, "no such session")
+        row = await existing_session(conn, session_id)
         events = await conn.fetch(_EVENT_SQL + "WHERE e.session_id = $1 ORDER BY e.start_s, e.id", session_id)
     return row, [event_json(e) for e in events]
 
