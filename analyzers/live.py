@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import numpy as np
 
 from analyzers.base import AnalyzerConfig, Detector, Signal
 from analyzers.registry import build_detectors
 from analyzers.rules import EventChange, EventRules
 from proctor.context import Context
+from proctor.db import DB_UNAVAILABLE
 from proctor.redis import LIVE_CHANNEL, THUMBNAIL_KEY
 from proctor.storage import StorageError
 from signaling.scoring import refresh_score
@@ -40,9 +40,6 @@ THUMBNAIL_S = 3.0
 STORE_RETRY_S = 120.0
 # Evidence JPEGs wait this long for storage to come back (kept in memory meanwhile, one at a time per stream).
 SNAPSHOT_RETRY_S = 300.0
-# What a Postgres restart looks like from here: connection errors, and a query cut off by the shutdown.
-DB_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-                  asyncpg.exceptions.OperatorInterventionError)
 THUMBNAIL_TTL_S = 30
 
 

@@ -7,6 +7,12 @@ from typing import Any
 
 import asyncpg
 
+# What a Postgres outage or restart looks like to a client: a refused or vanished socket, a dropped connection,
+# a query cut off by the shutdown or refused while the server starts (OperatorInterventionError covers
+# AdminShutdownError and CannotConnectNowError).
+DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.OperatorInterventionError)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # JSON columns come back as Python objects and go in as Python objects.

@@ -48,16 +48,15 @@ async def _media_nodes(ctx: Context) -> list[dict[str, Any]]:
 async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
     """A database or Redis outage is a 503 with Retry-After (the candidate page and integrations retry),
     never a 500; nothing already received is affected, the media nodes keep spooling."""
-    import asyncpg
     import redis.exceptions
 
+    from proctor.db import DB_UNAVAILABLE
     from proctor.storage import StorageError
 
     try:
         return await handler(request)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, asyncpg.PostgresConnectionError,
-            asyncpg.OperatorInterventionError, asyncpg.InterfaceError, StorageError,
-            OSError) as exc:  # OSError: a refused or vanished socket (a unix socket file gone with the server)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, StorageError,
+            *DB_UNAVAILABLE) as exc:  # DB_UNAVAILABLE's OSError also covers a vanished Redis unix socket
         log.warning("%s %s: dependency unavailable: %s", request.method, redact_path(request.path), exc)
         raise web.HTTPServiceUnavailable(
             text=json.dumps({"error": "temporarily unavailable, retry shortly"}), content_type="application/json",
