@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -116,6 +117,51 @@ def read_uint(data: bytes | memoryview) -> int:
     return int.from_bytes(data, "big")
 
 
+# --- the same, from a file and leniently (webm.cue_points) -----------------------------------------------
+def read_file_vint(f: BinaryIO, keep_marker: bool) -> tuple[int, int] | None:
+    first = f.read(1)
+    if not first:
+        return None
+    b = first[0]
+    length = 1
+    mask = 0x80
+    while length <= 8 and not b & mask:
+        mask >>= 1
+        length += 1
+    if length > 8:
+        raise ValueError("bad EBML vint")
+    rest = f.read(length - 1)
+    if len(rest) != length - 1:
+        return None
+    value = b if keep_marker else b & (mask - 1)
+    for byte in rest:
+        value = (value << 8) | byte
+    return value, length
+
+
+def read_element(f: BinaryIO) -> tuple[int, int | None, int] | None:
+    """(id, size or None if unknown, offset of the data) of the element at the file position."""
+    eid = read_file_vint(f, keep_marker=True)
+    size = read_file_vint(f, keep_marker=False) if eid else None
+    if eid is None or size is None:
+        return None
+    value, length = size
+    unknown = value == (1 << (7 * length)) - 1
+    return eid[0], None if unknown else value, f.tell()
+
+
+def children(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(id, payload) of each element in data, stopping quietly at the first truncated or unknown-size one: the
+    lenient reader for checks that must answer on damaged files (elements() raises instead)."""
+    f = io.BytesIO(data)
+    while (element := read_element(f)) is not None:
+        eid, size, start = element
+        if size is None:
+            return
+        yield eid, data[start:start + size]
+        f.seek(start + size)
+
+
 # --- reading an input ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Track:
@@ -147,10 +193,17 @@ def _read_exact(f: BinaryIO, offset: int, size: int) -> bytes:
 
 def _head(f: BinaryIO, offset: int) -> tuple[int, int, int]:
     """(id, data start, data end) of the element at `offset`, reading only its header."""
-    header = _read_exact(f, offset, 12) if offset + 12 <= _size(f) else _read_exact(f, offset, _size(f) - offset)
-    eid, pos = read_vint(header, 0, keep_marker=True)
-    size, pos = read_vint(header, pos, keep_marker=False)
-    return eid, offset + pos, offset + pos + size
+    f.seek(offset)
+    try:
+        element = read_element(f)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    if element is None:
+        raise Unsupported("truncated input")
+    eid, size, start = element
+    if size is None:
+        raise Unsupported("element of unknown size")
+    return eid, start, start + size
 
 
 def _size(f: BinaryIO) -> int:

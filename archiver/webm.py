@@ -35,6 +35,7 @@ from typing import Any
 import av
 import av.error
 
+from archiver import mkvcat
 from archiver.mkvcat import Unsupported, concat_clusters
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,6 @@ LIVE_OPTIONS = {"cluster_time_limit": "1000", "flush_packets": "1", "max_interle
 # (1 ms) keeps every real duration explicit; a 1-ms frame, were there one, reads back right from the default.
 VIDEO_DEFAULT_RATE = Fraction(1000, 1)
 
-# EBML / Matroska element ids used by the Cues check.
-_EBML = 0x1A45DFA3
-_SEGMENT = 0x18538067
-_SEEK_HEAD = 0x114D9B74
-_SEEK = 0x4DBB
-_SEEK_ID = 0x53AB
-_SEEK_POSITION = 0x53AC
-_CUES = 0x1C53BB6B
-_CUE_POINT = 0xBB
-_CLUSTER = 0x1F43B675
 
 
 def opus_head(channels: int = 2, pre_skip: int = 0, rate: int = OPUS_RATE) -> bytes:
@@ -353,48 +344,6 @@ def _decode_until(container: Any, stream: Any, time_base: Fraction,
 
 
 # --- Cues (EBML) -----------------------------------------------------------------------------------------------
-def _read_vint(f: Any, keep_marker: bool) -> tuple[int, int] | None:
-    first = f.read(1)
-    if not first:
-        return None
-    b = first[0]
-    length = 1
-    mask = 0x80
-    while length <= 8 and not b & mask:
-        mask >>= 1
-        length += 1
-    if length > 8:
-        raise ValueError("bad EBML vint")
-    rest = f.read(length - 1)
-    if len(rest) != length - 1:
-        return None
-    value = b if keep_marker else b & (mask - 1)
-    for byte in rest:
-        value = (value << 8) | byte
-    return value, length
-
-
-def _read_element(f: Any) -> tuple[int, int | None, int] | None:
-    """(id, size or None if unknown, offset of the data) of the element at the file position."""
-    eid = _read_vint(f, keep_marker=True)
-    size = _read_vint(f, keep_marker=False) if eid else None
-    if eid is None or size is None:
-        return None
-    value, length = size
-    unknown = value == (1 << (7 * length)) - 1
-    return eid[0], None if unknown else value, f.tell()
-
-
-def _children(data: bytes) -> Iterator[tuple[int, bytes]]:
-    f = io.BytesIO(data)
-    while (element := _read_element(f)) is not None:
-        eid, size, start = element
-        if size is None:
-            return
-        yield eid, data[start:start + size]
-        f.seek(start + size)
-
-
 def cue_points(path: Path) -> int:
     """Number of CuePoints in the Cues the SeekHead points at (or met before the first Cluster); 0 if none.
 
@@ -402,12 +351,12 @@ def cue_points(path: Path) -> int:
     """
     try:
         with open(path, "rb") as f:
-            element = _read_element(f)
-            if element is None or element[0] != _EBML or element[1] is None:
+            element = mkvcat.read_element(f)
+            if element is None or element[0] != mkvcat.EBML or element[1] is None:
                 return 0
             f.seek(element[2] + element[1])
-            segment = _read_element(f)
-            if segment is None or segment[0] != _SEGMENT:
+            segment = mkvcat.read_element(f)
+            if segment is None or segment[0] != mkvcat.SEGMENT:
                 return 0
             segment_start = segment[2]
             segment_end = segment_start + segment[1] if segment[1] is not None else None
@@ -415,30 +364,31 @@ def cue_points(path: Path) -> int:
             pos = segment_start
             while segment_end is None or pos < segment_end:
                 f.seek(pos)
-                element = _read_element(f)
+                element = mkvcat.read_element(f)
                 if element is None or element[1] is None:
                     break
                 eid, size, start = element
-                if eid == _CLUSTER:
+                if eid == mkvcat.CLUSTER:
                     break
-                if eid == _CUES:
+                if eid == mkvcat.CUES:
                     cues_at.append(pos)
-                elif eid == _SEEK_HEAD and size < 1 << 20:
-                    for seek_id, seek in _children(f.read(size)):
-                        if seek_id != _SEEK:
+                elif eid == mkvcat.SEEK_HEAD and size < 1 << 20:
+                    for seek_id, seek in mkvcat.children(f.read(size)):
+                        if seek_id != mkvcat.SEEK:
                             continue
-                        fields = dict(_children(seek))
-                        if fields.get(_SEEK_ID) == _CUES.to_bytes(4, "big") and _SEEK_POSITION in fields:
-                            cues_at.append(segment_start + int.from_bytes(fields[_SEEK_POSITION], "big"))
+                        fields = dict(mkvcat.children(seek))
+                        points_at_cues = fields.get(mkvcat.SEEK_ID) == mkvcat.encode_id(mkvcat.CUES)
+                        if points_at_cues and mkvcat.SEEK_POSITION in fields:
+                            cues_at.append(segment_start + int.from_bytes(fields[mkvcat.SEEK_POSITION], "big"))
                 pos = start + size
             for offset in cues_at:
                 f.seek(offset)
-                element = _read_element(f)
-                if element is None or element[0] != _CUES or element[1] is None or element[1] > 1 << 28:
+                element = mkvcat.read_element(f)
+                if element is None or element[0] != mkvcat.CUES or element[1] is None or element[1] > 1 << 28:
                     continue
                 data = f.read(element[1])
                 if len(data) == element[1]:
-                    return sum(1 for eid, _ in _children(data) if eid == _CUE_POINT)
+                    return sum(1 for eid, _ in mkvcat.children(data) if eid == mkvcat.CUE_POINT)
     except (OSError, ValueError):
         return 0
     return 0
