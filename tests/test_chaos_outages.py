@@ -232,6 +232,7 @@ class Outage:
     media_start: float = 0.0
     media_end: float = 0.0
     frames_during: int = 0
+    restoring_wall: float = 0.0  # time.time() just before the dependency was started again
     restored_wall: float = 0.0  # time.time() when the dependency answered again
 
     def overlaps(self, start_s: float, end_s: float) -> bool:
@@ -252,6 +253,7 @@ async def outage(rig: Rig, sid: str, seconds: float, stop: Callable[[], Awaitabl
     await asyncio.sleep(seconds)
     result.frames_during = stream.stats.video_frames - before
     result.media_end = rig.media_time(sid)
+    result.restoring_wall = time.time()
     await start()
     result.restored_wall = time.time()
     # The stream kept flowing while the dependency was down: media is never held up by a dependency.
@@ -331,11 +333,13 @@ async def assert_master_whole(rig: Rig, sid: str) -> Any:
     return master
 
 
-async def merged_since(rig: Rig, sid: str, since: Any) -> list[Any]:
-    """Batches the worker made after `since` (a database timestamp)."""
+async def merged_since_restore(rig: Rig, sid: str, fault: Outage) -> list[Any]:
+    """Batches the worker made once the dependency was being started again. The bound is the wall clock just
+    before the start (same machine as Postgres): a bound taken later races the worker, which may already have
+    merged the outage's batch while the test waited for something else."""
     async with rig.ctx.pool.acquire() as conn:
-        return list(await conn.fetch("SELECT * FROM batches WHERE session_id = $1 AND created_at > $2 "
-                                     "ORDER BY first_idx", sid, since))
+        return list(await conn.fetch("SELECT * FROM batches WHERE session_id = $1 AND created_at > to_timestamp($2) "
+                                     "ORDER BY first_idx", sid, fault.restoring_wall))
 
 
 async def no_dead_jobs(rig: Rig) -> None:
@@ -379,11 +383,6 @@ async def assert_nothing_lost(rig: Rig, sid: str, fault: Outage) -> tuple[list[A
     return rows, events
 
 
-async def db_now(rig: Rig) -> Any:
-    async with rig.ctx.pool.acquire() as conn:
-        return await conn.fetchval("SELECT now()")
-
-
 def _without_evidence(events: list[Any]) -> int:
     """Events whose evidence JPEG is missing (a figure for the report: analyzers/live.py retries the upload for
     SNAPSHOT_RETRY_S, so this counts only what did not land by the end)."""
@@ -409,11 +408,10 @@ async def test_redis_outage_with_node_and_worker_loses_nothing(deps: Deps, clip:
             # The node's heartbeat registers it again: signaling can place offers on it.
             await wait_for(lambda: _node_seen(rig), within=5)
             reregistered_s = time.time() - fault.restored_wall
-            restored_at = await db_now(rig)
-            # Merge hints lost while Redis was down are made good by the next ones: the worker merges the outage's
+                # Merge hints lost while Redis was down are made good by the next ones: the worker merges the outage's
             # segments while the candidate goes on streaming.
             await wait_merged(rig, sid, fault, within=45)
-            merged_after = await merged_since(rig, sid, restored_at)
+            merged_after = await merged_since_restore(rig, sid, fault)
             await end_in_view(rig, sid, after_s=fault.media_end + 6)
         finally:
             await pc.close()
@@ -437,11 +435,10 @@ async def test_postgres_outage_with_node_and_worker_loses_nothing(deps: Deps, cl
             await stream_until(rig, sid, 7.0)
             fault = await outage(rig, sid, 10.0, in_thread(deps.postgres.stop), in_thread(deps.postgres.start))
             async with rig.ctx.pool.acquire() as conn:
-                restored_at = await conn.fetchval("SELECT now()")
                 status = await conn.fetchval("SELECT status FROM sessions WHERE id = $1", sid)
             assert status == "live"
             await wait_merged(rig, sid, fault, within=60)
-            merged_after = await merged_since(rig, sid, restored_at)
+            merged_after = await merged_since_restore(rig, sid, fault)
             await end_in_view(rig, sid, after_s=fault.media_end + 6)
         finally:
             await pc.close()
@@ -494,12 +491,11 @@ async def _storage_outage(rig: Rig, server: SeaweedS3, clip: EncodedClip, http: 
             await asyncio.to_thread(server.restart)
 
         fault = await outage(rig, sid, STORAGE_OUTAGE_S, in_thread(server.kill), back_with_merges_held)
-        restored_at = await db_now(rig)
         spooled = await _spool_drained(rig, since=fault.restored_wall)
         compared = await _objects_match_rows(rig, sid, fault)
         await lock.release()
         await wait_merged(rig, sid, fault, within=60)
-        merged_after = await merged_since(rig, sid, restored_at)
+        merged_after = await merged_since_restore(rig, sid, fault)
         await end_in_view(rig, sid, after_s=rig.media_time(sid) + 2)
     finally:
         await pc.close()
