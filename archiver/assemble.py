@@ -194,9 +194,25 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
     # After the commit: the pieces the master replaces.
     for piece in pieces:
         await ctx.storage.delete(piece["storage_key"])
+    await _delete_leftovers(ctx, session_id)
     await _publish(ctx, session_id, "finalized")
     log.info("session %s finalized: %.3f s", session_id, result.duration_s if result else 0.0)
     return True
+
+
+async def _delete_leftovers(ctx: Context, session_id: str) -> None:
+    """Segment and batch objects already replaced in Postgres but still stored: a merge killed between its commit
+    and its deletes leaves its segments behind (merged rows are never looked at again). Two listings and one
+    query, whatever the session's length; only keys whose rows say they were replaced are deleted."""
+    async with ctx.pool.acquire() as conn:
+        replaced = {r["storage_key"] for r in await conn.fetch(
+            "SELECT storage_key FROM segments WHERE session_id = $1 AND state = 'merged' AND storage_key IS NOT NULL "
+            "UNION ALL SELECT storage_key FROM batches WHERE session_id = $1 AND state = 'deleted'", session_id)}
+    for prefix in (f"sessions/{session_id}/segments/", f"sessions/{session_id}/batches/"):
+        for obj in await ctx.storage.list(prefix):
+            if obj.key in replaced:
+                log.info("session %s: deleting %s, left behind by an interrupted job", session_id, obj.key)
+                await ctx.storage.delete(obj.key)
 
 
 async def _publish(ctx: Context, session_id: str, status: str) -> None:

@@ -1,5 +1,7 @@
-"""Real `proctor worker` processes: one is killed with SIGKILL in the middle of a finalize job, another takes
-the job over and finishes it; there is exactly one master, with the exact duration."""
+"""Real `proctor worker` processes killed with SIGKILL in the middle of a job: another worker takes the job over
+and finishes it. Mid-finalize (waiting for the session lock) and mid-merge (batches half made, the session lock
+held by the dead worker): every segment ends up in exactly one batch, there is exactly one master with the exact
+duration, and nothing but the master is left in storage."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import pytest
 from archiver.webm import WebmWriter, probe
 from bench.synthetic import encode_clip
 from proctor.context import Context
-from proctor.redis import FINALIZE_STREAM, SESSION_LOCK
+from proctor.redis import FINALIZE_STREAM, MERGE_STREAM, SESSION_LOCK
 from tests.conftest import wait_for
 from tests.media import face_canvas
 
@@ -30,8 +33,8 @@ def _worker(ctx: Context) -> subprocess.Popen[bytes]:
                             cwd=ROOT, env=env)
 
 
-@pytest.mark.slow
-async def test_killed_worker_job_is_finished_by_another(ctx: Context, tmp_path: Path) -> None:
+async def _recorded_session(ctx: Context, tmp_path: Path, segments: int, status: str) -> tuple[str, float]:
+    """A session with `segments` stored 2-s segments (60 frames each); returns (session id, segment seconds)."""
     clip = await asyncio.to_thread(encode_clip, [face_canvas()] * 60, 30, 300_000, 30)
     one = tmp_path / "seg.webm"
     with WebmWriter(one, 640, 480) as writer:
@@ -41,13 +44,35 @@ async def test_killed_worker_job_is_finished_by_another(ctx: Context, tmp_path: 
     async with ctx.pool.acquire() as conn:
         sid = str(await conn.fetchval(
             "INSERT INTO sessions (candidate, exam, status, join_nonce, join_expires_at, ended_at) "
-            "VALUES ('crash', 'e', 'ended', 'n', now(), now()) RETURNING id"))
-        for idx in range(10):
+            "VALUES ('crash', 'e', $1, 'n', now(), CASE WHEN $1 = 'ended' THEN now() END) RETURNING id", status))
+        for idx in range(segments):
             key = f"sessions/{sid}/segments/{idx:06d}.webm"
             await ctx.storage.put_file(key, one)
             await conn.execute("INSERT INTO segments (session_id, idx, start_s, end_s, frames, storage_key, state) "
                                "VALUES ($1, $2, $3, $4, 60, $5, 'stored')", sid, idx, idx * seg_s, (idx + 1) * seg_s,
                                key)
+    return sid, seg_s
+
+
+async def _finalized(ctx: Context, sid: str) -> bool:
+    async with ctx.pool.acquire() as conn:
+        return await conn.fetchval("SELECT status FROM sessions WHERE id = $1", sid) == "finalized"
+
+
+async def _assert_one_exact_master(ctx: Context, sid: str, duration_s: float) -> None:
+    async with ctx.pool.acquire() as conn:
+        masters = await conn.fetch("SELECT * FROM master_videos WHERE session_id = $1", sid)
+    assert len(masters) == 1
+    assert masters[0]["duration_s"] == pytest.approx(duration_s, abs=0.001)
+    assert [o.key for o in await ctx.storage.list(f"sessions/{sid}/")] == [f"sessions/{sid}/master.webm"]
+    copy = Path(tempfile.mkdtemp()) / "master.webm"
+    await ctx.storage.download(f"sessions/{sid}/master.webm", copy)
+    assert probe(copy).duration_s == pytest.approx(duration_s, abs=0.001)
+
+
+@pytest.mark.slow
+async def test_killed_worker_job_is_finished_by_another(ctx: Context, tmp_path: Path) -> None:
+    sid, seg_s = await _recorded_session(ctx, tmp_path, 10, "ended")
     # Hold the session lock so the first worker is caught in the middle of its job, waiting for the lock.
     lock = ctx.redis.lock(SESSION_LOCK.format(session_id=sid), timeout=60)
     assert await lock.acquire(blocking=False)
@@ -72,19 +97,89 @@ async def test_killed_worker_job_is_finished_by_another(ctx: Context, tmp_path: 
             assert await conn.fetchval("SELECT status FROM sessions WHERE id = $1", sid) == "ended"
         second = _worker(ctx)
         try:
-            async def finalized() -> bool:
-                async with ctx.pool.acquire() as conn:
-                    return await conn.fetchval("SELECT status FROM sessions WHERE id = $1", sid) == "finalized"
-
-            await wait_for(finalized, within=60, interval=0.3)  # after the job's idle time (10 s), reclaimed
+            # after the job's idle time (10 s), reclaimed
+            await wait_for(lambda: _finalized(ctx, sid), within=60, interval=0.3)
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(30)
     finally:
         if first.poll() is None:
             first.kill()
+    await _assert_one_exact_master(ctx, sid, 10 * seg_s)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_worker_killed_mid_merge(ctx: Context, tmp_path: Path) -> None:
+    """SIGKILL while a merge job is making batches of a live session: the dead worker's job is reclaimed once idle,
+    its session lock expires by itself (no hand-made cleanup), and the second worker merges the rest. No segment
+    is merged twice or left out; after the session ends, finalize makes the exact master and removes what the
+    killed merge left in storage."""
+    segments = 90
+    size = ctx.settings.merge_batch_segments
+    sid, seg_s = await _recorded_session(ctx, tmp_path, segments, "live")
+    first = _worker(ctx)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await ctx.redis.xadd(MERGE_STREAM, {"session_id": sid})
+
+        async def batches() -> int:
+            async with ctx.pool.acquire() as conn:
+                return await conn.fetchval("SELECT count(*) FROM batches WHERE session_id = $1", sid)
+
+        await wait_for(batches, within=60, interval=0.01)  # the worker is making batches
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        made_by_first = await batches()
+        assert 0 < made_by_first < segments // size, "the kill did not land mid-merge"
+        async with ctx.pool.acquire() as conn:
+            merged_keys = {r["storage_key"] for r in await conn.fetch(
+                "SELECT storage_key FROM segments WHERE session_id = $1 AND state = 'merged'", sid)}
+        left = [o.key for o in await ctx.storage.list(f"sessions/{sid}/segments/") if o.key in merged_keys]
+        print(f"\n[mid-merge kill] batches made before the kill: {made_by_first}, "
+              f"merged segments still stored: {len(left)}")
+        second = _worker(ctx)
+
+        async def all_merged() -> bool:
+            async with ctx.pool.acquire() as conn:
+                return not await conn.fetchval(
+                    "SELECT count(*) FROM segments WHERE session_id = $1 AND state <> 'merged'", sid)
+
+        # The job idles 10 s before it is reclaimed; the dead worker's lock lives up to its 60-s TTL.
+        await wait_for(all_merged, within=120, interval=0.5)
+        async with ctx.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT first_idx, last_idx, start_s, end_s FROM batches WHERE session_id = $1 "
+                                    "ORDER BY first_idx", sid)
+            # Ended here, as signaling does, then finalized by the same surviving worker.
+            await conn.execute("UPDATE sessions SET status = 'ended', ended_at = now() WHERE id = $1", sid)
+        assert [(r["first_idx"], r["last_idx"]) for r in rows] == [(i, i + size - 1) for i in range(0, segments, size)]
+        for row in rows:
+            assert row["end_s"] - row["start_s"] == pytest.approx(size * seg_s, abs=0.001)
+        await ctx.redis.xadd(FINALIZE_STREAM, {"session_id": sid, "reason": "test"})
+        await wait_for(lambda: _finalized(ctx, sid), within=60, interval=0.3)
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(30)
+    await _assert_one_exact_master(ctx, sid, segments * seg_s)
+
+
+async def test_finalize_removes_what_a_killed_merge_left(ctx: Context, tmp_path: Path) -> None:
+    """A merge killed between its commit and its deletes leaves segment objects whose rows say 'merged' (no later
+    merge looks at them again): finalize removes them with everything else the master replaces, and keeps the
+    evidence snapshots stored beside them."""
+    from archiver.assemble import finalize, merge
+
+    sid, seg_s = await _recorded_session(ctx, tmp_path, 6, "live")
+    assert await merge(ctx, sid) == 2
+    for idx in (0, 1, 2):  # the state such a kill leaves: batch 0-2 committed, its segments still stored
+        await ctx.storage.put_file(f"sessions/{sid}/segments/{idx:06d}.webm", tmp_path / "seg.webm")
+    evidence = f"sessions/{sid}/events/1-0123456789ab.jpg"
+    await ctx.storage.put_bytes(evidence, b"\xff\xd8 evidence", content_type="image/jpeg")
     async with ctx.pool.acquire() as conn:
-        masters = await conn.fetch("SELECT * FROM master_videos WHERE session_id = $1", sid)
-    assert len(masters) == 1
-    assert masters[0]["duration_s"] == pytest.approx(10 * seg_s, abs=0.001)
-    assert [o.key for o in await ctx.storage.list(f"sessions/{sid}/")] == [f"sessions/{sid}/master.webm"]
+        await conn.execute("UPDATE sessions SET status = 'ended', ended_at = now() WHERE id = $1", sid)
+    assert await finalize(ctx, sid) is True
+    assert await ctx.storage.exists(evidence)
+    await ctx.storage.delete(evidence)
+    await _assert_one_exact_master(ctx, sid, 6 * seg_s)
