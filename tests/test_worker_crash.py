@@ -33,7 +33,7 @@ def _worker(ctx: Context) -> subprocess.Popen[bytes]:
                             cwd=ROOT, env=env)
 
 
-async def _recorded_session(ctx: Context, tmp_path: Path, segments: int, status: str) -> tuple[str, float]:
+async def recorded_session(ctx: Context, tmp_path: Path, segments: int, status: str) -> tuple[str, float]:
     """A session with `segments` stored 2-s segments (60 frames each); returns (session id, segment seconds)."""
     clip = await asyncio.to_thread(encode_clip, [face_canvas()] * 60, 30, 300_000, 30)
     one = tmp_path / "seg.webm"
@@ -59,7 +59,7 @@ async def _finalized(ctx: Context, sid: str) -> bool:
         return await conn.fetchval("SELECT status FROM sessions WHERE id = $1", sid) == "finalized"
 
 
-async def _assert_one_exact_master(ctx: Context, sid: str, duration_s: float) -> None:
+async def assert_one_exact_master(ctx: Context, sid: str, duration_s: float) -> None:
     async with ctx.pool.acquire() as conn:
         masters = await conn.fetch("SELECT * FROM master_videos WHERE session_id = $1", sid)
     assert len(masters) == 1
@@ -72,7 +72,7 @@ async def _assert_one_exact_master(ctx: Context, sid: str, duration_s: float) ->
 
 @pytest.mark.slow
 async def test_killed_worker_job_is_finished_by_another(ctx: Context, tmp_path: Path) -> None:
-    sid, seg_s = await _recorded_session(ctx, tmp_path, 10, "ended")
+    sid, seg_s = await recorded_session(ctx, tmp_path, 10, "ended")
     # Hold the session lock so the first worker is caught in the middle of its job, waiting for the lock.
     lock = ctx.redis.lock(SESSION_LOCK.format(session_id=sid), timeout=60)
     assert await lock.acquire(blocking=False)
@@ -105,7 +105,7 @@ async def test_killed_worker_job_is_finished_by_another(ctx: Context, tmp_path: 
     finally:
         if first.poll() is None:
             first.kill()
-    await _assert_one_exact_master(ctx, sid, 10 * seg_s)
+    await assert_one_exact_master(ctx, sid, 10 * seg_s)
 
 
 @pytest.mark.slow
@@ -117,7 +117,7 @@ async def test_worker_killed_mid_merge(ctx: Context, tmp_path: Path) -> None:
     killed merge left in storage."""
     segments = 90
     size = ctx.settings.merge_batch_segments
-    sid, seg_s = await _recorded_session(ctx, tmp_path, segments, "live")
+    sid, seg_s = await recorded_session(ctx, tmp_path, segments, "live")
     first = _worker(ctx)
     second: subprocess.Popen[bytes] | None = None
     try:
@@ -162,7 +162,7 @@ async def test_worker_killed_mid_merge(ctx: Context, tmp_path: Path) -> None:
             if worker is not None and worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
                 worker.wait(30)
-    await _assert_one_exact_master(ctx, sid, segments * seg_s)
+    await assert_one_exact_master(ctx, sid, segments * seg_s)
 
 
 async def test_finalize_removes_what_a_killed_merge_left(ctx: Context, tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ async def test_finalize_removes_what_a_killed_merge_left(ctx: Context, tmp_path:
     evidence snapshots stored beside them."""
     from archiver.assemble import finalize, merge
 
-    sid, seg_s = await _recorded_session(ctx, tmp_path, 6, "live")
+    sid, seg_s = await recorded_session(ctx, tmp_path, 6, "live")
     assert await merge(ctx, sid) == 2
     for idx in (0, 1, 2):  # the state such a kill leaves: batch 0-2 committed, its segments still stored
         await ctx.storage.put_file(f"sessions/{sid}/segments/{idx:06d}.webm", tmp_path / "seg.webm")
@@ -182,4 +182,4 @@ async def test_finalize_removes_what_a_killed_merge_left(ctx: Context, tmp_path:
     assert await finalize(ctx, sid) is True
     assert await ctx.storage.exists(evidence)
     await ctx.storage.delete(evidence)
-    await _assert_one_exact_master(ctx, sid, 6 * seg_s)
+    await assert_one_exact_master(ctx, sid, 6 * seg_s)
