@@ -115,6 +115,7 @@ class StreamAnalysis:
         self._convert_lock = threading.Lock()
         self._last_rgb: tuple[float, np.ndarray] | None = None
         self.db_ids: dict[int, int] = {}  # rules event id -> events.id
+        self._extendable: dict[str, int] = {}  # kind -> rules event id of its latest extendable event
         self._thumb_at = 0.0
         self._pending: set[asyncio.Future[None]] = set()
         self._snapshot_lock = asyncio.Lock()
@@ -218,8 +219,16 @@ class StreamAnalysis:
             await self._publish(change, event_id, arrived)
         except Exception as exc:
             log.warning("session %s: event %s not published: %s", self.session_id, event_id, exc)
-        if change.type == "end":
-            self.db_ids.pop(change.event_id, None)
+        extendable = self.rules.extends_ended(change.kind)
+        if change.type == "end" or (extendable and change.type == "update"):
+            if extendable:
+                # A merged instant (copy/paste) may be extended after its end: keep the id of the kind's latest.
+                previous = self._extendable.get(change.kind)
+                if previous is not None and previous != change.event_id:
+                    self.db_ids.pop(previous, None)
+                self._extendable[change.kind] = change.event_id
+            else:
+                self.db_ids.pop(change.event_id, None)
             # After the publish: the session score is derived data and must not delay the alert.
             try:
                 async with self.analysis.ctx.pool.acquire() as conn:
@@ -282,7 +291,8 @@ class StreamAnalysis:
     async def _publish(self, change: EventChange, event_id: int, arrived: float | None) -> None:
         message = {"type": "event", "action": change.type, "session_id": self.session_id,
                    "event": {"id": event_id, "kind": change.kind, "start_s": change.start_s, "end_s": change.end_s,
-                             "confidence": change.confidence}, "at": time.time()}
+                             "confidence": change.confidence, "count": change.details.get("count")},
+                   "at": time.time()}
         await self.analysis.ctx.redis.publish(LIVE_CHANNEL, json.dumps(message))
         if arrived is not None:
             self.analysis.latency_ms.append((time.time() - arrived) * 1000)

@@ -14,7 +14,9 @@ clear run had begun, else the last active frame). So a stalled stream never inve
 
 Latched kinds (browser signals from the page's data channel) are state changes: a state holds until the next
 message, so `tick(media_time_s)` (call it every second or so) confirms starts/ends between messages; times are
-exact whatever the tick rate. Instant kinds (copy/cut/paste) are events with start_s == end_s.
+exact whatever the tick rate. Instant kinds (copy/cut/paste) are events with start_s == end_s; one that comes
+within `merge_within_s` of the last of its kind extends that event instead (an update: end_s moves, details count
+them), so a candidate pasting twenty times in a minute is one flag saying so, not twenty.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class KindRule:
     max_gap_s: float = 3.0  # frame kinds: longer without an observation breaks the run
     latched: bool = False  # browser state: holds between messages
     instant: bool = False  # one-off: start and end at once
+    merge_within_s: float = 0.0  # instant kinds: closer than this to the last one extends it (0: never)
 
 
 FRAME_KINDS = ("no_face", "multiple_people", "looking_away", "identity_mismatch", "phone")
@@ -60,7 +63,7 @@ class RulesConfig:
             "window_blur": KindRule(2.0, 0.5, latched=True),
             "fullscreen_exit": KindRule(1.0, 0.5, latched=True),
             "second_screen": KindRule(0.0, 0.0, latched=True),
-            "copy_paste": KindRule(0.0, 0.0, instant=True),
+            "copy_paste": KindRule(0.0, 0.0, instant=True, merge_within_s=10.0),
         })
 
     def with_timing(self, timing: str | Mapping[str, tuple[float, float]]) -> RulesConfig:
@@ -134,12 +137,28 @@ class _Track:
         return self.start_s is not None
 
 
+@dataclass
+class _Instant:
+    """The last event of an instant kind, which a close enough next one extends."""
+
+    event_id: int
+    start_s: float
+    end_s: float
+    peak: float
+    signals: dict[str, int]
+
+    def details(self) -> dict[str, Any]:
+        first = next(iter(self.signals), None)
+        return {"signal": first, "count": sum(self.signals.values()), "signals": dict(self.signals)}
+
+
 class EventRules:
     """The events of one stream. Not thread-safe: one caller (the stream's analysis loop) at a time."""
 
     def __init__(self, config: RulesConfig | None = None) -> None:
         self.config = config or RulesConfig.default()
         self._tracks: dict[str, _Track] = {}
+        self._instants: dict[str, _Instant] = {}
         self._next_id = 0
 
     def _rule(self, kind: str) -> KindRule:
@@ -163,11 +182,7 @@ class EventRules:
         details = dict(details or {})
         t = float(media_time_s)
         if rule.instant:
-            if not active:
-                return []
-            event_id = self._new_id()
-            return [EventChange(kind_type, kind, t, t, float(confidence), details, frame_ref, event_id)
-                    for kind_type in ("start", "end")]
+            return self._instant(kind, rule, t, float(confidence), details, frame_ref) if active else []
         tr = self._tracks.setdefault(kind, _Track())
         if tr.last_t is not None and t < tr.last_t:
             return []  # out of order: the timeline only moves forward
@@ -196,6 +211,26 @@ class EventRules:
                 changes += self._break(kind, tr)
         return changes
 
+    def _instant(self, kind: str, rule: KindRule, t: float, confidence: float, details: dict[str, Any],
+                 frame_ref: Any) -> list[EventChange]:
+        signal = str(details.get("signal") or kind)
+        last = self._instants.get(kind)
+        if last is not None and abs(t - last.end_s) <= rule.merge_within_s + EPS and rule.merge_within_s > 0:
+            last.end_s = max(last.end_s, t)
+            last.peak = max(last.peak, confidence)
+            last.signals[signal] = last.signals.get(signal, 0) + 1
+            return [EventChange("update", kind, last.start_s, last.end_s, last.peak, {**details, **last.details()},
+                                frame_ref, last.event_id)]
+        last = self._instants[kind] = _Instant(self._new_id(), t, t, confidence, {signal: 1})
+        merged = {**details, **last.details()}
+        return [EventChange(kind_type, kind, t, t, confidence, merged, frame_ref, last.event_id)
+                for kind_type in ("start", "end")]
+
+    def extends_ended(self, kind: str) -> bool:
+        """Whether a later change may extend an event of `kind` after its end (merged instants): the caller
+        keeps that event's id for it."""
+        return self._rule(kind).merge_within_s > 0
+
     def flush(self, media_time_s: float) -> list[EventChange]:
         """The stream ended at `media_time_s`: end every open event (pending runs that never qualified vanish)."""
         t = float(media_time_s)
@@ -212,6 +247,7 @@ class EventRules:
                 end = tr.clear_start if tr.clear_start is not None else max(t, tr.start_s)
                 changes.append(self._end(kind, tr, end))
         self._tracks.clear()
+        self._instants.clear()
         return changes
 
     def browser_signal(self, message: dict[str, Any], media_time_s: float) -> list[EventChange]:

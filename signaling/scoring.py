@@ -1,9 +1,11 @@
 """The session's suspicion score: flags weighted by kind and by how long they lasted, dismissed ones excluded.
 
 score = min(100, sum over events of weight[kind] * max(duration_s, 1) / 10): a weight is the points one flag of
-that kind earns per 10 seconds (an instant flag counts as one second). Weights are a setting (SCORE_WEIGHTS);
-kinds without a weight earn 1. The score is stored on the session and refreshed whenever an event ends or
-a reviewer changes its state, so lists sort and filter on it without recomputing.
+that kind earns per 10 seconds. An instant flag counts as one second; merged instants (copy/paste), whose
+details count them, as one second each, so twenty pastes in a minute weigh what twenty separate flags did.
+Weights are a setting (SCORE_WEIGHTS); kinds without a weight earn 1. The score is stored on the session and
+refreshed whenever an event ends or grows (a merged instant) or a reviewer changes its state, so lists sort and
+filter on it without recomputing.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ async def refresh_score(conn: asyncpg.Connection, session_id: str, weights: dict
     """Recompute and store the score (connections come from proctor.db pools, whose jsonb codec encodes dicts)."""
     score = await conn.fetchval(
         "UPDATE sessions SET score = least(100, coalesce((SELECT sum(coalesce(($2::jsonb ->> e.kind)::float, 1) "
-        "* greatest(coalesce(e.end_s, e.start_s) - e.start_s, 1) / 10) FROM events e "
+        "* CASE WHEN jsonb_typeof(e.details -> 'count') = 'number' THEN (e.details ->> 'count')::float "
+        "ELSE greatest(coalesce(e.end_s, e.start_s) - e.start_s, 1) END / 10) FROM events e "
         "WHERE e.session_id = $1 AND e.review_state <> 'dismissed'), 0)) WHERE id = $1 RETURNING score",
         session_id, weights)
     return float(score or 0.0)

@@ -57,6 +57,11 @@ async def test_score_weighs_kind_and_duration(ctx: Context) -> None:
         assert await refresh_score(conn, sid, weights) == pytest.approx(0.6)
         await conn.execute("INSERT INTO events (session_id, kind, start_s, end_s) VALUES ($1, 'phone', 0, 1000)", sid)
         assert await refresh_score(conn, sid, weights) == 100.0  # capped
+        await conn.execute("DELETE FROM events WHERE session_id = $1", sid)
+        # Merged copy/pastes: one second each, whatever the span (7 over 40 s: 2 * 7/10), not 2 * 40/10.
+        await conn.execute("INSERT INTO events (session_id, kind, start_s, end_s, details) VALUES "
+                           "($1, 'copy_paste', 10, 50, '{\"count\": 7}'::jsonb)", sid)
+        assert await refresh_score(conn, sid, weights) == pytest.approx(1.4)
     with pytest.raises(ValueError, match="kind=number"):
         parse_weights("phone")
     with pytest.raises(ValueError, match="negative"):

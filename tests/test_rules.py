@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from analyzers.base import AnalyzerConfig
@@ -214,15 +216,37 @@ def test_short_tab_switch_and_refocus_are_ignored() -> None:
     assert [(c.type, c.start_s, c.end_s) for c in out] == [("start", 2.0, None), ("end", 2.0, 12.0)]
 
 
-def test_copy_paste_are_instantaneous() -> None:
+def test_copy_paste_are_instantaneous_and_close_ones_merge() -> None:
     rules = EventRules()
     out = rules.browser_signal({"type": "paste", "at": 1}, 42.5)
     assert [(c.type, c.kind, c.start_s, c.end_s) for c in out] == [("start", "copy_paste", 42.5, 42.5),
                                                                     ("end", "copy_paste", 42.5, 42.5)]
-    assert out[0].details == {"signal": "paste"} and out[0].event_id == out[1].event_id
-    again = rules.browser_signal({"type": "copy"}, 42.6)
-    assert again[0].event_id != out[0].event_id
-    assert rules.flush(50.0) == []
+    assert out[0].details == {"signal": "paste", "count": 1, "signals": {"paste": 1}}
+    assert out[0].event_id == out[1].event_id
+    # Within 10 s of the last one: the same flag, extended and counted (no new alert).
+    again = rules.browser_signal({"type": "copy"}, 42.6) + rules.browser_signal({"type": "paste"}, 51.0)
+    assert [(c.type, c.start_s, c.end_s, c.event_id) for c in again] == [
+        ("update", 42.5, 42.6, out[0].event_id), ("update", 42.5, 51.0, out[0].event_id)]
+    assert again[-1].details == {"signal": "paste", "count": 3, "signals": {"paste": 2, "copy": 1}}
+    assert rules.extends_ended("copy_paste") and not rules.extends_ended("tab_hidden")
+    # Measured from the last one (51.0), not the first: 61.5 is too far, a new flag.
+    later = rules.browser_signal({"type": "cut"}, 61.5)
+    assert [c.type for c in later] == ["start", "end"] and later[0].event_id != out[0].event_id
+    assert later[0].details == {"signal": "cut", "count": 1, "signals": {"cut": 1}}
+    assert rules.flush(70.0) == []
+    # After a flush (the stream ended), a new connection's first paste is a new flag.
+    assert [c.type for c in rules.browser_signal({"type": "paste"}, 70.5)] == ["start", "end"]
+
+
+def test_copy_paste_merging_can_be_turned_off() -> None:
+    config = RulesConfig.default()
+    config = replace(config, rules={**config.rules, "copy_paste": replace(config.rules["copy_paste"],
+                                                                          merge_within_s=0.0)})
+    rules = EventRules(config)
+    first = rules.browser_signal({"type": "paste"}, 1.0)
+    second = rules.browser_signal({"type": "paste"}, 1.0)
+    assert [c.type for c in first + second] == ["start", "end", "start", "end"]
+    assert first[0].event_id != second[0].event_id
 
 
 def test_second_screen_from_hello() -> None:

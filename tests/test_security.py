@@ -214,11 +214,14 @@ async def test_data_channel_garbage_is_dropped_and_the_stream_goes_on(
 
     async def copies_written() -> list[Any] | None:
         rows = await _events(ctx, sid)
-        return rows if len(rows) >= passed else None
+        return rows if sum(r["details"].get("count", 0) for r in rows) >= passed else None
 
+    # Copies closer than 10 s to the last one extend its flag: the flood is one flag (or a few, if the sender
+    # paused), counting every copy that passed.
     rows = await wait_for(copies_written, within=20)
-    assert len(rows) == passed and {(r["kind"], r["source"]) for r in rows} == {("copy_paste", "browser")}
-    assert all(r["details"] == {"signal": "copy"} for r in rows)
+    assert {(r["kind"], r["source"]) for r in rows} == {("copy_paste", "browser")}
+    assert 1 <= len(rows) <= 3 and sum(r["details"]["count"] for r in rows) == passed, [dict(r) for r in rows]
+    assert all(r["details"]["signals"] == {"copy": r["details"]["count"]} for r in rows)
 
     # The same connection is still up, with frames flowing (and the rate limit refilling meanwhile).
     assert media_node.streams.get(sid) is stream

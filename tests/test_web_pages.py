@@ -371,6 +371,18 @@ async def test_live_monitor(web_server: RunningApp, browser: Any, staff_user: di
     print(f"live alert shown {delay * 1000:.0f} ms after publish (page clock: {in_page} ms after `at`)")
     assert delay < 1.0
     await page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
+    # Copy/pastes close together are one flag that counts them (analyzers/rules.py merges them): it grows in place.
+    async with ctx.pool.acquire() as conn:
+        paste_id = await conn.fetchval("INSERT INTO events (session_id, kind, start_s, end_s, details) VALUES "
+                                       "($1, 'copy_paste', 20.0, 20.0, '{\"count\": 1}') RETURNING id", sid)
+    for action, end_s, count in (("start", 20.0, 1), ("end", 20.0, 1), ("update", 24.5, 3)):
+        await ctx.redis.publish(LIVE_CHANNEL, json.dumps({
+            "type": "event", "action": action, "session_id": sid, "at": time.time(),
+            "event": {"id": paste_id, "kind": "copy_paste", "start_s": 20.0, "end_s": end_s, "confidence": 1.0,
+                      "count": count}}))
+    flag = card.locator(f'li[data-event-id="{paste_id}"]')
+    await page.wait_for_selector(f'li[data-event-id="{paste_id}"] .kind:text-is("copy_paste ×3")', timeout=2000)
+    assert await flag.count() == 1 and "0:20" in await flag.locator(".when").text_content()
     # Connection state follows the media node's messages.
     await ctx.redis.publish(LIVE_CHANNEL, json.dumps({"type": "connection", "session_id": sid,
                                                       "connection": "disconnected", "at": time.time()}))

@@ -162,13 +162,14 @@ async def live_page(request: web.Request) -> web.Response:
             "WHERE status = 'live' ORDER BY started_at NULLS LAST, created_at")
         events = await conn.fetch(
             "SELECT e.id, e.session_id, e.kind, e.start_s, e.end_s, e.confidence, e.acknowledged_at, "
+            "CASE WHEN jsonb_typeof(e.details -> 'count') = 'number' THEN (e.details ->> 'count')::int END AS count, "
             "e.snapshot_key IS NOT NULL AS has_snapshot FROM events e JOIN sessions s ON s.id = e.session_id "
             "WHERE s.status = 'live' AND (e.end_s IS NULL OR e.acknowledged_at IS NULL) ORDER BY e.start_s")
     flags: dict[str, list[dict[str, Any]]] = {}
     for e in events:
         flags.setdefault(str(e["session_id"]), []).append({
             "id": e["id"], "kind": e["kind"], "start_s": e["start_s"], "end_s": e["end_s"],
-            "confidence": e["confidence"], "acknowledged": e["acknowledged_at"] is not None})
+            "confidence": e["confidence"], "count": e["count"], "acknowledged": e["acknowledged_at"] is not None})
     config = {"sessions": [{
         "id": str(r["id"]), "candidate": r["candidate"], "exam": r["exam"], "status": r["status"],
         "connection": "connected" if r["recent"] else "unknown", "duration_s": r["duration_s"],

@@ -84,6 +84,8 @@
           "Acknowledge"));
       list.prepend(li);
     }
+    // Merged copy/pastes count themselves: "copy_paste ×7".
+    li.querySelector(".kind").textContent = ev.count > 1 ? `${ev.kind} ×${ev.count}` : ev.kind;
     li.querySelector(".when").textContent = ev.end_s === null || ev.end_s === undefined
       ? `since ${staff.fmtTime(ev.start_s)}` : `${staff.fmtTime(ev.start_s)}–${staff.fmtTime(ev.end_s)}`;
     li.dataset.open = ev.end_s === null || ev.end_s === undefined ? "1" : "0";
