@@ -127,6 +127,14 @@ def _score_weights(raw: str) -> str:
     return raw.strip()
 
 
+def _networks(raw: str) -> tuple[str, ...]:
+    from web.proxy import parse_networks
+
+    entries = _csv(raw)
+    parse_networks(entries)  # raises ValueError naming the bad entry
+    return entries
+
+
 def _setting(env: str, default: str, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
     return field(default=None, metadata={"env": env, "default": default, "parse": parse, "doc": doc, "secret": secret})
 
@@ -166,6 +174,10 @@ class Settings:
     public_base_url: str = _setting(
         "PUBLIC_BASE_URL", "", _url("http", "https"),
         "Base URL candidates and proctors use (join links). Empty: http://HTTP_HOST:HTTP_PORT.")
+    trusted_proxies: tuple[str, ...] = _setting(
+        "TRUSTED_PROXIES", "", _networks,
+        "Reverse proxies (IPs or CIDRs, comma list) whose X-Forwarded-For/-Proto name the client; login "
+        "throttling and audit IPs then see candidates and staff, not the proxy. Empty: trust no header.")
     secret_key: str = _setting(
         "SECRET_KEY", "", _str,
         "Signs join links and cookies; at least 32 characters. Empty: generated once into $PROCTOR_DATA_DIR.",

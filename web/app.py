@@ -14,6 +14,7 @@ from analyzers.models import model_status
 from proctor.context import Context
 from proctor.http import redact_path
 from proctor.settings import Settings
+from web.proxy import CLIENT, forwarded, parse_networks
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
 def create_app(settings: Settings, ctx: Context | None = None) -> web.Application:
     from web.auth import identify
 
-    app = web.Application(client_max_size=12 * 1024 * 1024, middlewares=[unavailable, identify])
+    # The client's own address first, for everything after it (login throttling, audit, the access log).
+    app = web.Application(client_max_size=12 * 1024 * 1024,
+                          middlewares=[forwarded(parse_networks(settings.trusted_proxies)), unavailable, identify])
     app[SETTINGS] = settings
 
     async def open_context(app: web.Application) -> Any:
@@ -104,7 +107,8 @@ class AccessLogger(AbstractAccessLogger):
     credential."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.debug('%s "%s %s" %s %.1f ms', request.remote, request.method, redact_path(request.path),
+        client = request.get(CLIENT) or request.remote  # web/proxy.py: the client behind a trusted proxy
+        self.logger.debug('%s "%s %s" %s %.1f ms', client, request.method, redact_path(request.path),
                           response.status, time * 1000)
 
     @property

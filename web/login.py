@@ -63,7 +63,8 @@ def secure_headers(response: web.StreamResponse) -> None:
 
 
 def _secure(request: web.Request) -> bool:
-    return request.app[CTX].settings.base_url.startswith("https://")
+    # https as users reach us: PUBLIC_BASE_URL, or a trusted proxy's X-Forwarded-Proto (web/proxy.py).
+    return request.app[CTX].settings.base_url.startswith("https://") or request.scheme == "https"
 
 
 def _safe_next(raw: str | None) -> str:
