@@ -252,17 +252,27 @@
   });
   let pieceErrors = 0;
   let masterErrors = 0;
+  function refreshMaster() {
+    if (state.mode !== "master" || !state.masterUrl || state.deleted || masterErrors >= 5) return false;
+    // The presigned URL behind the master route expired (PRESIGN_SECONDS) during a long review: ask the
+    // route again (it redirects to a fresh one) and carry on at the same time.
+    masterErrors += 1;
+    state.pendingSeek = state.pendingSeek ?? video.currentTime;
+    state.autoplay = !video.paused;
+    const sep = state.masterUrl.includes("?") ? "&" : "?";
+    video.src = `${state.masterUrl}${sep}retry=${Date.now()}`;
+    return true;
+  }
+  // Chromium does not fire "error" promptly for an expired URL: S3's 403 (an XML body) is blocked for a media
+  // request (ORB) as a network failure, which its media loader retries with back-off for ~30 s, the video frozen
+  // meanwhile. So a seek, or playback, stalled for data (no bytes for ~3 s) takes a fresh URL at once too.
+  // (On a merely slow network that costs a reload; masterErrors caps it.)
+  video.addEventListener("stalled", () => {
+    const waiting = video.seeking || (!video.paused && video.readyState < HTMLMediaElement.HAVE_FUTURE_DATA);
+    if (state.masterLoaded && waiting) refreshMaster();
+  });
   video.addEventListener("error", () => {
-    if (state.mode === "master" && state.masterUrl && !state.deleted && masterErrors < 5) {
-      // The presigned URL behind the master route expired (PRESIGN_SECONDS) during a long review: ask the
-      // route again (it redirects to a fresh one) and carry on at the same time.
-      masterErrors += 1;
-      state.pendingSeek = state.pendingSeek ?? video.currentTime;
-      state.autoplay = !video.paused;
-      const sep = state.masterUrl.includes("?") ? "&" : "?";
-      video.src = `${state.masterUrl}${sep}retry=${Date.now()}`;
-      return;
-    }
+    if (refreshMaster()) return;
     // A piece merged into a batch (or the master) since the list was read: read the list again, same time.
     if (state.mode !== "preview" || !state.playing || state.deleted || pieceErrors > 5) return;
     pieceErrors += 1;
@@ -272,6 +282,11 @@
     schedule(500);
   });
   video.addEventListener("playing", () => { pieceErrors = 0; masterErrors = 0; });
+  // A reviewer who stays paused and only clicks events never fires "playing": a seek that lands proves the URL
+  // works too, or the cap (5) would end recovery after 5 expiries in one sitting.
+  video.addEventListener("seeked", () => {
+    if (video.readyState >= HTMLMediaElement.HAVE_CURRENT_DATA) masterErrors = 0;
+  });
 
   // --- loading and polling --------------------------------------------------------------------------------
 
