@@ -125,6 +125,28 @@ class StreamStats:
         return (len(recent) - 1) / span, sum(n for _, n in recent[1:]) * 8 / 1000 / span
 
 
+@dataclass
+class TokenBucket:
+    """`burst` at once, then `rate_per_s`."""
+
+    burst: float
+    rate_per_s: float
+    tokens: float = field(init=False)
+    at: float = field(init=False, default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate_per_s)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
 class CandidateStream:
     """A candidate's peer connection. Other rooms attach to it through `on_encoded`, `sampler` and `on_signal`
     without this class knowing what they do."""
@@ -145,7 +167,11 @@ class CandidateStream:
         self.signal_sinks: list[Callable[[float, dict[str, Any]], None]] = []
         self.close_hooks: list[Callable[[CandidateStream], Any]] = []
         self.video_receiver: RTCRtpReceiver | None = None
-        self.channel: RTCDataChannel | None = None
+        self.channel: RTCDataChannel | None = None  # the page's first data channel
+        self._channels = 0
+        # One bucket per connection, not per channel: opening more channels must not refill it.
+        self._signals = TokenBucket(self.SIGNAL_BURST, self.SIGNAL_RATE_PER_S)
+        self._pongs = TokenBucket(self.PONG_BURST, self.PONG_RATE_PER_S)
         self.first_frame = asyncio.Event()
         self.closed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,6 +184,9 @@ class CandidateStream:
     # --- setup ---------------------------------------------------------------------------------------
     async def answer(self, sdp: str) -> RTCSessionDescription:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if self.pc.sctp is not None:
+            # Before any channel opens: the first message can already be a hostile channel-open.
+            self._guard_receive(self.pc.sctp)
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "video":
                 _prefer_codec(transceiver, "video/VP8")
@@ -223,30 +252,28 @@ class CandidateStream:
     # of events a second (every copy/cut/paste message is an event).
     SIGNAL_BURST = 40
     SIGNAL_RATE_PER_S = 10.0
+    # The page opens one channel; a peer opening more gets a few (harmless), then each new one is closed.
+    MAX_CHANNELS = 4
+    # The page pings once a second; a ping flood is not answered (each pong costs the node a send).
+    PONG_BURST = 5
+    PONG_RATE_PER_S = 2.0
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        self.channel = channel
-        self._signal_tokens = float(self.SIGNAL_BURST)
-        self._signal_at = time.monotonic()
-        self._guard_receive(channel)
-        channel.on("message", self._on_message)
+        self._guard_receive(channel.transport)
+        self._channels += 1
+        if self._channels > self.MAX_CHANNELS:
+            self.stats.bad_signals += 1
+            channel.close()
+            return
+        if self.channel is None:
+            self.channel = channel
+        channel.on("message", lambda message: self._on_message(message, channel))
 
-    def _signal_allowed(self) -> bool:
-        now = time.monotonic()
-        self._signal_tokens = min(float(self.SIGNAL_BURST),
-                                  self._signal_tokens + (now - self._signal_at) * self.SIGNAL_RATE_PER_S)
-        self._signal_at = now
-        if self._signal_tokens < 1.0:
-            return False
-        self._signal_tokens -= 1.0
-        return True
-
-    def _guard_receive(self, channel: RTCDataChannel) -> None:
+    def _guard_receive(self, transport: Any) -> None:
         """aiortc parses each data-channel message itself before any handler runs (the UTF-8 of a text message,
         DCEP fields checked with asserts); a hostile message raises out of its receive path, which ends the DTLS
         transport and so the whole connection, media included. Drop such a message instead of the connection.
         Installed once per SCTP transport; `_data_channel_receive` is private (aiortc is pinned)."""
-        transport = channel.transport
         receive = getattr(transport, "_data_channel_receive", None)
         if receive is None or getattr(transport, "_proctor_guarded", False):
             return
@@ -298,7 +325,7 @@ class CandidateStream:
                 return None
         return data
 
-    def _on_message(self, message: Any) -> None:
+    def _on_message(self, message: Any, channel: RTCDataChannel | None = None) -> None:
         """Browser signals (tab hidden, blur, ...): small JSON objects with a `type`; anything else, and signals
         beyond the rate limit, are counted as bad and dropped, never allowed to raise."""
         data = self._parse_signal(message)
@@ -308,10 +335,14 @@ class CandidateStream:
         if data["type"] == "ping":
             # The page's liveness check: a dead node stops answering and the page reconnects within seconds,
             # instead of waiting for ICE consent to expire (30 s).
-            if self.channel is not None and self.channel.readyState == "open":
-                self.channel.send(json.dumps({"type": "pong", "t": data.get("t")}))
+            if not self._pongs.take():
+                self.stats.bad_signals += 1
+                return
+            reply_to = channel or self.channel  # the channel the ping came on
+            if reply_to is not None and reply_to.readyState == "open":
+                reply_to.send(json.dumps({"type": "pong", "t": data.get("t")}))
             return
-        if not self._signal_allowed():
+        if not self._signals.take():
             self.stats.bad_signals += 1
             return
         self.stats.signals += 1

@@ -318,6 +318,82 @@ def _fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]
         return exc.code, exc.read()
 
 
+def _queue_dcep(peer: Peer, stream_id: int, data: bytes, *, first: bool = False) -> None:
+    """A raw data-channel-protocol (DCEP) message from the peer on `stream_id`, below aiortc's checks."""
+    from types import SimpleNamespace
+
+    from aiortc.rtcsctptransport import WEBRTC_DCEP
+
+    transport = peer.pc.sctp
+    entry = (SimpleNamespace(id=stream_id), WEBRTC_DCEP, data)
+    if first:
+        transport._data_channel_queue.appendleft(entry)  # before the page's own channel-open
+    else:
+        transport._data_channel_queue.append(entry)
+        asyncio.ensure_future(transport._data_channel_flush())
+
+
+def _dcep_open(label: bytes) -> bytes:
+    import struct
+
+    return struct.pack("!BBHLHH", 3, 0, 0, 0, len(label), 0) + label  # DATA_CHANNEL_OPEN, reliable, ordered
+
+
+@pytest.mark.slow
+async def test_hostile_channel_opens_and_extra_channels(web_server: RunningApp, media_node: MediaNode,
+                                                        admin_token: str, encoded_clip: EncodedClip,
+                                                        frame_log: FrameLog) -> None:
+    """The very first SCTP message is a channel-open whose label is not UTF-8 (aiortc raises on it before any
+    channel exists, which used to end the connection); later a second open for a channel already open (an
+    assert in aiortc). Both are dropped. Extra channels do not refill the signal rate limit, and past
+    MAX_CHANNELS each new one is closed; the page's own channel and its media go on."""
+    from media_server.ice import install_host_addresses
+
+    install_host_addresses(("127.0.0.1",))
+    sid, token = await _new_session(web_server.url, admin_token)
+    peer = Peer(encoded_clip)
+    _queue_dcep(peer, 1001, _dcep_open(b"\xff\xfe"), first=True)
+    try:
+        await peer.connect(f"{web_server.url}/api/sessions/{sid}/offer", token)
+
+        async def ready() -> bool:
+            stream = media_node.streams.get(sid)
+            return bool(peer.channel.readyState == "open" and stream is not None and stream.first_frame.is_set())
+
+        await wait_for(ready, within=20)
+        stream = media_node.streams[sid]
+        await peer.barrier("connected")
+        assert stream.stats.bad_signals == 1  # the first open
+        _queue_dcep(peer, peer.channel.id, _dcep_open(b"signals"))  # a second open of the open channel
+        await peer.barrier("after-reopen")
+        assert stream.stats.bad_signals == 2
+
+        extra = CandidateStream.MAX_CHANNELS + 3
+        channels = [peer.pc.createDataChannel(f"extra-{i}") for i in range(extra)]
+        # The node keeps MAX_CHANNELS channels in all (the page's own included) and closes the rest.
+        kept = CandidateStream.MAX_CHANNELS - 1
+
+        async def settled() -> bool:
+            states = [c.readyState for c in channels]
+            return states.count("open") == kept and states.count("closed") == extra - kept
+
+        await wait_for(settled, within=10)
+        assert stream.stats.bad_signals == 2 + extra - kept
+        signals_before, started = stream.stats.signals, time.monotonic()
+        for channel in channels[:kept]:
+            for _ in range(CandidateStream.SIGNAL_BURST):
+                channel.send(json.dumps({"type": "copy"}))
+        await peer.barrier("after-extra-floods")
+        passed = stream.stats.signals - signals_before
+        elapsed = time.monotonic() - started
+        # One bucket for the connection: the extra channels' bursts did not add up (it had refilled to one burst).
+        assert passed <= CandidateStream.SIGNAL_BURST + CandidateStream.SIGNAL_RATE_PER_S * elapsed + 1, passed
+        assert media_node.streams.get(sid) is stream and peer.pc.connectionState == "connected"
+        assert await _frames_flow(frame_log, sid) > 15
+    finally:
+        await peer.pc.close()
+
+
 # --- 2. secrets never reach the logs -----------------------------------------------------------------------------
 
 
