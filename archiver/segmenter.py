@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from archiver.spool import Spool, SpoolSegment, Uploader
+from archiver.spool import Spool, SpoolSegment, Uploader, mark_lost
 from media_server.stream import CandidateStream
 from media_server.taps import EncodedFrame, vp8_size
 from proctor.context import Context
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 PLI_LEAD_S = 0.1  # ask for the keyframe this long before the boundary (Chromium answers in 50-70 ms)
 PLI_RETRY_S = 0.5
 ALERT_EVERY_S = 60.0
+# After the spool refused a write: how long to drop frames (and send no PLI) before trying a new segment.
+RETRY_OPEN_S = 2.0
 NOMINAL_FRAME_S = 1 / 30
 AUDIO_FRAME_MS = 20
 
@@ -42,6 +44,7 @@ class _Open:
     frames: int = 0
     pending: tuple[bytes, float, bool] | None = None  # (VP8 frame, media time, keyframe) awaiting its duration
     pli_sent_at: float | None = None
+    broken: bool = False  # a write failed (spool disk full): nothing more is written to it; salvaged at upload
 
 
 @dataclass
@@ -68,6 +71,7 @@ class StreamRecorder:
         self.stats = RecorderStats()
         self._last_pli = 0.0
         self._last_alert = -ALERT_EVERY_S
+        self._retry_open_at = 0.0  # monotonic; while the spool is failing, no segment is opened before it
         self._closed = False
         stream.encoded_sinks.append(self.on_frame)
         stream.close_hooks.append(self.on_close)
@@ -88,6 +92,9 @@ class StreamRecorder:
             self.stats.losses += 1
             self.dropping = True
         if self.dropping:
+            if time.monotonic() < self._retry_open_at:  # the spool just failed: no keyframe storm meanwhile
+                self.stats.dropped_frames += 1
+                return
             if not keyframe:
                 self.stats.dropped_frames += 1
                 self._ask_keyframe()
@@ -132,7 +139,15 @@ class StreamRecorder:
 
     def _open(self, frame: EncodedFrame, t: float) -> None:
         size = vp8_size(frame.data) or (0, 0)
-        segment = self.archive.spool.new_segment(self.stream.session_id, t)
+        try:
+            segment = self.archive.spool.new_segment(self.stream.session_id, t)
+        except OSError as exc:  # the spool's disk is full (or failing): drop frames, say so, try again later
+            log.error("session %s: no new segment (%s); frames dropped for %.0f s", self.stream.session_id, exc,
+                      RETRY_OPEN_S)
+            self.stats.write_errors += 1
+            self.stats.dropped_frames += 1
+            self._spool_failed(exc)
+            return
         current = _Open(segment)
         current.pending = (frame.data, t, True)
         self.current = current
@@ -157,17 +172,34 @@ class StreamRecorder:
         self.stats.plis += 1
         asyncio.ensure_future(self.stream.request_keyframe())
 
-    def _submit(self, fn: Any, *args: Any) -> None:
+    def _submit(self, fn: Any, current: _Open, *args: Any) -> None:
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(self.archive.executor, self._guard, loop, fn, args)
+        loop.run_in_executor(self.archive.executor, self._guard, loop, fn, current, args)
 
-    def _guard(self, loop: asyncio.AbstractEventLoop, fn: Any, args: tuple[Any, ...]) -> None:
+    def _guard(self, loop: asyncio.AbstractEventLoop, fn: Any, current: _Open, args: tuple[Any, ...]) -> None:
         try:
-            fn(*args)
+            fn(current, *args)
         except Exception as exc:
             self.stats.write_errors += 1
-            log.exception("archive write failed for session %s", self.stream.session_id)
-            loop.call_soon_threadsafe(self._alert, exc)
+            first = not current.broken
+            current.broken = True  # on the archive thread, before any later write to it runs
+            if first:
+                log.error("archive write failed for session %s: %s", self.stream.session_id, exc)
+                loop.call_soon_threadsafe(self._write_failed, current, exc)
+
+    def _write_failed(self, current: _Open, exc: Exception) -> None:
+        """A segment could not be written: end it where it is (the uploader keeps what reached the disk) and
+        start a new one at a later keyframe, once the spool takes writes again."""
+        if self.current is current:
+            self.current = None
+            current.pending = None
+            self._close(current, end_s=self.stream.clock.end_s)
+        self._spool_failed(exc)
+
+    def _spool_failed(self, exc: Exception) -> None:
+        self.dropping = True
+        self._retry_open_at = time.monotonic() + RETRY_OPEN_S
+        self._alert(exc)
 
     def _alert(self, exc: Exception) -> None:
         """Never silent: a failed archive write (spool disk full, I/O error) becomes an event on the session's
@@ -210,19 +242,26 @@ def _open_writer(current: _Open, spool: Spool, size: tuple[int, int]) -> None:
 
 
 def _write_video(current: _Open, data: bytes, pts: int, duration: int, keyframe: bool) -> None:
-    if current.writer is not None:
+    if current.writer is not None and not current.broken:
         current.writer.write_video(data, pts, duration, keyframe)
 
 
 def _write_audio(current: _Open, data: bytes, pts: int) -> None:
-    if current.writer is not None:
+    if current.writer is not None and not current.broken:
         current.writer.write_audio(data, pts, AUDIO_FRAME_MS)
 
 
 def _close_writer(current: _Open, spool: Spool) -> None:
-    if current.writer is not None:
-        current.writer.close()
-        current.writer = None
+    writer, current.writer = current.writer, None
+    if writer is not None:
+        try:
+            writer.close()  # writes the Cues: can fail on a full disk too
+        except Exception:
+            if not current.broken:
+                raise  # _guard marks it broken and says so
+    if current.broken:
+        # Left in state "writing": the uploader salvages what reached the disk, as for a crashed writer's file.
+        return
     current.segment.state = "closed"
     spool.save(current.segment)
 
@@ -276,18 +315,7 @@ class Archive:
             if recovered is not None:
                 self.uploader.submit(recovered)
             else:
-                await self._mark_lost(orphan)
-
-    async def _mark_lost(self, segment: SpoolSegment) -> None:
-        """A dead writer's segment with nothing usable: say so now, so finalize does not wait LOST_SEGMENT_S
-        for a row that will never be stored."""
-        try:
-            async with self.ctx.pool.acquire() as conn:
-                await conn.execute("UPDATE segments SET state = 'failed' WHERE spool_id = $1 "
-                                   "AND state IN ('recording', 'spooled')",
-                                   segment.spool_id)
-        except Exception as exc:  # finalize's LOST_SEGMENT_S still catches it
-            log.warning("could not mark segment %s lost: %s", segment.spool_id, exc)
+                await mark_lost(self.ctx, orphan)
 
     async def stop(self, within_s: float = 20.0) -> None:
         await asyncio.get_running_loop().run_in_executor(self.executor, lambda: None)

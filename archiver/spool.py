@@ -9,6 +9,7 @@ wrote it (node id and pid), so recovery needs nothing but the spool folder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -61,15 +62,25 @@ class Spool:
 
     def new_segment(self, session_id: str, start_s: float) -> SpoolSegment:
         segment = SpoolSegment(uuid.uuid4().hex, session_id, start_s, self.node_id, os.getpid())
-        segment.path(self.root).parent.mkdir(parents=True, exist_ok=True)
-        self.save(segment)
+        folder = segment.path(self.root).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.save(segment)
+        except OSError:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: the session's first segment
+            raise
         return segment
 
     def save(self, segment: SpoolSegment) -> None:
         sidecar = segment.sidecar(self.root)
         tmp = sidecar.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(segment)))
-        os.replace(tmp, sidecar)
+        try:
+            tmp.write_text(json.dumps(asdict(segment)))
+            os.replace(tmp, sidecar)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk leaves a partial one
+            raise
 
     def remove(self, segment: SpoolSegment) -> None:
         segment.path(self.root).unlink(missing_ok=True)
@@ -100,7 +111,11 @@ class Spool:
             return segment
         path = segment.path(self.root)
         fixed = path.with_suffix(".recovered.webm")
-        result = recover_partial(path, fixed) if path.exists() else None
+        try:
+            result = recover_partial(path, fixed) if path.exists() else None
+        except BaseException:  # no room to write the copy (disk full): keep the original, try again later
+            fixed.unlink(missing_ok=True)
+            raise
         if result is None or result.video_frames == 0:
             log.error("segment %s of session %s held no usable video; removed", segment.spool_id,
                       segment.session_id)
@@ -143,6 +158,17 @@ async def allocate(conn: asyncpg.Connection, segment: SpoolSegment) -> int:
             "VALUES ($1, $2, $3, $3, 'recording', $4, $5)",
             segment.session_id, idx, segment.start_s, segment.node_id, segment.spool_id)
         return int(idx)
+
+
+async def mark_lost(ctx: Context, segment: SpoolSegment) -> None:
+    """A segment with nothing usable: say so now, so finalize does not wait LOST_SEGMENT_S for a row that will
+    never be stored."""
+    try:
+        async with ctx.pool.acquire() as conn:
+            await conn.execute("UPDATE segments SET state = 'failed' WHERE spool_id = $1 "
+                               "AND state IN ('recording', 'spooled')", segment.spool_id)
+    except Exception as exc:  # finalize's LOST_SEGMENT_S still catches it
+        log.warning("could not mark segment %s lost: %s", segment.spool_id, exc)
 
 
 class Uploader:
@@ -246,9 +272,27 @@ class Uploader:
 
     async def upload(self, segment: SpoolSegment) -> None:
         path = segment.path(self.spool.root)
+        if segment.state != "closed":
+            # Its writing failed (spool disk full): keep what reached the disk, as for a crashed writer's segment.
+            # Raises while there is no room for the copy; the segments queued before it free that room.
+            if await asyncio.to_thread(self.spool.recover, segment) is None:
+                await mark_lost(self.ctx, segment)
+                return
+        if not path.exists():
+            # Nothing was ever written (the spool refused even the file's creation): nothing to keep, and retrying
+            # would block every segment queued behind it.
+            log.error("segment %s of session %s has no file in the spool; marked lost", segment.spool_id,
+                      segment.session_id)
+            self.spool.remove(segment)
+            await mark_lost(self.ctx, segment)
+            return
         if segment.idx is None:
             await self.allocate(segment)
-            self.spool.save(segment)
+            try:
+                self.spool.save(segment)  # the index, for a restart; the database has it already
+            except OSError as exc:
+                # A full disk must not stop the upload that frees it.
+                log.warning("segment %s: sidecar not updated (%s)", segment.spool_id, exc)
         sha256, size = await asyncio.to_thread(file_sha256, path)
         await self.ctx.storage.put_file(segment.key(), path, content_type="video/webm")
         async with self.ctx.pool.acquire() as conn:

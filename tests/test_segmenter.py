@@ -9,6 +9,8 @@ import asyncio
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,7 @@ async def _stream(archive: Archive, clip: EncodedClip, session_id: str, seconds:
         data, _ = clip.video[i % len(clip.video)]
         if lose_at is not None and abs(t - lose_at) < 0.5 / FPS:
             stream.losses += 1  # the jitter buffer threw packets away before this frame
+        stream.clock.end_s = t  # as the node's clock advances with each frame
         stream.feed(EncodedFrame("video", "VP8", data, i * 3000, 90_000), t)
         while base_s + audio_i * 0.02 <= t:
             stream.feed(EncodedFrame("audio", "opus", clip.audio[audio_i % len(clip.audio)], audio_i * 960, 48_000),
@@ -297,3 +300,86 @@ async def test_an_unrecoverable_orphan_is_marked_failed_at_once(ctx: Context, tm
         assert state == "failed" and spool.segments() == []
     finally:
         await archive.stop()
+
+
+@contextmanager
+def _tiny_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of `size` (tmpfs) at `path`; the test is skipped where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.slow
+async def test_real_disk_full_alerts_keeps_what_was_written_and_resumes(
+        ctx: Context, clip: EncodedClip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spool on a real 1 MB filesystem while storage is down: segments pile up until writes fail with
+    ENOSPC. The recorder raises one alert and never lets the error reach the media path; the segment being
+    written keeps what reached the disk; once storage is back and the spool drains, recording resumes on its
+    own. Every segment finished before the disk filled is stored whole, and finalize makes a clean master."""
+    import archiver.spool
+    from archiver.assemble import finalize
+
+    monkeypatch.setattr(archiver.spool, "MAX_BACKOFF_S", 0.5)
+    storage = _Outage(ctx.storage)
+    with _tiny_disk(tmp_path / "spool-disk", "1m") as disk:
+        settings = replace(ctx.settings, segment_seconds=2, data_dir=disk)
+        archive = Archive(Context(settings, ctx.pool, ctx.redis, storage))  # type: ignore[arg-type]
+        await archive.start(f"full-{uuid.uuid4().hex[:6]}")
+        try:
+            session_id = await _session(ctx)
+            seconds = 40.0
+            streaming = asyncio.create_task(_stream(archive, clip, session_id, seconds, pace=0.06))
+
+            async def alerted() -> Any:
+                async with ctx.pool.acquire() as conn:
+                    return await conn.fetchrow("SELECT * FROM events WHERE session_id = $1 "
+                                               "AND kind = 'recording_error'", session_id)
+
+            alert = await wait_for(alerted, within=30, interval=0.1)
+            assert "spool disk full" in alert["details"]["message"]
+            assert not streaming.done(), "the disk filled only after the stream ended: slow the stream"
+            storage.down = False  # storage back: the spool drains, and the recorder finds room again
+            await asyncio.wait_for(streaming, 60)  # no exception reached the stream's frame path
+
+            async def settled() -> list[Any] | None:
+                async with ctx.pool.acquire() as conn:
+                    rows = await conn.fetch("SELECT * FROM segments WHERE session_id = $1 ORDER BY idx", session_id)
+                return rows if rows and all(r["state"] in ("stored", "failed") for r in rows) else None
+
+            rows = await wait_for(settled, within=60)
+        finally:
+            await archive.stop()
+        assert list(disk.glob("spool/*/*")) == []  # the spool drained completely
+    stored = [r for r in rows if r["state"] == "stored"]
+    gaps = [(a["end_s"], b["start_s"]) for a, b in zip(stored, stored[1:], strict=False)
+            if b["start_s"] - a["end_s"] > 0.002]
+    # One hole, where the disk was full; whole 2-s segments on both sides of it.
+    assert len(gaps) == 1, [(r["idx"], r["start_s"], r["end_s"], r["frames"], r["state"]) for r in rows]
+    hole_start, hole_end = gaps[0]
+    assert alert["start_s"] - 2.5 <= hole_start <= alert["start_s"] + 0.5  # near when the alert was raised
+    before = [r for r in stored if r["end_s"] <= hole_start]
+    after = [r for r in stored if r["start_s"] >= hole_end]
+    assert len(before) >= 3 and after and stored[-1]["end_s"] == pytest.approx(seconds, abs=0.05)
+    assert all(r["frames"] == 2 * FPS for r in before[:-1])  # finished before the disk filled: whole
+    async with ctx.pool.acquire() as conn:
+        await conn.execute("UPDATE sessions SET status = 'ended', ended_at = now() WHERE id = $1", session_id)
+        events = await conn.fetchval("SELECT count(*) FROM events WHERE session_id = $1", session_id)
+    assert events == 1  # one alert, not one per frame or per retry
+    assert await finalize(ctx, session_id) is True
+    async with ctx.pool.acquire() as conn:
+        master = await conn.fetchrow("SELECT * FROM master_videos WHERE session_id = $1", session_id)
+    path = tmp_path / "master.webm"
+    await ctx.storage.download(master["storage_key"], path)
+    info = await asyncio.to_thread(probe, path, True)
+    assert info.decode_errors == 0 and info.duration_s == pytest.approx(seconds, abs=0.05)
+    assert info.video_frames == sum(r["frames"] for r in stored)
+    print(f"\n[disk full] hole {hole_start:.2f}-{hole_end:.2f} s ({hole_end - hole_start:.2f} s not recorded), "
+          f"last segment before it {before[-1]['frames']} frames, segments lost {len(rows) - len(stored)}, "
+          f"master {info.duration_s:.2f} s with {info.video_frames} frames, 0 decode errors")
