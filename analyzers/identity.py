@@ -4,59 +4,29 @@ DeepFace embeddings (default model `Dlib`, whose weights ship in the face-recogn
 `analyzers.models.install_bundled_weights` places in $DEEPFACE_HOME/.deepface/weights). We find and crop the
 face ourselves with mediapipe (largest face, rotated so the eyes are level, square box without margin — the
 crop dlib's model was trained on is about that tight) and call DeepFace with `detector_backend="skip"`, so no
-DeepFace face detector (most need downloaded weights) is ever used.
+DeepFace face detector (most need downloaded weights) is ever used. The embedding itself runs in a process of
+its own (analyzers/embedder.py): dlib holds the GIL for a whole inference.
 
 Offline rules: the weights file is checked *before* DeepFace builds the model (otherwise DeepFace tries to
-download it), and $DEEPFACE_HOME is set before deepface is imported (it creates its folders at import and
-reads the variable again whenever it looks for weights).
+download it), and the embedding process sets $DEEPFACE_HOME before it imports deepface (it creates its folders
+at import and reads the variable again whenever it looks for weights).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import cv2
 import numpy as np
 
+from analyzers import embedder
 from analyzers.base import AnalyzerConfig, Detector, DetectorUnavailable, Signal, clamp01, load_once
 from analyzers.faces import Face, detect_faces, load_face_detection
 from analyzers.models import IDENTITY_WEIGHTS
 
 MIN_FACE_PX = 40  # faces narrower than this give unreliable embeddings: no signal
-_infer_locks: dict[str, threading.Lock] = {}
-_deepface_lock = threading.Lock()
-
-
-@contextmanager
-def _deepface_env(models_home: str) -> Iterator[None]:
-    """While deepface is imported and a model is built: $DEEPFACE_HOME = our models home (DeepFace creates its
-    folders at import and looks for weights at build) and the ONNX backend engine (DeepFace picks TensorFlow,
-    then PyTorch, when installed — ultralytics brings torch — and would then look for .h5/.pth weights that
-    analyzers.models does not check for). Restored afterwards so the rest of the process is unaffected."""
-    wanted = {"DEEPFACE_HOME": models_home, "DEEPFACE_BACKEND_ENGINE": "onnx"}
-    with _deepface_lock:
-        before = {name: os.environ.get(name) for name in wanted}
-        os.environ.update(wanted)
-        try:
-            yield
-        finally:
-            for name, value in before.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
-
-def _deepface() -> Any:
-    from deepface import DeepFace
-
-    return DeepFace
 
 
 def deepface_threshold(model_name: str, metric: str) -> float:
@@ -135,24 +105,11 @@ class IdentityDetector(Detector):
             name, home = self.model_name, str(self.config.models_home)
 
             def build() -> Any:
-                with _deepface_env(home):
-                    deepface = _deepface()
-                    from deepface.commons.backend_utils import get_backend_engine
-                    from deepface.modules.modeling import ANY, AVAILABLE_MODELS
-
-                    engine = get_backend_engine()
-                    if engine != "onnx" and ANY not in AVAILABLE_MODELS["facial_recognition"].get(name, {}):
-                        raise DetectorUnavailable(
-                            f"DeepFace already runs on {engine} in this process; {name} needs its onnx backend")
-                    try:
-                        model = deepface.build_model(name)
-                    except Exception as exc:
-                        raise DetectorUnavailable(f"DeepFace could not build {name}: {exc}") from exc
-                _infer_locks[name] = threading.Lock()
-                blank = np.full((160, 160, 3), 0.5, np.float32)
-                deepface.represent(blank, model_name=name, detector_backend="skip", enforce_detection=False,
-                                   align=False)
-                return model
+                # In the embedding process (analyzers/embedder.py): dlib holds the GIL for a whole inference.
+                try:
+                    return embedder.build(name, home)
+                except Exception as exc:
+                    raise DetectorUnavailable(f"DeepFace could not build {name}: {exc}") from exc
 
             self._model = load_once(("deepface", name), build)
             load_face_detection()  # the face-finding graphs, too
@@ -180,11 +137,7 @@ class IdentityDetector(Detector):
         # DeepFace's "skip" path takes BGR; scaled to 0..1 like its own detectors' crops, which every model
         # (Dlib included) expects.
         bgr = np.ascontiguousarray(crop[:, :, ::-1], dtype=np.float32) / 255.0
-        deepface = _deepface()
-        with _infer_locks[self.model_name]:  # dlib's network and DeepFace's model cache are not thread-safe
-            result = deepface.represent(bgr, model_name=self.model_name, detector_backend="skip",
-                                        enforce_detection=False, align=False)
-        return np.asarray(result[0]["embedding"], dtype=np.float64)
+        return embedder.embed(self.model_name, str(self.config.models_home), bgr)
 
     def embed(self, rgb: np.ndarray) -> tuple[np.ndarray, Face] | None:
         """Embedding of the largest face (None when there is no usable face)."""
