@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-EMBED_TIMEOUT_S = 60.0  # a first call waits for the worker to start and build the model
+EMBED_TIMEOUT_S = 60.0
+NICE = 10  # a first call waits for the worker to start and build the model
 _pools: dict[tuple[str, str], ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
@@ -41,6 +42,9 @@ def _exit_with_parent(parent: int) -> None:
 def _worker_init(model_name: str, models_home: str, parent: int) -> None:
     global _model_name
     threading.Thread(target=_exit_with_parent, args=(parent,), name="orphan-watch", daemon=True).start()
+    # Below the node in CPU priority: on a busy machine the event loop carrying RTP and the per-frame detectors
+    # come first; an identity check a little late costs nothing (a mismatch needs two checks in a row anyway).
+    os.nice(NICE)
     # Before deepface is imported: it creates its folders at import and looks for weights under this home; ONNX
     # so that an installed TensorFlow or PyTorch is never picked (their weights are not the ones we ship).
     os.environ["DEEPFACE_HOME"] = models_home

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -111,6 +112,20 @@ async def new_session(http: aiohttp.ClientSession, base: str, token: str, name: 
     return body["id"], body["join_url"]
 
 
+async def upload_reference(http: aiohttp.ClientSession, base: str, sid: str, join_token: str,
+                           face: np.ndarray) -> None:
+    from PIL import Image
+
+    photo = io.BytesIO()
+    Image.fromarray(face).save(photo, format="JPEG")
+    form = aiohttp.FormData()
+    form.add_field("photo", photo.getvalue(), filename="ref.jpg", content_type="image/jpeg")
+    async with http.post(f"{base}/api/sessions/{sid}/reference", data=form,
+                         headers={"Authorization": f"Bearer {join_token}"}) as response:
+        if response.status != 201:
+            raise RuntimeError(f"reference photo refused: {response.status} {await response.text()}")
+
+
 async def page_loads(base: str, token: str, node_urls: list[str], reloads: int) -> list[float]:
     from playwright.async_api import async_playwright
 
@@ -175,18 +190,22 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
             while len(pcs) < target:
                 session_id, join_url = await new_session(http, base, token, f"synthetic-{len(pcs)}")
                 join_token = join_url.rsplit("/", 1)[1]
+                # Enrolled, as every real candidate is: the identity detector compares each face with it.
+                await upload_reference(http, base, session_id, join_token, base_frame)
                 ours.add(session_id)
                 # Each sender starts at another keyframe: candidates do not all look away at the same instant.
                 pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer", join_token, http,
                                                 start_keyframe=len(pcs)))
             await asyncio.sleep(3)  # let every stream settle
-            for proc in node_procs:
-                proc.cpu_percent(None)
+            cpu_before = [tree_cpu_s(proc) for proc in node_procs]
+            wall_before = time.monotonic()
             loader.cpu_percent(None)
-            rss_before = [proc.memory_info().rss for proc in node_procs]
+            rss_before = [tree_rss(proc) for proc in node_procs]
             before = [plugin_counts(await stats(http, node["url"]), ours) for node in nodes]
             await asyncio.sleep(hold)
-            cpus = [proc.cpu_percent(None) for proc in node_procs]
+            wall = time.monotonic() - wall_before
+            cpus = [(tree_cpu_s(proc) - earlier) / wall * 100 for proc, earlier in zip(node_procs, cpu_before,
+                                                                                          strict=True)]
             loader_cpu = loader.cpu_percent(None)
             per_node = []
             snap = []
@@ -261,7 +280,8 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
         f"({os.cpu_count()} CPUs, the synthetic senders too), each with the archiver and every available analyzer "
         "on every stream at its default rate; signaling places each stream on the least loaded node. Each step "
         f"adds senders (pre-encoded 640x480@30 VP8 + Opus: {CLIP_FACE_S} s of a moving face, then {CLIP_EMPTY_S} s "
-        f"with nobody, looped, so no_face alerts come and go), waits 3 s, then measures over {args.hold:g} s.", "",
+        f"with nobody, looped, so no_face alerts come and go), waits 3 s, then measures over {args.hold:g} s. "
+        "Node CPU and RSS include the node's child process (the identity embedder's worker).", "",
         f"Page reload -> first frame at the server (real Chromium, {len(loads)} reloads): median "
         f"{loads_s['median']} s, p95 {loads_s['p95']} s.", "",
         f"Streams carried: **{carried}**. A step passes when every stream keeps >= 25 fps with < 1 % RTP loss, the "
@@ -362,6 +382,35 @@ async def _run(args: argparse.Namespace, base: str, data_dir: Path, urls: dict[s
             os.killpg(media.pid, signal.SIGINT)
         for media in extra:
             media.wait(60)
+
+
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    """A media node with its child processes (the identity embedder's worker): their cost is the node's."""
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return [proc]
+
+
+def tree_cpu_s(proc: psutil.Process) -> float:
+    total = 0.0
+    for member in _tree(proc):
+        try:
+            times = member.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass  # exited between the listing and the read
+    return total
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for member in _tree(proc):
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def main() -> None:

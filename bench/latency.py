@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import time
@@ -32,7 +31,7 @@ import aiohttp
 import numpy as np
 
 import bench.synthetic as synthetic
-from bench.ingest import RESULTS, new_session, node_info, running_system, stats
+from bench.ingest import RESULTS, new_session, node_info, running_system, stats, upload_reference
 
 FPS = 30
 DELAYS = {"start": 3.0, "end": 2.0}  # no_face hysteresis (analyzers/rules.py defaults)
@@ -69,20 +68,6 @@ def percentiles(values: list[float]) -> dict[str, Any]:
     arr = np.array(values)
     return {"n": len(values), **{f"p{q}": round(float(np.percentile(arr, q)), 1) for q in (50, 95, 99)},
             "min": round(float(arr.min()), 1), "max": round(float(arr.max()), 1)}
-
-
-async def upload_reference(http: aiohttp.ClientSession, base: str, sid: str, join_token: str,
-                           face: np.ndarray) -> None:
-    from PIL import Image
-
-    photo = io.BytesIO()
-    Image.fromarray(face).save(photo, format="JPEG")
-    form = aiohttp.FormData()
-    form.add_field("photo", photo.getvalue(), filename="ref.jpg", content_type="image/jpeg")
-    async with http.post(f"{base}/api/sessions/{sid}/reference", data=form,
-                         headers={"Authorization": f"Bearer {join_token}"}) as response:
-        if response.status != 201:
-            raise RuntimeError(f"reference photo refused: {response.status} {await response.text()}")
 
 
 async def run_bench(base: str, token: str, node: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
