@@ -25,7 +25,7 @@ import aiohttp
 import numpy as np
 import psutil
 
-from bench.ingest import RESULTS, new_session, node_info, running_system, stats, tree_rss
+from bench.ingest import RESULTS, new_session, node_info, running_system, stats, tree_rss, upload_reference
 
 WARMUP_S = 20
 WARM_S = 120
@@ -56,8 +56,10 @@ async def soak(args: argparse.Namespace) -> dict:
                 pcs = []
                 for i in range(args.streams):
                     session_id, join_url = await new_session(http, base, token, f"{prefix}-{i}")
-                    pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer",
-                                                    join_url.rsplit("/", 1)[1], http, start_keyframe=i))
+                    join_token = join_url.rsplit("/", 1)[1]
+                    await upload_reference(http, base, session_id, join_token, face)  # identity checks run too
+                    pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer", join_token,
+                                                    http, start_keyframe=i))
                 return pcs
 
             async def hang_up(pcs: list[Any], floor: dict[str, Any] | None) -> dict[str, Any]:
