@@ -112,7 +112,9 @@ def _trend(xs: list[float], ys: list[float]) -> tuple[float, float]:
 def _sample(snap: dict[str, Any], proc: psutil.Process, t_s: int) -> dict[str, Any]:
     fps = [s["fps"] for s in snap["streams"]]
     uploader = snap.get("plugins", {}).get("Archive", {}).get("uploader", {})
-    return {"t_s": t_s, "rss_mb": round(tree_rss(proc) / 2**20, 1), "streams": len(snap["streams"]),
+    return {"t_s": t_s, "rss_mb": round(tree_rss(proc) / 2**20, 1),
+            "node_rss_mb": round(proc.memory_info().rss / 2**20, 1),  # without the embedder worker
+            "streams": len(snap["streams"]),
             "min_fps": min(fps) if fps else 0, "loop_lag_p99_ms": snap["loop_lag_ms"]["p99"],
             "threads": proc.num_threads(), "fds": proc.num_fds(), "tasks": snap.get("tasks"),
             "peer_connections": snap.get("peer_connections"), "decode_queue": snap.get("decode_queue"),
