@@ -167,8 +167,7 @@ class CandidateStream:
         self.signal_sinks: list[Callable[[float, dict[str, Any]], None]] = []
         self.close_hooks: list[Callable[[CandidateStream], Any]] = []
         self.video_receiver: RTCRtpReceiver | None = None
-        self.channel: RTCDataChannel | None = None  # the page's first data channel
-        self._channels = 0
+        self._channels = 0  # data channels the peer opened
         # One bucket per connection, not per channel: opening more channels must not refill it.
         self._signals = TokenBucket(self.SIGNAL_BURST, self.SIGNAL_RATE_PER_S)
         self._pongs = TokenBucket(self.PONG_BURST, self.PONG_RATE_PER_S)
@@ -265,8 +264,6 @@ class CandidateStream:
             self.stats.bad_signals += 1
             channel.close()
             return
-        if self.channel is None:
-            self.channel = channel
         channel.on("message", lambda message: self._on_message(message, channel))
 
     def _guard_receive(self, transport: Any) -> None:
@@ -325,7 +322,7 @@ class CandidateStream:
                 return None
         return data
 
-    def _on_message(self, message: Any, channel: RTCDataChannel | None = None) -> None:
+    def _on_message(self, message: Any, channel: RTCDataChannel) -> None:
         """Browser signals (tab hidden, blur, ...): small JSON objects with a `type`; anything else, and signals
         beyond the rate limit, are counted as bad and dropped, never allowed to raise."""
         data = self._parse_signal(message)
@@ -338,9 +335,8 @@ class CandidateStream:
             if not self._pongs.take():
                 self.stats.bad_signals += 1
                 return
-            reply_to = channel or self.channel  # the channel the ping came on
-            if reply_to is not None and reply_to.readyState == "open":
-                reply_to.send(json.dumps({"type": "pong", "t": data.get("t")}))
+            if channel.readyState == "open":  # answered on the channel the ping came on
+                channel.send(json.dumps({"type": "pong", "t": data.get("t")}))
             return
         if not self._signals.take():
             self.stats.bad_signals += 1
