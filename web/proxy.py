@@ -57,7 +57,7 @@ def client_of(peer: str | None, forwarded_for: str, networks: tuple[Network, ...
             return None  # a garbled chain: trust none of it
         if not _trusted(hop, networks):
             return str(hop)
-    return str(hops[0]) if hops else None  # every hop is a proxy of ours: the first one is the client
+    return str(hops[0])  # every hop is a proxy of ours: the first one is the client
 
 
 def scheme_of(peer: str | None, forwarded_proto: str, networks: tuple[Network, ...]) -> str | None:
