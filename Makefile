@@ -7,13 +7,26 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 SYSTEM_PACKAGES := chromium docker-compose
 
-.PHONY: up test chaos bench venv system lint lock clean-data
+.PHONY: up test test-fast check chaos bench venv system lint lock clean-data
 
 up: venv
 	$(VENV)/bin/proctor up
 
-test: venv system
+test: venv system check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The shape of the code, before any test runs: the import direction (import-linter contracts in pyproject.toml:
+# core <- plumbing <- store <- features <- web <- cli) and the types (mypy over every package). Fails on a violation.
+check: venv
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+# The quick loop (~2 minutes on 2 cores): `make test` less the browser tests, the `slow` ones (more than a few
+# seconds each: outages, restarts, whole pipelines) and chaos. Needs no chromium (only docker-compose, for the
+# compose test). This -m replaces the one in pytest's addopts, so it must keep `not chaos`.
+test-fast: SYSTEM_PACKAGES := docker-compose
+test-fast: venv system check
+	$(PY) -m pytest -m 'not browser and not slow and not chaos' $(PYTEST_ARGS)
 
 # Too slow for `make test` (~15 minutes): the long dependency outage (storage gone for 60 s, with a media node and
 # a worker attached; pytest's addopts deselect the `chaos` marker, this -m replaces that), then the 10-minute soak
@@ -47,7 +60,7 @@ system:
 		fi; \
 	fi
 
-lint: venv
+lint: venv check
 	$(VENV)/bin/ruff check .
 
 # Re-pin after changing pyproject.toml (needs the registries).

@@ -1,6 +1,6 @@
 """What every detector is: one small class behind one interface, chosen by configuration (like Frigate's plugins).
 
-A detector turns one sampled RGB frame into `Signal`s (per-frame observations); `analyzers.rules.EventRules`
+A detector turns one sampled RGB frame into `Signal`s (per-frame observations); `core.rules.EventRules`
 turns those into events with hysteresis. Detectors run in worker threads and are CPU-bound.
 
 Threading model: one detector *instance* per candidate stream (so per-stream state — the gaze baseline, the
@@ -17,14 +17,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-T = TypeVar("T")
+from core.rules import RulesConfig
+from proctor.settings import Settings
 
-ALL_DETECTORS = ("faces", "gaze", "identity", "phone")
+T = TypeVar("T")
 
 
 class DetectorUnavailable(Exception):
@@ -69,73 +69,10 @@ class Detector(ABC):
         return True, self.name
 
 
-@dataclass(frozen=True)
-class AnalyzerConfig:
-    """Everything the detectors and the event rules read; `from_settings` works before Settings has the fields."""
-
-    enabled: tuple[str, ...] = ALL_DETECTORS
-    models_home: Path = Path(".data/models")  # DeepFace home: weights in models_home/.deepface/weights
-    # faces
-    faces_fps: float = 4.0
-    face_min_score: float = 0.6
-    # gaze
-    gaze_fps: float = 4.0
-    gaze_yaw_deg: float = 30.0
-    gaze_pitch_deg: float = 25.0
-    gaze_iris: float = 0.15  # iris offset from its baseline, in eye widths
-    gaze_baseline_s: float = 3.0
-    # identity
-    identity_model: str = "Dlib"
-    identity_interval_s: float = 5.0
-    identity_metric: str = "cosine"
-    identity_threshold: float = 0.0  # 0: DeepFace's threshold for the model and metric
-    # phone
-    phone_model_path: str = ""
-    phone_fps: float = 1.0
-    phone_conf: float = 0.35
-    phone_iou: float = 0.45
-    # events: "kind=start/end,..." overrides of analyzers.rules defaults, e.g. "no_face=5/2,phone=2/3"
-    event_timing: str = ""
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> AnalyzerConfig:
-        def get(name: str) -> Any:
-            return getattr(settings, name, getattr(cls, name))
-
-        enabled = getattr(settings, "analyzers_enabled", cls.enabled)
-        if isinstance(enabled, str):
-            enabled = tuple(part.strip() for part in enabled.split(",") if part.strip())
-        models_home = getattr(settings, "models_home", None)
-        return cls(
-            enabled=tuple(enabled),
-            models_home=Path(models_home) if models_home else cls.models_home,
-            faces_fps=float(get("faces_fps")),
-            face_min_score=float(get("face_min_score")),
-            gaze_fps=float(get("gaze_fps")),
-            gaze_yaw_deg=float(get("gaze_yaw_deg")),
-            gaze_pitch_deg=float(get("gaze_pitch_deg")),
-            gaze_iris=float(get("gaze_iris")),
-            gaze_baseline_s=float(get("gaze_baseline_s")),
-            identity_model=str(get("identity_model")),
-            identity_interval_s=float(get("identity_interval_s")),
-            identity_metric=str(get("identity_metric")),
-            identity_threshold=float(get("identity_threshold")),
-            phone_model_path=str(get("phone_model_path") or ""),
-            phone_fps=float(get("phone_fps")),
-            phone_conf=float(get("phone_conf")),
-            phone_iou=float(get("phone_iou")),
-            event_timing=str(get("event_timing") or ""),
-        )
-
-    @property
-    def weights_dir(self) -> Path:
-        return Path(self.models_home) / ".deepface" / "weights"
-
-    def rules_config(self) -> Any:
-        """The event rules for these settings (identity checks are sparse: allow gaps of a few intervals)."""
-        from analyzers.rules import RulesConfig
-
-        return RulesConfig.default(identity_interval_s=self.identity_interval_s).with_timing(self.event_timing)
+def rules_config(settings: Settings) -> RulesConfig:
+    """The event rules for these settings: core.rules' defaults with EVENT_TIMING's overrides; identity checks
+    are sparse, so their allowed gap follows IDENTITY_INTERVAL_S."""
+    return RulesConfig.default(identity_interval_s=settings.identity_interval_s).with_timing(settings.event_timing)
 
 
 def default_pool_size() -> int:
@@ -184,13 +121,13 @@ _once: dict[Any, Any] = {}
 def load_once(key: Any, loader: Callable[[], T]) -> T:
     """A process-wide cache: `loader()` runs once per key (serialized); a failure is not cached."""
     try:
-        return _once[key]  # type: ignore[no-any-return]
+        return _once[key]
     except KeyError:
         pass
     with _once_lock:
         if key not in _once:
             _once[key] = loader()
-        return _once[key]  # type: ignore[no-any-return]
+        return _once[key]
 
 
 def clamp01(value: float) -> float:

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.base import AnalyzerConfig, Detector, DetectorUnavailable, ModelPool, Signal, clamp01, load_once
+from analyzers.base import Detector, DetectorUnavailable, ModelPool, Signal, clamp01, load_once
+from proctor.settings import Settings
 
-# The graph's own floor; we filter by AnalyzerConfig.face_min_score after it, so scores just below the
+# The graph's own floor; we filter by Settings.face_min_score after it, so scores just below the
 # configured minimum are still reported in details for tuning.
 GRAPH_MIN_SCORE = 0.3
 
@@ -76,10 +77,9 @@ def detect_faces(rgb: np.ndarray) -> list[Face]:
 class FaceDetector(Detector):
     name = "faces"
 
-    def __init__(self, config: AnalyzerConfig | None = None) -> None:
-        config = config or AnalyzerConfig()
-        self.fps = config.faces_fps
-        self.min_score = config.face_min_score
+    def __init__(self, settings: Settings) -> None:
+        self.fps = settings.faces_fps
+        self.min_score = settings.face_min_score
         self._error: str | None = None
 
     def load(self) -> None:

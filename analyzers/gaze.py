@@ -20,7 +20,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from analyzers.base import AnalyzerConfig, Detector, DetectorUnavailable, ModelPool, Signal, clamp01, load_once
+from analyzers.base import Detector, DetectorUnavailable, ModelPool, Signal, clamp01, load_once
+from proctor.settings import Settings
 
 # Generic face in camera-like axes (x to the image's right, y down, z away from the camera), arbitrary units
 # (~0.2 mm): a frontal face has rotation identity. Paired with FaceMesh indices below.
@@ -156,13 +157,12 @@ class GazeDetector(Detector):
 
     name = "gaze"
 
-    def __init__(self, config: AnalyzerConfig | None = None) -> None:
-        config = config or AnalyzerConfig()
-        self.fps = config.gaze_fps
-        self.yaw_threshold = config.gaze_yaw_deg
-        self.pitch_threshold = config.gaze_pitch_deg
-        self.iris_threshold = config.gaze_iris
-        self.baseline_s = config.gaze_baseline_s
+    def __init__(self, settings: Settings) -> None:
+        self.fps = settings.gaze_fps
+        self.yaw_threshold = settings.gaze_yaw_deg
+        self.pitch_threshold = settings.gaze_pitch_deg
+        self.iris_threshold = settings.gaze_iris  # iris offset from its baseline, in eye widths
+        self.baseline_s = settings.gaze_baseline_s
         self.baseline: GazeMeasure | None = None
         self.baseline_source = ""
         self._samples: list[GazeMeasure] = []

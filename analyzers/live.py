@@ -23,14 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.base import AnalyzerConfig, Detector, Signal
+from analyzers.base import Detector, Signal, rules_config
+from analyzers.models import install_bundled_weights
 from analyzers.registry import build_detectors
-from analyzers.rules import EventChange, EventRules
+from core.live import EventAlert
+from core.rules import EventChange, EventRules
+from media_server.outlets import Stream
 from proctor.context import Context
 from proctor.db import DB_UNAVAILABLE
-from proctor.redis import LIVE_CHANNEL, THUMBNAIL_KEY
+from proctor.redis import THUMBNAIL_KEY
 from proctor.storage import StorageError
-from signaling.scoring import refresh_score
+from proctor.store import events, live, sessions
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ STORE_RETRY_S = 120.0
 # Evidence JPEGs wait this long for storage to come back (kept in memory meanwhile, one at a time per stream).
 SNAPSHOT_RETRY_S = 300.0
 THUMBNAIL_TTL_S = 30
+_STORAGE_OR_DB_DOWN: tuple[type[Exception], ...] = (StorageError, *DB_UNAVAILABLE)
 
 
 @dataclass
@@ -104,12 +108,12 @@ class _DetectorSlot:
 
 
 class StreamAnalysis:
-    def __init__(self, analysis: Analysis, stream: Any) -> None:
+    def __init__(self, analysis: Analysis, stream: Stream) -> None:
         self.analysis = analysis
         self.stream = stream
         self.session_id: str = stream.session_id
-        self.rules = EventRules(analysis.config.rules_config())
-        self.detectors = build_detectors(analysis.config)  # models are shared and already warm: ~0.2 ms
+        self.rules = EventRules(rules_config(analysis.ctx.settings))
+        self.detectors = build_detectors(analysis.ctx.settings)  # models are shared and already warm: ~0.2 ms
         self.slots = [_DetectorSlot(self, d) for d in self.detectors]
         self.closed = False
         self._convert_lock = threading.Lock()
@@ -232,7 +236,7 @@ class StreamAnalysis:
             # After the publish: the session score is derived data and must not delay the alert.
             try:
                 async with self.analysis.ctx.pool.acquire() as conn:
-                    await refresh_score(conn, self.session_id, self.analysis.ctx.settings.weights)
+                    await sessions.refresh_score(conn, self.session_id, self.analysis.ctx.settings.weights)
             except Exception as exc:
                 log.warning("session %s: score not refreshed: %s", self.session_id, exc)
         if change.frame_ref is not None and change.type in ("start", "update"):
@@ -263,19 +267,12 @@ class StreamAnalysis:
                     if event_id is None and retried:
                         # The failed attempt may have committed before the connection broke: find its row
                         # (one event per kind starts at a given media time) rather than insert a duplicate.
-                        event_id = await conn.fetchval(
-                            "SELECT id FROM events WHERE session_id = $1 AND kind = $2 AND start_s = $3 "
-                            "ORDER BY id LIMIT 1", self.session_id, change.kind, change.start_s)
+                        event_id = await events.find_started(conn, self.session_id, change.kind, change.start_s)
                     if event_id is None:
-                        source = "browser" if change.kind in BROWSER_KINDS else "analyzer"
-                        event_id = await conn.fetchval(
-                            "INSERT INTO events (session_id, kind, start_s, end_s, confidence, details, source) "
-                            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id", self.session_id, change.kind,
-                            change.start_s, change.end_s, change.confidence, details, source)
+                        event_id = await events.insert(conn, self.session_id, change.kind, change.start_s,
+                                                       change.end_s, change.confidence, details)
                     else:
-                        await conn.execute(
-                            "UPDATE events SET end_s = $2, confidence = greatest(confidence, $3), details = $4, "
-                            "updated_at = now() WHERE id = $1", event_id, change.end_s, change.confidence, details)
+                        await events.update(conn, event_id, change.end_s, change.confidence, details)
                 # Only a committed insert is remembered: a retry after a failed commit inserts again.
                 self.db_ids[change.event_id] = event_id
                 return event_id
@@ -289,11 +286,10 @@ class StreamAnalysis:
                 delay = min(5.0, delay * 2)
 
     async def _publish(self, change: EventChange, event_id: int, arrived: float | None) -> None:
-        message = {"type": "event", "action": change.type, "session_id": self.session_id,
-                   "event": {"id": event_id, "kind": change.kind, "start_s": change.start_s, "end_s": change.end_s,
-                             "confidence": change.confidence, "count": change.details.get("count")},
-                   "at": time.time()}
-        await self.analysis.ctx.redis.publish(LIVE_CHANNEL, json.dumps(message))
+        await live.publish(self.analysis.ctx.redis, EventAlert(
+            session_id=self.session_id, action=change.type, event_id=event_id, kind=change.kind,
+            start_s=change.start_s, end_s=change.end_s, confidence=change.confidence,
+            count=change.details.get("count")))
         if arrived is not None:
             self.analysis.latency_ms.append((time.time() - arrived) * 1000)
 
@@ -312,10 +308,9 @@ class StreamAnalysis:
                     await ctx.storage.put_bytes(key, jpeg, content_type="image/jpeg")
                     stored = True
                 async with ctx.pool.acquire() as conn:
-                    old = await conn.fetchval("UPDATE events e SET snapshot_key = $2 FROM events o WHERE e.id = $1 "
-                                              "AND o.id = e.id RETURNING o.snapshot_key", event_id, key)
+                    old = await events.set_snapshot(conn, event_id, key)
                 break
-            except (StorageError, *DB_UNAVAILABLE) as exc:
+            except _STORAGE_OR_DB_DOWN as exc:
                 if time.monotonic() > deadline or self.analysis.stopping:
                     raise
                 log.info("session %s: evidence for event %s waits (%s); retrying in %.1fs", self.session_id,
@@ -325,7 +320,7 @@ class StreamAnalysis:
         if old:
             await ctx.storage.delete(old)  # only the strongest frame's evidence is kept
 
-    async def on_close(self, stream: Any) -> None:
+    async def on_close(self, stream: Stream) -> None:
         """Flush the rules and hand the remaining writes to a background drain: the stream's close (and a
         reconnect waiting on it) must not wait for a database or storage outage to end."""
         self.closed = True
@@ -356,9 +351,6 @@ class StreamAnalysis:
     def stats(self) -> dict[str, Any]:
         return {slot.detector.name: {"analysed": slot.analysed, "replaced": slot.replaced, "fps": slot.fps,
                                      "ms_p50": _percentile(slot.ms, 50)} for slot in self.slots}
-
-
-BROWSER_KINDS = {"tab_hidden", "window_blur", "fullscreen_exit", "second_screen", "copy_paste"}
 
 
 def _percentile(values: Any, q: float) -> float | None:
@@ -404,7 +396,6 @@ class Analysis:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.config = AnalyzerConfig.from_settings(ctx.settings)
         self.executor = ThreadPoolExecutor(max_workers=ANALYSIS_THREADS, thread_name_prefix="analyze")
         self.streams: dict[str, StreamAnalysis] = {}
         self.unavailable: dict[str, str] = {}
@@ -413,17 +404,15 @@ class Analysis:
         self.stopping = False
 
     async def start(self, node_id: str) -> None:
-        from analyzers.models import install_bundled_weights
-
         install_bundled_weights(self.ctx.settings)
         started = time.perf_counter()
-        warm = await asyncio.get_running_loop().run_in_executor(self.executor, build_detectors, self.config)
+        warm = await asyncio.get_running_loop().run_in_executor(self.executor, build_detectors, self.ctx.settings)
         self.unavailable = dict(warm.unavailable)
         log.info("analyzers ready in %.1fs: %s%s", time.perf_counter() - started,
                  ", ".join(d.name for d in warm) or "none",
                  "".join(f"; {name} unavailable: {why}" for name, why in self.unavailable.items()))
 
-    def attach(self, stream: Any) -> None:
+    def attach(self, stream: Stream) -> None:
         self.streams[stream.session_id] = StreamAnalysis(self, stream)
 
     async def stop(self) -> None:

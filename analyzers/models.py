@@ -34,10 +34,6 @@ class ModelStatus:
         return self.status == "ok"
 
 
-def weights_dir(settings: Settings) -> Path:
-    return settings.models_home / ".deepface" / "weights"
-
-
 def _package_dir(name: str) -> Path | None:
     # face_recognition_models imports pkg_resources at import time: find its files without importing it.
     spec = importlib.util.find_spec(name)
@@ -49,7 +45,7 @@ def _package_dir(name: str) -> Path | None:
 def install_bundled_weights(settings: Settings) -> list[Path]:
     """Place the weights that ship in pip packages where DeepFace expects them; returns what is present."""
     placed = []
-    target_dir = weights_dir(settings)
+    target_dir = settings.deepface_weights_dir
     package = _package_dir("face_recognition_models")
     if package is not None:
         source = package / "models" / IDENTITY_WEIGHTS["Dlib"]
@@ -66,7 +62,7 @@ def install_bundled_weights(settings: Settings) -> list[Path]:
 
 def identity_status(settings: Settings) -> ModelStatus:
     name = settings.identity_model
-    path = weights_dir(settings) / IDENTITY_WEIGHTS[name]
+    path = settings.deepface_weights_dir / IDENTITY_WEIGHTS[name]
     if not path.is_file():
         return ModelStatus("unavailable", f"{name} weights missing: place {path.name} in {path.parent}")
     if name == "Dlib" and importlib.util.find_spec("dlib") is None:

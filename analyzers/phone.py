@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from analyzers.base import AnalyzerConfig, Detector, DetectorUnavailable, Signal, load_once
+from analyzers.base import Detector, DetectorUnavailable, Signal, load_once
+from proctor.settings import Settings
 
 PHONE_CLASS = 67
 INPUT_SIZE = 640
@@ -148,12 +149,11 @@ class _Model:
 class PhoneDetector(Detector):
     name = "phone"
 
-    def __init__(self, config: AnalyzerConfig | None = None) -> None:
-        config = config or AnalyzerConfig()
-        self.path = config.phone_model_path
-        self.fps = config.phone_fps
-        self.conf = config.phone_conf
-        self.iou = config.phone_iou
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.phone_model_path
+        self.fps = settings.phone_fps
+        self.conf = settings.phone_conf
+        self.iou = settings.phone_iou
         self._model: _Model | None = None
         self._error: str | None = None
 

@@ -1,6 +1,6 @@
-"""Which detectors run: the enabled ones (AnalyzerConfig.enabled / ANALYZERS), each loaded and warmed up.
+"""Which detectors run: the enabled ones (Settings.analyzers_enabled / ANALYZERS), each loaded and warmed up.
 
-`build_detectors(config)` is called once per candidate stream (detectors keep per-stream state); the models
+`build_detectors(settings)` is called once per candidate stream (detectors keep per-stream state); the models
 behind them load once per process, so after the first stream it costs microseconds. A detector that cannot
 run is left out and the reason recorded (`.unavailable` on the returned list) â€” it never silently passes.
 """
@@ -8,16 +8,18 @@ run is left out and the reason recorded (`.unavailable` on the returned list) â€
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from analyzers.base import AnalyzerConfig, Detector, DetectorUnavailable
+from analyzers.base import Detector, DetectorUnavailable
 from analyzers.faces import FaceDetector
 from analyzers.gaze import GazeDetector
 from analyzers.identity import IdentityDetector
 from analyzers.phone import PhoneDetector
+from proctor.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DETECTORS: dict[str, type[Detector]] = {
+DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "faces": FaceDetector,
     "gaze": GazeDetector,
     "identity": IdentityDetector,
@@ -36,15 +38,15 @@ class Detectors(list[Detector]):
         return next((detector for detector in self if detector.name == name), None)
 
 
-def build_detectors(config: AnalyzerConfig) -> Detectors:
+def build_detectors(settings: Settings) -> Detectors:
     out = Detectors()
-    for name in config.enabled:
+    for name in settings.analyzers_enabled:
         cls = DETECTORS.get(name)
         if cls is None:
             out.unavailable[name] = f"unknown detector {name!r}; known: {', '.join(DETECTORS)}"
             log.warning("detector %s: %s", name, out.unavailable[name])
             continue
-        detector = cls(config)  # type: ignore[call-arg]  # every detector takes the config
+        detector = cls(settings)  # each detector reads its own settings
         try:
             detector.load()
         except DetectorUnavailable as exc:

@@ -8,19 +8,23 @@ the next delivery finishes, and never two masters.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from archiver.jobs import Job, JobQueue, session_lock
+from archiver.webm import concat
+from core.live import SessionStatus
+from core.sessions import parse_id
 from proctor.context import Context
-from proctor.redis import LIVE_CHANNEL
 from proctor.storage import file_sha256
+from proctor.store import live, sessions
+from proctor.store.nodes import live_nodes
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +76,6 @@ def placements_ms(pieces: list[asyncpg.Record], origin_s: float) -> list[int]:
 
 async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = None) -> int:
     """Merge every full run of MERGE_BATCH_SEGMENTS stored segments into a batch; returns batches made."""
-    from archiver.webm import concat
-
     size = ctx.settings.merge_batch_segments
     async with ctx.pool.acquire() as conn:
         rows = await conn.fetch(
@@ -112,8 +114,6 @@ async def merge(ctx: Context, session_id: str, heartbeat: Heartbeat | None = Non
 async def _wait_for_segments(ctx: Context, session_id: str, heartbeat: Heartbeat | None) -> None:
     """Until every segment of the session is stored; segments of a node that died and never came back are
     declared lost after LOST_SEGMENT_S (the node's restart would have recovered them)."""
-    from signaling.nodes import live_nodes
-
     deadline = time.monotonic() + WAIT_FOR_SEGMENTS_S
     while True:
         async with ctx.pool.acquire() as conn:
@@ -140,8 +140,6 @@ async def _wait_for_segments(ctx: Context, session_id: str, heartbeat: Heartbeat
 async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = None) -> bool:
     """Build master.webm once the session ended and all its media is stored; returns True when finalized
     by this call (False: nothing to do — not ended yet, already finalized, or deleted)."""
-    from archiver.webm import concat
-
     async with ctx.pool.acquire() as conn:
         status = await conn.fetchval("SELECT status FROM sessions WHERE id = $1", session_id)
     if status not in ("ended", "finalizing", "failed"):
@@ -149,8 +147,7 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
     await _wait_for_segments(ctx, session_id, heartbeat)
     await merge(ctx, session_id, heartbeat)
     async with ctx.pool.acquire() as conn:
-        await conn.execute("UPDATE sessions SET status = 'finalizing', failure_reason = NULL WHERE id = $1",
-                           session_id)
+        await sessions.move(conn, session_id, "finalizing")
         pieces = await conn.fetch(
             "SELECT first_idx AS idx, start_s, end_s, storage_key, 'batch' AS kind FROM batches "
             "WHERE session_id = $1 AND state = 'stored' "
@@ -180,15 +177,14 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
                     "storage_key = EXCLUDED.storage_key, bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, "
                     "duration_s = EXCLUDED.duration_s, width = EXCLUDED.width, height = EXCLUDED.height",
                     session_id, key, size_bytes, sha, result.duration_s, result.width, result.height)
-            await conn.execute("UPDATE sessions SET status = 'finalized', failure_reason = NULL WHERE id = $1",
-                               session_id)
+            await sessions.move(conn, session_id, "finalized")
             await conn.execute("UPDATE batches SET state = 'deleted' WHERE session_id = $1", session_id)
             await conn.execute("UPDATE segments SET state = 'merged' WHERE session_id = $1 AND state = 'stored'",
                                session_id)
     except Exception as exc:
         async with ctx.pool.acquire() as conn:
-            await conn.execute("UPDATE sessions SET status = 'failed', failure_reason = $2 WHERE id = $1",
-                               session_id, f"finalize: {type(exc).__name__}: {exc}"[:500])
+            await sessions.move(conn, session_id, "failed",
+                                failure_reason=f"finalize: {type(exc).__name__}: {exc}"[:500])
         await _publish(ctx, session_id, "failed")
         raise
     # After the commit: the pieces the master replaces.
@@ -216,23 +212,15 @@ async def _delete_leftovers(ctx: Context, session_id: str) -> None:
 
 
 async def _publish(ctx: Context, session_id: str, status: str) -> None:
-    try:
-        await ctx.redis.publish(LIVE_CHANNEL, json.dumps({"type": "session", "session_id": session_id,
-                                                          "status": status, "at": time.time()}))
-    except Exception as exc:
-        log.info("live status not published: %s", exc)
+    await live.publish_quietly(ctx.redis, SessionStatus(session_id=session_id, status=status))
 
 
-def handler(kind: str, ctx: Context, queue: Any) -> Callable[[Any], Awaitable[None]]:
+def handler(kind: str, ctx: Context, queue: JobQueue) -> Callable[[Job], Coroutine[Any, Any, None]]:
     """A job handler for `merge` or `finalize` running under the session's Redis lock."""
-    from archiver.jobs import session_lock
-
     work = merge if kind == "merge" else finalize
 
     async def run(job: Any) -> None:
         session_id = job.fields.get("session_id", "")
-        from signaling.sessions import parse_id
-
         if parse_id(session_id) is None:
             log.error("%s job %s has no valid session id; dropped", kind, job.id)
             return

@@ -22,7 +22,7 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError, ResponseError
 
-from proctor.redis import SESSION_LOCK
+from proctor.redis import SESSION_LOCK, stream_fields
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Job:
     deliveries: int
 
 
-Handler = Callable[[Job], Awaitable[object]]
+Handler = Callable[[Job], Coroutine[Any, Any, object]]
 
 
 def consumer_name() -> str:
@@ -125,7 +125,7 @@ class JobQueue:
                 raise
 
     async def enqueue(self, fields: dict[str, str]) -> str:
-        return str(await self.redis.xadd(self.stream, fields, maxlen=MAXLEN, approximate=True))
+        return str(await self.redis.xadd(self.stream, stream_fields(fields), maxlen=MAXLEN, approximate=True))
 
     def heartbeat_for(self, job: Job) -> Heartbeat:
         """One heartbeat for `job`, for code that waits on the job's behalf (session_lock's heartbeat)."""
@@ -178,7 +178,7 @@ class JobQueue:
 
     async def _read_new(self) -> Job | None:
         # Blocks up to block_ms when there is nothing to do: this is what keeps run() from spinning.
-        reply = await self.redis.xreadgroup(
+        reply: Any = await self.redis.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=1, block=self.block_ms)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -230,7 +230,7 @@ class JobQueue:
         fields = {**job.fields, "_job_id": job.id, "_error": error[:2000], "_deliveries": str(job.deliveries)}
         # One transaction: the job is either still pending or in the dead-letter stream, never lost in between.
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.dead_stream, fields, maxlen=MAXLEN, approximate=True)
+            pipe.xadd(self.dead_stream, stream_fields(fields), maxlen=MAXLEN, approximate=True)
             pipe.xack(self.stream, self.group, job.id)
             await pipe.execute()
         log.error("job %s %s moved to %s: %s", job.stream, job.id, self.dead_stream, error)

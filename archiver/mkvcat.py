@@ -325,6 +325,7 @@ def opus_duration_ms(packet: bytes) -> float:
         return 0.0
     toc = packet[0]
     config = toc >> 3
+    frame: float  # ms: CELT's shortest frames are 2.5 ms
     if config < 12:
         frame = (10, 20, 40, 60)[config % 4]
     elif config < 16:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archiver.spool import Spool, SpoolSegment, Uploader, mark_lost
-from media_server.stream import CandidateStream
-from media_server.taps import EncodedFrame, vp8_size
+from archiver.webm import WebmWriter
+from core import vp8
+from core.live import EventAlert
+from media_server.outlets import EncodedFrame, Stream
 from proctor.context import Context
-from proctor.redis import LIVE_CHANNEL
+from proctor.store import events, live
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class RecorderStats:
 class StreamRecorder:
     """Segments one candidate connection. Created by `Archive.attach` for each stream."""
 
-    def __init__(self, archive: Archive, stream: CandidateStream) -> None:
+    def __init__(self, archive: Archive, stream: Stream) -> None:
         self.archive = archive
         self.stream = stream
         self.segment_s = float(archive.ctx.settings.segment_seconds)
@@ -138,7 +139,7 @@ class StreamRecorder:
         self._submit(_write_video, current, data, pts, duration, keyframe)
 
     def _open(self, frame: EncodedFrame, t: float) -> None:
-        size = vp8_size(frame.data) or (0, 0)
+        size = vp8.frame_size(frame.data) or (0, 0)
         try:
             segment = self.archive.spool.new_segment(self.stream.session_id, t)
         except OSError as exc:  # the spool's disk is full (or failing): drop frames, say so, try again later
@@ -162,7 +163,8 @@ class StreamRecorder:
         loop = asyncio.get_running_loop()
         # Upload once the archive thread has closed the file (it runs the queue in order).
         fut = loop.run_in_executor(self.archive.executor, lambda: None)
-        fut.add_done_callback(lambda _f, s=current.segment: self.archive.uploader.submit(s))
+        segment = current.segment
+        fut.add_done_callback(lambda _f: self.archive.uploader.submit(segment))
 
     def _ask_keyframe(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -215,7 +217,7 @@ class StreamRecorder:
         asyncio.ensure_future(self.archive.alert(self.stream.session_id, t, message))
 
     # --- end of the connection ---------------------------------------------------------------------------
-    async def on_close(self, stream: CandidateStream) -> None:
+    async def on_close(self, stream: Stream) -> None:
         """Write the last frame with its nominal duration and hand the final segment to the uploader."""
         if self._closed:
             return
@@ -235,8 +237,6 @@ class StreamRecorder:
 
 # --- archive thread --------------------------------------------------------------------------------------
 def _open_writer(current: _Open, spool: Spool, size: tuple[int, int]) -> None:
-    from archiver.webm import WebmWriter
-
     width, height = size
     current.writer = WebmWriter(current.segment.path(spool.root), width or 640, height or 480)
 
@@ -277,20 +277,17 @@ class Archive:
         self.recorders: dict[str, StreamRecorder] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def attach(self, stream: CandidateStream) -> None:
+    def attach(self, stream: Stream) -> None:
         self.recorders[stream.session_id] = StreamRecorder(self, stream)
 
     async def alert(self, session_id: str, media_time: float, message: str) -> None:
         try:
             async with self.ctx.pool.acquire() as conn:
-                event_id = await conn.fetchval(
-                    "INSERT INTO events (session_id, kind, start_s, end_s, confidence, details, source) "
-                    "VALUES ($1, 'recording_error', $2, $2, 1, $3, 'system') RETURNING id",
-                    session_id, media_time, {"message": message})
-            await self.ctx.redis.publish(LIVE_CHANNEL, json.dumps({
-                "type": "event", "action": "start", "session_id": session_id, "at": time.time(),
-                "event": {"id": event_id, "kind": "recording_error", "start_s": media_time, "end_s": media_time,
-                          "confidence": 1.0, "message": message}}))
+                event_id = await events.insert(conn, session_id, "recording_error", media_time, media_time, 1.0,
+                                               {"message": message})
+            await live.publish(self.ctx.redis, EventAlert(
+                session_id=session_id, action="start", event_id=event_id, kind="recording_error",
+                start_s=media_time, end_s=media_time, confidence=1.0, message=message))
         except Exception as exc:  # the database may be what failed; the log line above still says it
             log.error("could not raise the recording alert for %s: %s", session_id, exc)
 

@@ -21,9 +21,11 @@ from typing import Any
 
 import asyncpg
 
+from archiver.webm import recover_partial
 from proctor.context import Context
 from proctor.redis import MERGE_STREAM
 from proctor.storage import StorageError, file_sha256
+from proctor.store import sessions
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,6 @@ class Spool:
 
     def recover(self, segment: SpoolSegment) -> SpoolSegment | None:
         """Turn a segment cut off by a crash into a proper WebM (loses at most the last unflushed cluster)."""
-        from archiver.webm import recover_partial
-
         if segment.state == "closed":
             return segment
         path = segment.path(self.root)
@@ -148,9 +148,7 @@ async def allocate(conn: asyncpg.Connection, segment: SpoolSegment) -> int:
         idx = await conn.fetchval("SELECT idx FROM segments WHERE spool_id = $1", segment.spool_id)
         if idx is not None:
             return int(idx)
-        idx = await conn.fetchval(
-            "UPDATE sessions SET next_segment_idx = next_segment_idx + 1 WHERE id = $1 "
-            "RETURNING next_segment_idx - 1", segment.session_id)
+        idx = await sessions.allocate_segment_idx(conn, segment.session_id)
         if idx is None:
             raise LookupError(f"session {segment.session_id} is gone")
         await conn.execute(

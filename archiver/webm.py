@@ -37,6 +37,7 @@ import av.error
 
 from archiver import mkvcat
 from archiver.mkvcat import Unsupported, concat_clusters
+from core import vp8
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +63,6 @@ def opus_head(channels: int = 2, pre_skip: int = 0, rate: int = OPUS_RATE) -> by
     disagree with the container's (absent, i.e. zero) CodecDelay.
     """
     return b"OpusHead" + struct.pack("<BBHIhB", 1, channels, pre_skip, rate, 0, 0)
-
-
-def is_vp8_keyframe(data: bytes) -> bool:
-    """VP8 frame tag: bit 0 clear on keyframes, which also carry the start code 9d 01 2a."""
-    return len(data) >= 10 and data[0] & 1 == 0 and data[3:6] == b"\x9d\x01\x2a"
-
-
-def vp8_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from a VP8 keyframe header (None for an interframe)."""
-    if not is_vp8_keyframe(data):
-        return None
-    width, height = struct.unpack_from("<HH", data, 6)
-    return width & 0x3FFF, height & 0x3FFF
 
 
 def _template_stream(codec_name: str, **kwargs: Any) -> Any:
@@ -272,10 +260,10 @@ def probe(path: Path, decode: bool = False) -> ProbeResult:
             if packet.stream is vstream:
                 data = bytes(packet)
                 if result.video_frames == 0:
-                    result.first_is_keyframe = bool(packet.is_keyframe) and is_vp8_keyframe(data)
+                    result.first_is_keyframe = bool(packet.is_keyframe) and vp8.is_keyframe(data)
                     first_pts = _to_ms(packet.pts, packet.time_base)
                 result.video_frames += 1
-                size = vp8_size(data)
+                size = vp8.frame_size(data)
                 if size is not None:
                     result.keyframes += 1
                     if size not in result.sizes:
@@ -283,14 +271,16 @@ def probe(path: Path, decode: bool = False) -> ProbeResult:
                 last_pts = _to_ms(packet.pts, packet.time_base)
                 last_duration = _to_ms(packet.duration, packet.time_base)
                 if decode:
-                    result.decoded_frames += _decode_count(vstream, packet, result, "decode_errors")
+                    result.decoded_frames = (result.decoded_frames or 0) + _decode_count(
+                        vstream, packet, result, "decode_errors")
             else:
                 result.audio_packets += 1
                 if decode:
-                    result.audio_decoded_samples += _decode_count(astream, packet, result, "audio_decode_errors",
-                                                                  samples=True)
+                    result.audio_decoded_samples = (result.audio_decoded_samples or 0) + _decode_count(
+                        astream, packet, result, "audio_decode_errors", samples=True)
         if decode and vstream is not None:
-            result.decoded_frames += _decode_count(vstream, None, result, "decode_errors")
+            result.decoded_frames = (result.decoded_frames or 0) + _decode_count(
+                vstream, None, result, "decode_errors")
     if last_pts is not None:
         result.duration_ms = last_pts + (last_duration or 0)
         result.duration_s = result.duration_ms / 1000
@@ -365,9 +355,11 @@ def cue_points(path: Path) -> int:
             while segment_end is None or pos < segment_end:
                 f.seek(pos)
                 element = mkvcat.read_element(f)
-                if element is None or element[1] is None:
+                if element is None:
                     break
                 eid, size, start = element
+                if size is None:
+                    break
                 if eid == mkvcat.CLUSTER:
                     break
                 if eid == mkvcat.CUES:
@@ -616,7 +608,7 @@ def recover_partial(path: Path, output: Path) -> ProbeResult | None:
         if vstream is None:
             return None
         start = next((i for i, p in enumerate(packets) if p.stream is vstream and p.is_keyframe
-                      and is_vp8_keyframe(bytes(p))), None)
+                      and vp8.is_keyframe(bytes(p))), None)
         if start is None:
             return None
         packets = packets[start:]

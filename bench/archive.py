@@ -40,7 +40,7 @@ def _cpu() -> float:
 
 
 def make_clip() -> EncodedClip:
-    from tests.media import face_canvas
+    from tests.support.media import face_canvas
 
     base = face_canvas()
     rng = np.random.default_rng(5)

@@ -129,8 +129,8 @@ async def upload_reference(http: aiohttp.ClientSession, base: str, sid: str, joi
 async def page_loads(base: str, token: str, node_urls: list[str], reloads: int) -> list[float]:
     from playwright.async_api import async_playwright
 
-    from tests.browser import CHROMIUM, CONNECTED, chromium_args
-    from tests.media import face_clip
+    from tests.support.browser import CHROMIUM, CONNECTED, chromium_args
+    from tests.support.media import face_clip
 
     clip = face_clip(Path(tempfile.mkdtemp()) / "face.y4m")
     samples: list[float] = []
@@ -166,7 +166,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                      profile_s: float = 0.0) -> list[dict]:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
-    from tests.media import face_canvas
+    from tests.support.media import face_canvas
 
     install_host_addresses(("127.0.0.1",))
     base_frame = face_canvas()
@@ -348,7 +348,7 @@ class System:
 @contextlib.contextmanager
 def running_system(prefix: str = "bench-") -> Iterator[System]:
     """`proctor up` on a scratch data dir with an admin API token; stopped (SIGINT) on exit."""
-    from tests.conftest import free_port
+    from tests.support.net import free_port
 
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix=prefix))

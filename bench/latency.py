@@ -34,7 +34,7 @@ import bench.synthetic as synthetic
 from bench.ingest import RESULTS, new_session, node_info, running_system, stats, upload_reference
 
 FPS = 30
-DELAYS = {"start": 3.0, "end": 2.0}  # no_face hysteresis (analyzers/rules.py defaults)
+DELAYS = {"start": 3.0, "end": 2.0}  # no_face hysteresis (core/rules.py defaults)
 
 
 class TimedReplayTrack(synthetic.ReplayTrack):
@@ -56,7 +56,7 @@ class TimedReplayTrack(synthetic.ReplayTrack):
 
 
 def scenes() -> tuple[np.ndarray, np.ndarray]:
-    from tests.media import face_canvas
+    from tests.support.media import face_canvas
 
     face = face_canvas()
     return face, np.full_like(face, 90)

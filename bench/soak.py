@@ -37,7 +37,7 @@ BOUNDED_POOLS = {"asyncio_": 6, "analyze_": 2}
 async def soak(args: argparse.Namespace) -> dict:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
-    from tests.media import face_canvas
+    from tests.support.media import face_canvas
 
     install_host_addresses(("127.0.0.1",))
     samples = []

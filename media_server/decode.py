@@ -21,12 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import av
 import av.error
 
-from media_server.taps import is_vp8_keyframe
+from core import vp8
+from media_server.outlets import FrameSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class DecodePool:
         if decoder.closed:
             return []
         if decoder.waiting_for_keyframe:
-            if not is_vp8_keyframe(data) or decoder.backlog >= MAX_BACKLOG_FRAMES:
+            if not vp8.is_keyframe(data) or decoder.backlog >= MAX_BACKLOG_FRAMES:
                 decoder.frames_skipped += 1
                 self._ask_keyframe(decoder)
                 return []
@@ -177,15 +178,6 @@ def _ignore_result(task: asyncio.Future[Any]) -> None:
 
 
 # --- the sampler: which decoded frames go to which subscriber ------------------------------------------------------
-class FrameSubscriber(Protocol):
-    """Receives decoded video frames at the rate it asks for, on the event loop; must not block (hand work to
-    a thread)."""
-
-    fps: float
-
-    def on_frame(self, media_time_s: float, frame: Any) -> None: ...
-
-
 @dataclass
 class _Slot:
     subscriber: FrameSubscriber

@@ -18,22 +18,26 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
+from core.live import ConnectionState
+from core.nodes import NodeInfo
+from core.sessions import OPEN_STATUSES, parse_id
 from media_server.decode import DecodePool
 from media_server.ice import enlarge_receive_buffers, install_host_addresses, rtc_configuration
+from media_server.outlets import Plugin
 from media_server.sdp import tune_answer
 from media_server.stream import CandidateStream
 from media_server.udp import install_batched_reads
 from proctor.context import Context
 from proctor.http import error, read_json
-from proctor.redis import LIVE_CHANNEL, SESSION_CONTROL, SESSION_NODE
+from proctor.redis import SESSION_CONTROL, SESSION_NODE
 from proctor.settings import Settings
-from signaling.nodes import NodeInfo, register, unregister
-from signaling.sessions import OPEN_STATUSES, parse_id
+from proctor.store import live, sessions
+from proctor.store.nodes import register, unregister
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +51,6 @@ ANSWER_TIMEOUT_S = 10.0
 PERSIST_PERIOD_S = 1.0
 UNPERSISTED_MAX_S = PERSIST_PERIOD_S + 0.25
 
-
-
-class Plugin(Protocol):
-    """A room that works on every stream of the node (archiver, analyzers) without the node knowing what it
-    does: `attach` runs before the answer is made, so it can subscribe to the encoded frames, the sampler
-    and the signals; `start`/`stop` bracket the node's life."""
-
-    def attach(self, stream: CandidateStream) -> None: ...
-
-    async def start(self, node_id: str) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def stats(self) -> dict[str, Any]: ...
 
 
 def _thread_names() -> dict[str, int]:
@@ -154,10 +144,7 @@ class MediaNode:
         enlarge_receive_buffers(pc)
         self.streams[session_id] = stream
         async with self.ctx.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE sessions SET status = 'live', started_at = coalesce(started_at, now()), node_id = $2, "
-                "connections = connections + 1 WHERE id = $1 AND status = ANY($3::text[])",
-                session_id, self.node_id, list(OPEN_STATUSES))
+            await sessions.mark_live(conn, session_id, self.node_id)
         await self.ctx.redis.set(SESSION_NODE.format(session_id=session_id), self.node_id, ex=7 * 86400)
         self._watch(stream, reconnect=row["connections"] > 0, last_seen=row["last_seen_at"])
         return web.json_response({"sdp": tune_answer(answer.sdp, self.settings.video_bitrate_kbps),
@@ -179,8 +166,7 @@ class MediaNode:
         async with self.ctx.pool.acquire() as conn:
             if wall_gap is not None:
                 gap = {"at_s": round(stream.clock.base_s, 3), "wall_s": round(wall_gap, 3), "node": self.node_id}
-                await conn.execute("UPDATE sessions SET media_gaps = media_gaps || $2::jsonb WHERE id = $1",
-                                   stream.session_id, [gap])
+                await sessions.record_gap(conn, stream.session_id, gap)
         await self._publish(stream.session_id, "connected")
 
     async def handle_close(self, request: web.Request) -> web.Response:
@@ -217,19 +203,13 @@ class MediaNode:
             return
         try:
             async with self.ctx.pool.acquire() as conn:
-                await conn.executemany(
-                    "UPDATE sessions SET duration_s = greatest(duration_s, $2), last_seen_at = now() WHERE id = $1",
-                    rows)
+                await sessions.persist_media_time(conn, rows)
         except Exception as exc:  # Postgres down: keep streaming, the next beat retries
             log.warning("could not persist media time: %s", exc)
 
     async def _publish(self, session_id: str, connection: str) -> None:
-        try:
-            await self.ctx.redis.publish(LIVE_CHANNEL, json.dumps(
-                {"type": "connection", "session_id": session_id, "connection": connection, "node": self.node_id,
-                 "at": time.time()}))
-        except Exception as exc:
-            log.warning("could not publish connection state: %s", exc)
+        await live.publish_quietly(self.ctx.redis, ConnectionState(session_id=session_id, connection=connection,
+                                                                   node=self.node_id))
 
     async def _heartbeat(self) -> None:
         import psutil

@@ -14,8 +14,11 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtcdatachannel import RTCDataChannel
 
+from core import vp8
+from media_server import aiortc_compat
 from media_server.decode import DecodePool, FrameSampler
-from media_server.taps import EncodedFrame, tap_encoded, tap_loss, vp8_size
+from media_server.outlets import EncodedFrame, EncodedSink, SignalSink
+from media_server.taps import tap_encoded, tap_loss
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +28,6 @@ MAX_AV_DRIFT_S = 1.0
 # A forward jump larger than this between consecutive video frames is a broken timestamp, not real time.
 MAX_TS_JUMP_S = 10.0
 MAX_SIGNAL_BYTES = 4096
-RTX_SSRC_ATTR = "_RTCRtpReceiver__rtx_ssrc"  # {rtx ssrc: media ssrc}; private, see tests/test_aiortc_internals.py
-REMOTE_STREAMS_ATTR = "_RTCRtpReceiver__remote_streams"  # {ssrc: StreamStatistics}; private, likewise
 
 
 @dataclass
@@ -104,7 +105,7 @@ class StreamStats:
         self.video_frames += 1
         self.video_bytes += len(frame.data)
         self._window.append((now, frame.timestamp, len(frame.data)))
-        size = vp8_size(frame.data)
+        size = vp8.frame_size(frame.data)
         if size is not None:
             self.keyframes += 1
             if size != (self.width, self.height):
@@ -160,11 +161,11 @@ class CandidateStream:
         self.sampler = FrameSampler(self.clock.at)
         self._decode_pool = decode_pool
         # Encoded frames with their session media time (audio mapped onto the video clock).
-        self.encoded_sinks: list[Callable[[EncodedFrame, float], None]] = []
+        self.encoded_sinks: list[EncodedSink] = []
         # Times the jitter buffer threw packets away: the frames after it may be corrupt until a keyframe.
         self.losses = 0
         self._audio_anchor: tuple[int, float] | None = None
-        self.signal_sinks: list[Callable[[float, dict[str, Any]], None]] = []
+        self.signal_sinks: list[SignalSink] = []
         self.close_hooks: list[Callable[[CandidateStream], Any]] = []
         self.video_receiver: RTCRtpReceiver | None = None
         self._channels = 0  # data channels the peer opened
@@ -270,20 +271,12 @@ class CandidateStream:
         """aiortc parses each data-channel message itself before any handler runs (the UTF-8 of a text message,
         DCEP fields checked with asserts); a hostile message raises out of its receive path, which ends the DTLS
         transport and so the whole connection, media included. Drop such a message instead of the connection.
-        Installed once per SCTP transport; `_data_channel_receive` is private (aiortc is pinned)."""
-        receive = getattr(transport, "_data_channel_receive", None)
-        if receive is None or getattr(transport, "_proctor_guarded", False):
-            return
+        Installed once per SCTP transport."""
+        aiortc_compat.guard_data_channel_receive(transport, self._on_bad_message)
 
-        async def guarded(stream_id: int, pp_id: int, data: bytes) -> None:
-            try:
-                await receive(stream_id, pp_id, data)
-            except Exception as exc:  # one bad message from the peer: counted, never fatal
-                self.stats.bad_signals += 1
-                log.debug("session %s: data-channel message dropped: %r", self.session_id, exc)
-
-        transport._data_channel_receive = guarded  # type: ignore[method-assign]
-        transport._proctor_guarded = True  # type: ignore[attr-defined]
+    def _on_bad_message(self, exc: Exception) -> None:
+        self.stats.bad_signals += 1
+        log.debug("session %s: data-channel message dropped: %r", self.session_id, exc)
 
     @staticmethod
     def _parse_signal(message: Any) -> dict[str, Any] | None:
@@ -363,11 +356,10 @@ class CandidateStream:
             return False
         # Chromium also sends RTX (retransmissions, bandwidth probing padding) on a second SSRC; a PLI must
         # name the media SSRC or it is ignored.
-        rtx = set(getattr(receiver, RTX_SSRC_ATTR, {}))
-        media = [s.source for s in receiver.getSynchronizationSources() if s.source not in rtx]
+        media = aiortc_compat.media_ssrcs(receiver)
         if not media:
             return False
-        await receiver._send_rtcp_pli(media[0])
+        await aiortc_compat.send_pli(receiver, media[0])
         return True
 
     async def refresh_receiver_stats(self) -> None:
@@ -379,15 +371,13 @@ class CandidateStream:
         receiver = self.video_receiver
         if receiver is None:
             return
-        rtx = set(getattr(receiver, RTX_SSRC_ATTR, {}))
-        streams: dict[int, Any] = getattr(receiver, REMOTE_STREAMS_ATTR, {})
-        for ssrc, stream in list(streams.items()):
-            if ssrc in rtx:
-                self.stats.rtx_packets = int(stream.packets_received)
+        for stream in aiortc_compat.receiver_stream_stats(receiver):
+            if stream.rtx:
+                self.stats.rtx_packets = stream.packets_received
             else:
-                self.stats.packets_received = int(stream.packets_received)
-                self.stats.packets_lost = max(0, int(stream.packets_lost))
-                self.stats.jitter_ms = round(float(stream.jitter) / (VIDEO_CLOCK / 1000), 1)  # RTP units
+                self.stats.packets_received = stream.packets_received
+                self.stats.packets_lost = max(0, stream.packets_lost)
+                self.stats.jitter_ms = round(stream.jitter / (VIDEO_CLOCK / 1000), 1)  # RTP units
 
     async def close(self, reason: str) -> None:
         if self._closing:
@@ -447,8 +437,9 @@ class CandidateStream:
 
 
 def _prefer_codec(transceiver: Any, mime: str) -> None:
-    from aiortc import RTCRtpReceiver as Receiver
-
-    codecs = Receiver.getCapabilities(transceiver.kind).codecs
+    capabilities = RTCRtpReceiver.getCapabilities(transceiver.kind)
+    if capabilities is None:
+        return
+    codecs = capabilities.codecs
     preferred = [c for c in codecs if c.mimeType == mime] + [c for c in codecs if c.mimeType != mime]
     transceiver.setCodecPreferences(preferred)

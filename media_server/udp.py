@@ -8,44 +8,21 @@ buffers full and video frozen at 16 streams. Reading up to MAX_DATAGRAMS_PER_WAK
 as long as an iteration takes less than that many packet intervals (16 x 8 ms at 1 Mbit/s), while one
 socket's burst still cannot hold the loop for long (each packet then runs SRTP and the jitter buffer).
 
-The patch replaces `_SelectorDatagramTransport._read_ready` (a private name; the body is the standard
-library's own, looped). tests/test_udp.py checks it still matches the standard library's contract.
+The patch itself (a private asyncio name, the standard library's body looped) lives in
+media_server/aiortc_compat.py; tests/test_udp.py and tests/test_aiortc_internals.py check its behaviour.
 """
 
 from __future__ import annotations
 
-import asyncio.selector_events as selector_events
-from typing import Any
+from media_server import aiortc_compat
 
 MAX_DATAGRAMS_PER_WAKE = 16
 
-_original_read_ready = selector_events._SelectorDatagramTransport._read_ready
-
-
-def _read_ready(self: Any) -> None:
-    for _ in range(MAX_DATAGRAMS_PER_WAKE):
-        if self._conn_lost:
-            return
-        try:
-            data, addr = self._sock.recvfrom(self.max_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._protocol.error_received(exc)
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on datagram transport")
-            return
-        else:
-            self._protocol.datagram_received(data, addr)
-
 
 def install_batched_reads() -> None:
-    """Idempotent; affects every selector event loop in the process (datagram transports only)."""
-    selector_events._SelectorDatagramTransport._read_ready = _read_ready  # type: ignore[method-assign]
+    """Idempotent; affects every selector event loop in the process (datagram transports created afterwards)."""
+    aiortc_compat.install_batched_reads(MAX_DATAGRAMS_PER_WAKE)
 
 
 def installed() -> bool:
-    return selector_events._SelectorDatagramTransport._read_ready is _read_ready
+    return aiortc_compat.batched_reads_installed()

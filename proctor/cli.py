@@ -1,7 +1,8 @@
 """`proctor`: one console script, a sub-command per process role.
 
-Each role's code lives in its own room (web/, media_server/, archiver/); this module only parses arguments,
-reads settings and hands over, importing a room when its sub-command runs.
+The composition root, with proctor/supervisor.py: each role's code lives in its own room (web/, media_server/,
+analyzers/, archiver/, lifecycle/); this module only parses arguments, reads settings and hands over. A room is
+imported when its sub-command runs (not to dodge a cycle: `proctor user add` should not load mediapipe).
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from proctor.settings import Settings, SettingsError, example_env, settings_table
+
+if TYPE_CHECKING:  # types only: each room is imported when its sub-command runs
+    import asyncpg
+
+    from media_server.outlets import Plugin
+    from proctor.context import Context
+
+T = TypeVar("T")
 
 log = logging.getLogger("proctor")
 
@@ -58,7 +69,7 @@ def cmd_media(args: argparse.Namespace) -> int:
     return media(_load_settings(overrides), media_plugins)
 
 
-def media_plugins(ctx):  # type: ignore[no-untyped-def]
+def media_plugins(ctx: Context) -> list[Plugin]:
     """The rooms every media node runs on each stream: the archive and the live analyzers."""
     from analyzers.live import Analysis
     from archiver.segmenter import Archive
@@ -67,9 +78,9 @@ def media_plugins(ctx):  # type: ignore[no-untyped-def]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from archiver.worker import main as worker
+    from proctor.supervisor import run_worker
 
-    return worker(_load_settings(), roles=args.roles)
+    return run_worker(_load_settings(), roles=args.roles)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -87,7 +98,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_conn(settings: Settings, fn):  # type: ignore[no-untyped-def]
+async def _with_conn(settings: Settings, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     import asyncpg
 
     conn = await asyncpg.connect(settings.database_url)

@@ -10,7 +10,7 @@ import asyncpg
 # What a Postgres outage or restart looks like to a client: a refused or vanished socket, a dropped connection,
 # a query cut off by the shutdown or refused while the server starts (OperatorInterventionError covers
 # AdminShutdownError and CannotConnectNowError).
-DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+DB_UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.OperatorInterventionError)
 
 

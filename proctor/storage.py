@@ -262,7 +262,7 @@ class S3Storage(Storage):
     async def list(self, prefix: str) -> list[StoredObject]:
         def run() -> list[StoredObject]:
             paginator = self._client.get_paginator("list_objects_v2")
-            out = []
+            out: list[StoredObject] = []
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 out.extend(StoredObject(o["Key"], int(o["Size"])) for o in page.get("Contents", []))
             return sorted(out, key=lambda o: o.key)

@@ -1,8 +1,11 @@
-"""`proctor up`: the whole system as one process tree on a laptop.
+"""The composition root, with proctor/cli.py: the only modules that put the rooms together.
 
-Starts embedded Postgres and Redis where no URL is set, migrates, places bundled model weights, then runs
-`proctor serve`, `proctor media` and `proctor worker` as child processes, restarting any that dies, until
-Ctrl-C or SIGTERM; then stops the children first and the servers last, so nothing is cut off mid-write.
+`proctor up`: the whole system as one process tree on a laptop. Starts embedded Postgres and Redis where no URL
+is set, migrates, places bundled model weights, then runs `proctor serve`, `proctor media` and `proctor worker`
+as child processes, restarting any that dies, until Ctrl-C or SIGTERM; then stops the children first and the
+servers last, so nothing is cut off mid-write.
+
+`proctor worker`: the archive's job consumers (archiver/) and the session sweeper (lifecycle/) in one process.
 """
 
 from __future__ import annotations
@@ -193,3 +196,49 @@ def _print_banner(settings: Settings, env: dict[str, str], password: str | None,
         lines.append(f"  First start: created user `admin`, password in {settings.data_dir / 'admin_password'}")
     lines += ["  Press Ctrl-C to stop.", ""]
     print("\n".join(lines), flush=True)
+
+
+WORKER_ROLES = ("merge", "finalize", "sweep")
+
+
+def parse_worker_roles(roles: str) -> list[str]:
+    wanted = [r.strip() for r in roles.split(",") if r.strip()]
+    unknown = [r for r in wanted if r not in WORKER_ROLES]
+    if unknown or not wanted:
+        raise SystemExit(f"proctor worker: unknown role(s) {', '.join(unknown) or '(none)'}; "
+                         f"choose from {', '.join(WORKER_ROLES)}")
+    return wanted
+
+
+async def _run_worker(settings: Settings, roles: list[str]) -> None:
+    from archiver.worker import consume
+    from lifecycle.sweep import run_sweeper
+    from proctor.context import Context
+
+    ctx = await Context.open(settings, pool_size=4)
+    stop = asyncio.Event()
+    sweeper = asyncio.create_task(run_sweeper(ctx)) if "sweep" in roles else None
+    tasks = [asyncio.create_task(consume(ctx, kind, stop)) for kind in ("merge", "finalize") if kind in roles]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker running roles: %s", ", ".join(roles))
+    try:
+        await stop.wait()
+    finally:
+        # The sweeper holds no job and never returns by itself: cancelled at once (waiting for it with the consumers
+        # made every stop take the full 30 s). Consumers finish the job in hand (run() returns once stop is set).
+        if sweeper is not None:
+            sweeper.cancel()
+            tasks.append(sweeper)
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await ctx.close()
+
+
+def run_worker(settings: Settings, roles: str) -> int:
+    asyncio.run(_run_worker(settings, parse_worker_roles(roles)))
+    return 0

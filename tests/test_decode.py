@@ -11,7 +11,7 @@ import pytest
 
 from media_server import decode
 from media_server.decode import DecodePool, FrameSampler
-from tests.test_webm import GOP, encode_video, read_number
+from tests.support.webm import GOP, encode_video, read_number
 
 VIDEO_CLOCK = 90_000
 

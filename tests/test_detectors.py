@@ -2,8 +2,8 @@
 
 Photos: scikit-image's astronaut (Eileen Collins, one face), coffee/chelsea/rocket (no face), camera (a man
 behind a camera: one face), and matplotlib's sample photo of Grace Hopper ("another person"). The phone
-detector runs a tiny ONNX stand-in with YOLOv8's exact input/output layout (tests/phone_model.py), since no
-COCO weights can be had offline.
+detector runs a tiny ONNX stand-in with YOLOv8's exact input/output layout (tests/support/phone_model.py), since
+no COCO weights can be had offline.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -21,14 +21,15 @@ from skimage import data
 
 from analyzers import gaze as gaze_mod
 from analyzers import phone as phone_mod
-from analyzers.base import AnalyzerConfig, DetectorUnavailable, ModelPool
+from analyzers.base import DetectorUnavailable, ModelPool, rules_config
 from analyzers.faces import FaceDetector
 from analyzers.gaze import GazeDetector, GazeMeasure
 from analyzers.identity import IdentityDetector
-from analyzers.models import install_bundled_weights
 from analyzers.phone import PhoneDetector
 from analyzers.registry import build_detectors, detector_status
-from tests.phone_model import build_model, yolo_output
+from core.rules import RulesConfig
+from proctor.settings import Settings
+from tests.support.phone_model import build_model, yolo_output
 
 
 # --- photos ----------------------------------------------------------------------------------------------
@@ -75,16 +76,8 @@ def turn(rgb: np.ndarray, degrees: float, center: tuple[float, float]) -> np.nda
 
 
 @pytest.fixture(scope="module")
-def models_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("models")
-    placed = install_bundled_weights(SimpleNamespace(models_home=home))  # type: ignore[arg-type]
-    assert [p.name for p in placed] == ["dlib_face_recognition_resnet_model_v1.dat"]
-    return home
-
-
-@pytest.fixture(scope="module")
 def faces() -> FaceDetector:
-    detector = FaceDetector(AnalyzerConfig())
+    detector = FaceDetector(Settings.defaults())
     detector.load()
     return detector
 
@@ -92,7 +85,7 @@ def faces() -> FaceDetector:
 @pytest.fixture(scope="module")
 def identity(models_home: Path) -> IdentityDetector:
     env_before = os.environ.get("DEEPFACE_HOME")
-    detector = IdentityDetector(AnalyzerConfig(models_home=models_home))
+    detector = IdentityDetector(Settings.defaults(deepface_home=str(models_home)))
     detector.load()
     from deepface.commons.backend_utils import get_backend_engine
 
@@ -191,7 +184,7 @@ def test_iris_offset() -> None:
 
 
 def test_gaze_judgement_against_baseline() -> None:
-    detector = GazeDetector(AnalyzerConfig(gaze_yaw_deg=30, gaze_pitch_deg=25, gaze_iris=0.15))
+    detector = GazeDetector(Settings.defaults(gaze_yaw_deg=30, gaze_pitch_deg=25, gaze_iris=0.15))
     detector.baseline = GazeMeasure(yaw=5, pitch=30, roll=0, iris_x=0.0, iris_y=-0.05)
     assert not detector.judge(GazeMeasure(20, 40, 0, 0.05, -0.05)).active
     at = detector.judge(GazeMeasure(35.01, 30, 0, 0, -0.05))
@@ -207,7 +200,7 @@ def test_gaze_on_photos(faces: FaceDetector) -> None:
     ast = astronaut()
     box = faces.count(ast)[0].box
     center = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-    detector = GazeDetector(AnalyzerConfig())
+    detector = GazeDetector(Settings.defaults())
     detector.load()
     assert detector.set_baseline_from(ast) and detector.baseline_source == "reference"
     for image in (ast, np.roll(ast, 40, axis=1), cv2.resize(ast, (400, 400)), jpeg(ast, 50), turn(ast, 15, center)):
@@ -223,7 +216,7 @@ def test_gaze_on_photos(faces: FaceDetector) -> None:
 
 def test_gaze_baseline_from_first_seconds() -> None:
     ast = astronaut()
-    detector = GazeDetector(AnalyzerConfig(gaze_baseline_s=3.0))
+    detector = GazeDetector(Settings.defaults(gaze_baseline_s=3.0))
     detector.load()
     assert detector.analyze(data.coffee(), 0.0) == []  # frames without a face do not count
     for t in (1.0, 2.0, 3.0):
@@ -255,7 +248,7 @@ def test_identity_other_person_mismatches(identity: IdentityDetector) -> None:
 
 def test_identity_needs_a_face_and_a_reference(identity: IdentityDetector, models_home: Path) -> None:
     assert identity.analyze(data.coffee(), 1.0) == []
-    fresh = IdentityDetector(AnalyzerConfig(models_home=models_home))
+    fresh = IdentityDetector(Settings.defaults(deepface_home=str(models_home)))
     fresh.load()
     assert fresh.analyze(astronaut(), 1.0) == []  # no reference photo yet
     assert not fresh.set_reference(data.coffee())
@@ -265,7 +258,7 @@ def test_identity_needs_a_face_and_a_reference(identity: IdentityDetector, model
 
 
 def test_identity_euclidean_metric(models_home: Path) -> None:
-    detector = IdentityDetector(AnalyzerConfig(models_home=models_home, identity_metric="euclidean"))
+    detector = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_metric="euclidean"))
     detector.load()
     assert detector.threshold == pytest.approx(0.6)
     assert detector.set_reference(astronaut())
@@ -277,7 +270,7 @@ def test_identity_euclidean_metric(models_home: Path) -> None:
                                             ("VGG-Face", "vgg_face_weights.onnx"),
                                             ("ArcFace", "arcface_weights.onnx")])
 def test_identity_without_weights_is_unavailable(tmp_path: Path, model: str, filename: str) -> None:
-    detector = IdentityDetector(AnalyzerConfig(models_home=tmp_path, identity_model=model))
+    detector = IdentityDetector(Settings.defaults(deepface_home=str(tmp_path), identity_model=model))
     with pytest.raises(DetectorUnavailable) as raised:
         detector.load()
     assert filename in str(raised.value) and str(tmp_path) in str(raised.value)
@@ -288,7 +281,7 @@ def test_identity_without_weights_is_unavailable(tmp_path: Path, model: str, fil
 
 def test_identity_unknown_model_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(DetectorUnavailable, match="not supported"):
-        IdentityDetector(AnalyzerConfig(models_home=tmp_path, identity_model="Nope")).load()
+        IdentityDetector(Settings.defaults(deepface_home=str(tmp_path), identity_model="Nope")).load()
 
 
 # --- phone: pure functions ---------------------------------------------------------------------------------
@@ -360,7 +353,7 @@ def phone_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_phone_detector_end_to_end(phone_model: Path) -> None:
-    detector = PhoneDetector(AnalyzerConfig(phone_model_path=str(phone_model)))
+    detector = PhoneDetector(Settings.defaults(phone_model_path=str(phone_model)))
     detector.load()
     assert detector.status() == (True, f"YOLOv8 ONNX ({phone_model})")
     frame = np.random.default_rng(1).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
@@ -372,7 +365,7 @@ def test_phone_detector_end_to_end(phone_model: Path) -> None:
     assert boxes[1] == pytest.approx([(480 - 0) / 0.5, (260 - 140) / 0.5, 520 / 0.5, (340 - 140) / 0.5, 0.5])
     assert signal.box == pytest.approx([100, 200, 300, 400])
 
-    quiet = PhoneDetector(AnalyzerConfig(phone_model_path=str(phone_model), phone_conf=0.95))
+    quiet = PhoneDetector(Settings.defaults(phone_model_path=str(phone_model), phone_conf=0.95))
     quiet.load()
     [signal] = quiet.analyze(frame, 4.0)
     assert not signal.active and signal.details == {"boxes": []} and signal.box is None
@@ -380,7 +373,7 @@ def test_phone_detector_end_to_end(phone_model: Path) -> None:
 
 def test_phone_without_weights_is_unavailable(tmp_path: Path) -> None:
     for path, words in (("", "PHONE_MODEL_PATH is not set"), (str(tmp_path / "missing.onnx"), "does not exist")):
-        detector = PhoneDetector(AnalyzerConfig(phone_model_path=path))
+        detector = PhoneDetector(Settings.defaults(phone_model_path=path))
         assert detector.status()[0] is False
         with pytest.raises(DetectorUnavailable, match=words):
             detector.load()
@@ -389,38 +382,39 @@ def test_phone_without_weights_is_unavailable(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(DetectorUnavailable, match="not a usable ONNX model"):
-        PhoneDetector(AnalyzerConfig(phone_model_path=str(junk))).load()
+        PhoneDetector(Settings.defaults(phone_model_path=str(junk))).load()
 
 
 # --- registry ----------------------------------------------------------------------------------------------
 def test_build_detectors_skips_unavailable_ones(models_home: Path, phone_model: Path) -> None:
-    config = AnalyzerConfig(models_home=models_home, phone_model_path="")
-    detectors = build_detectors(config)
+    settings = Settings.defaults(deepface_home=str(models_home), phone_model_path="", gaze_fps=4.0)
+    detectors = build_detectors(settings)
     assert [d.name for d in detectors] == ["faces", "gaze", "identity"]
     assert "PHONE_MODEL_PATH" in detectors.unavailable["phone"]
     assert [d.fps for d in detectors] == [4.0, 4.0, 0.2]
     status = detector_status(detectors)
     assert status["phone"]["ok"] is False and status["faces"]["ok"] is True
 
-    detectors = build_detectors(AnalyzerConfig(models_home=models_home, phone_model_path=str(phone_model),
-                                               enabled=("phone", "faces", "bogus")))
+    detectors = build_detectors(Settings.defaults(deepface_home=str(models_home), phone_model_path=str(phone_model),
+                                                  analyzers_enabled=("phone", "faces", "bogus")))
     assert [d.name for d in detectors] == ["phone", "faces"] and "bogus" in detectors.unavailable
     assert detectors.get("phone") is not None and detectors.get("gaze") is None
     # Per-stream instances: state is not shared between streams.
-    a, b = build_detectors(config).get("gaze"), build_detectors(config).get("gaze")
+    a, b = build_detectors(settings).get("gaze"), build_detectors(settings).get("gaze")
     assert a is not b
 
 
-def test_config_from_settings_before_and_after_new_settings(tmp_path: Path) -> None:
-    old = SimpleNamespace(models_home=tmp_path, identity_model="Dlib", phone_model_path="")
-    config = AnalyzerConfig.from_settings(old)
-    assert config == AnalyzerConfig(models_home=tmp_path)
-    new = SimpleNamespace(models_home=tmp_path, identity_model="Facenet", phone_model_path="/m.onnx",
-                          analyzers_enabled=("faces",), faces_fps=2.0, gaze_yaw_deg=25.0, identity_interval_s=10.0,
-                          event_timing="no_face=5/1")
-    config = AnalyzerConfig.from_settings(new)
-    assert (config.enabled, config.identity_model, config.faces_fps, config.gaze_yaw_deg) == (
-        ("faces",), "Facenet", 2.0, 25.0)
-    rules = config.rules_config().rules
+def test_detectors_and_rules_read_the_settings(tmp_path: Path) -> None:
+    defaults = Settings.defaults(deepface_home=str(tmp_path))
+    assert defaults.deepface_weights_dir == tmp_path / ".deepface" / "weights"
+    assert rules_config(defaults) == RulesConfig.default()
+    new = replace(defaults, identity_model="Facenet", phone_model_path="/m.onnx", analyzers_enabled=("faces",),
+                  faces_fps=2.0, gaze_yaw_deg=25.0, identity_interval_s=10.0, event_timing="no_face=5/1")
+    identity, gaze, phone = IdentityDetector(new), GazeDetector(new), PhoneDetector(new)
+    assert (identity.model_name, identity.fps, identity.weights_dir) == ("Facenet", 0.1, new.deepface_weights_dir)
+    assert (gaze.yaw_threshold, phone.path) == (25.0, "/m.onnx")
+    [faces] = build_detectors(new)
+    assert (faces.name, faces.fps) == ("faces", 2.0)
+    rules = rules_config(new).rules
     assert (rules["no_face"].start_after_s, rules["no_face"].end_after_s) == (5.0, 1.0)
     assert rules["identity_mismatch"].max_gap_s == 35.0

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 from analyzers import embedder
-from analyzers.base import AnalyzerConfig
 from analyzers.faces import detect_faces
 from analyzers.identity import IdentityDetector, distance, face_crop
-from tests.test_detectors import models_home  # noqa: F401  (fixture)
+from proctor.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "Dlib"
@@ -45,11 +44,11 @@ def _gone(pid: int, within: float) -> bool:
     return False
 
 
-def test_embeddings_come_from_another_process_and_survive_its_death(models_home: Path) -> None:  # noqa: F811
+def test_embeddings_come_from_another_process_and_survive_its_death(models_home: Path) -> None:
     from skimage import data
 
     home = str(models_home)
-    detector = IdentityDetector(AnalyzerConfig(models_home=models_home))
+    detector = IdentityDetector(Settings.defaults(deepface_home=home))
     detector.load()
     rgb = np.ascontiguousarray(data.astronaut())
     face = max(detect_faces(rgb), key=lambda f: f.area)
@@ -77,7 +76,7 @@ time.sleep(600)
 """
 
 
-def test_worker_leaves_when_its_node_is_killed(models_home: Path) -> None:  # noqa: F811
+def test_worker_leaves_when_its_node_is_killed(models_home: Path) -> None:
     node = subprocess.Popen([sys.executable, "-c", SCRIPT.format(model=MODEL, home=str(models_home))], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
     try:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import RunningApp
+from tests.support.servers import RunningApp
 
 ID_CHARS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
 BODIES = st.one_of(

@@ -10,7 +10,8 @@ from aiohttp import web
 from proctor.context import Context
 from proctor.redis import connect
 from proctor.settings import Settings
-from tests.conftest import RunningApp, free_port
+from tests.support.net import free_port
+from tests.support.servers import RunningApp
 
 
 async def test_healthz_ok(web_server: RunningApp) -> None:

@@ -7,22 +7,17 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
 import pytest
 
 from media_server.node import MediaNode
 from proctor.context import Context
-from tests.browser import CONNECTED, have_chromium
-from tests.conftest import ARTIFACTS, RunningApp, wait_for
+from tests.support.browser import CONNECTED, have_chromium
+from tests.support.paths import ARTIFACTS
+from tests.support.servers import RunningApp
+from tests.support.sessions import create_session
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="Debian chromium not installed")]
-
-
-async def create_session(base: str, token: str, candidate: str = "Ada Lovelace", exam: str = "Math 101") -> dict:
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
-        async with http.post(f"{base}/api/sessions", json={"candidate": candidate, "exam": exam}) as response:
-            assert response.status == 201, await response.text()
-            return await response.json()
 
 
 def stream_of(node: MediaNode, session_id: str) -> dict | None:

@@ -13,13 +13,13 @@ import pytest
 
 from archiver.assemble import handler
 from archiver.jobs import JobQueue
-from archiver.worker import RETRY_FAILED_S, requeue_unfinalized
+from lifecycle.sweep import RETRY_FAILED_S, requeue_unfinalized
 from proctor.context import Context
 from proctor.redis import FINALIZE_STREAM
 from proctor.settings import Settings
 from proctor.storage import S3Storage
-from tests.seaweed import SeaweedS3, weed_binary
-from tests.test_worker_crash import assert_one_exact_master, recorded_session
+from tests.support.archive import assert_one_exact_master, recorded_session
+from tests.support.seaweed import SeaweedS3, weed_binary
 
 DELIVERIES = 2  # production: 10 (JobQueue.max_deliveries); the path to the dead-letter stream is the same
 

@@ -23,14 +23,16 @@ import pytest
 
 from archiver.assemble import finalize
 from archiver.webm import frame_at, probe
-from archiver.worker import sweep_disconnected
+from lifecycle.sweep import sweep_disconnected
 from media_server.node import MediaNode
 from proctor.context import Context
-from signaling.nodes import live_nodes
-from tests.browser import CONNECTED, have_chromium, join_and_start
-from tests.conftest import ARTIFACTS, FrameLog, RunningApp, wait_for
-from tests.test_archive_pipeline import _all_stored
-from tests.test_ingest_browser import create_session
+from proctor.store.nodes import live_nodes
+from tests.support.archive import all_segments_stored
+from tests.support.browser import CONNECTED, have_chromium, join_and_start
+from tests.support.paths import ARTIFACTS
+from tests.support.servers import FrameLog, RunningApp
+from tests.support.sessions import create_session
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 # The kill lands this far into the dead node's open segment: past its first 1-s cluster (on disk, so there is a
@@ -179,7 +181,7 @@ async def test_page_moves_to_another_node_when_its_node_dies(web_server: Running
         await page.evaluate("window.proctor.finish()")
         await page.wait_for_selector("#step-done:not([hidden])", timeout=10_000)
         await page.close()
-        await wait_for(lambda: _all_stored(ctx, sid), within=30)
+        await wait_for(lambda: all_segments_stored(ctx, sid), within=30)
         assert await finalize(ctx, sid) is True
         await _check_master_across_the_kill(ctx, sid, node_id, open_segment, received_s, frame_log, tmp_path)
     finally:

@@ -13,7 +13,7 @@ from aiohttp import web
 from proctor.context import Context
 from proctor.embedded import EmbeddedRedis
 from proctor.redis import FINALIZE_STREAM, connect
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 
 async def test_redis_outage_gives_503_and_recovers(ctx: Context, tmp_path: Path, admin_token: str) -> None:

@@ -16,12 +16,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from core.net import parse_networks
 from proctor import accounts
 from proctor.context import Context
 from proctor.settings import Settings, SettingsError
-from tests.seaweed import free_ports
+from tests.support.net import free_ports
 from web.login import LOGIN_MAX_FAILURES
-from web.proxy import client_of, parse_networks, scheme_of
+from web.proxy import client_of, scheme_of
 
 PROXIES = parse_networks(["10.0.0.0/8", "192.0.2.7", "::1"])
 

@@ -8,11 +8,12 @@ import base64
 import aiohttp
 import pytest
 
-from archiver.worker import expire_sessions
+from core.scoring import parse_weights
+from lifecycle.retention import expire_sessions
 from proctor.context import Context
 from proctor.redis import THUMBNAIL_KEY
-from signaling.scoring import parse_weights, refresh_score
-from tests.conftest import RunningApp
+from proctor.store.sessions import refresh_score
+from tests.support.servers import RunningApp
 
 
 async def _session(ctx: Context, age_days: int, status: str = "finalized") -> str:

@@ -28,19 +28,14 @@ import numpy as np
 import pytest
 
 from proctor.settings import Settings
-from tests import test_security, test_web_pages
-from tests.browser import have_chromium
-from tests.seaweed import SeaweedS3
-from tests.test_security import _fetch, s3_web_app
-from tests.test_web_pages import FPS, HEIGHT, WIDTH, browser_login
+from tests.support.accounts import browser_login
+from tests.support.browser import have_chromium
+from tests.support.review import FPS, HEIGHT, WIDTH
+from tests.support.s3_web import fetch, s3_web_app
+from tests.support.seaweed import SeaweedS3
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not have_chromium(), reason="Debian chromium not installed")]
-
-# Fixtures shared with those modules (pytest finds a fixture by name in the test's module): a SeaweedFS S3 server
-# for this module, and a logged-in-able admin.
-seaweed = test_security.seaweed
-staff_user = test_web_pages.staff_user
 
 PRESIGN_S = 3
 GOP_S = 2
@@ -153,7 +148,7 @@ async def test_review_survives_presigned_url_expiry(settings: Settings, seaweed:
             # 2. The reviewer lingers past expiry: the URL the browser holds is now refused by S3.
             signed_at = min(t for t, url in requests if url == first)
             await asyncio.sleep(max(0.0, signed_at + PRESIGN_S + 1.5 - time.monotonic()))
-            assert (await asyncio.to_thread(_fetch, first, {"Range": "bytes=0-15"}))[0] == 403
+            assert (await asyncio.to_thread(fetch, first, {"Range": "bytes=0-15"}))[0] == 403
 
             # ...then jumps to an event far into the video, beyond what Chromium buffered: it must ask S3 again.
             clicked = time.monotonic()

@@ -1,4 +1,4 @@
-"""Event hysteresis (analyzers.rules): exact start/end times, flicker, gaps, peaks, flush, browser signals."""
+"""Event hysteresis (core.rules): exact start/end times, flicker, gaps, peaks, flush, browser signals."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from analyzers.base import AnalyzerConfig
-from analyzers.rules import (
+from analyzers.base import rules_config
+from core.rules import (
     EventChange,
     EventRules,
     KindRule,
@@ -15,6 +15,7 @@ from analyzers.rules import (
     browser_signal_to_condition,
     parse_event_timing,
 )
+from proctor.settings import Settings
 
 
 def feed(rules: EventRules, kind: str, frames: list[tuple[float, bool]], confidence: float = 0.8,
@@ -126,7 +127,7 @@ def test_frame_gap_does_not_invent_events() -> None:
 
 
 def test_identity_needs_two_consecutive_checks() -> None:
-    rules = EventRules(AnalyzerConfig(identity_interval_s=5).rules_config())
+    rules = EventRules(rules_config(Settings.defaults(identity_interval_s=5)))
     assert rules.update("identity_mismatch", True, 0.9, 5.0) == []
     assert rules.update("identity_mismatch", False, 0.2, 10.0) == []  # one mismatch alone: nothing
     assert rules.update("identity_mismatch", True, 0.8, 15.0) == []
@@ -148,7 +149,7 @@ def test_timing_overrides() -> None:
     for bad in ("no_face=5", "no_face:5/2", "nose=1/1", "phone=a/2", "phone=-1/2"):
         with pytest.raises(ValueError):
             parse_event_timing(bad)
-    rules = EventRules(AnalyzerConfig(event_timing="no_face=1/0").rules_config())
+    rules = EventRules(rules_config(Settings.defaults(event_timing="no_face=1/0")))
     out = feed(rules, "no_face", frames(0, 1.25, True) + [(2.0, False)])
     assert [(c.type, c.start_s, c.end_s) for c in out] == [("start", 0, None), ("end", 0, 2.0)]
     assert rules.config.rules["phone"] == RulesConfig.default().rules["phone"]

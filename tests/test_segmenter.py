@@ -21,10 +21,10 @@ from archiver.segmenter import Archive
 from archiver.spool import Spool
 from archiver.webm import probe
 from bench.synthetic import EncodedClip, encode_clip
-from media_server.taps import EncodedFrame
+from media_server.outlets import EncodedFrame
 from proctor.context import Context
-from tests.conftest import wait_for
-from tests.media import face_canvas
+from tests.support.media import face_canvas
+from tests.support.waiting import wait_for
 
 FPS = 30
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import tokens
 from media_server.node import MediaNode
 from proctor.context import Context
 from proctor.redis import OFFER_LOCK
-from signaling import tokens
-from tests.conftest import RunningApp
-from tests.media import face_canvas
+from tests.support.media import face_canvas
+from tests.support.servers import RunningApp
 
 VALID_LOOKING_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
 

@@ -2,8 +2,8 @@
 
 The shared contract (round trips, list, exists, delete) runs on both backends through the parametrized `storage`
 fixture; backend-specific behaviour (atomic local writes, multipart uploads, presigned URLs, credentials) has its
-own tests. SeaweedFS is started once for the module by tests/seaweed.py; without a `weed` binary the S3 tests
-skip.
+own tests. SeaweedFS is started once for the module by tests/support/seaweed.py; without a `weed` binary the S3
+tests skip.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from proctor.storage import (
     check_key,
     file_sha256,
 )
-from tests.seaweed import SeaweedS3, free_ports, weed_binary
+from tests.support.net import free_ports
+from tests.support.seaweed import SeaweedS3, weed_binary
 
 BUCKET = "proctor-test"
 REGION = "auto"  # what docker-compose and R2 use; SeaweedFS accepts it in SigV4 scopes

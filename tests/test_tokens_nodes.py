@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from core import tokens
+from core.nodes import NodeInfo, choose
 from media_server.sdp import tune_answer
-from signaling import tokens
-from signaling.nodes import NodeInfo, choose
 
 KEY = b"k" * 40
 
@@ -100,7 +100,7 @@ def test_media_clock_guards_timestamp_jumps() -> None:
 
 async def test_a_burst_of_offers_spreads_over_nodes(ctx) -> None:  # type: ignore[no-untyped-def]
     """Placements count until the next heartbeat, so a burst alternates between equally loaded nodes."""
-    from signaling.nodes import live_nodes, note_placement, register
+    from proctor.store.nodes import live_nodes, note_placement, register
 
     prefix = f"burst-{time.time_ns()}"
     for name in ("a", "b"):

@@ -4,8 +4,6 @@ the protocol the way the standard library delivers them."""
 from __future__ import annotations
 
 import asyncio
-import asyncio.selector_events as selector_events
-import inspect
 import socket
 
 from media_server import udp
@@ -20,10 +18,43 @@ class _Collect(asyncio.DatagramProtocol):
         self.received.append(data)
 
 
-def test_standard_library_read_ready_is_what_we_replaced() -> None:
-    # The replacement copies the standard body in a loop; a changed body means re-reading it.
-    source = inspect.getsource(udp._original_read_ready)
-    assert "self._sock.recvfrom(self.max_size)" in source and "self._protocol.datagram_received" in source
+class _Errors(_Collect):
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[Exception] = []
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors.append(exc)
+
+
+async def test_socket_errors_reach_the_protocol_and_reading_goes_on() -> None:
+    """The standard library's contract, kept by the batched body: an error from recvfrom (here the ICMP port
+    unreachable a connected socket reports) goes to error_received, and the next datagram is still read."""
+    udp.install_batched_reads()
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        closed_address = closed.getsockname()
+    transport, protocol = await loop.create_datagram_endpoint(_Errors, local_addr=("127.0.0.1", 0),
+                                                              remote_addr=closed_address)
+    try:
+        transport.sendto(b"nobody listens")
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if protocol.errors:
+                break
+        assert [type(e) for e in protocol.errors] == [ConnectionRefusedError]
+        # A connected socket only accepts datagrams from its peer: send from the (now reopened) peer address.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(closed_address)
+            peer.sendto(b"after the error", transport.get_extra_info("sockname"))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if protocol.received:
+                break
+        assert protocol.received == [b"after the error"]
+    finally:
+        transport.close()
 
 
 async def test_one_wake_drains_the_socket() -> None:
@@ -32,18 +63,17 @@ async def test_one_wake_drains_the_socket() -> None:
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(_Collect, local_addr=("127.0.0.1", 0))
     wakes = 0
-    original = selector_events._SelectorDatagramTransport._read_ready
+    read_ready = transport._read_ready  # type: ignore[attr-defined]  # bound at creation: the batched body
 
-    def counting(self: object) -> None:
+    def counting() -> None:
         nonlocal wakes
         wakes += 1
-        original(self)
+        read_ready()
 
-    selector_events._SelectorDatagramTransport._read_ready = counting  # type: ignore[method-assign]
-    # The loop's reader callback was bound at creation: re-register so it calls the counting wrapper.
+    # Re-register the loop's reader callback so each readiness wake is counted.
     sock = transport.get_extra_info("socket")
     loop._remove_reader(sock.fileno())  # type: ignore[attr-defined]
-    loop._add_reader(sock.fileno(), lambda: counting(transport))  # type: ignore[attr-defined]
+    loop._add_reader(sock.fileno(), counting)  # type: ignore[attr-defined]
     try:
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for i in range(udp.MAX_DATAGRAMS_PER_WAKE):
@@ -54,7 +84,6 @@ async def test_one_wake_drains_the_socket() -> None:
             if len(protocol.received) == udp.MAX_DATAGRAMS_PER_WAKE:
                 break
     finally:
-        selector_events._SelectorDatagramTransport._read_ready = original  # type: ignore[method-assign]
         transport.close()
     assert protocol.received == [f"p{i}".encode() for i in range(udp.MAX_DATAGRAMS_PER_WAKE)]
     assert wakes <= 3  # the stock transport needs one wake per datagram (16)

@@ -11,53 +11,14 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proctor import accounts
 from proctor.context import Context
 from proctor.settings import Settings
-from tests.conftest import RunningApp
+from tests.support.accounts import PASSWORD, logged_in, make_user, page_csrf, post_login
+from tests.support.servers import RunningApp
 
-PASSWORD = "correct horse battery staple"
 # Routes that are public or check the candidate's join token themselves.
 PUBLIC = {"/login", "/static", "/healthz", "/join/{token}"}
 CANDIDATE = {"consent", "precheck", "reference", "offer", "state", "end"}
-
-
-async def make_user(ctx: Context, role: str = "admin", password: str = PASSWORD) -> str:
-    name = f"web-{role}-{uuid.uuid4().hex[:8]}"
-    async with ctx.pool.acquire() as conn:
-        await accounts.create_user(conn, name, role, password)
-    return name
-
-
-def login_token(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, html
-    return match.group(1)
-
-
-def page_csrf(html: str) -> str:
-    match = re.search(r'<meta name="csrf-token" content="([^"]*)"', html)
-    assert match and match.group(1), html
-    return match.group(1)
-
-
-async def post_login(http: aiohttp.ClientSession, base: str, name: str, password: str,
-                     next_path: str = "/") -> aiohttp.ClientResponse:
-    async with http.get(f"{base}/login") as response:
-        assert response.status == 200
-        token = login_token(await response.text())
-    response = await http.post(f"{base}/login", data={"name": name, "password": password, "csrf_token": token,
-                                                      "next": next_path}, allow_redirects=False)
-    await response.read()
-    return response
-
-
-async def logged_in(base: str, name: str) -> aiohttp.ClientSession:
-    """A client session holding a login cookie (unsafe jar: the server is on an IP address)."""
-    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    response = await post_login(http, base, name, PASSWORD)
-    assert response.status == 302, await response.text()
-    return http
 
 
 async def test_login_cookie_and_logout(web_server: RunningApp, ctx: Context) -> None:

@@ -11,7 +11,7 @@ import aiohttp
 from proctor.context import Context
 from proctor.embedded import EmbeddedRedis
 from proctor.redis import LIVE_CHANNEL, connect
-from tests.conftest import RunningApp
+from tests.support.servers import RunningApp
 from web.live import LiveHub, Subscriber
 
 

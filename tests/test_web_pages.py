@@ -24,16 +24,17 @@ import pytest
 
 from proctor.context import Context
 from proctor.redis import LIVE_CHANNEL, THUMBNAIL_KEY
-from signaling.scoring import refresh_score
-from tests.browser import have_chromium
-from tests.conftest import ARTIFACTS, RunningApp, wait_for
-from tests.test_web_auth import PASSWORD, make_user
+from proctor.store.sessions import refresh_score
+from tests.support.accounts import PASSWORD, browser_login
+from tests.support.browser import have_chromium
+from tests.support.paths import ARTIFACTS
+from tests.support.review import FPS, HEIGHT, WIDTH
+from tests.support.servers import RunningApp
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="Debian chromium not installed")]
 
-FPS = 30
 SECONDS = 10
-WIDTH, HEIGHT = 320, 240
 BITS = 9
 
 
@@ -133,28 +134,6 @@ async def finalized(ctx: Context, tmp_path_factory: pytest.TempPathFactory) -> d
     assert score == pytest.approx(1.3)
     return {"id": sid, "candidate": candidate, "duration": duration, "events": ids,
             "starts": [e[1] for e in events]}
-
-
-@pytest.fixture(scope="module")
-async def staff_user(ctx: Context) -> dict[str, Any]:
-    name = await make_user(ctx, "admin")
-    async with ctx.pool.acquire() as conn:
-        user_id = await conn.fetchval("SELECT id FROM users WHERE name = $1", name)
-    return {"name": name, "id": user_id}
-
-
-async def browser_login(browser: Any, base: str, name: str, bypass_csp: bool = True) -> tuple[Any, Any]:
-    # Playwright's wait_for_function evaluates strings in the page, which the pages' CSP (no 'unsafe-eval')
-    # forbids; the login and sessions tests run under the real CSP.
-    context = await browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=bypass_csp,
-                                        permissions=["clipboard-read", "clipboard-write"])
-    page = await context.new_page()
-    await page.goto(f"{base}/login")
-    await page.fill("#name", name)
-    await page.fill("#password", PASSWORD)
-    await page.click("#login-btn")
-    await page.wait_for_url(f"{base}/")
-    return context, page
 
 
 async def test_login_page(web_server: RunningApp, browser: Any, staff_user: dict[str, Any]) -> None:
@@ -371,7 +350,7 @@ async def test_live_monitor(web_server: RunningApp, browser: Any, staff_user: di
     print(f"live alert shown {delay * 1000:.0f} ms after publish (page clock: {in_page} ms after `at`)")
     assert delay < 1.0
     await page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
-    # Copy/pastes close together are one flag that counts them (analyzers/rules.py merges them): it grows in place.
+    # Copy/pastes close together are one flag that counts them (core/rules.py merges them): it grows in place.
     async with ctx.pool.acquire() as conn:
         paste_id = await conn.fetchval("INSERT INTO events (session_id, kind, start_s, end_s, details) VALUES "
                                        "($1, 'copy_paste', 20.0, 20.0, '{\"count\": 1}') RETURNING id", sid)

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 
 from proctor.context import Context
-from signaling.scoring import refresh_score
-from tests.conftest import RunningApp
-from tests.test_web_auth import logged_in, make_user, page_csrf
+from proctor.store.sessions import refresh_score
+from tests.support.accounts import logged_in, make_user, page_csrf
+from tests.support.servers import RunningApp
 
 
 async def _session(ctx: Context, candidate: str, status: str = "ended") -> str:

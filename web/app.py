@@ -7,20 +7,33 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import aiohttp_jinja2
+import jinja2
+import redis.exceptions
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from analyzers.models import model_status
+from core.net import parse_networks
 from proctor.context import Context
-from proctor.http import redact_path
+from proctor.db import DB_UNAVAILABLE
+from proctor.http import CTX, redact_path
 from proctor.settings import Settings
-from web.proxy import CLIENT, forwarded, parse_networks
+from proctor.storage import StorageError
+from proctor.store.nodes import live_nodes
+from signaling.api import setup_routes as setup_signaling
+from web.auth import identify
+from web.candidate import setup_routes as setup_candidate
+from web.live import setup_routes as setup_live
+from web.login import setup_routes as setup_login
+from web.media import setup_routes as setup_media
+from web.proxy import CLIENT, forwarded
+from web.staff import setup_routes as setup_staff
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent
 
-CTX = web.AppKey("ctx", Context)
 SETTINGS = web.AppKey("settings", Settings)
 
 
@@ -36,8 +49,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def _media_nodes(ctx: Context) -> list[dict[str, Any]]:
-    from signaling.nodes import live_nodes
-
     try:
         return [node.public() for node in await live_nodes(ctx.redis)]
     except Exception as exc:  # Redis down is already reported above; keep /healthz answering
@@ -45,19 +56,18 @@ async def _media_nodes(ctx: Context) -> list[dict[str, Any]]:
         return []
 
 
+# DB_UNAVAILABLE's OSError also covers a vanished Redis unix socket.
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, StorageError, *DB_UNAVAILABLE)
+
+
 @web.middleware
 async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
     """A database or Redis outage is a 503 with Retry-After (the candidate page and integrations retry),
     never a 500; nothing already received is affected, the media nodes keep spooling."""
-    import redis.exceptions
-
-    from proctor.db import DB_UNAVAILABLE
-    from proctor.storage import StorageError
-
     try:
         return await handler(request)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, StorageError,
-            *DB_UNAVAILABLE) as exc:  # DB_UNAVAILABLE's OSError also covers a vanished Redis unix socket
+    except _UNAVAILABLE as exc:
         log.warning("%s %s: dependency unavailable: %s", request.method, redact_path(request.path), exc)
         raise web.HTTPServiceUnavailable(
             text=json.dumps({"error": "temporarily unavailable, retry shortly"}), content_type="application/json",
@@ -65,8 +75,6 @@ async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def create_app(settings: Settings, ctx: Context | None = None) -> web.Application:
-    from web.auth import identify
-
     # The client's own address first, for everything after it (login throttling, audit, the access log).
     app = web.Application(client_max_size=12 * 1024 * 1024,
                           middlewares=[forwarded(parse_networks(settings.trusted_proxies)), unavailable, identify])
@@ -79,19 +87,9 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
             await app[CTX].close()
 
     app.cleanup_ctx.append(open_context)
-    import aiohttp_jinja2
-    import jinja2
-
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(WEB_DIR / "templates"), autoescape=True)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
-    from signaling.api import setup_routes as setup_signaling
-    from web.candidate import setup_routes as setup_candidate
-    from web.live import setup_routes as setup_live
-    from web.login import setup_routes as setup_login
-    from web.media import setup_routes as setup_media
-    from web.staff import setup_routes as setup_staff
-
     setup_signaling(app)
     setup_candidate(app)
     setup_media(app)

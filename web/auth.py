@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proctor import accounts
-from proctor.http import USER, error
+from proctor.http import CTX, USER, error
 from web import cookies
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,8 +30,6 @@ async def identify(request: web.Request, handler: Handler) -> web.StreamResponse
     token = bearer_token(request)
     # API tokens carry a prefix; join tokens (candidates) do not and are checked by their own routes.
     if token and token.startswith("pt_"):
-        from web.app import CTX
-
         async with request.app[CTX].pool.acquire() as conn:
             request[USER] = await accounts.user_for_token(conn, token)
         if request[USER] is None:
@@ -44,8 +42,6 @@ async def identify(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 async def _identify_cookie(request: web.Request) -> None:
-    from web.app import CTX
-
     ctx = request.app[CTX]
     key = ctx.settings.signing_key()
     claims = cookies.verify(key, request.cookies.get(cookies.COOKIE))

@@ -16,11 +16,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from proctor.http import error
+from core.live import Hello, HubState, Overflow, Pong
+from proctor.http import CTX, error, require_user
 from proctor.redis import LIVE_CHANNEL
-from signaling.api import require_user
 from web import cookies
-from web.app import CTX
 from web.login import page_user, render_page
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ class LiveHub:
                 if lost:
                     # Whatever was published while Redis was away never reached the monitors (the events
                     # themselves are in Postgres): tell them to reload their state.
-                    self.publish_local(json.dumps({"type": "hub", "state": "resync"}))
+                    self.publish_local(HubState(state="resync").dumps())
                     lost = False
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
@@ -91,7 +90,7 @@ class LiveHub:
             except Exception as exc:  # Redis restarted: tell the monitors, resubscribe shortly
                 log.warning("live hub lost Redis: %s", exc)
                 if not lost:
-                    self.publish_local(json.dumps({"type": "hub", "state": "reconnecting"}))
+                    self.publish_local(HubState(state="reconnecting").dumps())
                 lost = True
                 await asyncio.sleep(1)
             finally:
@@ -128,12 +127,12 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
     sub.ws = ws
     try:
         await ws.prepare(request)
-        await ws.send_json({"type": "hello", "user": user.name, "role": user.role})
+        await ws.send_str(Hello(user=user.name, role=user.role).dumps())
         pump = asyncio.create_task(_pump(sub, ws))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT and msg.data == "ping":
-                    await ws.send_str('{"type":"pong"}')
+                    await ws.send_str(Pong().dumps())
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,7 +147,7 @@ async def _pump(sub: Subscriber, ws: web.WebSocketResponse) -> None:
     while not ws.closed:
         data = await sub.queue.get()
         if sub.dropped != reported:
-            await ws.send_str(json.dumps({"type": "overflow", "dropped": sub.dropped - reported}))
+            await ws.send_str(Overflow(dropped=sub.dropped - reported).dumps())
             reported = sub.dropped
         await ws.send_str(data)
 

@@ -19,9 +19,8 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from proctor import accounts
-from proctor.http import USER
+from proctor.http import CTX, USER
 from web import cookies
-from web.app import CTX
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def page_user(request: web.Request) -> accounts.User:
     user = request.get(USER)
     if user is None:
         raise web.HTTPFound(f"/login?next={quote(request.path_qs, safe='')}")
-    return user  # type: ignore[no-any-return]
+    return user
 
 
 def csrf_for(request: web.Request) -> str:

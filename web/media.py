@@ -4,14 +4,12 @@ presigned URL on S3/R2) and event snapshots. Every route needs a login or an API
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 from aiohttp import web
 
-from proctor.http import error
+from proctor.context import Context
+from proctor.http import CTX, error, path_int, path_session_id, require_user
 from proctor.redis import THUMBNAIL_KEY
-from signaling.api import path_int, path_session_id, require_user
-from web.app import CTX
 
 
 async def master_video(request: web.Request) -> web.StreamResponse:
@@ -25,7 +23,7 @@ async def master_video(request: web.Request) -> web.StreamResponse:
     return await serve_video(ctx, key)
 
 
-async def serve_video(ctx: Any, key: str) -> web.StreamResponse:
+async def serve_video(ctx: Context, key: str) -> web.StreamResponse:
     """A stored WebM for the browser: a short-lived presigned URL on S3/R2, the file itself on local storage."""
     url = await ctx.storage.presigned_url(key, ctx.settings.presign_seconds)
     if url is not None:

@@ -11,24 +11,14 @@ address. Requests from anyone else keep their peer address, whatever headers the
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from core.net import Network
+
 # The client address the middleware settled on, for the access log (which gets the request before the clone).
 CLIENT: web.RequestKey[str] = web.RequestKey("client_ip", str)
-
-
-def parse_networks(entries: Sequence[str]) -> tuple[Network, ...]:
-    """"10.0.0.0/8", "192.0.2.7", "::1" -> networks; ValueError names the bad entry."""
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"expected an IP address or CIDR network, got {entry!r}") from None
-    return tuple(networks)
 
 
 def _address(raw: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -76,6 +66,6 @@ def forwarded(networks: tuple[Network, ...]) -> Callable[..., Awaitable[web.Stre
         if client is None and scheme is None:
             return await handler(request)
         request[CLIENT] = client or request.remote or ""
-        return await handler(request.clone(remote=client or request.remote, scheme=scheme or request.scheme))
+        return await handler(request.clone(remote=client or request.remote or "", scheme=scheme or request.scheme))
 
     return middleware

@@ -17,16 +17,16 @@ from urllib.parse import urlencode
 import asyncpg
 from aiohttp import web
 
+from core.events import REVIEW_STATES
+from core.live import Acknowledged
+from core.sessions import STATUSES
 from proctor import accounts
-from proctor.http import error, read_json
-from signaling import sessions
-from signaling.api import existing_session, path_int, path_session_id, require_user
-from signaling.scoring import refresh_score
-from web.app import CTX
+from proctor.http import CTX, error, path_int, path_session_id, read_json, require_user
+from proctor.store import events, live, sessions
+from signaling.api import existing_session
 from web.login import page_user, render_page
 from web.media import serve_video
 
-REVIEW_STATES = ("pending", "confirmed", "dismissed")
 MAX_NOTE = 2000
 MAX_QUERY = 200
 SORTS = {"newest": "s.created_at DESC", "score": "s.score DESC, s.created_at DESC"}
@@ -58,7 +58,7 @@ def fmt_score(score: float | None) -> str:
 async def sessions_page(request: web.Request) -> web.Response:
     page_user(request)
     status = request.query.get("status") or None
-    if status is not None and status not in sessions.STATUSES:
+    if status is not None and status not in STATUSES:
         status = None
     query = request.query.get("q", "").strip()[:MAX_QUERY]
     flagged = request.query.get("flagged") == "1"
@@ -78,7 +78,7 @@ async def sessions_page(request: web.Request) -> web.Response:
             f"GROUP BY s.id HAVING (NOT $3 OR count(e.id) > 0) ORDER BY {SORTS[sort]} LIMIT 200",
             status, _like(query), flagged)
     return render_page("sessions.html", request, {
-        "nav": "sessions", "rows": rows, "statuses": sessions.STATUSES, "status": status or "", "q": query,
+        "nav": "sessions", "rows": rows, "statuses": STATUSES, "status": status or "", "q": query,
         "flagged": flagged, "sort": sort, "duration": _duration,
         "sort_urls": {name: _list_url(status, query, flagged, name) for name in SORTS},
         "score_level": score_level, "fmt_score": fmt_score})
@@ -171,29 +171,6 @@ async def batch_video(request: web.Request) -> web.StreamResponse:
 
 # --- review API ----------------------------------------------------------------------------------------
 
-_EVENT_SQL = (
-    "SELECT e.*, r.name AS reviewed_by_name, a.name AS acknowledged_by_name FROM events e "
-    "LEFT JOIN users r ON r.id = e.reviewed_by LEFT JOIN users a ON a.id = e.acknowledged_by ")
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def event_json(row: asyncpg.Record) -> dict[str, Any]:
-    end_s = row["end_s"]
-    return {
-        "id": row["id"], "session_id": str(row["session_id"]), "kind": row["kind"], "start_s": row["start_s"],
-        "end_s": end_s, "duration_s": round(end_s - row["start_s"], 3) if end_s is not None else None,
-        "confidence": row["confidence"], "source": row["source"],
-        "review_state": row["review_state"], "review_note": row["review_note"],
-        "reviewed_by": row["reviewed_by_name"], "reviewed_at": _iso(row["reviewed_at"]),
-        "acknowledged_by": row["acknowledged_by_name"], "acknowledged_at": _iso(row["acknowledged_at"]),
-        "snapshot_url": f"/api/sessions/{row['session_id']}/events/{row['id']}/snapshot" if row["snapshot_key"]
-        else None,
-    }
-
-
 async def review_event(request: web.Request) -> web.Response:
     """POST /api/sessions/{id}/events/{eid}/review {"state": "confirmed|dismissed|pending", "note": "..."}."""
     user = require_user(request)
@@ -206,18 +183,14 @@ async def review_event(request: web.Request) -> web.Response:
         raise error(web.HTTPBadRequest, f"note must be a string of at most {MAX_NOTE} characters")
     note = note.strip() or None if isinstance(note, str) else None
     async with request.app[CTX].pool.acquire() as conn, conn.transaction():
-        updated = await conn.fetchval(
-            "UPDATE events SET review_state = $3, review_note = $4, reviewed_by = $5, reviewed_at = now(), "
-            "updated_at = now() WHERE id = $1 AND session_id = $2 RETURNING id",
-            event_id, session_id, state, note, user.id)
-        if updated is None:
+        if not await events.review(conn, session_id, event_id, state=state, note=note, user_id=user.id):
             raise error(web.HTTPNotFound, "no such event")
         await accounts.audit(conn, user.name, "event.review", f"event:{event_id}",
                              {"session_id": session_id, "state": state, "note": note})
         # Dismissed flags drop out of the suspicion score; confirming or resetting one brings it back.
-        score = await refresh_score(conn, session_id, request.app[CTX].settings.weights)
-        row = await conn.fetchrow(_EVENT_SQL + "WHERE e.id = $1", event_id)
-    return web.json_response({**event_json(row), "session_score": score})
+        score = await sessions.refresh_score(conn, session_id, request.app[CTX].settings.weights)
+        row = await events.get(conn, event_id)
+    return web.json_response({**events.to_json(row), "session_score": score})
 
 
 async def acknowledge_event(request: web.Request) -> web.Response:
@@ -226,18 +199,13 @@ async def acknowledge_event(request: web.Request) -> web.Response:
     session_id, event_id = path_session_id(request), path_int(request, "event_id", "no such event")
     ctx = request.app[CTX]
     async with ctx.pool.acquire() as conn, conn.transaction():
-        updated = await conn.fetchval(
-            "UPDATE events SET acknowledged_by = coalesce(acknowledged_by, $3), "
-            "acknowledged_at = coalesce(acknowledged_at, now()), updated_at = now() "
-            "WHERE id = $1 AND session_id = $2 RETURNING id", event_id, session_id, user.id)
-        if updated is None:
+        if not await events.acknowledge(conn, session_id, event_id, user.id):
             raise error(web.HTTPNotFound, "no such event")
         await accounts.audit(conn, user.name, "event.ack", f"event:{event_id}", {"session_id": session_id})
-        row = await conn.fetchrow(_EVENT_SQL + "WHERE e.id = $1", event_id)
-    data = event_json(row)
+        row = await events.get(conn, event_id)
+    data = events.to_json(row)
     # Other proctors' monitors clear the alert too.
-    await sessions.publish(ctx.redis, {"type": "ack", "session_id": session_id, "event_id": event_id,
-                                       "by": data["acknowledged_by"]})
+    await live.publish(ctx.redis, Acknowledged(session_id=session_id, event_id=event_id, by=data["acknowledged_by"]))
     return web.json_response(data)
 
 
@@ -246,8 +214,8 @@ async def _export_rows(request: web.Request) -> tuple[asyncpg.Record, list[dict[
     session_id = path_session_id(request)
     async with request.app[CTX].pool.acquire() as conn:
         row = await existing_session(conn, session_id)
-        events = await conn.fetch(_EVENT_SQL + "WHERE e.session_id = $1 ORDER BY e.start_s, e.id", session_id)
-    return row, [event_json(e) for e in events]
+        rows = await events.for_session(conn, session_id)
+    return row, [events.to_json(e) for e in rows]
 
 
 def _cell(value: Any) -> Any:
@@ -260,16 +228,16 @@ def _cell(value: Any) -> Any:
 async def export_events(request: web.Request) -> web.Response:
     """GET /api/sessions/{id}/events.csv | events.json: every event with its review, as a download."""
     fmt = request.match_info["fmt"]
-    row, events = await _export_rows(request)
+    row, exported = await _export_rows(request)
     name = f"session-{row['id']}-events.{fmt}"
     headers = {"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "private, no-store"}
     if fmt == "json":
-        body = {"session": sessions.to_json(row), "events": events}
+        body = {"session": sessions.to_json(row), "events": exported}
         return web.json_response(body, headers=headers, dumps=lambda d: json.dumps(d, indent=2))
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(EXPORT_FIELDS)
-    for event in events:
+    for event in exported:
         writer.writerow([_cell(event[f]) for f in EXPORT_FIELDS])
     return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8", headers=headers)
 

@@ -336,10 +336,9 @@
     if (state.deleted) return;
     let session, preview;
     try {
-      session = await staff.api("GET", base);
-      const exported = await staff.api("GET", `${base}/events.json`);
+      session = await staff.api("GET", base); // the session with its events, in the one event shape
       const currentId = state.current >= 0 ? state.events[state.current].id : null;
-      state.events = exported.events;
+      state.events = session.events;
       state.current = currentId === null ? -1 : state.events.findIndex((e) => e.id === currentId);
       preview = session.master_video_url ? null : await staff.api("GET", `${base}/preview`);
     } catch (e) {

@@ -13,7 +13,9 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 class TokenError(ValueError):
@@ -63,3 +65,8 @@ def verify(key: bytes, token: str, *, now: float | None = None) -> JoinClaims:
     if claims.expires_at < (time.time() if now is None else now):
         raise TokenError("join link expired")
     return claims
+
+
+def for_session(key: bytes, session: Mapping[str, Any]) -> str:
+    """The join token of a session row (its id, current nonce and expiry)."""
+    return issue(key, str(session["id"]), session["join_nonce"], session["join_expires_at"].timestamp())

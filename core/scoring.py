@@ -5,12 +5,10 @@ that kind earns per 10 seconds. An instant flag counts as one second; merged ins
 details count them, as one second each, so twenty pastes in a minute weigh what twenty separate flags did.
 Weights are a setting (SCORE_WEIGHTS); kinds without a weight earn 1. The score is stored on the session and
 refreshed whenever an event ends or grows (a merged instant) or a reviewer changes its state, so lists sort and
-filter on it without recomputing.
+filter on it without recomputing (proctor.store.sessions.refresh_score computes it in SQL).
 """
 
 from __future__ import annotations
-
-import asyncpg
 
 DEFAULT_WEIGHTS = {
     "identity_mismatch": 10.0, "phone": 8.0, "multiple_people": 6.0, "second_screen": 5.0, "no_face": 3.0,
@@ -32,14 +30,3 @@ def parse_weights(raw: str) -> dict[str, float]:
         if weights[kind.strip()] < 0:
             raise ValueError(f"weight of {kind.strip()} must not be negative")
     return weights
-
-
-async def refresh_score(conn: asyncpg.Connection, session_id: str, weights: dict[str, float]) -> float:
-    """Recompute and store the score (connections come from proctor.db pools, whose jsonb codec encodes dicts)."""
-    score = await conn.fetchval(
-        "UPDATE sessions SET score = least(100, coalesce((SELECT sum(coalesce(($2::jsonb ->> e.kind)::float, 1) "
-        "* CASE WHEN jsonb_typeof(e.details -> 'count') = 'number' THEN (e.details ->> 'count')::float "
-        "ELSE greatest(coalesce(e.end_s, e.start_s) - e.start_s, 1) END / 10) FROM events e "
-        "WHERE e.session_id = $1 AND e.review_state <> 'dismissed'), 0)) WHERE id = $1 RETURNING score",
-        session_id, weights)
-    return float(score or 0.0)

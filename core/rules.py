@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from core.events import BROWSER_KINDS, FRAME_KINDS
+
 EPS = 1e-6
 
 
@@ -40,8 +42,6 @@ class KindRule:
     merge_within_s: float = 0.0  # instant kinds: closer than this to the last one extends it (0: never)
 
 
-FRAME_KINDS = ("no_face", "multiple_people", "looking_away", "identity_mismatch", "phone")
-BROWSER_KINDS = ("tab_hidden", "window_blur", "fullscreen_exit", "second_screen", "copy_paste")
 
 
 @dataclass(frozen=True)

@@ -1,45 +1,28 @@
-"""The media node registry in Redis, and the choice of node for a new stream.
+"""The media node registry in Redis.
 
 Each `proctor media` process keeps a hash `proctor:node:<id>` alive with a heartbeat (address of its internal
 API, streams it carries, capacity); the key expires a few seconds after the node stops, so a dead node is
-never chosen. Signaling picks the live node with the lowest load that has room.
+never chosen. Signaling picks among `live_nodes` with core.nodes.choose.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import asdict, replace
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from core.nodes import NodeInfo
 from proctor.redis import NODE_KEY, NODE_PATTERN, NODE_TTL_S
 
-
-@dataclass(frozen=True)
-class NodeInfo:
-    node_id: str
-    url: str  # internal API base URL, e.g. http://10.0.0.5:8090
-    streams: int
-    capacity: int
-    cpu: float = 0.0
-    heartbeat_at: float = 0.0
-
-    @property
-    def load(self) -> float:
-        return self.streams / self.capacity if self.capacity else 1.0
-
-    @property
-    def has_room(self) -> bool:
-        return self.streams < self.capacity
-
-    def public(self) -> dict[str, Any]:
-        return asdict(self)
+PLACED_KEY = "proctor:placed:{node_id}"
+PLACED_TTL_S = 2  # a node's heartbeat reports its real count within a second
 
 
 async def register(redis: aioredis.Redis, node: NodeInfo) -> None:
     key = NODE_KEY.format(node_id=node.node_id)
-    mapping = {k: str(v) for k, v in asdict(node).items()}
+    mapping: dict[Any, Any] = {k: str(v) for k, v in asdict(node).items()}
     mapping["heartbeat_at"] = str(time.time())
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(key, mapping=mapping)
@@ -59,10 +42,6 @@ def _parse(data: dict[str, str]) -> NodeInfo | None:
         return None
 
 
-PLACED_KEY = "proctor:placed:{node_id}"
-PLACED_TTL_S = 2  # a node's heartbeat reports its real count within a second
-
-
 async def note_placement(redis: aioredis.Redis, node_id: str) -> None:
     """Count a stream just sent to a node until its heartbeat reports it: a burst of offers within one
     heartbeat would otherwise all see the same stale loads and pile onto one node."""
@@ -76,20 +55,8 @@ async def note_placement(redis: aioredis.Redis, node_id: str) -> None:
 async def live_nodes(redis: aioredis.Redis) -> list[NodeInfo]:
     nodes = []
     async for key in redis.scan_iter(match=NODE_PATTERN, count=100):
-        node = _parse(await redis.hgetall(key))
+        node = _parse(cast(dict[str, str], await redis.hgetall(key)))  # decode_responses: str
         if node is not None:
             placed = int(await redis.get(PLACED_KEY.format(node_id=node.node_id)) or 0)
             nodes.append(replace(node, streams=node.streams + placed) if placed else node)
     return sorted(nodes, key=lambda n: n.node_id)
-
-
-def choose(nodes: list[NodeInfo], prefer: str | None = None) -> NodeInfo | None:
-    """The least-loaded node with room; `prefer` (the node a reconnecting session was on) wins while it has room."""
-    with_room = [n for n in nodes if n.has_room]
-    if prefer is not None:
-        for node in with_room:
-            if node.node_id == prefer:
-                return node
-    if not with_room:
-        return None
-    return min(with_room, key=lambda n: (n.load, n.streams, n.cpu, n.node_id))

@@ -1,0 +1,287 @@
+"""Every place the media node reaches into aiortc, aioice or asyncio internals, behind small typed functions.
+
+aiortc 1.16.0 and aioice 0.13.0 are pinned exactly because of what this module does; nothing else in
+media_server touches their private names. tests/test_aiortc_internals.py drives each function below through
+real aiortc/aioice/asyncio objects (RTP packets into a real RTCRtpReceiver, a real SCTP association, real
+ICE gathering, a real UDP socket) and fails if any hook stops working; run it first after an upgrade.
+
+Private names relied on, and why:
+
+aiortc.rtcrtpreceiver.RTCRtpReceiver
+  `_RTCRtpReceiver__decoder_queue`  queue.Queue of `(codec, JitterFrame)` put by `_handle_rtp_packet` for the
+      decoder thread: wrapping its `put` is the only place whole encoded frames (VP8/Opus) are visible, with
+      their unwrapped RTP time; `tap_decoder_queue`.
+  `_RTCRtpReceiver__jitter_buffer`  the receiver's JitterBuffer: it throws packets away without telling anyone;
+      `on_jitter_loss`.
+  `_RTCRtpReceiver__rtx_ssrc`  {rtx ssrc: media ssrc} from the receive parameters: a PLI must name the media
+      SSRC, and statistics must tell the RTX stream from the media stream; `rtx_ssrcs`, `media_ssrcs`.
+  `_RTCRtpReceiver__remote_streams`  {ssrc: StreamStatistics}: per-SSRC counts (getStats() gives every SSRC's
+      inbound-rtp entry the same id, so it reports whichever came last); `receiver_stream_stats`.
+  `_send_rtcp_pli(media_ssrc)`  sends an RTCP PLI (there is no public keyframe request); `send_pli`.
+
+aiortc.jitterbuffer.JitterBuffer (the object above)
+  `smart_remove(count)`  called by `add()` on overflow (delta >= capacity): gives up on the oldest sequence
+      numbers, packets held or still missing, so the next frame may start mid-frame.
+  `remove(count)`  called by `add()` on a misorder reset (a packet >= MAX_MISORDER behind the origin) with
+      `capacity`: every held packet is discarded; and by `_remove_frame` after a frame is assembled (those
+      packets were delivered, not lost).
+  `_remove_frame`  wrapped only to tell those two `remove` calls apart.
+  `_packets`, `_origin`  read to count the held packets a misorder reset discards.
+
+aiortc.rtcsctptransport.RTCSctpTransport
+  `_data_channel_receive(stream_id, pp_id, data)`  parses every data-channel message (DCEP with asserts, text
+      as UTF-8) before any handler runs; an exception there ends the DTLS transport and the whole connection;
+      `guard_data_channel_receive`. (`_proctor_guarded` is our own marker on that object.)
+
+aioice.ice
+  `get_host_addresses(use_ipv4, use_ipv6)`  module function that `Connection.gather_candidates` looks up at
+      call time; it leaves 127.0.0.1 out; `install_host_addresses` wraps it to add configured addresses.
+  `Connection._protocols`  (reached as `RTCIceGatherer._connection`) the StunProtocols whose UDP sockets ICE
+      gathered; `ice_udp_sockets`, to enlarge their receive buffers.
+
+asyncio.selector_events._SelectorDatagramTransport
+  `_read_ready`  the readiness callback, reading ONE datagram per wake; replaced by the standard body looped
+      (it uses `_conn_lost`, `_sock`, `max_size`, `_protocol`, `_fatal_error`); `install_batched_reads`.
+      Only transports created after installation use it (the loop binds the method at creation).
+"""
+
+from __future__ import annotations
+
+import asyncio.selector_events as selector_events
+import logging
+import queue
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSctpTransport
+
+log = logging.getLogger(__name__)
+
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+_RTX_SSRC = "_RTCRtpReceiver__rtx_ssrc"
+_REMOTE_STREAMS = "_RTCRtpReceiver__remote_streams"
+_GUARD_MARK = "_proctor_guarded"
+
+# --- RTCRtpReceiver ---------------------------------------------------------------------------------------
+
+# codec name ("VP8", "opus"), clock rate, frame bytes, RTP timestamp (unwrapped, from 0 at the first frame)
+EncodedFrameSink = Callable[[str, int, bytes, int], None]
+
+
+def tap_decoder_queue(receiver: RTCRtpReceiver, sink: EncodedFrameSink, *, decode: bool = True) -> None:
+    """Call `sink(codec, clock_rate, data, timestamp)` with each whole encoded frame the receiver hands its
+    decoder thread, on the event loop. With `decode=False` the frames stop here (the decoder thread never sees
+    them); the end-of-stream None still goes through so the thread and the track end as usual. The sink must
+    not raise (it runs inside aiortc's receive path)."""
+    decoder_queue: queue.Queue[Any] = getattr(receiver, _DECODER_QUEUE)
+    original_put = decoder_queue.put
+
+    def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            codec, frame = item
+            sink(codec.name, codec.clockRate, frame.data, frame.timestamp)
+            if not decode:
+                return
+        original_put(item, block, timeout)
+
+    decoder_queue.put = put  # type: ignore[method-assign]
+
+
+def on_jitter_loss(receiver: RTCRtpReceiver, callback: Callable[[], None]) -> None:
+    """Call `callback()` each time the receiver's jitter buffer gives up on data, so the frames that follow may be
+    corrupt until a keyframe (aiortc sends a PLI in both cases, for video):
+
+    - overflow: `smart_remove(count)` skips at least `count` sequence numbers for good, whether it throws held
+      packets away or stops waiting for lost ones; either way the next frame may start mid-frame;
+    - misorder reset: `remove(capacity)` discards every held packet; fires only if there was one.
+
+    The `remove()` that follows each assembled frame delivers its packets and is not a loss."""
+    jitter = getattr(receiver, _JITTER_BUFFER)
+    original_smart_remove = jitter.smart_remove
+    original_remove = jitter.remove
+    original_remove_frame = jitter._remove_frame
+    delivering = False
+
+    def fire() -> None:
+        try:
+            callback()
+        except Exception:  # never break the media path
+            log.exception("jitter loss callback failed")
+
+    def smart_remove(count: int) -> bool:
+        fire()
+        return bool(original_smart_remove(count))
+
+    def remove_frame(sequence_number: int) -> Any:
+        nonlocal delivering
+        delivering = True
+        try:
+            return original_remove_frame(sequence_number)
+        finally:
+            delivering = False
+
+    def remove(count: int) -> None:
+        if not delivering and _held_packets(jitter, count):
+            fire()
+        original_remove(count)
+
+    jitter.smart_remove = smart_remove
+    jitter.remove = remove
+    jitter._remove_frame = remove_frame
+
+
+def _held_packets(jitter: Any, count: int) -> int:
+    """How many packets the next `count` slots from the jitter buffer's origin hold."""
+    packets: list[Any] = jitter._packets
+    origin: int | None = jitter._origin
+    if origin is None:
+        return 0
+    capacity = len(packets)
+    if count >= capacity:
+        return sum(p is not None for p in packets)
+    return sum(packets[(origin + i) % capacity] is not None for i in range(count))
+
+
+def rtx_ssrcs(receiver: RTCRtpReceiver) -> dict[int, int]:
+    """{retransmission SSRC: media SSRC} from the negotiated parameters (a copy)."""
+    return dict(getattr(receiver, _RTX_SSRC, {}))
+
+
+def media_ssrcs(receiver: RTCRtpReceiver) -> list[int]:
+    """SSRCs heard from in the last 10 s that carry media, not retransmissions (Chromium also sends RTX and
+    padding on a second SSRC; a PLI naming it is ignored)."""
+    rtx = rtx_ssrcs(receiver)
+    return [s.source for s in receiver.getSynchronizationSources() if s.source not in rtx]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStreamStats:
+    ssrc: int
+    rtx: bool  # a retransmission stream (answers to our NACKs, bandwidth probing)
+    packets_received: int
+    packets_lost: int  # RFC 3550 cumulative loss, may be negative with duplicates
+    jitter: float  # RFC 3550 interarrival jitter, in RTP clock units
+
+
+def receiver_stream_stats(receiver: RTCRtpReceiver) -> list[RemoteStreamStats]:
+    """The receiver's per-SSRC RTCP receive statistics."""
+    rtx = rtx_ssrcs(receiver)
+    streams: dict[int, Any] = getattr(receiver, _REMOTE_STREAMS, {})
+    return [RemoteStreamStats(ssrc, ssrc in rtx, int(s.packets_received), int(s.packets_lost), float(s.jitter))
+            for ssrc, s in list(streams.items())]
+
+
+def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Coroutine[Any, Any, None]:
+    """An RTCP Picture Loss Indication for `media_ssrc` (awaitable); the sender answers with a keyframe."""
+    return receiver._send_rtcp_pli(media_ssrc)
+
+
+# --- RTCSctpTransport ------------------------------------------------------------------------------------
+
+
+def guard_data_channel_receive(transport: RTCSctpTransport, on_error: Callable[[Exception], None]) -> bool:
+    """Make a data-channel message that aiortc's own parsing rejects (non-UTF-8 text, a malformed or duplicate
+    DCEP open, ...) a call to `on_error(exc)` instead of an exception that ends the connection. Once per
+    transport (later calls return False); install it before any message can arrive."""
+    receive = getattr(transport, "_data_channel_receive", None)
+    if receive is None or getattr(transport, _GUARD_MARK, False):
+        return False
+
+    async def guarded(stream_id: int, pp_id: int, data: bytes) -> None:
+        try:
+            await receive(stream_id, pp_id, data)
+        except Exception as exc:  # one bad message from the peer: reported, never fatal
+            on_error(exc)
+
+    transport._data_channel_receive = guarded  # type: ignore[method-assign]
+    setattr(transport, _GUARD_MARK, True)
+    return True
+
+
+# --- aioice ------------------------------------------------------------------------------------------------
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+_extra_host_addresses: tuple[str, ...] = ()
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    addresses = list(_original_get_host_addresses(use_ipv4, use_ipv6))
+    for address in _extra_host_addresses:
+        is_v6 = ":" in address
+        if address not in addresses and ((use_ipv6 and is_v6) or (use_ipv4 and not is_v6)):
+            addresses.append(address)
+    return addresses
+
+
+def install_host_addresses(addresses: tuple[str, ...]) -> None:
+    """Gather host candidates on `addresses` too (e.g. 127.0.0.1, which aioice leaves out), for every ICE
+    connection created afterwards in this process. Replaces the previous extra addresses."""
+    global _extra_host_addresses
+    _extra_host_addresses = tuple(addresses)
+    aioice.ice.get_host_addresses = _get_host_addresses
+
+
+def extra_host_addresses() -> tuple[str, ...]:
+    """The addresses install_host_addresses added (empty if none)."""
+    return _extra_host_addresses
+
+
+def ice_udp_sockets(pc: RTCPeerConnection) -> list[socket.socket]:
+    """The UDP sockets ICE gathered for `pc`'s transports (after setLocalDescription), each once."""
+    ice_transports = {id(t.receiver.transport.transport): t.receiver.transport.transport
+                      for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        ice_transports[id(pc.sctp.transport.transport)] = pc.sctp.transport.transport
+    sockets: dict[int, socket.socket] = {}
+    for ice in ice_transports.values():
+        connection = getattr(ice.iceGatherer, "_connection", None)
+        for protocol in getattr(connection, "_protocols", ()):
+            transport = getattr(protocol, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None and sock.type == socket.SOCK_DGRAM:
+                sockets[sock.fileno()] = sock
+    return list(sockets.values())
+
+
+# --- asyncio -----------------------------------------------------------------------------------------------
+
+_DatagramTransport: Any = selector_events._SelectorDatagramTransport  # type: ignore[attr-defined]
+_original_read_ready = _DatagramTransport._read_ready
+_max_datagrams_per_wake = 16
+
+
+def _batched_read_ready(self: Any) -> None:
+    """The standard library's `_SelectorDatagramTransport._read_ready` body, looped."""
+    for _ in range(_max_datagrams_per_wake):
+        if self._conn_lost:
+            return
+        try:
+            data, addr = self._sock.recvfrom(self.max_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._protocol.error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on datagram transport")
+            return
+        else:
+            self._protocol.datagram_received(data, addr)
+
+
+def install_batched_reads(max_per_wake: int) -> None:
+    """Read up to `max_per_wake` datagrams per readiness callback on every selector event loop's datagram
+    transports created from now on (process-wide). Idempotent."""
+    global _max_datagrams_per_wake
+    _max_datagrams_per_wake = max(1, int(max_per_wake))
+    _DatagramTransport._read_ready = _batched_read_ready
+
+
+def batched_reads_installed() -> bool:
+    return _DatagramTransport._read_ready is _batched_read_ready

@@ -1,0 +1,97 @@
+"""Every insert and change of an `events` row, and the one JSON shape events are served in.
+
+Events come from the live rules on a media node (analyzers/live.py: start, update, end of a flag), from the
+archive about itself (a `recording_error`), and from staff (review, acknowledgement).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from core.events import source_of
+
+# Events with the names of the staff who reviewed and acknowledged them: what `to_json` reads.
+_SELECT = (
+    "SELECT e.*, r.name AS reviewed_by_name, a.name AS acknowledged_by_name FROM events e "
+    "LEFT JOIN users r ON r.id = e.reviewed_by LEFT JOIN users a ON a.id = e.acknowledged_by ")
+
+
+async def insert(conn: asyncpg.Connection, session_id: str, kind: str, start_s: float, end_s: float | None,
+                 confidence: float, details: dict[str, Any]) -> int:
+    """A new event; its source (analyzer, browser, system) follows from its kind."""
+    return int(await conn.fetchval(
+        "INSERT INTO events (session_id, kind, start_s, end_s, confidence, details, source) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        session_id, kind, start_s, end_s, confidence, details, source_of(kind)))
+
+
+async def update(conn: asyncpg.Connection, event_id: int, end_s: float | None, confidence: float,
+                 details: dict[str, Any]) -> None:
+    """A running event grew: a new peak of confidence, its end, or more merged instants."""
+    await conn.execute(
+        "UPDATE events SET end_s = $2, confidence = greatest(confidence, $3), details = $4, updated_at = now() "
+        "WHERE id = $1", event_id, end_s, confidence, details)
+
+
+async def find_started(conn: asyncpg.Connection, session_id: str, kind: str, start_s: float) -> int | None:
+    """The event of this kind that started at this media time (one per kind can): after a write whose commit
+    may or may not have landed, find its row instead of inserting a duplicate."""
+    found = await conn.fetchval("SELECT id FROM events WHERE session_id = $1 AND kind = $2 AND start_s = $3 "
+                                "ORDER BY id LIMIT 1", session_id, kind, start_s)
+    return None if found is None else int(found)
+
+
+async def set_snapshot(conn: asyncpg.Connection, event_id: int, key: str) -> str | None:
+    """Point the event at its evidence JPEG; returns the key it pointed at before (to delete), if any."""
+    return await conn.fetchval("UPDATE events e SET snapshot_key = $2 FROM events o WHERE e.id = $1 "
+                               "AND o.id = e.id RETURNING o.snapshot_key", event_id, key)
+
+
+async def review(conn: asyncpg.Connection, session_id: str, event_id: int, *, state: str, note: str | None,
+                 user_id: int) -> bool:
+    """A reviewer's verdict on one flag (core.events.REVIEW_STATES). False: no such event in that session."""
+    updated = await conn.fetchval(
+        "UPDATE events SET review_state = $3, review_note = $4, reviewed_by = $5, reviewed_at = now(), "
+        "updated_at = now() WHERE id = $1 AND session_id = $2 RETURNING id",
+        event_id, session_id, state, note, user_id)
+    return updated is not None
+
+
+async def acknowledge(conn: asyncpg.Connection, session_id: str, event_id: int, user_id: int) -> bool:
+    """A proctor has seen a live alert; the first acknowledgement is kept. False: no such event."""
+    updated = await conn.fetchval(
+        "UPDATE events SET acknowledged_by = coalesce(acknowledged_by, $3), "
+        "acknowledged_at = coalesce(acknowledged_at, now()), updated_at = now() "
+        "WHERE id = $1 AND session_id = $2 RETURNING id", event_id, session_id, user_id)
+    return updated is not None
+
+
+async def get(conn: asyncpg.Connection, event_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(_SELECT + "WHERE e.id = $1", event_id)
+
+
+async def for_session(conn: asyncpg.Connection, session_id: str) -> list[asyncpg.Record]:
+    """The session's events in timeline order, ready for `to_json`."""
+    return list(await conn.fetch(_SELECT + "WHERE e.session_id = $1 ORDER BY e.start_s, e.id", session_id))
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def to_json(row: asyncpg.Record) -> dict[str, Any]:
+    """An event as every route serves it (session detail, events list, review, export); `row` comes from
+    `get` or `for_session` (it carries the reviewers' names)."""
+    end_s = row["end_s"]
+    return {
+        "id": row["id"], "session_id": str(row["session_id"]), "kind": row["kind"], "start_s": row["start_s"],
+        "end_s": end_s, "duration_s": round(end_s - row["start_s"], 3) if end_s is not None else None,
+        "confidence": row["confidence"], "details": row["details"], "source": row["source"],
+        "review_state": row["review_state"], "review_note": row["review_note"],
+        "reviewed_by": row["reviewed_by_name"], "reviewed_at": _iso(row["reviewed_at"]),
+        "acknowledged_by": row["acknowledged_by_name"], "acknowledged_at": _iso(row["acknowledged_at"]),
+        "snapshot_url": f"/api/sessions/{row['session_id']}/events/{row['id']}/snapshot" if row["snapshot_key"]
+        else None,
+    }
