@@ -7,13 +7,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 SYSTEM_PACKAGES := chromium docker-compose
 
-.PHONY: up test test-fast check chaos bench venv system lint lock clean-data
+.PHONY: up test test-fast check chaos bench venv system lint lock clean-data test-under-load
 
 up: venv
 	$(VENV)/bin/proctor up
 
 test: venv system check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# `make test` on a machine with other work running (issue 19): HOG_PROCS busy processes (default: one per CPU)
+# compete with it for the whole run and are stopped when it ends, fails or is interrupted (tests/support/hog.py).
+test-under-load:
+	$(PYTHON) tests/support/hog.py $(if $(HOG_PROCS),--procs $(HOG_PROCS)) -- $(MAKE) --no-print-directory test
 
 # The shape of the code, before any test runs: the import direction (import-linter contracts in pyproject.toml:
 # core <- plumbing <- store <- features <- web <- cli) and the types (mypy over every package). Fails on a violation.

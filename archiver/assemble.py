@@ -177,7 +177,6 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
                     "storage_key = EXCLUDED.storage_key, bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, "
                     "duration_s = EXCLUDED.duration_s, width = EXCLUDED.width, height = EXCLUDED.height",
                     session_id, key, size_bytes, sha, result.duration_s, result.width, result.height)
-            await sessions.move(conn, session_id, "finalized")
             await conn.execute("UPDATE batches SET state = 'deleted' WHERE session_id = $1", session_id)
             await conn.execute("UPDATE segments SET state = 'merged' WHERE session_id = $1 AND state = 'stored'",
                                session_id)
@@ -187,10 +186,16 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
                                 failure_reason=f"finalize: {type(exc).__name__}: {exc}"[:500])
         await _publish(ctx, session_id, "failed")
         raise
-    # After the commit: the pieces the master replaces.
+    # After the commit: the pieces the master replaces, and what interrupted jobs left behind. The session says
+    # `finalized` only once they are gone: a worker stopped or killed in between (a deploy's SIGTERM, an OOM kill)
+    # leaves it `finalizing`, so the next delivery (or the sweep's re-queue) runs finalize again, which finds
+    # nothing left to concatenate, keeps the committed master and finishes these deletes. Were `finalized`
+    # committed first, that delivery would return at once and the objects would stay in storage for ever.
     for piece in pieces:
         await ctx.storage.delete(piece["storage_key"])
     await _delete_leftovers(ctx, session_id)
+    async with ctx.pool.acquire() as conn:
+        await sessions.move(conn, session_id, "finalized")
     await _publish(ctx, session_id, "finalized")
     log.info("session %s finalized: %.3f s", session_id, result.duration_s if result else 0.0)
     return True

@@ -30,6 +30,8 @@ from proctor.store import sessions
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+# Segment row states an upload may still move to 'stored'; anything later (stored, merged, failed) was decided.
+_UPLOADABLE = ("recording", "spooled")
 
 
 @dataclass
@@ -291,22 +293,54 @@ class Uploader:
             except OSError as exc:
                 # A full disk must not stop the upload that frees it.
                 log.warning("segment %s: sidecar not updated (%s)", segment.spool_id, exc)
+        # A row already past 'recording'/'spooled' is not stored again. A process killed after the commit below
+        # but before it removed the spool file uploads the segment once more at the next start; by then a merge
+        # may have replaced the object by a batch (row 'merged') and finalize swept it, and a second put would
+        # leave it in storage for good, beside the master. Finalize may also have declared it lost ('failed')
+        # and built the master without it.
+        done = await self._row_state(segment)
+        if done is None:
+            raise LookupError(f"segment row for {segment.spool_id} is gone")
+        if done not in _UPLOADABLE:
+            log.warning("segment %s of session %s is already %s; not uploaded again", segment.spool_id,
+                        segment.session_id, done)
+            self.spool.remove(segment)
+            if done == "stored":  # the merge hint may have died with that process
+                await self._hint_merge(segment)
+            return
         sha256, size = await asyncio.to_thread(file_sha256, path)
         await self.ctx.storage.put_file(segment.key(), path, content_type="video/webm")
         async with self.ctx.pool.acquire() as conn:
             updated = await conn.fetchval(
                 "UPDATE segments SET state = 'stored', end_s = $2, frames = $3, bytes = $4, sha256 = $5, "
-                "storage_key = $6, stored_at = now() WHERE spool_id = $1 RETURNING idx",
-                segment.spool_id, segment.end_s, segment.frames, size, sha256, segment.key())
+                "storage_key = $6, stored_at = now() WHERE spool_id = $1 AND state = ANY($7::text[]) RETURNING idx",
+                segment.spool_id, segment.end_s, segment.frames, size, sha256, segment.key(), list(_UPLOADABLE))
         if updated is None:
-            raise LookupError(f"segment row for {segment.spool_id} is gone")
+            # Declared lost during the upload, or the session deleted: no row points at the object just put.
+            done = await self._row_state(segment)
+            if done != "stored":  # (stored meanwhile by another upload of the same file: that object is its)
+                await self.ctx.storage.delete(segment.key())
+            if done is None:
+                raise LookupError(f"segment row for {segment.spool_id} is gone")
+            log.warning("segment %s of session %s became %s during its upload; not stored", segment.spool_id,
+                        segment.session_id, done)
+            self.spool.remove(segment)
+            return
         # The file goes only after the upload and the commit both succeeded.
         self.spool.remove(segment)
+        await self._hint_merge(segment)
+
+    async def _hint_merge(self, segment: SpoolSegment) -> None:
         try:
             await self.ctx.redis.xadd(MERGE_STREAM, {"session_id": segment.session_id}, maxlen=100_000,
                                       approximate=True)
         except Exception as exc:  # the merge also runs at finalize; a lost hint costs nothing
             log.info("merge hint for %s not queued: %s", segment.session_id, exc)
+
+    async def _row_state(self, segment: SpoolSegment) -> str | None:
+        async with self.ctx.pool.acquire() as conn:
+            state = await conn.fetchval("SELECT state FROM segments WHERE spool_id = $1", segment.spool_id)
+        return None if state is None else str(state)
 
     def stats(self) -> dict[str, Any]:
         return {"queued": self.queue.qsize(), "uploaded": self.uploaded, "failures": self.failures}

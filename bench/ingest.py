@@ -44,12 +44,23 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CLIP_FACE_S, CLIP_EMPTY_S = 12, 6
+# The key that signs calls to the nodes of the system start_system started (their /stats needs a signature).
+_NODE_KEY: dict[str, bytes] = {}
+
+
+def _remember_node_key(env: dict[str, str]) -> None:
+    from proctor.nodeauth import node_key
+    from proctor.settings import Settings
+
+    # As `proctor up` reads its settings (.env next to it; SECRET_KEY, or the one kept in the data dir).
+    _NODE_KEY["key"] = node_key(Settings.from_env(env, env_file=ROOT / ".env"))
 
 
 def start_system(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(PROCTOR_DATA_DIR=str(data_dir), ICE_HOST_ADDRESSES="127.0.0.1", MEDIA_NODE_PORT="0",
-               MEDIA_NODE_CAPACITY="500", LOG_LEVEL="WARNING")
+    env.update(PROCTOR_DATA_DIR=str(data_dir), ICE_HOST_ADDRESSES="127.0.0.1", ICE_ALLOW_PRIVATE_CANDIDATES="true",
+               MEDIA_NODE_PORT="0", MEDIA_NODE_CAPACITY="500", LOG_LEVEL="WARNING")
+    _remember_node_key(env)
     proc = subprocess.Popen([sys.executable, "-m", "proctor", "up", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     urls: dict[str, str] = {}
@@ -75,17 +86,18 @@ def admin_token(urls: dict[str, str]) -> str:
 def start_media_node(data_dir: Path, urls: dict[str, str]) -> subprocess.Popen[str]:
     """One more media node beside the one `proctor up` runs, on the same Postgres, Redis and data dir."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(urls, PROCTOR_DATA_DIR=str(data_dir), ICE_HOST_ADDRESSES="127.0.0.1", MEDIA_NODE_PORT="0",
-               MEDIA_NODE_CAPACITY="500", LOG_LEVEL="WARNING")
+    env.update(urls, PROCTOR_DATA_DIR=str(data_dir), ICE_HOST_ADDRESSES="127.0.0.1",
+               ICE_ALLOW_PRIVATE_CANDIDATES="true", MEDIA_NODE_PORT="0", MEDIA_NODE_CAPACITY="500", LOG_LEVEL="WARNING")
     return subprocess.Popen([sys.executable, "-m", "proctor", "media"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-async def nodes_info(http: aiohttp.ClientSession, base: str, count: int = 1) -> list[dict[str, Any]]:
-    """The media nodes, once `count` of them have loaded their models and registered."""
+async def nodes_info(http: aiohttp.ClientSession, base: str, token: str, count: int = 1) -> list[dict[str, Any]]:
+    """The media nodes, once `count` of them have loaded their models and registered (/healthz shows them to
+    staff only: the admin token)."""
     deadline = time.monotonic() + 120
     while True:
-        async with http.get(f"{base}/healthz") as response:
+        async with http.get(f"{base}/healthz", headers={"Authorization": f"Bearer {token}"}) as response:
             nodes = (await response.json())["media_nodes"]
         if len(nodes) >= count:
             break
@@ -95,14 +107,16 @@ async def nodes_info(http: aiohttp.ClientSession, base: str, count: int = 1) -> 
     return [{"url": node["url"], "pid": int(node["node_id"].rsplit("-", 2)[1])} for node in nodes]
 
 
-async def node_info(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+async def node_info(http: aiohttp.ClientSession, base: str, token: str) -> dict[str, Any]:
     """The media node, once it has loaded its models and registered."""
-    return (await nodes_info(http, base))[0]
+    return (await nodes_info(http, base, token))[0]
 
 
 async def stats(http: aiohttp.ClientSession, node_url: str) -> dict[str, Any]:
-    async with http.get(f"{node_url}/stats") as response:
-        return await response.json()
+    """A node's /stats, signed with the key of the system start_system started."""
+    from proctor.nodeauth import NodeClient
+
+    return await NodeClient(_NODE_KEY["key"], http).stats(node_url)
 
 
 async def new_session(http: aiohttp.ClientSession, base: str, token: str, name: str) -> tuple[str, str]:
@@ -369,9 +383,9 @@ async def _run(args: argparse.Namespace, base: str, data_dir: Path, urls: dict[s
     extra: list[subprocess.Popen[str]] = []
     try:
         async with aiohttp.ClientSession() as http:
-            await nodes_info(http, base)  # the first node is up: the schema and storage exist
+            await nodes_info(http, base, token)  # the first node is up: the schema and storage exist
             extra = [start_media_node(data_dir, urls) for _ in range(args.nodes - 1)]
-            nodes = await nodes_info(http, base, args.nodes)
+            nodes = await nodes_info(http, base, token, args.nodes)
         urls_ = [node["url"] for node in nodes]
         loads = await page_loads(base, token, urls_, args.reloads) if args.reloads else []
         steps = await load_steps(base, token, nodes, [int(s) for s in args.steps.split(",")], args.hold,

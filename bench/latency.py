@@ -217,7 +217,7 @@ def write_results(summary: dict[str, Any]) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     with running_system() as system:
         async with aiohttp.ClientSession() as http:
-            node = await node_info(http, system.base)
+            node = await node_info(http, system.base, system.token)
         write_results(await run_bench(system.base, system.token, node, args))
 
 

@@ -49,7 +49,7 @@ async def soak(args: argparse.Namespace) -> dict:
         frames = [face] * 300 + [none] * 300
         clip = await asyncio.to_thread(encode_clip, frames, 30, 800_000, 60)
         async with aiohttp.ClientSession() as http:
-            node = await node_info(http, base)
+            node = await node_info(http, base, token)
             node_proc = psutil.Process(node["pid"])
 
             async def connect(prefix: str) -> list[Any]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 FRAME_KINDS = ("no_face", "multiple_people", "looking_away", "identity_mismatch", "phone")
 # Reported by the candidate page over the data channel (tab hidden, window blur, ...).
 BROWSER_KINDS = ("tab_hidden", "window_blur", "fullscreen_exit", "second_screen", "copy_paste")
-# Raised by the server about itself (the archive could not write).
-SYSTEM_KINDS = ("recording_error",)
+# Raised by the server: about itself (the archive could not write), and when staff replace a session's reference
+# photo (web/candidate.py: the candidate may not, once the exam has started).
+SYSTEM_KINDS = ("recording_error", "reference_replaced")
 
 REVIEW_STATES = ("pending", "confirmed", "dismissed")
 

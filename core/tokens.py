@@ -52,10 +52,10 @@ def issue(key: bytes, session_id: str, nonce: str, expires_at: float) -> str:
 
 def verify(key: bytes, token: str, *, now: float | None = None) -> JoinClaims:
     """Check signature and expiry; the caller still checks the nonce against the session row."""
-    if not token or len(token) > 512 or token.count(".") != 1:
+    if not token or len(token) > 512 or token.count(".") != 1 or not token.isascii():
         raise TokenError("malformed join token")
     payload, signature = token.split(".")
-    if not hmac.compare_digest(signature, _sign(key, payload)):
+    if not hmac.compare_digest(signature.encode(), _sign(key, payload).encode()):  # bytes: str must be ASCII
         raise TokenError("invalid join token")
     try:
         data = json.loads(_unb64(payload))

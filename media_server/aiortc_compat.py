@@ -25,8 +25,10 @@ aiortc.jitterbuffer.JitterBuffer (the object above)
   `remove(count)`  called by `add()` on a misorder reset (a packet >= MAX_MISORDER behind the origin) with
       `capacity`: every held packet is discarded; and by `_remove_frame` after a frame is assembled (those
       packets were delivered, not lost).
-  `_remove_frame`  wrapped only to tell those two `remove` calls apart.
-  `_packets`, `_origin`  read to count the held packets a misorder reset discards.
+  `_remove_frame`  wrapped only to tell those two `remove` calls apart; called by `give_up_stale_gaps` for the
+      frame a given-up gap was holding back.
+  `_packets`, `_origin`  read to count the held packets a misorder reset discards, and to see a gap at the head.
+  `add(packet)`  wrapped by `give_up_stale_gaps`.
 
 aiortc.rtcsctptransport.RTCSctpTransport
   `_data_channel_receive(stream_id, pp_id, data)`  parses every data-channel message (DCEP with asserts, text
@@ -51,6 +53,7 @@ import asyncio.selector_events as selector_events
 import logging
 import queue
 import socket
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +135,69 @@ def on_jitter_loss(receiver: RTCRtpReceiver, callback: Callable[[], None]) -> No
     jitter.smart_remove = smart_remove
     jitter.remove = remove
     jitter._remove_frame = remove_frame
+
+
+def give_up_stale_gaps(receiver: RTCRtpReceiver, max_wait_s: float,
+                       clock: Callable[[], float] = time.monotonic) -> None:
+    """Stop the video jitter buffer from holding every frame behind a missing packet for longer than max_wait_s.
+
+    aiortc's video JitterBuffer waits for a missing packet until 512 later ones have arrived; its NACK asks for it
+    once, and the sender keeps only its last 128 packets to resend. A packet that one NACK does not bring back
+    (the retransmission lost too, or asked for too late) freezes every frame behind it for 512 packets: ~17 s at
+    30 packets/s (measured, issue 19: a data-channel flood overflowed the node's socket, 5620 datagrams dropped,
+    then no frame delivered for 9 s and more while packets kept arriving). Once a gap has waited max_wait_s while
+    later packets kept coming, `smart_remove` drops what is held before it and the gap itself (so on_jitter_loss's
+    callback fires: the next frame may start mid-frame, the archive waits for a keyframe), the next frame is handed
+    on and aiortc sends a PLI. Call it on 'track', before media arrives."""
+    jitter = getattr(receiver, _JITTER_BUFFER)
+    original_add = jitter.add
+    waiting: tuple[int, float] | None = None  # (sequence number of the first missing packet, since when)
+
+    def add(packet: Any) -> tuple[bool, Any]:
+        nonlocal waiting
+        pli_flag, frame = original_add(packet)
+        if frame is not None or not _held(jitter, packet.sequence_number):
+            # Moving (a gap further on keeps its clock, looked at once frames stop), or a late duplicate.
+            return pli_flag, frame
+        gap = _first_gap(jitter, packet.sequence_number)
+        if gap is None:
+            waiting = None
+            return pli_flag, frame
+        offset, missing = gap
+        first_missing = (jitter._origin + offset) % 65536
+        now = clock()
+        if waiting is None or waiting[0] != first_missing:
+            waiting = (first_missing, now)
+        elif now - waiting[1] >= max_wait_s:
+            waiting = None
+            log.info("jitter buffer: %d packet(s) missing for %.1f s; given up", missing, max_wait_s)
+            jitter.smart_remove(offset + missing)  # the instance's: on_jitter_loss's wrapper when installed
+            return True, jitter._remove_frame(packet.sequence_number)
+        return pli_flag, frame
+
+    jitter.add = add
+
+
+def _held(jitter: Any, sequence_number: int) -> bool:
+    """Whether `sequence_number` is within the jitter buffer's window (not behind its origin)."""
+    origin: int | None = jitter._origin
+    return origin is not None and (sequence_number - origin) % 65536 < len(jitter._packets)
+
+
+def _first_gap(jitter: Any, newest: int) -> tuple[int, int] | None:
+    """(offset from the origin of the first missing packet, how many are missing in a row) before sequence number
+    `newest`, which the jitter buffer holds; None when nothing is missing before it."""
+    packets: list[Any] = jitter._packets
+    origin: int = jitter._origin
+    capacity = len(packets)
+    span = (newest - origin) % 65536
+    for offset in range(span):
+        if packets[(origin + offset) % capacity] is None:
+            missing = 1
+            while offset + missing < span and packets[(origin + offset + missing) % capacity] is None:
+                missing += 1
+            return offset, missing
+    return None
 
 
 def _held_packets(jitter: Any, count: int) -> int:

@@ -7,6 +7,7 @@ and the receive-buffer change below reach into aioice; media_server/aiortc_compa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any
@@ -27,6 +28,25 @@ RECEIVE_BUFFER_BYTES = 1 << 20
 def install_host_addresses(addresses: tuple[str, ...]) -> None:
     """Add `addresses` (e.g. 127.0.0.1) to the host candidates every later ICE connection gathers."""
     aiortc_compat.install_host_addresses(addresses)
+
+
+async def resolve_mdns(names: list[str], timeout_s: float = 1.0) -> dict[str, str | None]:
+    """The address each mDNS (`.local`) name resolves to on this node's link, None where none answers in time
+    (aioice's own resolver, as aioice would use for the candidate)."""
+    if not names:
+        return {}
+    from aioice import mdns
+
+    try:
+        protocol = await mdns.create_mdns_protocol()
+    except OSError as exc:  # no multicast here: nothing resolves
+        log.info("mDNS unavailable: %s", exc)
+        return dict.fromkeys(names)
+    try:
+        addresses = await asyncio.gather(*(protocol.resolve(name, timeout=timeout_s) for name in names))
+    finally:
+        await protocol.close()
+    return dict(zip(names, addresses, strict=True))
 
 
 def rtc_configuration(ice_servers: tuple[dict[str, Any], ...]) -> RTCConfiguration:

@@ -3,6 +3,11 @@
 Signaling reaches the node over a small internal HTTP API (`POST /offer`, `POST /sessions/{id}/close`,
 `GET /stats`); the node registers that address and its load in Redis every second, and persists each
 session's media time so a reconnect on any node continues the same timeline.
+
+Every call to that API must be signed (proctor/nodeauth.py: HMAC with a key derived from SECRET_KEY), else
+401; it binds to loopback unless MEDIA_NODE_HOST says otherwise. The node never carries more than
+MEDIA_NODE_CAPACITY streams: an offer takes its slot before the first await (503 when none is left), so
+concurrent offers cannot all pass one check.
 """
 
 from __future__ import annotations
@@ -25,15 +30,17 @@ from aiortc import RTCPeerConnection
 
 from core.live import ConnectionState
 from core.nodes import NodeInfo
+from core.offers import OfferError
 from core.sessions import OPEN_STATUSES, parse_id
 from media_server.decode import DecodePool
 from media_server.ice import enlarge_receive_buffers, install_host_addresses, rtc_configuration
 from media_server.outlets import Plugin
-from media_server.sdp import tune_answer
+from media_server.sdp import screen_offer, tune_answer
 from media_server.stream import CandidateStream
 from media_server.udp import install_batched_reads
+from proctor import nodeauth
 from proctor.context import Context
-from proctor.http import error, read_json
+from proctor.http import error
 from proctor.redis import SESSION_CONTROL, SESSION_NODE
 from proctor.settings import Settings
 from proctor.store import live, sessions
@@ -91,6 +98,9 @@ class MediaNode:
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.url = ""
         self.streams: dict[str, CandidateStream] = {}
+        # Sessions whose offer is being answered: they hold a slot from the first line of handle_offer.
+        self._admitting: set[str] = set()
+        self._key = nodeauth.node_key(self.settings)
         self.plugins: list[Plugin] = list(plugins or [])
         self.decode_pool = DecodePool()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -101,23 +111,46 @@ class MediaNode:
 
     # --- internal API --------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_sdp_bytes + 8192)
+        app = web.Application(client_max_size=self.settings.max_sdp_bytes + 8192,
+                              middlewares=[nodeauth.middleware(self._key)])
         app.router.add_post("/offer", self.handle_offer)
         app.router.add_post("/sessions/{session_id}/close", self.handle_close)
         app.router.add_get("/stats", self.handle_stats)
         return app
 
     async def handle_offer(self, request: web.Request) -> web.Response:
-        body = await read_json(request, self.settings.max_sdp_bytes + 4096)
+        try:
+            # The signature middleware has read the body (bounded by the app's client_max_size).
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            raise error(web.HTTPBadRequest, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise error(web.HTTPBadRequest, "body must be a JSON object")
         session_id = parse_id(str(body.get("session_id", "")))
         sdp = body.get("sdp")
         if session_id is None or not isinstance(sdp, str) or body.get("type") != "offer":
             raise error(web.HTTPBadRequest, "expected {session_id, sdp, type: offer}")
+        # Admission: check and take the slot with no await in between. A session the node carries keeps its
+        # slot for its new connection (a reload).
+        if session_id in self._admitting:
+            raise error(web.HTTPConflict, "another offer for this session is being answered")
+        if session_id not in self.streams and \
+                len(self.streams.keys() | self._admitting) >= self.settings.media_node_capacity:
+            raise error(web.HTTPServiceUnavailable, "node is full")
+        self._admitting.add(session_id)
+        try:
+            return await self._admit(session_id, sdp, previous_lost=body.get("previous_lost") is True)
+        finally:
+            self._admitting.discard(session_id)
+
+    async def _admit(self, session_id: str, sdp: str, *, previous_lost: bool) -> web.Response:
+        try:
+            sdp = await screen_offer(sdp, allow_private=self.settings.ice_allow_private_candidates)
+        except OfferError as exc:
+            raise error(web.HTTPBadRequest, f"invalid offer: {exc}") from None
         old = self.streams.get(session_id)
         if old is not None:
             await old.close("replaced by a new connection")  # a reload: same session continues here
-        if len(self.streams) >= self.settings.media_node_capacity:
-            raise error(web.HTTPServiceUnavailable, "node is full")
         async with self.ctx.pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT status, duration_s, connections, last_seen_at FROM sessions WHERE id = $1", session_id)
@@ -126,7 +159,7 @@ class MediaNode:
         if row["status"] not in OPEN_STATUSES:
             raise error(web.HTTPConflict, f"session is {row['status']}")
         base_s = float(row["duration_s"])
-        if body.get("previous_lost") is True and row["last_seen_at"] is not None:
+        if previous_lost and row["last_seen_at"] is not None:
             # The node that carried the stream died: it received up to one persist period more than it
             # wrote. Start after that (a short empty stretch) rather than give two frames the same time.
             base_s += min(max(0.0, time.time() - row["last_seen_at"].timestamp()), UNPERSISTED_MAX_S)
@@ -217,10 +250,11 @@ class MediaNode:
         process = psutil.Process()
         process.cpu_percent(None)
         while True:
-            info = NodeInfo(self.node_id, self.url, len(self.streams), self.settings.media_node_capacity,
+            carried = list(self.streams)
+            info = NodeInfo(self.node_id, self.url, len(carried), self.settings.media_node_capacity,
                             process.cpu_percent(None))
             try:
-                await register(self.ctx.redis, info)
+                await register(self.ctx.redis, info, carried)
             except Exception as exc:
                 log.warning("node heartbeat failed: %s", exc)
             streams = list(self.streams.values())

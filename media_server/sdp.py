@@ -1,4 +1,8 @@
-"""Answer SDP tuning so Chromium sends full resolution from the first seconds.
+"""The offer a node acts on, and answer SDP tuning so Chromium sends full resolution from the first seconds.
+
+`screen_offer` applies core.offers to an offer before aiortc sees it: DTLS and ICE credentials present, at most
+MAX_CANDIDATES candidate addresses, and no candidate on a loopback, link-local or private address unless
+ICE_ALLOW_PRIVATE_CANDIDATES (an mDNS name is resolved first and judged by its address).
 
 Against aiortc (REMB only) Chromium starts from a low bandwidth estimate and sits at 480x360 for ~30 s.
 Chromium reads `x-google-start-bitrate` / `x-google-min-bitrate` / `x-google-max-bitrate` from the remote
@@ -8,7 +12,24 @@ start at the target bitrate, so it encodes 640x480 at once.
 
 from __future__ import annotations
 
+import logging
 import re
+
+from core.offers import check_offer, mdns_names, screen_candidates
+from media_server.ice import resolve_mdns
+
+log = logging.getLogger(__name__)
+
+
+async def screen_offer(sdp: str, *, allow_private: bool) -> str:
+    """The offer with the candidates the node must not send to taken out; core.offers.OfferError when it cannot
+    be used at all. The node offers no trickle path, so these are all the remote candidates it ever gets."""
+    check_offer(sdp)
+    resolved = {} if allow_private else await resolve_mdns(mdns_names(sdp))
+    screened, dropped = screen_candidates(sdp, allow_private=allow_private, resolved=resolved)
+    if dropped:
+        log.info("dropped %d ICE candidate(s) of an offer: %s", len(dropped), ", ".join(dropped[:8]))
+    return screened
 
 
 def tune_answer(sdp: str, bitrate_kbps: int) -> str:

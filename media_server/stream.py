@@ -28,6 +28,10 @@ MAX_AV_DRIFT_S = 1.0
 # A forward jump larger than this between consecutive video frames is a broken timestamp, not real time.
 MAX_TS_JUMP_S = 10.0
 MAX_SIGNAL_BYTES = 4096
+# How long the video jitter buffer may hold every later frame back waiting for a lost packet before it gives the
+# packet up (and asks for a keyframe): a NACK is answered within a round trip or two, and aiortc alone waits for
+# 512 more packets (~17 s at 30 packets/s), which froze the video after a data-channel flood (issue 19).
+MAX_VIDEO_GAP_WAIT_S = 1.0
 
 
 @dataclass
@@ -203,6 +207,7 @@ class CandidateStream:
             # Decoded by the node's one decoding thread (media_server/decode.py), not aiortc's per receiver.
             tap_encoded(receiver, "video", self._on_video, decode=False)
             tap_loss(receiver, self._on_loss)
+            aiortc_compat.give_up_stale_gaps(receiver, MAX_VIDEO_GAP_WAIT_S)
             self.sampler.start(self._decode_pool, self.request_keyframe)
         else:
             # The archive keeps the encoded Opus and no analyzer listens: audio is never decoded.

@@ -1,18 +1,38 @@
-"""Accounts: users with a role, Argon2 password hashes, bearer API tokens, and the audit log."""
+"""Accounts: users with a role, Argon2 password hashes, bearer API tokens, disabling and revoking, and the audit log.
+
+Argon2 is deliberately slow (tens to hundreds of milliseconds of CPU): every hash and verify runs on a small
+process-wide thread pool (argon2-cffi releases the GIL), never on the event loop, so a burst of logins cannot
+stall other requests. A login for an unknown or disabled account verifies against a dummy hash, so the answer
+costs the same as a wrong password for an existing one and tells nothing about which names exist.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import secrets
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 ROLES = ("admin", "proctor")
+# Threads that hash and verify passwords, for the whole process. Each Argon2 call holds 64 MiB and already runs
+# its 4 lanes on threads of its own (parallelism=4), so one call at a time per two cores keeps them busy; more
+# would only queue inside the kernel, and the event loop's thread would wait longer for a core.
+HASH_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
 _hasher = PasswordHasher()
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+_dummy_hash: str | None = None
+
+T = TypeVar("T")
 
 
 class AccountError(ValueError):
@@ -41,6 +61,39 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="argon2")
+        return _executor
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
+
+
+async def hash_password_async(password: str) -> str:
+    """hash_password on the hashing threads (the event loop stays free)."""
+    return await _off_loop(hash_password, password)
+
+
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_urlsafe(24))  # same parameters as every real hash
+    return _dummy_hash
+
+
+async def check_password(password_hash: str | None, password: str) -> bool:
+    """Verify on the hashing threads. None (no usable account) costs one verify against a dummy hash too,
+    and is always False."""
+    if password_hash is None:
+        await _off_loop(lambda: verify_password(_dummy(), password))
+        return False
+    return await _off_loop(verify_password, password_hash, password)
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -56,25 +109,58 @@ def check_new_user(name: str, role: str, password: str) -> None:
 
 async def create_user(conn: asyncpg.Connection, name: str, role: str, password: str) -> User:
     check_new_user(name, role, password)
+    password_hash = await hash_password_async(password)
     try:
         row = await conn.fetchrow(
             "INSERT INTO users (name, role, password_hash) VALUES ($1, $2, $3) RETURNING id, name, role",
-            name, role, hash_password(password))
+            name, role, password_hash)
     except asyncpg.UniqueViolationError:
         raise AccountError(f"user {name!r} exists") from None
     await audit(conn, "system", "user.create", f"user:{name}", {"role": role})
     return User(row["id"], row["name"], row["role"])
 
 
-async def authenticate(conn: asyncpg.Connection, name: str, password: str) -> User | None:
-    row = await conn.fetchrow("SELECT id, name, role, password_hash, disabled FROM users WHERE name = $1", name)
+async def login_account(db: asyncpg.Pool | asyncpg.Connection, name: str) -> asyncpg.Record | None:
+    """The account a login names (id, name, role, password_hash, disabled), or None. A pool is used for one
+    short query: no connection is held while the password is checked."""
+    if not name:
+        return None
+    return await db.fetchrow("SELECT id, name, role, password_hash, disabled FROM users WHERE name = $1", name)
+
+
+async def check_login(db: asyncpg.Pool | asyncpg.Connection, account: asyncpg.Record | None,
+                      password: str) -> User | None:
+    """The user if `password` is right for an enabled account; the same work (one Argon2 verify) whether the
+    account exists, is disabled, or the password is wrong."""
+    usable = account is not None and not account["disabled"]
+    ok = await check_password(account["password_hash"] if usable and account is not None else None, password)
+    if not ok or account is None:
+        return None
+    await db.execute("UPDATE users SET last_login_at = now() WHERE id = $1", account["id"])
+    return User(account["id"], account["name"], account["role"])
+
+
+async def authenticate(db: asyncpg.Pool | asyncpg.Connection, name: str, password: str) -> User | None:
+    return await check_login(db, await login_account(db, name), password)
+
+
+async def set_disabled(conn: asyncpg.Connection, name: str, disabled: bool, actor: str = "system") -> bool:
+    """Disable (or enable again) an account. A disabled account cannot log in, and its login cookies and API
+    tokens stop working at once (checked on every request); enabling it again brings back the tokens it had
+    (revoke them with `revoke_token`). False: it already was so. Audit-logged."""
+    row = await conn.fetchrow("UPDATE users SET disabled = $2 WHERE name = $1 AND disabled <> $2 RETURNING id",
+                              name, disabled)
     if row is None:
-        _hasher.hash(password)  # same cost whether or not the name exists
-        return None
-    if row["disabled"] or not verify_password(row["password_hash"], password):
-        return None
-    await conn.execute("UPDATE users SET last_login_at = now() WHERE id = $1", row["id"])
-    return User(row["id"], row["name"], row["role"])
+        if await conn.fetchval("SELECT id FROM users WHERE name = $1", name) is None:
+            raise AccountError(f"no user {name!r}")
+        return False
+    await audit(conn, actor, "user.disable" if disabled else "user.enable", f"user:{name}")
+    return True
+
+
+async def list_users(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return list(await conn.fetch(
+        "SELECT id, name, role, disabled, created_at, last_login_at FROM users ORDER BY name"))
 
 
 async def create_token(conn: asyncpg.Connection, user_name: str, token_name: str = "api") -> str:
@@ -88,7 +174,32 @@ async def create_token(conn: asyncpg.Connection, user_name: str, token_name: str
     return token
 
 
+async def list_tokens(conn: asyncpg.Connection, user_name: str | None = None) -> list[asyncpg.Record]:
+    """API tokens (never the token itself: only its hash is stored) with their user, newest first."""
+    if user_name is not None and await conn.fetchval("SELECT id FROM users WHERE name = $1", user_name) is None:
+        raise AccountError(f"no user {user_name!r}")
+    return list(await conn.fetch(
+        "SELECT t.id, u.name AS user_name, t.name, t.created_at, t.last_used_at, t.revoked_at "
+        "FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE ($1::text IS NULL OR u.name = $1) "
+        "ORDER BY t.id DESC", user_name))
+
+
+async def revoke_token(conn: asyncpg.Connection, token_id: int, actor: str = "system") -> bool:
+    """Revoke an API token for good (it answers 401 from the next request on). False: already revoked.
+    Audit-logged."""
+    row = await conn.fetchrow(
+        "UPDATE api_tokens t SET revoked_at = now() FROM users u WHERE t.id = $1 AND t.revoked_at IS NULL "
+        "AND u.id = t.user_id RETURNING u.name AS user_name, t.name", token_id)
+    if row is None:
+        if await conn.fetchval("SELECT id FROM api_tokens WHERE id = $1", token_id) is None:
+            raise AccountError(f"no API token {token_id}")
+        return False
+    await audit(conn, actor, "token.revoke", f"user:{row['user_name']}", {"token_id": token_id, "name": row["name"]})
+    return True
+
+
 async def user_for_token(conn: asyncpg.Connection, token: str) -> User | None:
+    """The user of a current API token: not revoked, and its user not disabled."""
     row = await conn.fetchrow(
         "UPDATE api_tokens t SET last_used_at = now() FROM users u "
         "WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.id = t.user_id AND NOT u.disabled "

@@ -111,15 +111,39 @@ async def _with_conn(settings: Settings, fn: Callable[[asyncpg.Connection], Awai
         await conn.close()
 
 
-def cmd_user(args: argparse.Namespace) -> int:
-    from proctor import accounts
-
+def _database_settings() -> Settings | None:
     settings = _load_settings()
     if not settings.database_url:
         print("DATABASE_URL is empty: start `proctor up` and use the DATABASE_URL it prints", file=sys.stderr)
+        return None
+    return settings
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    """The new account's password: one line of stdin with --password-stdin, else asked twice at the terminal.
+    Never an argument: the command line is visible to every user of the machine (ps) and kept in shell history."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        print("error: no terminal to ask the password at; pipe it in with --password-stdin", file=sys.stderr)
+        return None
+    password = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != password:
+        print("error: the passwords differ", file=sys.stderr)
+        return None
+    return password
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from proctor import accounts
+
+    settings = _database_settings()
+    if settings is None:
         return 2
     if args.user_command == "add":
-        password = args.password or getpass.getpass(f"password for {args.name}: ")
+        password = _read_password(args)
+        if password is None:
+            return 2
         try:
             user = asyncio.run(_with_conn(settings, lambda c: accounts.create_user(c, args.name, args.role, password)))
         except accounts.AccountError as exc:
@@ -127,26 +151,61 @@ def cmd_user(args: argparse.Namespace) -> int:
             return 2
         print(f"created {user.role} {user.name}")
         return 0
-    rows = asyncio.run(_with_conn(settings, lambda c: c.fetch("SELECT name, role, disabled FROM users ORDER BY name")))
+    if args.user_command in ("disable", "enable"):
+        disable = args.user_command == "disable"
+        try:
+            changed = asyncio.run(_with_conn(settings, lambda c: accounts.set_disabled(c, args.name, disable)))
+        except accounts.AccountError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.name} {args.user_command}d" if changed else f"{args.name} was already {args.user_command}d")
+        return 0
+    rows = asyncio.run(_with_conn(settings, accounts.list_users))
     for row in rows:
         flags = "\tdisabled" if row["disabled"] else ""
         print(f"{row['name']}\t{row['role']}{flags}")
     return 0
 
 
+def _when(value: object) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if hasattr(value, "strftime") else "-"
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from proctor import accounts
 
-    settings = _load_settings()
-    if not settings.database_url:
-        print("DATABASE_URL is empty: start `proctor up` and use the DATABASE_URL it prints", file=sys.stderr)
+    settings = _database_settings()
+    if settings is None:
         return 2
     try:
+        if args.token_command == "list":
+            rows = asyncio.run(_with_conn(settings, lambda c: accounts.list_tokens(c, args.name)))
+            print("id\tuser\tlabel\tcreated\tlast used\trevoked")
+            for row in rows:
+                print(f"{row['id']}\t{row['user_name']}\t{row['name']}\t{_when(row['created_at'])}\t"
+                      f"{_when(row['last_used_at'])}\t{_when(row['revoked_at'])}")
+            return 0
+        if args.token_command == "revoke":
+            return asyncio.run(_with_conn(settings, lambda c: _revoke_tokens(c, args.ids, args.user)))
         token = asyncio.run(_with_conn(settings, lambda c: accounts.create_token(c, args.name, args.label)))
     except accounts.AccountError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(token)
+    return 0
+
+
+async def _revoke_tokens(conn: asyncpg.Connection, ids: list[int], user: str | None) -> int:
+    from proctor import accounts
+
+    if user is not None:
+        ids = ids + [row["id"] for row in await accounts.list_tokens(conn, user) if row["revoked_at"] is None]
+    if not ids:
+        print("error: name token ids (see `proctor token list NAME`) or --user NAME", file=sys.stderr)
+        return 2
+    for token_id in ids:
+        revoked = await accounts.revoke_token(conn, token_id)
+        print(f"token {token_id} revoked" if revoked else f"token {token_id} was already revoked")
     return 0
 
 
@@ -203,11 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     user = sub.add_parser("user", help="accounts")
     user_sub = user.add_subparsers(dest="user_command", required=True)
-    add = user_sub.add_parser("add", help="create an account")
+    add = user_sub.add_parser("add", help="create an account (asks for its password, or reads --password-stdin)")
     add.add_argument("name")
     add.add_argument("--role", choices=("admin", "proctor"), default="proctor")
-    add.add_argument("--password", help="asked for when omitted")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of stdin instead of asking")
     user_sub.add_parser("list", help="list accounts")
+    for verb, what in (("disable", "stop an account: no login; its login cookies and API tokens stop working"),
+                       ("enable", "let a disabled account in again (its unrevoked API tokens work again)")):
+        user_sub.add_parser(verb, help=what).add_argument("name")
     user.set_defaults(func=cmd_user)
 
     token = sub.add_parser("token", help="API tokens")
@@ -215,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_sub.add_parser("create", help="create a bearer token for a user; printed as the last line")
     create.add_argument("name", help="user name")
     create.add_argument("--label", default="api")
+    listing = token_sub.add_parser("list", help="a user's API tokens (ids, labels, last use, revoked)")
+    listing.add_argument("name", nargs="?", help="user name (default: every user)")
+    revoke = token_sub.add_parser("revoke", help="revoke API tokens for good")
+    revoke.add_argument("ids", nargs="*", type=int, metavar="ID", help="token ids from `proctor token list`")
+    revoke.add_argument("--user", metavar="NAME", help="revoke every token of this user")
     token.set_defaults(func=cmd_token)
 
     settings = sub.add_parser("settings", help="show settings (secrets masked)")

@@ -1,5 +1,7 @@
 """HTTP plumbing shared by every room that registers routes (signaling, web) and by media nodes: the app and
-request keys, JSON errors, bounded JSON bodies, who is calling, and route parameters that never 500."""
+request keys, JSON errors, bounded JSON bodies and forms, who is calling, and input checks that turn what would
+fail deeper down (text Postgres cannot store, credentials that are not ASCII, ids beyond their column) into a
+4xx that says why, never a 500."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from core.sessions import parse_id
 from proctor.accounts import User
@@ -19,6 +22,12 @@ CTX = web.AppKey("ctx", Context)
 # routes read it through this key without importing the web room.
 USER: web.RequestKey[User | None] = web.RequestKey("user")
 
+
+# Ids in routes: `<name>_id` parameters are bigint identity columns, the others (segment and batch indexes) int4.
+INT4_MAX = 2**31 - 1
+INT8_MAX = 2**63 - 1
+# JSON bodies nest at most this deep (ours nest two or three levels).
+MAX_JSON_DEPTH = 32
 
 # The one route with a credential in its path: /join/<token> (the token opens the candidate's exam).
 _JOIN_PATH = re.compile(r"(/join/)[^/?#]+")
@@ -43,17 +52,76 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
         raise too_large(max_bytes, len(body))
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except RecursionError:
+        raise error(web.HTTPBadRequest, f"body is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    except ValueError:  # UnicodeDecodeError included
         raise error(web.HTTPBadRequest, "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise error(web.HTTPBadRequest, "body must be a JSON object")
+    problem = _json_problem(data)
+    if problem is not None:
+        raise error(web.HTTPBadRequest, problem)
     return data
 
 
-def too_large(max_bytes: int, actual: int) -> web.HTTPException:
+def _json_problem(data: Any) -> str | None:
+    """What makes a parsed JSON body unusable: nesting beyond MAX_JSON_DEPTH, or a string (key or value) that
+    Postgres cannot store (NUL, unpaired surrogates: JSON escapes can spell both). None when it is fine."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            reason = unstorable(value)
+            if reason is not None:
+                return f"body contains {reason}"
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return f"body is nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return None
+
+
+def unstorable(text: str) -> str | None:
+    """Why a text column cannot hold `text` (Postgres refuses NUL; UTF-8 has no unpaired surrogates, which
+    JSON escapes and some form charsets produce), or None."""
+    if "\x00" in text:
+        return "NUL characters"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "unpaired surrogate characters"
+    return None
+
+
+def check_text(value: str, what: str) -> str:
+    """`value`, or a 400 saying why `what` cannot be used (see `unstorable`)."""
+    reason = unstorable(value)
+    if reason is not None:
+        raise error(web.HTTPBadRequest, f"{what} contains {reason}")
+    return value
+
+
+def ascii_only(value: str | None) -> str:
+    """A credential as presented (token, signature, nonce), or "" when it is not ASCII: ours always are, and bytes
+    that are not arrive as other characters (aiohttp decodes header bytes that are not UTF-8 as surrogates)."""
+    return value if value and value.isascii() else ""
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[Any]:
+    """The request's form fields, or a 400 when they cannot be decoded (an unknown charset, bytes not in it)."""
+    try:
+        return await request.post()
+    except (ValueError, LookupError):  # UnicodeDecodeError, a malformed multipart body; LookupError: the charset
+        raise error(web.HTTPBadRequest, "form fields cannot be decoded (send UTF-8)") from None
+
+
+def too_large(max_bytes: int, actual: int, message: str | None = None) -> web.HTTPException:
+    """413 with {"error": message} (default: the body is larger than `max_bytes`)."""
     return web.HTTPRequestEntityTooLarge(
         max_size=max_bytes, actual_size=actual, content_type="application/json",
-        text=json.dumps({"error": f"body larger than {max_bytes} bytes"}))
+        text=json.dumps({"error": message or f"body larger than {max_bytes} bytes"}))
 
 
 def require_user(request: web.Request) -> User:
@@ -79,9 +147,15 @@ def path_session_id(request: web.Request) -> str:
     return session_id
 
 
-def path_int(request: web.Request, name: str, not_found: str) -> int:
-    """An integer route parameter, or 404 saying `not_found` (malformed reads as not found, never a 500)."""
+def path_int(request: web.Request, name: str, not_found: str, maximum: int | None = None) -> int:
+    """A non-negative integer route parameter, or 404 saying `not_found`: malformed, negative or beyond its
+    column (`maximum`; by default INT8_MAX for `<name>_id` ids, INT4_MAX for indexes) reads as not found, never a
+    500 from the database."""
+    bound = maximum if maximum is not None else INT8_MAX if name.endswith("_id") else INT4_MAX
     try:
-        return int(request.match_info[name])
-    except ValueError:
+        value = int(request.match_info[name])
+    except ValueError:  # not a number, or more digits than int() converts
         raise error(web.HTTPNotFound, not_found) from None
+    if not 0 <= value <= bound:
+        raise error(web.HTTPNotFound, not_found)
+    return value

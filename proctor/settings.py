@@ -183,6 +183,26 @@ class Settings:
     join_token_ttl_s: int = _setting(
         "JOIN_TOKEN_TTL_S", "86400", _int(60), "How long a join link stays valid, seconds.")
     max_sdp_bytes: int = _setting("MAX_SDP_BYTES", "65536", _int(1024), "Largest SDP offer accepted, bytes.")
+    live_sockets_per_user: int = _setting(
+        "LIVE_SOCKETS_PER_USER", "8", _int(1),
+        "Most live-monitor WebSockets (/api/live) one staff user or API token's user may hold open at once, per "
+        "web process; more are refused with 429.")
+    # Login throttling (web/login_throttle.py): failed logins counted per window; a browser that logged in to the
+    # account before (its device cookie) is exempt from all but its own limit.
+    login_window_s: int = _setting(
+        "LOGIN_WINDOW_S", "600", _int(10, 86400), "Window of the failed-login limits below, seconds.")
+    login_max_failures: int = _setting(
+        "LOGIN_MAX_FAILURES", "10", _int(1), "Failed logins per window for one account name from one client address.")
+    login_max_failures_per_address: int = _setting(
+        "LOGIN_MAX_FAILURES_PER_ADDRESS", "20", _int(1),
+        "Failed logins per window from one client address, whatever the names (password spraying).")
+    login_max_failures_per_account: int = _setting(
+        "LOGIN_MAX_FAILURES_PER_ACCOUNT", "20", _int(1),
+        "Failed logins per window for one account name from all addresses together; browsers that logged in to "
+        "the account before (device cookie) are exempt, so a flood does not lock its owner out.")
+    login_max_failures_global: int = _setting(
+        "LOGIN_MAX_FAILURES_GLOBAL", "300", _int(1),
+        "Failed logins per window over all names and addresses (a distributed attack); device cookies exempt.")
     # --- WebRTC ------------------------------------------------------------------------------------
     ice_servers: tuple[dict[str, Any], ...] = _setting(
         "ICE_SERVERS", "", _ice_servers,
@@ -192,6 +212,11 @@ class Settings:
         "ICE_HOST_ADDRESSES", "", _csv,
         "Extra host addresses the media node offers as ICE candidates (comma list), e.g. 127.0.0.1 for "
         "loopback tests or a public IP behind 1:1 NAT.")
+    ice_allow_private_candidates: bool = _setting(
+        "ICE_ALLOW_PRIVATE_CANDIDATES", "false", _bool,
+        "Let a media node send ICE checks to loopback, link-local and private (RFC 1918, ULA) addresses an "
+        "offer names. Off: those candidates are dropped (browsers still connect through their own checks); "
+        "on for single-host or LAN setups and tests.")
     media_node_host: str = _setting(
         "MEDIA_NODE_HOST", "127.0.0.1", _str, "Address a media node's internal API binds to and registers.")
     media_node_advertise_host: str = _setting(

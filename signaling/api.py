@@ -6,7 +6,6 @@ Candidate calls carry the session's join token as `Authorization: Bearer <token>
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -15,13 +14,27 @@ import asyncpg
 from aiohttp import web
 
 from core import nodes, tokens
+from core.offers import OfferError, check_offer
+from core.search import LIKE_ESCAPE, contains_pattern
 from core.sessions import OPEN_STATUSES, STATUSES
+from proctor import ratelimit
 from proctor.accounts import audit
 from proctor.context import Context
-from proctor.http import CTX, USER, error, path_session_id, read_json, require_admin, require_user, too_large
+from proctor.http import (
+    CTX,
+    USER,
+    check_text,
+    error,
+    path_session_id,
+    read_json,
+    require_admin,
+    require_user,
+    too_large,
+)
+from proctor.nodeauth import NodeClient
 from proctor.redis import OFFER_LOCK, SESSION_NODE, text
 from proctor.store import events, sessions
-from proctor.store.nodes import live_nodes, note_placement
+from proctor.store.nodes import REFUSED, RESERVED, live_nodes, release, reserve
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +98,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise error(web.HTTPBadRequest, f"status must be one of {', '.join(STATUSES)}")
-    query = request.query.get("q", "")[:MAX_FIELD]
+    query = check_text(request.query.get("q", "")[:MAX_FIELD], "q")
     try:
         limit = min(500, max(1, int(request.query.get("limit", "100"))))
     except ValueError:
@@ -93,8 +106,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     async with request.app[CTX].pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT * FROM sessions WHERE ($1::text IS NULL OR status = $1) "
-            "AND ($2 = '' OR candidate ILIKE '%' || $2 || '%' OR exam ILIKE '%' || $2 || '%') "
-            "ORDER BY created_at DESC LIMIT $3", status, query, limit)
+            f"AND ($2::text IS NULL OR candidate ILIKE $2 {LIKE_ESCAPE} OR exam ILIKE $2 {LIKE_ESCAPE}) "
+            "ORDER BY created_at DESC LIMIT $3", status, contains_pattern(query), limit)
     return web.json_response([sessions.to_json(row) for row in rows])
 
 
@@ -141,6 +154,24 @@ async def _end(request: web.Request, *, actor: str, reason: str) -> web.Response
     return web.json_response(sessions.to_json(row), status=202)
 
 
+async def rotate_join_link(request: web.Request) -> web.Response:
+    """POST /api/sessions/{id}/join-link: a new join link for an open session; every earlier link is revoked
+    (401 "join link revoked"). 200 {"id", "join_url", "status", ...}; 409 when the session is no longer open."""
+    user = require_user(request)
+    ctx = request.app[CTX]
+    session_id = path_session_id(request)
+    async with ctx.pool.acquire() as conn:
+        row = await existing_session(conn, session_id)
+        rotated = await sessions.rotate_join_nonce(conn, session_id, ttl_s=ctx.settings.join_token_ttl_s,
+                                                   actor=user.name)
+    if rotated is None:
+        raise error(web.HTTPConflict, f"session is {row['status']}: its join link can no longer be used",
+                    status=row["status"])
+    data = sessions.to_json(rotated)
+    data["join_url"] = f"{ctx.settings.base_url}/join/{tokens.for_session(ctx.settings.signing_key(), rotated)}"
+    return web.json_response(data, headers={"Cache-Control": "no-store"})
+
+
 async def delete_session(request: web.Request) -> web.Response:
     user = require_admin(request)
     session_id = path_session_id(request)
@@ -185,6 +216,10 @@ def _check_sdp(body: dict[str, Any], max_bytes: int) -> tuple[str, str]:
         raise too_large(max_bytes, len(sdp.encode()))
     if "m=video" not in sdp:
         raise error(web.HTTPBadRequest, "the offer has no video")
+    try:
+        check_offer(sdp)  # DTLS fingerprint, ICE credentials, candidate count: the node checks them again
+    except OfferError as exc:
+        raise error(web.HTTPBadRequest, f"invalid offer: {exc}") from None
     return sdp, kind
 
 
@@ -199,7 +234,8 @@ async def offer(request: web.Request) -> web.Response:
         row = await candidate_session(request, conn)
         require_open(row)
     session_id = str(row["id"])
-    await _rate_limit(ctx, f"proctor:rate:offer:{session_id}", OFFERS_PER_MINUTE, "offers for this session")
+    await ratelimit.limit(ctx.redis, ratelimit.KEY.format(what="offer", whose=session_id), OFFERS_PER_MINUTE,
+                          "offers for this session")
     sdp, kind = _check_sdp(await read_json(request, ctx.settings.max_sdp_bytes + 4096), ctx.settings.max_sdp_bytes)
     lock_key = OFFER_LOCK.format(session_id=session_id)
     if not await ctx.redis.set(lock_key, "1", nx=True, ex=OFFER_LOCK_S):
@@ -208,17 +244,6 @@ async def offer(request: web.Request) -> web.Response:
         return await _relay(ctx, session_id, sdp, kind)
     finally:
         await ctx.redis.delete(lock_key)
-
-
-async def _rate_limit(ctx: Context, key: str, limit: int, what: str) -> None:
-    """At most `limit` per minute (fixed window in Redis); a reconnect loop gone wrong gets 429, not a node."""
-    count = await ctx.redis.incr(key)
-    if count == 1:
-        await ctx.redis.expire(key, 60)
-    if count > limit:
-        raise web.HTTPTooManyRequests(
-            text=json.dumps({"error": f"too many {what}; retry in a minute"}), content_type="application/json",
-            headers={"Retry-After": str(max(1, await ctx.redis.ttl(key)))})
 
 
 async def _relay(ctx: Context, session_id: str, sdp: str, kind: str) -> web.Response:
@@ -230,34 +255,54 @@ async def _relay(ctx: Context, session_id: str, sdp: str, kind: str) -> web.Resp
     # persist period behind what it received; the new node must start after that, not overlap it.
     previous_lost = bool(previous) and previous not in {n.node_id for n in live}
     async with aiohttp.ClientSession(timeout=timeout) as http:
+        client = NodeClient.for_settings(ctx.settings, http)
         if previous_lost:
             log.info("session %s was on node %s, which is gone", session_id, previous)
         while True:
-            node = nodes.choose([n for n in live if n.node_id not in tried], prefer=previous)
+            untried = [n for n in live if n.node_id not in tried]
+            # The node the session is on comes first even when it reports full: the session holds a slot there
+            # (reserve says so atomically).
+            node = next((n for n in untried if n.node_id == previous), None) or nodes.choose(untried, prefer=previous)
             if node is None:
                 raise error(web.HTTPServiceUnavailable, "no media node has room; retry shortly")
             tried.add(node.node_id)
-            if previous and previous != node.node_id and previous in {n.node_id for n in live}:
-                # Moving to another node: the old one must let go first so the timeline continues from it.
-                old = next(n for n in live if n.node_id == previous)
-                try:
-                    async with http.post(f"{old.url}/sessions/{session_id}/close") as response:
-                        await response.read()
-                except (TimeoutError, aiohttp.ClientError):
-                    previous_lost = True
+            # Take a slot before relaying, atomically across signaling processes: a burst of offers cannot
+            # all see the same free room.
+            slot = await reserve(ctx.redis, node.node_id, session_id)
+            if slot == REFUSED:
+                continue
+            placed = False
             try:
-                async with http.post(f"{node.url}/offer",
-                                     json={"session_id": session_id, "sdp": sdp, "type": kind,
-                                           "previous_lost": previous_lost}) as response:
-                    body = await response.json(content_type=None)
-                    if response.status == 200:
-                        await note_placement(ctx.redis, node.node_id)
-                        return web.json_response({"sdp": body["sdp"], "type": body["type"], "node": node.node_id})
-                    if 400 <= response.status < 500:
-                        raise error(web.HTTPBadRequest, body.get("error", "the media node refused the offer"))
-                    log.warning("node %s answered %s: %s", node.node_id, response.status, body)
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                log.warning("node %s unreachable for session %s: %s", node.node_id, session_id, exc)
+                if previous and previous != node.node_id and previous in {n.node_id for n in live}:
+                    # Moving to another node: the old one must let go first so the timeline continues from it.
+                    old = next(n for n in live if n.node_id == previous)
+                    try:
+                        status, _ = await client.call("POST", f"{old.url}/sessions/{session_id}/close")
+                        if status != 200:
+                            log.warning("node %s refused to close session %s: %s", old.node_id, session_id, status)
+                    except (TimeoutError, aiohttp.ClientError):
+                        previous_lost = True
+                try:
+                    status, body = await client.call("POST", f"{node.url}/offer",
+                                                     {"session_id": session_id, "sdp": sdp, "type": kind,
+                                                      "previous_lost": previous_lost})
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    log.warning("node %s unreachable for session %s: %s", node.node_id, session_id, exc)
+                    continue
+                body = body if isinstance(body, dict) else {}
+                if status == 200 and "sdp" in body:
+                    placed = True
+                    return web.json_response({"sdp": body["sdp"], "type": body["type"], "node": node.node_id})
+                if status in (401, 403):
+                    log.error("node %s refused signaling's signature (%s): do both share SECRET_KEY?",
+                              node.node_id, body.get("error"))
+                elif 400 <= status < 500:
+                    raise error(web.HTTPBadRequest, body.get("error", "the media node refused the offer"))
+                else:
+                    log.warning("node %s answered %s: %s", node.node_id, status, body)
+            finally:
+                if not placed and slot == RESERVED:
+                    await release(ctx.redis, node.node_id, session_id)
 
 
 async def end_session_candidate(request: web.Request) -> web.Response:
@@ -281,6 +326,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_delete("/api/sessions/{session_id}", delete_session)
     r.add_get("/api/sessions/{session_id}/events", list_events)
     r.add_post("/api/sessions/{session_id}/end", end_session)
+    r.add_post("/api/sessions/{session_id}/join-link", rotate_join_link)
     r.add_get("/api/sessions/{session_id}/state", candidate_state)
     r.add_post("/api/sessions/{session_id}/consent", consent)
     r.add_post("/api/sessions/{session_id}/offer", offer)

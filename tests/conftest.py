@@ -55,6 +55,7 @@ def settings(servers: dict[str, str], data_dir: Path) -> Settings:
     env = {
         "PROCTOR_DATA_DIR": str(data_dir),
         "ICE_HOST_ADDRESSES": "127.0.0.1",
+        "ICE_ALLOW_PRIVATE_CANDIDATES": "true",  # every peer of the tests is on loopback
         "SECRET_KEY": "test-secret-key-that-is-long-enough-0123456789",
         "DISCONNECT_TIMEOUT_S": "5",
         "SEGMENT_SECONDS": "2",

@@ -16,20 +16,21 @@ from proctor import accounts
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cli(servers: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(servers: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, **servers)
     return subprocess.run([sys.executable, "-m", "proctor", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, input=stdin)
 
 
 def test_user_add_and_token_create(servers: dict[str, str]) -> None:
     name = f"ops-{uuid.uuid4().hex[:6]}"
-    result = _cli(servers, "user", "add", name, "--role", "admin", "--password", "s3cret-enough")
+    # The password comes from stdin (or a prompt), never the command line (ps, shell history).
+    result = _cli(servers, "user", "add", name, "--role", "admin", "--password-stdin", stdin="s3cret-enough\n")
     assert result.returncode == 0, result.stderr
     assert f"created admin {name}" in result.stdout
-    again = _cli(servers, "user", "add", name, "--role", "admin", "--password", "s3cret-enough")
+    again = _cli(servers, "user", "add", name, "--role", "admin", "--password-stdin", stdin="s3cret-enough\n")
     assert again.returncode == 2 and "exists" in again.stderr
-    short = _cli(servers, "user", "add", f"x{name}", "--password", "short")
+    short = _cli(servers, "user", "add", f"x{name}", "--password-stdin", stdin="short\n")
     assert short.returncode == 2 and "at least 8" in short.stderr
     token = _cli(servers, "token", "create", name)
     assert token.returncode == 0, token.stderr

@@ -265,6 +265,46 @@ async def test_loss_fires_on_overflow_and_on_misorder_reset(frames: list[tuple[i
         assert await _until(lambda: MEDIA_SSRC in sink.plis())  # aiortc asks for a keyframe itself too
 
 
+@pytest.mark.parametrize("repaired", [False, True], ids=["lost", "repaired_in_time"])
+async def test_a_gap_no_retransmission_fills_is_given_up_after_max_wait(repaired: bool) -> None:
+    """aiortc's video JitterBuffer holds every frame behind a missing packet until 512 later packets arrived (~17 s
+    at 30 packets/s; issue 19): give_up_stale_gaps drops the gap and what is held before it once the gap has waited
+    max_wait_s, reports the loss (the next frame starts mid-frame) and asks for a keyframe. A gap filled in time
+    (a NACK answered) is no loss."""
+    frames = _vp8_frames(8)
+    packets = _packets(frames)
+    starts = [sum(len(p) for _, p in frames[:i]) for i in range(len(frames))]
+    hole = starts[3]  # the first packet of frame 3
+    now = [100.0]
+    tapped: list[EncodedFrame] = []
+    losses: list[int] = []
+    async with _receiver() as (receiver, sink):
+        tap_encoded(receiver, "video", tapped.append, decode=False)
+        tap_loss(receiver, lambda: losses.append(1))
+        aiortc_compat.give_up_stale_gaps(receiver, max_wait_s=1.0, clock=lambda: now[0])
+        await _start(receiver)
+        await _feed(receiver, packets[:hole])
+        await _feed(receiver, packets[hole + 1:starts[5]])  # frame 3 but its first packet, frame 4: held
+        assert len(tapped) == 2  # frames 0 and 1; frame 2 ends where frame 3 starts, which is missing
+        now[0] += 0.9
+        await _feed(receiver, [packets[starts[5]]])
+        assert len(tapped) == 2 and losses == [], "a gap given up before max_wait_s"
+        if repaired:
+            await _feed(receiver, [_copy(packets[hole])])  # the retransmission, late but in time
+        else:
+            now[0] += 0.2
+        await _feed(receiver, packets[starts[5] + 1:])
+        index = {ts - FIRST_TS: i for i, (ts, _) in enumerate(frames)}
+        delivered = [index[f.timestamp] for f in tapped]
+        if repaired:
+            assert losses == [] and delivered == [0, 1, 2, 3, 4, 5, 6]
+            return
+        assert losses == [1], "the gap was not given up after max_wait_s"
+        assert await _until(lambda: MEDIA_SSRC in sink.plis())
+        assert delivered == [0, 1, 3, 4, 5, 6]  # frame 2 held before the gap went with it
+        assert tapped[2].data != b"".join(vp8_depayload(p) for p in frames[3][1])  # frame 3 partial: the loss
+
+
 async def test_pli_and_stats_name_the_media_ssrc_not_rtx(frames: list[tuple[int, list[bytes]]]) -> None:
     """Through CandidateStream: request_keyframe() sends a PLI for the media SSRC although the RTX SSRC was heard
     first, and refresh_receiver_stats() tells the RTX stream's counts from the media stream's."""

@@ -98,6 +98,7 @@ def environment(deps: Deps, **extra: str) -> dict[str, str]:
         "DATABASE_URL": deps.database_url,
         "REDIS_URL": deps.redis_url,
         "ICE_HOST_ADDRESSES": "127.0.0.1",
+        "ICE_ALLOW_PRIVATE_CANDIDATES": "true",
         "SECRET_KEY": "chaos-secret-key-that-is-long-enough-0123456789",
         "SEGMENT_SECONDS": str(SEGMENT_S),
         "MERGE_BATCH_SEGMENTS": str(BATCH),

@@ -24,7 +24,7 @@ def _compose_env(**extra: str) -> dict[str, str]:
     # A clean environment: settings exported in the caller's shell (STORAGE_BACKEND, S3_*, ...) must not change
     # what is checked.
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
-    env.update({"SECRET_KEY": "k" * 40, "POSTGRES_PASSWORD": "test-password"})
+    env.update({"SECRET_KEY": "k" * 40, "POSTGRES_PASSWORD": "test-password", "REDIS_PASSWORD": "redis-password"})
     env.update(extra)
     return env
 
@@ -93,7 +93,7 @@ def test_media_uses_host_network_and_scales(rendered: dict[str, Any]) -> None:
     env = media["environment"]
     assert str(env["MEDIA_NODE_PORT"]) == "0", "scaled replicas must pick free internal API ports"
     assert "@127.0.0.1:5432/" in env["DATABASE_URL"]
-    assert env["REDIS_URL"].startswith("redis://127.0.0.1:6379")
+    assert env["REDIS_URL"].startswith("redis://:redis-password@127.0.0.1:6379")
     assert env["S3_ENDPOINT_URL"] == "http://127.0.0.1:8333"
 
 
@@ -114,6 +114,26 @@ def test_backing_services_published_on_loopback_only(rendered: dict[str, Any]) -
             assert host_ip == "127.0.0.1", f"{name} published beyond loopback: {entry}"
         assert any(port in str(entry) for entry in ports)
         assert "healthcheck" in services[name]
+
+
+def test_redis_requires_a_password_every_role_uses(rendered: dict[str, Any]) -> None:
+    services = rendered["services"]
+    command = [str(part) for part in services["redis"]["command"]]
+    assert command[command.index("--requirepass") + 1] == "redis-password"
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == "redis-password", "the healthcheck must log in"
+    for role in ("migrate", "app", "media", "worker"):
+        assert services[role]["environment"]["REDIS_URL"].startswith("redis://:redis-password@"), role
+
+
+def test_media_node_internal_api_is_not_published(rendered: dict[str, Any]) -> None:
+    """Offers, close and stats are for signaling only: no published port, never a wildcard bind (the calls are
+    signed too, media_server/node.py), and the node signs with the SECRET_KEY every role shares."""
+    media = rendered["services"]["media"]
+    assert not media.get("ports") and not media.get("expose")
+    host = str(media["environment"]["MEDIA_NODE_HOST"])
+    assert host not in ("0.0.0.0", "::", ""), host
+    assert media["environment"]["SECRET_KEY"] == rendered["services"]["app"]["environment"]["SECRET_KEY"]
+    assert "ICE_ALLOW_PRIVATE_CANDIDATES" not in media["environment"], "production keeps the default (off)"
 
 
 def test_shared_environment_and_storage_defaults(rendered: dict[str, Any]) -> None:
@@ -137,7 +157,7 @@ def test_r2_endpoint_reaches_every_role() -> None:
         assert services[role]["environment"]["S3_ENDPOINT_URL"] == r2, role
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "POSTGRES_PASSWORD"])
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD"])
 def test_required_secrets_are_enforced(missing: str) -> None:
     env = _compose_env()
     env.pop(missing)

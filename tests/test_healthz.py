@@ -1,4 +1,5 @@
-"""/healthz reports database, Redis, storage, models and media nodes; a dead dependency gives 503."""
+"""/healthz reports database, Redis, storage, models and media nodes (the detail to staff: these calls carry an
+API token; tests/test_security_web.py checks what it tells anyone else); a dead dependency gives 503."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from tests.support.net import free_port
 from tests.support.servers import RunningApp
 
 
-async def test_healthz_ok(web_server: RunningApp) -> None:
-    async with aiohttp.ClientSession() as http, http.get(f"{web_server.url}/healthz") as response:
+async def test_healthz_ok(web_server: RunningApp, admin_token: str) -> None:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_token}"}) as http, \
+            http.get(f"{web_server.url}/healthz") as response:
         assert response.status == 200
         body = await response.json()
     assert body["status"] == "ok"
@@ -30,7 +32,7 @@ async def test_healthz_ok(web_server: RunningApp) -> None:
     assert isinstance(body["media_nodes"], list)
 
 
-async def test_healthz_reports_dead_redis(settings: Settings, ctx: Context) -> None:
+async def test_healthz_reports_dead_redis(settings: Settings, ctx: Context, admin_token: str) -> None:
     from web.app import create_app
 
     dead = connect(f"redis://127.0.0.1:{free_port()}/0")
@@ -40,7 +42,8 @@ async def test_healthz_reports_dead_redis(settings: Settings, ctx: Context) -> N
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as response:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin_token}"}) as http, \
+                http.get(f"http://127.0.0.1:{port}/healthz") as response:
             assert response.status == 503
             body = await response.json()
         assert body["status"] == "error"

@@ -26,6 +26,7 @@ from archiver.webm import frame_at, probe
 from lifecycle.sweep import sweep_disconnected
 from media_server.node import MediaNode
 from proctor.context import Context
+from proctor.nodeauth import NodeClient
 from proctor.store.nodes import live_nodes
 from tests.support.archive import all_segments_stored
 from tests.support.browser import CONNECTED, have_chromium, join_and_start
@@ -46,7 +47,8 @@ async def _start_media_process(settings: Any, ctx: Context) -> tuple[subprocess.
     # The test settings the process needs too: it segments like the in-process node (2-s segments).
     env = dict(os.environ, DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url,
                PROCTOR_DATA_DIR=str(settings.data_dir), ICE_HOST_ADDRESSES="127.0.0.1", MEDIA_NODE_PORT="0",
-               SECRET_KEY=settings.secret_key, SEGMENT_SECONDS=str(settings.segment_seconds))
+               ICE_ALLOW_PRIVATE_CANDIDATES="true", SECRET_KEY=settings.secret_key,
+               SEGMENT_SECONDS=str(settings.segment_seconds))
     before = {n.node_id for n in await live_nodes(ctx.redis)}
     proc = subprocess.Popen([sys.executable, "-m", "proctor", "media"], cwd=ROOT, env=env)  # noqa: ASYNC220 (test)
 
@@ -71,7 +73,7 @@ def _open_segment(spool_dir: Path, session_id: str, pid: int) -> dict[str, Any] 
 
 
 async def _kill_mid_segment(proc: subprocess.Popen[bytes], node_url: str, spool_dir: Path,
-                            session_id: str) -> tuple[dict[str, Any], float]:
+                            session_id: str, settings: Any) -> tuple[dict[str, Any], float]:
     """SIGKILL the node KILL_PHASE_S into its open segment. Returns that segment's sidecar and the media time
     the node had received by the kill: its /stats just before, plus the wall time from that poll to the kill
     (an upper bound, so the loss measured from it is never flattered)."""
@@ -80,8 +82,7 @@ async def _kill_mid_segment(proc: subprocess.Popen[bytes], node_url: str, spool_
         while time.monotonic() < deadline:
             segment = _open_segment(spool_dir, session_id, proc.pid)
             polled = time.monotonic()
-            async with http.get(f"{node_url}/stats") as response:
-                streams = (await response.json())["streams"]
+            streams = (await NodeClient.for_settings(settings, http).stats(node_url))["streams"]  # signed
             media = next((s["media_time_s"] for s in streams if s["session_id"] == session_id), None)
             if segment and media and KILL_PHASE_S[0] <= media - segment["start_s"] <= KILL_PHASE_S[1]:
                 proc.send_signal(signal.SIGKILL)
@@ -145,7 +146,7 @@ async def test_page_moves_to_another_node_when_its_node_dies(web_server: Running
         media_node.settings = replace(full, media_node_capacity=ctx.settings.media_node_capacity)
         await asyncio.sleep(1.2)
         url = next(n.url for n in await live_nodes(ctx.redis) if n.node_id == node_id)
-        open_segment, received_s = await _kill_mid_segment(proc, url, ctx.settings.spool_dir, sid)
+        open_segment, received_s = await _kill_mid_segment(proc, url, ctx.settings.spool_dir, sid, ctx.settings)
         killed_at = time.time()
 
         async def moved() -> bool:

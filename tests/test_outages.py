@@ -35,7 +35,10 @@ async def test_redis_outage_gives_503_and_recovers(ctx: Context, tmp_path: Path,
             async with http.post(f"{base}/api/sessions", json={"candidate": "c", "exam": "e"}, headers=auth) as r:
                 session = await r.json()
             token = session["join_url"].rsplit("/", 1)[1]
-            offer = {"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"}
+            # Complete enough for signaling's checks (ICE credentials, DTLS fingerprint), so it asks for a node.
+            offer = {"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:abcd\r\n"
+                            "a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 " + ":".join(["AB"] * 32)
+                            + "\r\n", "type": "offer"}
 
             await asyncio.to_thread(server.stop)  # Redis goes away
             async with http.get(f"{base}/healthz") as r:

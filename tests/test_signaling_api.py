@@ -14,11 +14,15 @@ from PIL import Image
 from core import tokens
 from media_server.node import MediaNode
 from proctor.context import Context
+from proctor.nodeauth import NodeClient
 from proctor.redis import OFFER_LOCK
 from tests.support.media import face_canvas
 from tests.support.servers import RunningApp
 
-VALID_LOOKING_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+# Has what signaling checks before relaying (ICE credentials, a DTLS fingerprint); aiortc on the node refuses it.
+VALID_LOOKING_SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+                     "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+                     "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\n")
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
@@ -152,8 +156,8 @@ async def test_bad_offers_get_4xx_and_the_node_survives(web_server: RunningApp, 
     status, body = await _call("POST", url, token, data=b"{not json")
     assert status == 400
     # The node is alive and still advertises itself.
-    async with aiohttp.ClientSession() as http, http.get(f"{media_node.url}/stats") as response:
-        assert response.status == 200
+    async with aiohttp.ClientSession() as http:  # signed: the node's API refuses anything else
+        assert (await NodeClient.for_settings(media_node.settings, http).stats(media_node.url))["node_id"]
     assert await ctx.redis.exists(f"proctor:node:{media_node.node_id}")
     assert session["id"] not in media_node.streams
 

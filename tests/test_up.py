@@ -3,12 +3,15 @@ and a second start reuses the data."""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -27,12 +30,29 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 90) -> dict:  # type: ignore[type-arg]
+def _staff(url: str, data_dir: Path) -> urllib.request.OpenerDirector:
+    """A client logged in as `admin` with the password `proctor up` wrote (/healthz's detail is for staff)."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(f"{url}/login", timeout=5) as response:
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', response.read().decode())
+    assert csrf
+    password = (data_dir / "admin_password").read_text().strip()
+    form = urllib.parse.urlencode({"name": "admin", "password": password, "csrf_token": csrf.group(1)})
+    with opener.open(f"{url}/login", data=form.encode(), timeout=5) as response:
+        response.read()
+    assert "proctor_session" in {cookie.name for cookie in jar}
+    return opener
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[str], data_dir: Path, timeout: float = 90) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
+    staff = None
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+            staff = staff or _staff(url, data_dir)
+            with staff.open(f"{url}/healthz", timeout=2) as response:
                 body = json.load(response)
                 if body["media_nodes"]:
                     return body
@@ -60,7 +80,7 @@ def test_up_starts_serves_stops_and_restarts(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     proc = _start(data_dir, port)
     try:
-        body = _wait_healthy(url, proc)
+        body = _wait_healthy(url, proc, data_dir)
         assert body["status"] == "ok"
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 3  # web, media, worker (plus redis)
@@ -82,7 +102,7 @@ def test_up_starts_serves_stops_and_restarts(tmp_path: Path) -> None:
     # Second start: same data, the admin account is kept and not created again.
     proc = _start(data_dir, port)
     try:
-        _wait_healthy(url, proc)
+        _wait_healthy(url, proc, data_dir)
     finally:
         out = _stop(proc)
     assert "created user `admin`" not in out

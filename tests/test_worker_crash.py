@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from proctor.context import Context
 from proctor.redis import FINALIZE_STREAM, MERGE_STREAM, SESSION_LOCK
+from proctor.storage import Storage
 from tests.support.archive import assert_one_exact_master, recorded_session
 from tests.support.waiting import wait_for
 
@@ -148,3 +152,78 @@ async def test_finalize_removes_what_a_killed_merge_left(ctx: Context, tmp_path:
     assert await ctx.storage.exists(evidence)
     await ctx.storage.delete(evidence)
     await assert_one_exact_master(ctx, sid, 6 * seg_s)
+
+
+class _StopAtFirstDelete:
+    """Storage that stops its caller at the first delete as a worker's SIGTERM does (the job task is cancelled at
+    its next await): the moment after finalize committed the master, before it removed what the master replaces."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self.stopped = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def delete(self, key: str) -> None:
+        if not self.stopped:
+            self.stopped = True
+            raise asyncio.CancelledError
+        await self._storage.delete(key)
+
+
+async def test_finalize_stopped_before_its_deletes_is_finished_by_the_next_delivery(ctx: Context,
+                                                                                     tmp_path: Path) -> None:
+    """Issue 19: a finalize stopped between its commit and its deletes (in test_worker_killed_mid_merge: the
+    worker's SIGTERM, sent as soon as the session read `finalized`) left a segment object beside the master for
+    good, because the next delivery saw `finalized` and did nothing. The session now reads `finalized` only once
+    the storage is clean, and the next delivery finishes the deletes without building the master again."""
+    from archiver.assemble import finalize, merge
+
+    sid, seg_s = await recorded_session(ctx, tmp_path, 7, "live")
+    assert await merge(ctx, sid) == 2
+    # What a merge killed after its commit leaves: batch 3-5 committed, its last segment object still stored.
+    await ctx.storage.put_file(f"sessions/{sid}/segments/000005.webm", tmp_path / "seg.webm")
+    async with ctx.pool.acquire() as conn:
+        await conn.execute("UPDATE sessions SET status = 'ended', ended_at = now() WHERE id = $1", sid)
+    stopping = _StopAtFirstDelete(ctx.storage)
+    with pytest.raises(asyncio.CancelledError):
+        await finalize(Context(ctx.settings, ctx.pool, ctx.redis, stopping), sid)  # type: ignore[arg-type]
+    async with ctx.pool.acquire() as conn:
+        master = await conn.fetchrow("SELECT * FROM master_videos WHERE session_id = $1", sid)
+        status = await conn.fetchval("SELECT status FROM sessions WHERE id = $1", sid)
+    assert master is not None  # committed before the stop
+    assert status == "finalizing", "finalized while replaced objects are still stored"
+    assert len(await ctx.storage.list(f"sessions/{sid}/")) > 1
+
+    assert await finalize(ctx, sid) is True  # the next delivery
+    async with ctx.pool.acquire() as conn:
+        again = await conn.fetchrow("SELECT * FROM master_videos WHERE session_id = $1", sid)
+    assert again["sha256"] == master["sha256"]  # kept, not rebuilt from nothing
+    assert await finalize(ctx, sid) is False
+    await assert_one_exact_master(ctx, sid, 7 * seg_s)
+
+
+async def test_a_segment_uploaded_again_after_its_merge_stays_out_of_storage(ctx: Context, tmp_path: Path) -> None:
+    """A media process killed after committing a segment's upload but before removing it from its spool uploads it
+    again at the next start. If a merge replaced it by a batch meanwhile (row 'merged', object deleted), that
+    upload must not put the object back: nothing would ever delete it (issue 19)."""
+    from archiver.assemble import merge
+    from archiver.spool import Spool, SpoolSegment, Uploader
+
+    sid, _ = await recorded_session(ctx, tmp_path, 3, "live")
+    spool_id = uuid.uuid4().hex
+    async with ctx.pool.acquire() as conn:
+        await conn.execute("UPDATE segments SET spool_id = $2, node_id = 'gone' WHERE session_id = $1 AND idx = 2",
+                           sid, spool_id)
+    assert await merge(ctx, sid) == 1
+    spool = Spool(tmp_path / "spool", "restarted")
+    segment = SpoolSegment(spool_id, sid, 2 * 2.0, "gone", 1, state="closed", end_s=3 * 2.0, frames=60, idx=2)
+    segment.path(spool.root).parent.mkdir(parents=True)
+    shutil.copyfile(tmp_path / "seg.webm", segment.path(spool.root))
+    spool.save(segment)
+    await Uploader(ctx, spool).upload(segment)
+    assert spool.segments() == [] and not segment.path(spool.root).exists()
+    assert [o.key for o in await ctx.storage.list(f"sessions/{sid}/")] == [f"sessions/{sid}/batches/000000-000002.webm"]
+    async with ctx.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT state FROM segments WHERE spool_id = $1", spool_id) == "merged"

@@ -17,11 +17,12 @@ from analyzers.models import model_status
 from core.net import parse_networks
 from proctor.context import Context
 from proctor.db import DB_UNAVAILABLE
-from proctor.http import CTX, redact_path
+from proctor.http import CTX, USER, redact_path
 from proctor.settings import Settings
 from proctor.storage import StorageError
 from proctor.store.nodes import live_nodes
 from signaling.api import setup_routes as setup_signaling
+from web.admin import setup_routes as setup_admin
 from web.auth import identify
 from web.candidate import setup_routes as setup_candidate
 from web.live import setup_routes as setup_live
@@ -36,16 +37,41 @@ WEB_DIR = Path(__file__).resolve().parent
 
 SETTINGS = web.AppKey("settings", Settings)
 
+# Every response without a policy of its own (JSON, errors, 404s, static files, the join error page, redirects)
+# gets this one: nothing but our stylesheet and images may load, no script runs, no one may frame it. Pages that
+# run scripts set their own, stricter for what they need (web/login.py CSP, web/candidate.py CANDIDATE_CSP).
+DEFAULT_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+               "form-action 'none'")
+# Seconds web.run_app gives requests still running at shutdown before cancelling them (live sockets are closed
+# before that by web/live.py, within its CLOSE_GRACE_S).
+SHUTDOWN_TIMEOUT_S = 5.0
+_CORE = ("database", "redis", "storage")
+
+
+async def secure_defaults(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare: a Content-Security-Policy and nosniff on every response that lacks them."""
+    response.headers.setdefault("Content-Security-Policy", DEFAULT_CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
 
 async def healthz(request: web.Request) -> web.Response:
+    """The status of each component (database, Redis, storage, each detector) and overall: 200, or 503 when
+    a dependency is down. The detail (revision, timings, errors, model paths, media nodes) only for staff (a
+    login cookie or an API token): it maps the deployment for whoever asks."""
     ctx = request.app[CTX]
     checks = await ctx.health()
-    body: dict[str, Any] = dict(checks)
-    body["models"] = model_status(ctx.settings)
-    body["media_nodes"] = await _media_nodes(ctx)
-    healthy = all(checks[name]["status"] == "ok" for name in ("database", "redis", "storage"))
+    models = model_status(ctx.settings)
+    healthy = all(checks[name]["status"] == "ok" for name in _CORE)
+    body: dict[str, Any]
+    if request.get(USER) is None:
+        body = {name: {"status": checks[name]["status"]} for name in _CORE}
+        body["models"] = {name: {"status": model["status"]} for name, model in models.items()}
+    else:
+        body = dict(checks)
+        body["models"] = models
+        body["media_nodes"] = await _media_nodes(ctx)
     body["status"] = "ok" if healthy else "error"
-    return web.json_response(body, status=200 if healthy else 503)
+    return web.json_response(body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"})
 
 
 async def _media_nodes(ctx: Context) -> list[dict[str, Any]]:
@@ -79,6 +105,7 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
     app = web.Application(client_max_size=12 * 1024 * 1024,
                           middlewares=[forwarded(parse_networks(settings.trusted_proxies)), unavailable, identify])
     app[SETTINGS] = settings
+    app.on_response_prepare.append(secure_defaults)
 
     async def open_context(app: web.Application) -> Any:
         app[CTX] = ctx or await Context.open(settings)
@@ -96,6 +123,7 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
     setup_login(app)
     setup_staff(app)
     setup_live(app)
+    setup_admin(app)
     return app
 
 
@@ -122,5 +150,5 @@ def runner_options() -> dict[str, Any]:
 def main(settings: Settings) -> None:
     app = create_app(settings)
     log.info("web listening on %s:%s (public %s)", settings.http_host, settings.http_port, settings.base_url)
-    web.run_app(app, host=settings.http_host, port=settings.http_port, print=None, shutdown_timeout=5,
+    web.run_app(app, host=settings.http_host, port=settings.http_port, print=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
                 **runner_options())

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proctor import accounts
-from proctor.http import CTX, USER, error
+from proctor.http import CTX, USER, ascii_only, error, read_form
 from web import cookies
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,6 +30,8 @@ async def identify(request: web.Request, handler: Handler) -> web.StreamResponse
     token = bearer_token(request)
     # API tokens carry a prefix; join tokens (candidates) do not and are checked by their own routes.
     if token and token.startswith("pt_"):
+        if not token.isascii():  # API tokens are ASCII; other bytes arrive as surrogates and never match one
+            raise web.HTTPUnauthorized(reason="invalid API token")
         async with request.app[CTX].pool.acquire() as conn:
             request[USER] = await accounts.user_for_token(conn, token)
         if request[USER] is None:
@@ -54,8 +56,8 @@ async def _identify_cookie(request: web.Request) -> None:
     if request.method in cookies.UNSAFE_METHODS and request.path != "/login":
         presented = request.headers.get(cookies.CSRF_HEADER)
         if presented is None and request.content_type == "application/x-www-form-urlencoded":
-            presented = (await request.post()).get(cookies.CSRF_FIELD)  # type: ignore[assignment]
-        if not cookies.csrf_ok(key, claims.sid, presented):
+            presented = (await read_form(request)).get(cookies.CSRF_FIELD)
+        if not cookies.csrf_ok(key, claims.sid, ascii_only(presented)):
             raise error(web.HTTPForbidden, f"CSRF token missing or wrong (send {cookies.CSRF_HEADER})")
     request[USER] = accounts.User(row["id"], row["name"], row["role"])
     request[cookies.SESSION] = claims

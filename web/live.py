@@ -4,17 +4,19 @@ The WebSocket relays every message published on Redis LIVE_CHANNEL (events from 
 changes from media nodes, session status from signaling and the archiver, acknowledgements). One Redis
 subscription per web process is fanned out to all sockets; each socket has a bounded queue, and a slow client
 loses its oldest messages (it is told how many, so it can reload) rather than holding memory or the others.
+One user holds at most LIVE_SOCKETS_PER_USER sockets per web process (more: 429 before the upgrade). On shutdown
+every socket is told 1001 (going away) at once, and a client that does not answer within CLOSE_GRACE_S (one that
+stopped reading, say) is cut off, so the process stops promptly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from core.live import Hello, HubState, Overflow, Pong
 from proctor.http import CTX, error, require_user
@@ -25,6 +27,8 @@ from web.login import page_user, render_page
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+# On shutdown: how long a monitor has to answer the close frame before its connection is cut.
+CLOSE_GRACE_S = 3.0
 
 
 class Subscriber:
@@ -32,6 +36,7 @@ class Subscriber:
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=size)
         self.dropped = 0
         self.ws: web.WebSocketResponse | None = None
+        self.transport: asyncio.Transport | None = None
 
     def offer(self, data: str) -> None:
         if self.queue.full():
@@ -49,8 +54,27 @@ class LiveHub:
         self.subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self.sockets_per_user: dict[int, int] = {}
+        self.closing = False
+
+    def claim(self, user_id: int, limit: int) -> bool:
+        """Take one of the user's `limit` socket places (False: all taken); give it back with release()."""
+        held = self.sockets_per_user.get(user_id, 0)
+        if held >= limit:
+            return False
+        self.sockets_per_user[user_id] = held + 1
+        return True
+
+    def release(self, user_id: int) -> None:
+        held = self.sockets_per_user.get(user_id, 0) - 1
+        if held > 0:
+            self.sockets_per_user[user_id] = held
+        else:
+            self.sockets_per_user.pop(user_id, None)
 
     async def subscribe(self, redis: Any) -> Subscriber:
+        if self.closing:
+            raise error(web.HTTPServiceUnavailable, "server shutting down")
         sub = Subscriber(self.queue_size)
         self.subscribers.add(sub)
         if self._task is None or self._task.done():
@@ -97,17 +121,29 @@ class LiveHub:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
-    async def close_sockets(self) -> None:
-        for sub in list(self.subscribers):
-            if sub.ws is not None:
-                with contextlib.suppress(Exception):
-                    await sub.ws.close(code=1001, message=b"server shutdown")
+    async def close_sockets(self, grace: float = CLOSE_GRACE_S) -> None:
+        """Tell every monitor 1001 (going away), all at once; cut off whoever has not answered within `grace`."""
+        self.closing = True
+        await asyncio.gather(*(self._close_socket(sub, grace) for sub in list(self.subscribers)))
 
-    async def close(self) -> None:
+    @staticmethod
+    async def _close_socket(sub: Subscriber, grace: float) -> None:
+        try:
+            if sub.ws is not None:
+                # close() writes the close frame, waits for the client's, and blocks as long as a client that
+                # stopped reading leaves the send buffer full: bounded here.
+                await asyncio.wait_for(sub.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown"), grace)
+        except Exception as exc:  # TimeoutError, or the connection already gone
+            log.debug("live socket did not close cleanly: %r", exc)
+        finally:
+            if sub.transport is not None:
+                sub.transport.abort()  # no-op once closed; drops whatever a silent client left unread
+
+    async def close(self, grace: float = CLOSE_GRACE_S) -> None:
+        self.closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait({self._task}, timeout=grace)
 
 
 LIVE_HUB = web.AppKey("live_hub", LiveHub)
@@ -115,30 +151,42 @@ LIVE_HUB = web.AppKey("live_hub", LiveHub)
 
 async def live_socket(request: web.Request) -> web.StreamResponse:
     user = require_user(request)  # 401 before any upgrade
+    ctx = request.app[CTX]
     if request.get(cookies.SESSION) is not None:
         # A cookie-authenticated socket must come from our own pages (cross-site WebSocket hijacking).
         origin = request.headers.get("Origin")
         if origin and origin.rstrip("/") != f"{request.scheme}://{request.host}" \
-                and origin.rstrip("/") != request.app[CTX].settings.base_url.rstrip("/"):
+                and origin.rstrip("/") != ctx.settings.base_url.rstrip("/"):
             raise error(web.HTTPForbidden, "cross-origin WebSocket refused")
     hub = request.app[LIVE_HUB]
-    sub = await hub.subscribe(request.app[CTX].redis)
-    ws = web.WebSocketResponse(heartbeat=25, max_msg_size=4096)
-    sub.ws = ws
+    limit = ctx.settings.live_sockets_per_user
+    if not hub.claim(user.id, limit):  # 429 before any upgrade
+        refused = error(web.HTTPTooManyRequests,
+                        f"at most {limit} live monitor connections per user (LIVE_SOCKETS_PER_USER); close one first")
+        refused.headers["Retry-After"] = "5"
+        raise refused
     try:
-        await ws.prepare(request)
-        await ws.send_str(Hello(user=user.name, role=user.role).dumps())
-        pump = asyncio.create_task(_pump(sub, ws))
+        sub = await hub.subscribe(ctx.redis)
+        # `timeout`: how long close() waits for the client's close frame.
+        ws = web.WebSocketResponse(heartbeat=25, max_msg_size=4096, timeout=CLOSE_GRACE_S)
+        sub.ws, sub.transport = ws, request.transport
         try:
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT and msg.data == "ping":
-                    await ws.send_str(Pong().dumps())
+            await ws.prepare(request)
+            await ws.send_str(Hello(user=user.name, role=user.role).dumps())
+            pump = asyncio.create_task(_pump(sub, ws))
+            try:
+                async for msg in ws:
+                    if msg.type == WSMsgType.TEXT and msg.data == "ping":
+                        await ws.send_str(Pong().dumps())
+            finally:
+                pump.cancel()
+                # A connection cut under the pump (shutdown, a vanished client) ends it with a connection error.
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await pump
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            hub.unsubscribe(sub)
     finally:
-        hub.unsubscribe(sub)
+        hub.release(user.id)
     return ws
 
 
@@ -173,7 +221,7 @@ async def live_page(request: web.Request) -> web.Response:
         "id": str(r["id"]), "candidate": r["candidate"], "exam": r["exam"], "status": r["status"],
         "connection": "connected" if r["recent"] else "unknown", "duration_s": r["duration_s"],
         "flags": flags.get(str(r["id"]), [])} for r in rows]}
-    return render_page("live.html", request, {"nav": "live", "config_json": json.dumps(config)})
+    return render_page("live.html", request, {"nav": "live", "config": config})
 
 
 def setup_routes(app: web.Application) -> None:
@@ -182,6 +230,7 @@ def setup_routes(app: web.Application) -> None:
 
     async def close_sockets(app: web.Application) -> None:
         await hub.close_sockets()
+        await hub.close()
 
     async def close_hub(app: web.Application) -> None:
         await hub.close()

@@ -19,9 +19,10 @@ from aiohttp import web
 
 from core.events import REVIEW_STATES
 from core.live import Acknowledged
+from core.search import LIKE_ESCAPE, contains_pattern
 from core.sessions import STATUSES
 from proctor import accounts
-from proctor.http import CTX, error, path_int, path_session_id, read_json, require_user
+from proctor.http import CTX, error, path_int, path_session_id, read_json, require_user, unstorable
 from proctor.store import events, live, sessions
 from signaling.api import existing_session
 from web.login import page_user, render_page
@@ -32,10 +33,6 @@ MAX_QUERY = 200
 SORTS = {"newest": "s.created_at DESC", "score": "s.score DESC, s.created_at DESC"}
 EXPORT_FIELDS = ("id", "kind", "start_s", "end_s", "duration_s", "confidence", "source", "review_state",
                  "review_note", "reviewed_by", "reviewed_at", "acknowledged_by", "acknowledged_at", "snapshot_url")
-
-
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _tenths(score: float | None) -> float:
@@ -61,6 +58,8 @@ async def sessions_page(request: web.Request) -> web.Response:
     if status is not None and status not in STATUSES:
         status = None
     query = request.query.get("q", "").strip()[:MAX_QUERY]
+    if unstorable(query) is not None:  # NUL or a lone surrogate cannot be searched for: show the unfiltered list
+        query = ""
     flagged = request.query.get("flagged") == "1"
     sort = request.query.get("sort", "newest")
     if sort not in SORTS:
@@ -74,9 +73,9 @@ async def sessions_page(request: web.Request) -> web.Response:
             "count(e.id) FILTER (WHERE e.review_state = 'pending') AS pending "
             "FROM sessions s LEFT JOIN events e ON e.session_id = s.id "
             "WHERE ($1::text IS NULL OR s.status = $1) "
-            "AND ($2 = '' OR s.candidate ILIKE '%' || $2 || '%' OR s.exam ILIKE '%' || $2 || '%') "
+            f"AND ($2::text IS NULL OR s.candidate ILIKE $2 {LIKE_ESCAPE} OR s.exam ILIKE $2 {LIKE_ESCAPE}) "
             f"GROUP BY s.id HAVING (NOT $3 OR count(e.id) > 0) ORDER BY {SORTS[sort]} LIMIT 200",
-            status, _like(query), flagged)
+            status, contains_pattern(query), flagged)
     return render_page("sessions.html", request, {
         "nav": "sessions", "rows": rows, "statuses": STATUSES, "status": status or "", "q": query,
         "flagged": flagged, "sort": sort, "duration": _duration,
@@ -110,7 +109,7 @@ async def review_page(request: web.Request) -> web.Response:
               "masterDuration": master["duration_s"] if master else None, "pieces": pieces,
               "canDelete": can_delete}
     return render_page("review.html", request, {
-        "nav": "sessions", "session": row, "config_json": json.dumps(config), "can_delete": can_delete,
+        "nav": "sessions", "session": row, "config": config, "can_delete": can_delete,
         "score_level": score_level, "fmt_score": fmt_score})
 
 

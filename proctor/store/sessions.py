@@ -28,6 +28,20 @@ async def create(conn: asyncpg.Connection, *, candidate: str, exam: str, created
         "VALUES ($1, $2, $3, $4, $5) RETURNING *", candidate, exam, created_by, tokens.new_nonce(), expires)
 
 
+async def rotate_join_nonce(conn: asyncpg.Connection, session_id: str, *, ttl_s: int,
+                            actor: str) -> asyncpg.Record | None:
+    """A new join-link nonce (and expiry, `ttl_s` from now) for an open session: every link issued before
+    answers 401 "join link revoked" from now on. None: no such session, or it is no longer open. Audit-logged."""
+    expires = datetime.now(UTC) + timedelta(seconds=ttl_s)
+    row = await conn.fetchrow(
+        "UPDATE sessions SET join_nonce = $2, join_expires_at = $3 WHERE id = $1 AND status = ANY($4::text[]) "
+        "RETURNING *", session_id, tokens.new_nonce(), expires, list(OPEN_STATUSES))
+    if row is not None:
+        await audit(conn, actor, "session.join_link.rotate", f"session:{session_id}",
+                    {"expires_at": expires.isoformat()})
+    return row
+
+
 async def get(conn: asyncpg.Connection, session_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id)
 

@@ -211,6 +211,34 @@
     });
   }
 
+  // A new join link revokes every earlier one (a leaked link); only while the session is open.
+  const rotateBtn = document.getElementById("rotate-link-btn");
+  function showRotate() { if (rotateBtn) rotateBtn.hidden = !["created", "live"].includes(state.status); }
+  if (rotateBtn) {
+    showRotate();
+    rotateBtn.addEventListener("click", async () => {
+      if (!window.confirm("Make a new join link? The candidate's current link stops working at once " +
+                          "(a candidate who is connected keeps streaming but cannot reconnect with it).")) return;
+      const box = document.getElementById("rotate-link-box");
+      const msg = document.getElementById("rotate-link-msg");
+      const field = document.getElementById("rotate-link-url");
+      rotateBtn.disabled = true;
+      try {
+        const rotated = await staff.api("POST", `${base}/join-link`);
+        field.value = rotated.join_url;
+        msg.textContent = "";
+        box.hidden = false;
+        field.select();
+      } catch (e) {
+        field.value = "";
+        msg.textContent = `Could not make a new link: ${e.message}`;
+        box.hidden = false;
+      } finally {
+        rotateBtn.disabled = false;
+      }
+    });
+  }
+
   // --- keys and the player --------------------------------------------------------------------------------
 
   document.addEventListener("keydown", (e) => {
@@ -352,6 +380,7 @@
     status.textContent = session.status;
     status.dataset.status = session.status;
     state.status = session.status;
+    showRotate();
     showScore(session.score);
     if (session.master_video_url) {
       switchToMaster(session.master_video_url);
