@@ -64,6 +64,8 @@ def verify(key: bytes, header: str | None, method: str, path_qs: str, body: byte
         given = fields["v1"]
     except (KeyError, ValueError):
         raise NodeAuthError(f"malformed {HEADER}") from None
+    if not given.isascii():  # ours is hex; anything else (header bytes decoded as surrogates) cannot match
+        raise NodeAuthError("bad signature")
     if abs((time.time() if now is None else now) - timestamp) > MAX_SKEW_S:
         raise NodeAuthError("signature expired")
     if not hmac.compare_digest(given.encode(), _mac(key, method, path_qs, timestamp, body).encode()):
