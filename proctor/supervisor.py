@@ -227,7 +227,8 @@ async def _run_worker(settings: Settings, roles: list[str]) -> None:
         await stop.wait()
     finally:
         # The sweeper holds no job and never returns by itself: cancelled at once (waiting for it with the consumers
-        # made every stop take the full 30 s). Consumers finish the job in hand (run() returns once stop is set).
+        # made every stop take the full 30 s). A consumer interrupts the job in hand once stop is set and leaves it
+        # pending for another worker (archiver/jobs.py); every handler is idempotent, so the job is redone, not lost.
         if sweeper is not None:
             sweeper.cancel()
             tasks.append(sweeper)
