@@ -327,8 +327,10 @@ async def test_login_hashing_leaves_the_event_loop_free(web_server: RunningApp, 
     print(f"one verify {verify_s:.3f} s; 40 logins {flood_s:.2f} s; loop lag max {worst * 1000:.0f} ms, "
           f"p50 {statistics.median(lags) * 1000:.1f} ms over {len(lags)} samples; unrelated request max "
           f"{max(unrelated) * 1000:.0f} ms over {len(unrelated)}")
-    # 40 verifies on the loop stall it for ~40 verify times in all, at least one whole verify at a time.
-    assert worst < max(0.25, verify_s / 2), (worst, verify_s)
+    # 40 verifies on the loop stall it for ~40 verify times in all (the review saw single stalls of 4.5 s). The
+    # total is what tells the two apart; one gap is only bounded generously, since a scheduler hiccup or a GC pause
+    # on a busy 2-core machine can cost a few hundred ms without any verify on the loop (0.27 s seen once, idle).
+    assert worst < max(1.0, 4 * verify_s), (worst, verify_s)
     assert sum(lag for lag in lags if lag > 0.05) < max(0.5, 5 * verify_s), (lags, verify_s)
     assert len(unrelated) >= 3 and max(unrelated) < max(1.0, 2 * verify_s), unrelated
 
