@@ -7,20 +7,15 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import replace
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from core.net import parse_networks
 from proctor import accounts
 from proctor.context import Context
 from proctor.settings import Settings, SettingsError
-from tests.support.net import free_ports
+from tests.support.servers import own_web_app
 from web.login import LOGIN_MAX_FAILURES
 from web.proxy import client_of, scheme_of
 
@@ -60,22 +55,6 @@ def test_trusted_proxies_setting_is_checked() -> None:
         Settings.from_env({"TRUSTED_PROXIES": "10.0.0.0/8, example.com"}, env_file=None)
 
 
-@asynccontextmanager
-async def _app(settings: Settings, ctx: Context, **overrides: Any) -> AsyncIterator[str]:
-    from web.app import create_app
-
-    port = free_ports(1)[0]
-    app_settings = replace(settings, http_port=port, public_base_url="", **overrides)
-    runner = web.AppRunner(create_app(app_settings, ctx=Context(app_settings, ctx.pool, ctx.redis, ctx.storage)),
-                           access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
 async def _login(base: str, name: str, password: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         async with http.get(f"{base}/login", headers=headers) as response:
@@ -103,7 +82,7 @@ async def test_throttling_and_audit_see_each_client_behind_the_proxy(settings: S
     async with ctx.pool.acquire() as conn:
         await accounts.create_user(conn, name, "proctor", password)
     attacker, colleague = {"X-Forwarded-For": "203.0.113.66"}, {"X-Forwarded-For": "198.51.100.20"}
-    async with _app(settings, ctx, trusted_proxies=("127.0.0.1",)) as base:
+    async with own_web_app(settings, ctx, public_base_url="", trusted_proxies=("127.0.0.1",)) as base:
         for _ in range(LOGIN_MAX_FAILURES):
             assert (await _login(base, name, "wrong", attacker)).status == 401
         assert (await _login(base, name, password, attacker)).status == 429
@@ -122,7 +101,7 @@ async def test_forged_headers_are_ignored_without_trusted_proxies(settings: Sett
     name, password = f"forge-{uuid.uuid4().hex[:6]}", "pw-" + secrets.token_hex(8)
     async with ctx.pool.acquire() as conn:
         await accounts.create_user(conn, name, "proctor", password)
-    async with _app(settings, ctx, trusted_proxies=()) as base:
+    async with own_web_app(settings, ctx, public_base_url="", trusted_proxies=()) as base:
         for i in range(LOGIN_MAX_FAILURES):
             assert (await _login(base, name, "wrong", {"X-Forwarded-For": f"203.0.113.{i}"})).status == 401
         assert (await _login(base, name, password, {"X-Forwarded-For": "198.51.100.20"})).status == 429

@@ -17,22 +17,19 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from proctor import accounts
 from proctor.context import Context
 from proctor.settings import Settings
 from tests.support.accounts import PASSWORD, browser_login, logged_in, login_token, make_user, page_csrf
-from tests.support.net import free_port
-from tests.support.servers import RunningApp
+from tests.support.servers import RunningApp, own_web_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,23 +94,6 @@ async def _login_from(base: str, addr: str, name: str, password: str = PASSWORD,
     """One login from a fresh browser at `addr`, holding only `device` (a device cookie) if given."""
     async with _client(addr, {"proctor_device": device} if device else None) as http:
         return await _attempt(http, base, name, password, next_path=next_path)
-
-
-@asynccontextmanager
-async def _app(settings: Settings, ctx: Context, **overrides: Any) -> AsyncIterator[str]:
-    """A web app of its own with some settings changed (same Postgres and Redis as the suite)."""
-    from web.app import create_app
-
-    port = free_port()
-    app_settings = replace(settings, http_port=port, public_base_url=f"http://127.0.0.1:{port}", **overrides)
-    runner = web.AppRunner(create_app(app_settings, ctx=Context(app_settings, ctx.pool, ctx.redis, ctx.storage)),
-                           access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 async def _audit(ctx: Context, action: str, target: str) -> list[dict[str, Any]]:
@@ -267,7 +247,7 @@ async def test_a_flood_does_not_lock_the_owner_out(web_server: RunningApp, ctx: 
 async def test_the_global_limit_and_device_cookies(settings: Settings, ctx: Context) -> None:
     """A distributed attack over many names and addresses trips the global limit; a known browser still logs in."""
     owner = await make_user(ctx, "proctor")
-    async with _app(settings, ctx, login_max_failures_global=5) as base:
+    async with own_web_app(settings, ctx, login_max_failures_global=5) as base:
         device = (await _login_from(base, "127.0.9.1", owner)).device
         for i in range(5):
             assert (await _login_from(base, f"127.0.9.{10 + i}", f"nobody-{i}", "guess")).status == 401

@@ -209,7 +209,11 @@ async def _count_references(conn: asyncpg.Connection, session_id: str) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM reference_photos WHERE session_id = $1", session_id))
 
 
-async def _store_photo(request: web.Request, session_id: str, data: bytes) -> tuple[str, str]:
+async def _store_photo(request: web.Request, session_id: str, data: bytes,
+                       result: PrecheckResult) -> tuple[str, str]:
+    """Store a reference photo that passed its check (422 with the check's guidance otherwise): (key, sha256)."""
+    if not result.ok:
+        raise error(web.HTTPUnprocessableEntity, result.message, precheck=result.to_json())
     digest = hashlib.sha256(data).hexdigest()
     key = f"sessions/{session_id}/reference/{digest[:32]}.img"
     await request.app[CTX].storage.put_bytes(key, data, content_type="image/jpeg")
@@ -238,9 +242,7 @@ async def upload_reference(request: web.Request) -> web.Response:
     async with ctx.pool.acquire() as conn:
         _candidate_may_upload(row, await _count_references(conn, session_id))
     data, width, height, result = await _checked_photo(request)
-    if not result.ok:
-        raise error(web.HTTPUnprocessableEntity, result.message, precheck=result.to_json())
-    key, digest = await _store_photo(request, session_id, data)
+    key, digest = await _store_photo(request, session_id, data, result)
     async with ctx.pool.acquire() as conn, conn.transaction():
         # The session row locked: the stream cannot go live (or another upload count) between check and insert.
         row = await conn.fetchrow("SELECT status, started_at FROM sessions WHERE id = $1 FOR UPDATE", session_id)
@@ -257,9 +259,7 @@ async def _replace_reference(request: web.Request, user: User) -> web.Response:
     async with ctx.pool.acquire() as conn:
         require_open(await existing_session(conn, session_id))
     data, width, height, result = await _checked_photo(request)
-    if not result.ok:
-        raise error(web.HTTPUnprocessableEntity, result.message, precheck=result.to_json())
-    key, digest = await _store_photo(request, session_id, data)
+    key, digest = await _store_photo(request, session_id, data, result)
     async with ctx.pool.acquire() as conn, conn.transaction():
         media_time = await conn.fetchval("SELECT duration_s FROM sessions WHERE id = $1 FOR UPDATE", session_id)
         replaced = await conn.fetchval("SELECT id FROM reference_photos WHERE session_id = $1 "
