@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 # Raised by detectors from sampled video frames (analyzers/).
-FRAME_KINDS = ("no_face", "multiple_people", "looking_away", "identity_mismatch", "phone")
+# poor_image: too dark, too bright, blurred or covered; the candidate is told at once, and it is never a no_face.
+FRAME_KINDS = ("no_face", "multiple_people", "looking_away", "identity_mismatch", "phone", "poor_image")
 # Reported by the candidate page over the data channel (tab hidden, window blur, ...).
 BROWSER_KINDS = ("tab_hidden", "window_blur", "fullscreen_exit", "second_screen", "copy_paste")
 # Raised by the server: about itself (the archive could not write), and when staff replace a session's reference

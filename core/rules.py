@@ -59,6 +59,8 @@ class RulesConfig:
             "identity_mismatch": KindRule(0.0, 0.0, min_active_frames=2, min_clear_frames=2,
                                           max_gap_s=max(3.0, 3.5 * identity_interval_s)),
             "phone": KindRule(1.0, 2.0),
+            # A dark, blurred or covered picture: told to the candidate at once, flagged when it lasts.
+            "poor_image": KindRule(5.0, 2.0),
             "tab_hidden": KindRule(1.0, 0.5, latched=True),
             "window_blur": KindRule(2.0, 0.5, latched=True),
             "fullscreen_exit": KindRule(1.0, 0.5, latched=True),
