@@ -99,17 +99,17 @@ def test_media_clock_guards_timestamp_jumps() -> None:
 
 
 async def test_a_burst_of_offers_spreads_over_nodes(ctx) -> None:  # type: ignore[no-untyped-def]
-    """Placements count until the next heartbeat, so a burst alternates between equally loaded nodes."""
-    from proctor.store.nodes import live_nodes, note_placement, register
+    """Reservations count until the next heartbeat, so a burst alternates between equally loaded nodes."""
+    from proctor.store.nodes import RESERVED, live_nodes, register, reserve
 
     prefix = f"burst-{time.time_ns()}"
     for name in ("a", "b"):
         await register(ctx.redis, NodeInfo(f"{prefix}-{name}", "http://x", 0, 100))
     chosen = []
-    for _ in range(6):
+    for index in range(6):
         nodes = [n for n in await live_nodes(ctx.redis) if n.node_id.startswith(prefix)]
         node = choose(nodes)
         assert node is not None
         chosen.append(node.node_id[-1])
-        await note_placement(ctx.redis, node.node_id)
+        assert await reserve(ctx.redis, node.node_id, f"{prefix}-session-{index}") == RESERVED
     assert chosen.count("a") == 3 and chosen.count("b") == 3

@@ -15,7 +15,6 @@ beyond capacity by itself (media_server/node.py).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Collection
 from dataclasses import asdict, replace
 from typing import Any, cast
@@ -30,7 +29,6 @@ CARRIED_KEY = "proctor:carried:{node_id}"  # set: the sessions the node reported
 RESERVED_KEY = "proctor:reserved:{node_id}"  # sorted set: session -> expiry (unix time) of its reservation
 # Longer than an offer relay can take (node timeout 15 s) plus a heartbeat.
 RESERVATION_TTL_S = 30
-PLACED_TTL_S = 2  # note_placement: a node's heartbeat reports its real count within a second
 
 RESERVED, CARRIED, REFUSED = "reserved", "carried", "refused"
 
@@ -101,12 +99,6 @@ def _parse(data: dict[str, str]) -> NodeInfo | None:
                         float(data.get("cpu", 0)), float(data.get("heartbeat_at", 0)))
     except (KeyError, ValueError):
         return None
-
-
-async def note_placement(redis: aioredis.Redis, node_id: str) -> None:
-    """Count a stream sent to a node for PLACED_TTL_S without a session to name (no capacity check): a burst of
-    placements within one heartbeat then spreads over nodes. Signaling uses `reserve`, which also counts."""
-    await _reserve(redis, node_id, f"placed-{uuid.uuid4().hex}", PLACED_TTL_S, check=False)
 
 
 async def live_nodes(redis: aioredis.Redis) -> list[NodeInfo]:
