@@ -7,6 +7,8 @@ Only fixtures and hooks live here: helpers that test files (and bench/) import a
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,9 +34,15 @@ from tests.support.servers import FrameLog, RunningApp
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Short path: unix socket paths must stay under ~100 bytes.
-    return tmp_path_factory.mktemp("pd")
+def data_dir() -> Iterator[Path]:
+    # Not under pytest's basetemp: a second pytest run started meanwhile (a developer's, beside a long `make test`)
+    # prunes all but the newest three basetemps, and took this session's Postgres data with it (seen: every later
+    # test failed "connection refused"). Short path: unix socket paths must stay under ~100 bytes.
+    path = Path(tempfile.mkdtemp(prefix="pd-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
