@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 SYSTEM_PACKAGES := chromium docker-compose
 
-.PHONY: up test test-fast check chaos bench venv system lint lock clean-data test-under-load
+.PHONY: up test test-fast check chaos bench eval venv system lint lock clean-data test-under-load
 
 up: venv
 	$(VENV)/bin/proctor up
@@ -43,6 +43,11 @@ chaos: venv system
 # Benchmarks (~25 minutes; not part of the tests): every figure against its target in bench/results/summary.md.
 bench: venv system
 	$(PY) -m bench.all $(BENCH_ARGS)
+
+# Detector quality (~1-2 minutes, no network): every detector over the labelled real photos in bench/quality/data
+# (sources and licences in its PROVENANCE.md); writes bench/results/quality.md and quality.json.
+eval: venv
+	$(PY) -m bench.quality $(EVAL_ARGS)
 
 venv: $(STAMP)
 

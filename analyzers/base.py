@@ -16,12 +16,13 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from core.rules import RulesConfig
+from core.sensitivity import STANDARD, Sensitivity
 from proctor.settings import Settings
 
 T = TypeVar("T")
@@ -44,6 +45,9 @@ class Signal:
     confidence: 0..1, how sure/how strong; for the threshold-based detectors 0.5 is "just at the threshold".
     details: JSON-serializable facts for the event record (counts, angles, distances, boxes).
     box: optional [x1, y1, x2, y2] in frame pixels, evidence to draw on the snapshot.
+    source: which of several detectors feeding one kind observed it (e.g. "persons" for multiple_people);
+      core.rules combines the sources of a kind instead of letting their rates fight over one track. None: the
+      kind's only source.
     """
 
     kind: str
@@ -51,6 +55,7 @@ class Signal:
     confidence: float
     details: dict[str, Any] = field(default_factory=dict)
     box: list[float] | None = None
+    source: str | None = None
 
 
 class Detector(ABC):
@@ -69,10 +74,19 @@ class Detector(ABC):
         return True, self.name
 
 
-def rules_config(settings: Settings) -> RulesConfig:
-    """The event rules for these settings: core.rules' defaults with EVENT_TIMING's overrides; identity checks
-    are sparse, so their allowed gap follows IDENTITY_INTERVAL_S."""
-    return RulesConfig.default(identity_interval_s=settings.identity_interval_s).with_timing(settings.event_timing)
+def rules_config(settings: Settings, sensitivity: Sensitivity = STANDARD) -> RulesConfig:
+    """The event rules for these settings: core.rules' defaults with EVENT_TIMING's overrides, then the session's
+    sensitivity's (a session's choice beats the deployment's default); identity checks are sparse, so their
+    allowed gap follows IDENTITY_INTERVAL_S."""
+    config = RulesConfig.default(identity_interval_s=settings.identity_interval_s).with_timing(settings.event_timing)
+    return config.with_timing(sensitivity.timing())
+
+
+def apply_sensitivity(settings: Settings, sensitivity: Sensitivity) -> Settings:
+    """The settings a session's detectors are built from: the deployment's, with the thresholds the session's
+    sensitivity sets replaced (core.sensitivity checked their names and ranges; the others stay as they are)."""
+    thresholds: dict[str, Any] = sensitivity.thresholds()  # every one a float field of Settings (tested)
+    return replace(settings, **thresholds) if thresholds else settings
 
 
 def default_pool_size() -> int:

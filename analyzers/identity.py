@@ -7,6 +7,24 @@ crop dlib's model was trained on is about that tight) and call DeepFace with `de
 DeepFace face detector (most need downloaded weights) is ever used. The embedding itself runs in a process of
 its own (analyzers/embedder.py): dlib holds the GIL for a whole inference.
 
+Several references per candidate: the reference photo first (the anchor), then up to ENROL_MAX_FRAMES good
+frames of the first ENROL_WINDOW_S of the exam that match the *photo* (`IdentityDetector.enrol_reason` says
+which qualify). A check compares the live face with every reference and keeps the best (smallest) distance,
+`best_distance`, which the threshold-calibration harness uses too: a webcam frame of the same room and light
+is a much closer reference than an ID photo taken elsewhere, which is where same-person checks failed.
+
+Faces the detector misses or cuts: mediapipe's full-range model finds no face that fills the picture (a tightly
+cropped photo), and `detect_faces` clips boxes to the frame, which shifts and shrinks the crop of a face cut by
+the frame's edge (measured on grace_hopper cut 25 %: cosine distance 0.049 with the clipped box, 0.011 with the
+whole one). Both are found again in the frame padded with grey (`detect_padded`), whose boxes are whole; a
+photo (the reference, a labelled set's) is always looked at padded too, since in a tight crop the model may
+find only part of the face (`IdentityDetector.look`). Live frames pay the padded search only when needed.
+
+Outcomes of a check (`IdentityDetector.stats`): matched, mismatched, no_face (the faces detector flags that) and
+unembeddable (a face too small to embed, or a reference photo without a usable face): the last two give no
+signal, so they neither start nor end an identity_mismatch, which core/rules.py starts only after two failed
+checks in a row.
+
 Offline rules: the weights file is checked *before* DeepFace builds the model (otherwise DeepFace tries to
 download it), and the embedding process sets $DEEPFACE_HOME before it imports deepface (it creates its folders
 at import and reads the variable again whenever it looks for weights).
@@ -16,6 +34,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
@@ -28,6 +49,19 @@ from analyzers.models import IDENTITY_WEIGHTS
 from proctor.settings import Settings
 
 MIN_FACE_PX = 40  # faces narrower than this give unreliable embeddings: no signal
+# A picture with no face found is looked at again padded by this many of its sides on every side: the full-range
+# face model misses a face that fills the picture (a tight crop) and finds it once it is a third as wide.
+RETRY_PAD = 1.0
+PAD_GREY = (128, 128, 128)
+
+# Enrolment of live frames as further references. Module constants, not settings: they trade nothing an
+# operator sees (the threshold does), and the photo stays the gate of every one of them.
+ENROL_MAX_FRAMES = 4  # with the photo, five references: each more one also adds a chance of a false match
+ENROL_SPACING_S = 2.0  # media seconds between enrolled frames, so they are not one pose four times
+ENROL_WINDOW_S = 60.0  # media seconds after the first check with the photo set; later frames are never enrolled
+MAX_ROLL_DEG = 15.0  # eyes level-ish: head tilt sideways
+MAX_NOSE_OFFSET = 0.25  # nose tip's sideways offset from between the eyes, in eye distances (~25 degrees of yaw)
+MIN_NOSE_DROP = 0.2  # the nose tip below the eye line, in eye distances (rules out garbled keypoints)
 
 
 def deepface_threshold(model_name: str, metric: str) -> float:
@@ -51,8 +85,20 @@ def distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
     raise ValueError(f"unknown distance metric {metric!r}")
 
 
+def best_distance(references: Sequence[np.ndarray], embedding: np.ndarray, metric: str) -> tuple[float, int]:
+    """The smallest distance from `embedding` to any of `references`, and that reference's index (the first
+    one on a tie, so the photo wins a tie). The detector and the threshold-calibration harness both use it, so
+    the threshold is calibrated on exactly the comparison the detector makes."""
+    if len(references) == 0:
+        raise ValueError("best_distance needs at least one reference")
+    distances = [distance(reference, embedding, metric) for reference in references]
+    index = int(np.argmin(distances))
+    return distances[index], index
+
+
 def face_crop(rgb: np.ndarray, face: Face, margin: float = 0.0) -> np.ndarray:
-    """Square crop around `face`, rotated so that the eyes are level; parts outside the frame are edge-filled."""
+    """Square crop around `face`, rotated so that the eyes are level; parts outside the frame are edge-filled
+    (the box may reach outside the frame: see `detect_padded`)."""
     x1, y1, x2, y2 = face.box
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     size = max(1, int(round(max(x2 - x1, y2 - y1) * (1 + 2 * margin))))
@@ -64,8 +110,99 @@ def face_crop(rgb: np.ndarray, face: Face, margin: float = 0.0) -> np.ndarray:
     return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def detect_padded(rgb: np.ndarray, pad_px: int) -> list[Face]:
+    """`detect_faces` on the picture padded with grey by `pad_px` on every side, in the picture's coordinates:
+    boxes are no longer clipped at the picture's edge (they may start below 0 or end beyond it)."""
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(rgb), pad_px, pad_px, pad_px, pad_px, cv2.BORDER_CONSTANT,
+                                value=PAD_GREY)
+    return [Face(face.score, (face.box[0] - pad_px, face.box[1] - pad_px, face.box[2] - pad_px, face.box[3] - pad_px),
+                 tuple((x - pad_px, y - pad_px) for x, y in face.keypoints))
+            for face in detect_faces(padded)]
+
+
+def touches_edge(face: Face, shape: tuple[int, ...]) -> bool:
+    """Whether the box reaches the frame's edge: `detect_faces` clipped it there, so it may be cut."""
+    height, width = shape[:2]
+    x1, y1, x2, y2 = face.box
+    return x1 <= 0.5 or y1 <= 0.5 or x2 >= width - 0.5 or y2 >= height - 0.5
+
+
+def face_width(face: Face) -> float:
+    return face.box[2] - face.box[0]
+
+
+def nose_gap(a: Face, b: Face) -> float:
+    return math.dist(a.keypoints[2], b.keypoints[2])
+
+
+def same_face(a: Face, b: Face) -> bool:
+    """Two detections of one face: nose tips closer than half the first one's width."""
+    return nose_gap(a, b) <= face_width(a) / 2
+
+
+def pose(face: Face) -> tuple[float, float, float]:
+    """(roll in degrees, nose tip's sideways offset, nose tip's drop below the eye line), both in eye distances,
+    from the keypoints: the cheap frontal test enrolment needs (the gaze detector's FaceMesh is not ours)."""
+    (rx, ry), (lx, ly), (nx, ny) = face.keypoints[0], face.keypoints[1], face.keypoints[2]
+    eyes = math.hypot(lx - rx, ly - ry)
+    if eyes < 1e-6:
+        return 0.0, math.inf, 0.0
+    ux, uy = (lx - rx) / eyes, (ly - ry) / eyes  # along the eye line, subject's right eye to left eye
+    dx, dy = nx - (rx + lx) / 2, ny - (ry + ly) / 2
+    return math.degrees(math.atan2(ly - ry, lx - rx)), (dx * ux + dy * uy) / eyes, (dy * ux - dx * uy) / eyes
+
+
+def is_frontal(face: Face) -> bool:
+    """Eyes level-ish and the nose tip between them and below them: a face turned less than ~25 degrees."""
+    roll, side, drop = pose(face)
+    return abs(roll) <= MAX_ROLL_DEG and abs(side) <= MAX_NOSE_OFFSET and drop >= MIN_NOSE_DROP
+
+
+@dataclass(frozen=True)
+class Reference:
+    embedding: np.ndarray
+    label: str  # "photo" or "frame@<media time>": which reference matched, in every check's details
+    media_time_s: float | None = None  # None for the photo
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one look at a picture found: its faces at the minimum score and the one to embed."""
+
+    faces: tuple[Face, ...]
+    face: Face | None  # the largest, with its whole box even where the picture cuts it
+    padded: bool = False  # found only in the padded picture (a tight crop)
+    cut: bool = False  # the face reaches the picture's edge
+
+    @property
+    def usable(self) -> bool:
+        return self.face is not None and face_width(self.face) >= MIN_FACE_PX
+
+
+@dataclass
+class IdentityStats:
+    """Counts of one stream's checks: checks == matched + mismatched + no_face + unembeddable."""
+
+    checks: int = 0
+    matched: int = 0
+    mismatched: int = 0
+    no_face: int = 0  # no face at the minimum score: the faces detector reports that
+    unembeddable: int = 0  # a face, but too small to embed, or a reference photo without a usable face
+
+
+@dataclass
+class _State:
+    """The per-stream state set_reference and analyze share (see IdentityDetector._lock)."""
+
+    photo_given: bool = False
+    references: tuple[Reference, ...] = ()  # empty while photo_given: the photo had no usable face
+    generation: int = 0  # bumped by each set_reference: an enrolment computed against an older photo is dropped
+    enrol_from: float | None = None  # media time of the first check with this photo
+    stats: IdentityStats = field(default_factory=IdentityStats)
+
+
 class IdentityDetector(Detector):
-    """One instance per stream: it keeps that candidate's reference embedding."""
+    """One instance per stream: it keeps that candidate's references and counts its checks."""
 
     name = "identity"
 
@@ -77,9 +214,13 @@ class IdentityDetector(Detector):
         self.min_face_score = settings.face_min_score
         self.models_home = settings.models_home  # DeepFace's home
         self.weights_dir = settings.deepface_weights_dir
-        self.reference: np.ndarray | None = None
         self._model: Any = None
         self._error: str | None = None
+        # One worker thread analyses a stream at a time, but live.py sets the reference from another executor
+        # thread while the first frames may already be analysed: the lock keeps the two from tearing the state.
+        # It is never held across an embedding (tens of milliseconds in the embedding process).
+        self._lock = threading.Lock()
+        self._state = _State()
 
     # --- loading -----------------------------------------------------------------------------------
     def _check_available(self) -> None:
@@ -128,8 +269,31 @@ class IdentityDetector(Detector):
             return False, self._error
         if self._model is None:
             return False, "not loaded"
-        reference = "reference set" if self.reference is not None else "no reference photo yet"
+        with self._lock:
+            given, references = self._state.photo_given, self._state.references
+        if not given:
+            reference = "no reference photo yet"
+        elif not references:
+            reference = "reference photo has no usable face: identity not checked"
+        else:
+            reference = f"reference set (photo and {len(references) - 1} enrolled frames)"
         return True, f"DeepFace {self.model_name} ({self.metric} <= {self.threshold:g}); {reference}"
+
+    # --- what the stream has -----------------------------------------------------------------------
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        with self._lock:
+            return self._state.references
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        """The reference photo's embedding (None: no photo yet, or none usable)."""
+        references = self.references
+        return references[0].embedding if references else None
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return asdict(self._state.stats)
 
     # --- embeddings --------------------------------------------------------------------------------
     def embed_face(self, rgb: np.ndarray, face: Face) -> np.ndarray:
@@ -141,40 +305,133 @@ class IdentityDetector(Detector):
         bgr = np.ascontiguousarray(crop[:, :, ::-1], dtype=np.float32) / 255.0
         return embedder.embed(self.model_name, str(self.models_home), bgr)
 
-    def embed(self, rgb: np.ndarray) -> tuple[np.ndarray, Face] | None:
-        """Embedding of the largest face (None when there is no usable face)."""
-        faces = [face for face in detect_faces(rgb) if face.score >= self.min_face_score]
-        if not faces:
+    def _scored(self, faces: list[Face]) -> list[Face]:
+        return [face for face in faces if face.score >= self.min_face_score]
+
+    def look(self, rgb: np.ndarray, thorough: bool = False) -> Look:
+        """The faces at the minimum score and the largest one. The picture padded with grey is looked at too
+        when it shows no face (a tight crop) or, `thorough`, always: in a tight crop the full-range model may
+        find only part of the face (grace_hopper cropped to its face box: an 80-px "face" in a corner, distance
+        0.129 to the photo; the padded picture's whole face: 0.009). A largest face reaching the picture's edge
+        gets its whole box from the padded picture."""
+        raw = self._scored(detect_faces(rgb))
+        padded: list[Face] = []
+        if thorough or not raw:
+            padded = self._scored(detect_padded(rgb, int(round(max(rgb.shape[:2]) * RETRY_PAD))))
+        face = max(raw, key=lambda f: f.area) if raw else None
+        whole = max(padded, key=lambda f: f.area) if padded else None
+        # The padded picture's face wins only when it is another, larger one: the same face found in both keeps
+        # the unpadded picture's box, found at three times the resolution.
+        if whole is not None and (face is None or (whole.area > face.area and not same_face(face, whole))):
+            return Look(tuple(raw or padded), whole, padded=True, cut=True)
+        if face is None:
+            return Look((), None)
+        if not touches_edge(face, rgb.shape):
+            return Look(tuple(raw), face)
+        return Look(tuple(raw), self._whole(rgb, face), cut=True)
+
+    def _whole(self, rgb: np.ndarray, face: Face) -> Face:
+        """`face` (cut by the picture's edge) with its whole box, from the padded picture (the same face: the
+        nearest nose tip); the clipped face itself when the padded picture does not show it."""
+        pad = int(round(max(face.box[2] - face.box[0], face.box[3] - face.box[1], 1.0)))
+        same = [other for other in self._scored(detect_padded(rgb, pad)) if same_face(face, other)]
+        return min(same, key=lambda other: nose_gap(face, other)) if same else face
+
+    def embed(self, rgb: np.ndarray, thorough: bool = True) -> tuple[np.ndarray, Face] | None:
+        """Embedding of the largest face (None when there is no usable face); `thorough` (the default) for a
+        picture such as the reference photo or a labelled set's, where one more face search costs nothing."""
+        found = self.look(rgb, thorough)
+        if not found.usable or found.face is None:
             return None
-        face = max(faces, key=lambda f: f.area)
-        if face.box[2] - face.box[0] < MIN_FACE_PX:
-            return None
-        return self.embed_face(rgb, face), face
+        return self.embed_face(rgb, found.face), found.face
 
     def set_reference(self, rgb: np.ndarray) -> bool:
-        """Take the reference embedding from the reference photo; False if it shows no usable face."""
+        """Take the reference embedding from the reference photo; False if it shows no usable face (then
+        identity is not checked: a live face is counted unembeddable, never a mismatch). Enrolled frames of
+        an earlier photo are dropped: they were checked against that one."""
         found = self.embed(rgb)
-        if found is None:
-            return False
-        self.reference = found[0]
-        return True
+        references = (Reference(found[0], "photo"),) if found is not None else ()
+        with self._lock:
+            self._state = _State(photo_given=True, references=references, generation=self._state.generation + 1,
+                                 stats=self._state.stats)
+        return found is not None
 
     def compare(self, rgb: np.ndarray) -> float | None:
-        """Distance of the frame's largest face to the reference (None: no face or no reference)."""
-        reference = self.reference
-        found = self.embed(rgb) if reference is not None else None
-        return None if found is None or reference is None else distance(reference, found[0], self.metric)
+        """Best distance of the picture's largest face to the references (None: no usable face or reference)."""
+        references = self.references
+        found = self.embed(rgb) if references else None
+        if found is None:
+            return None
+        return best_distance([r.embedding for r in references], found[0], self.metric)[0]
+
+    # --- checks ------------------------------------------------------------------------------------
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            stats = self._state.stats
+            stats.checks += 1
+            setattr(stats, outcome, getattr(stats, outcome) + 1)
 
     def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
-        if self.reference is None:
-            return []
-        found = self.embed(rgb)
-        if found is None:
-            return []  # no face: the faces detector reports that
-        embedding, face = found
-        dist = distance(self.reference, embedding, self.metric)
-        details = {"distance": round(dist, 4), "threshold": self.threshold, "metric": self.metric,
-                   "model": self.model_name}
+        with self._lock:
+            state = self._state
+            if state.photo_given and state.references and state.enrol_from is None:
+                state.enrol_from = media_time_s
+            given, references, generation = state.photo_given, state.references, state.generation
+        if not given:
+            return []  # nothing to check against yet: not counted
+        found = self.look(rgb)
+        if found.face is None:
+            self._count("no_face")
+            return []  # the faces detector reports that
+        if not found.usable or not references:
+            self._count("unembeddable")
+            return []  # not evidence either way: neither a mismatch nor a match
+        embedding = self.embed_face(rgb, found.face)
+        dist, index = best_distance([r.embedding for r in references], embedding, self.metric)
+        mismatch = dist > self.threshold
+        self._count("mismatched" if mismatch else "matched")
+        photo_dist = dist if index == 0 else distance(references[0].embedding, embedding, self.metric)
+        details: dict[str, Any] = {
+            "distance": round(dist, 4),  # the best over the references
+            "reference": references[index].label, "references": len(references),
+            "photo_distance": round(photo_dist, 4),
+            "threshold": self.threshold, "metric": self.metric, "model": self.model_name}
+        details["enrolled"] = self.enrol_reason(found, photo_dist, media_time_s) is None and self._enrol(
+            Reference(embedding, f"frame@{media_time_s:g}", media_time_s), generation)
+        height, width = rgb.shape[:2]
+        x1, y1, x2, y2 = found.face.box  # whole: it may reach outside the frame, the evidence box may not
+        box = [round(max(0.0, x1), 1), round(max(0.0, y1), 1), round(min(x2, width), 1), round(min(y2, height), 1)]
         # 0.5 at the threshold, 1.0 at twice the threshold.
-        return [Signal("identity_mismatch", dist > self.threshold, clamp01(dist / (2 * self.threshold)), details,
-                       box=[round(v, 1) for v in face.box])]
+        return [Signal("identity_mismatch", mismatch, clamp01(dist / (2 * self.threshold)), details, box=box)]
+
+    # --- enrolment ---------------------------------------------------------------------------------
+    def enrol_reason(self, found: Look, photo_distance: float, media_time_s: float) -> str | None:
+        """Why this checked frame is not enrolled as a further reference (None: it is)."""
+        with self._lock:
+            references, start = self._state.references, self._state.enrol_from
+        frames = [r.media_time_s for r in references[1:] if r.media_time_s is not None]
+        if not references or start is None or media_time_s - start > ENROL_WINDOW_S:
+            return "outside the enrolment window"
+        if len(frames) >= ENROL_MAX_FRAMES:
+            return "enough frames enrolled"
+        if frames and media_time_s - max(frames) < ENROL_SPACING_S:
+            return "too soon after the last enrolled frame"
+        if len(found.faces) != 1 or found.face is None:
+            return "not exactly one face"
+        if found.padded or found.cut or face_width(found.face) < MIN_FACE_PX:
+            return "face cut by the frame's edge or too small"
+        if not is_frontal(found.face):
+            return "face not frontal"
+        # The photo, not the best reference, gates enrolment: someone else sitting down from the start never
+        # matches the photo, so is never enrolled, and enrolled frames cannot drift away from the photo.
+        if photo_distance > self.threshold:
+            return "does not match the reference photo"
+        return None
+
+    def _enrol(self, reference: Reference, generation: int) -> bool:
+        with self._lock:
+            state = self._state
+            if state.generation != generation:
+                return False  # a new reference photo came meanwhile: this frame was checked against the old one
+            state.references = (*state.references, reference)
+            return True

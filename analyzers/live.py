@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.base import Detector, Signal, rules_config
+from analyzers.base import Detector, Signal, apply_sensitivity, rules_config
 from analyzers.models import install_bundled_weights
 from analyzers.registry import build_detectors
 from core.live import EventAlert
 from core.rules import EventChange, EventRules
+from core.sensitivity import STANDARD, Sensitivity
 from media_server.outlets import Stream
 from proctor.context import Context
 from proctor.db import DB_UNAVAILABLE
@@ -44,6 +45,8 @@ STORE_RETRY_S = 120.0
 # Evidence JPEGs wait this long for storage to come back (kept in memory meanwhile, one at a time per stream).
 SNAPSHOT_RETRY_S = 300.0
 THUMBNAIL_TTL_S = 30
+# How long a new stream waits for its session's sensitivity before the deployment's settings apply.
+SENSITIVITY_WAIT_S = 3.0
 _STORAGE_OR_DB_DOWN: tuple[type[Exception], ...] = (StorageError, *DB_UNAVAILABLE)
 
 
@@ -112,9 +115,13 @@ class StreamAnalysis:
         self.analysis = analysis
         self.stream = stream
         self.session_id: str = stream.session_id
+        # The session's sensitivity is in its row: _start reads it, then swaps it into these rules and builds
+        # the detectors from it. Until then the deployment's rules take the page's signals (none come before
+        # the data channel opens, long after that one query).
+        self.sensitivity = STANDARD
         self.rules = EventRules(rules_config(analysis.ctx.settings))
-        self.detectors = build_detectors(analysis.ctx.settings)  # models are shared and already warm: ~0.2 ms
-        self.slots = [_DetectorSlot(self, d) for d in self.detectors]
+        self.detectors: list[Detector] = []
+        self.slots: list[_DetectorSlot] = []
         self.closed = False
         self._convert_lock = threading.Lock()
         self._last_rgb: tuple[float, np.ndarray] | None = None
@@ -124,13 +131,47 @@ class StreamAnalysis:
         self._pending: set[asyncio.Future[None]] = set()
         self._snapshot_lock = asyncio.Lock()
         self.changes: asyncio.Queue[tuple[EventChange, float | None]] = asyncio.Queue()
-        for slot in self.slots:
-            stream.sampler.subscribe(slot)
         stream.signal_sinks.append(self.on_signal)
         stream.close_hooks.append(self.on_close)
         self._tasks = [asyncio.create_task(self._writer(), name=f"events-{self.session_id}"),
                        asyncio.create_task(self._ticker(), name=f"rules-tick-{self.session_id}"),
-                       asyncio.create_task(self._load_reference(), name=f"reference-{self.session_id}")]
+                       asyncio.create_task(self._start(), name=f"start-{self.session_id}")]
+
+    async def _start(self) -> None:
+        """Apply the session's sensitivity, then subscribe its detectors and give them the reference photo.
+
+        Runs as the offer is answered: the first frame comes after ICE and DTLS, so the one query is done before
+        it in practice; frames before the subscription are simply not analysed (the decoder starts at a
+        keyframe)."""
+        ctx = self.analysis.ctx
+        self.sensitivity = await self._read_sensitivity()
+        # In place, not a new EventRules: a page signal that came first keeps its state (an open second_screen
+        # would otherwise never end).
+        self.rules.config = rules_config(ctx.settings, self.sensitivity)
+        # Models are shared and already warm: building a stream's detectors costs ~0.2 ms.
+        self.detectors = build_detectors(apply_sensitivity(ctx.settings, self.sensitivity))
+        if self.closed:
+            return
+        self.slots = [_DetectorSlot(self, d) for d in self.detectors]
+        for slot in self.slots:
+            self.stream.sampler.subscribe(slot)
+        await self._load_reference()
+
+    async def _read_sensitivity(self) -> Sensitivity:
+        """The session's sensitivity; the deployment's settings (logged) when the database does not answer within
+        SENSITIVITY_WAIT_S or the stored value is unreadable: a database hiccup must not leave a stream unwatched."""
+        try:
+            async with asyncio.timeout(SENSITIVITY_WAIT_S), self.analysis.ctx.pool.acquire() as conn:
+                found = await sessions.get_sensitivity(conn, self.session_id)
+        except Exception as exc:
+            log.warning("session %s: sensitivity not read (%r); the deployment's settings apply",
+                        self.session_id, exc)
+            return STANDARD
+        if found is None:
+            log.warning("session %s: no session row; the deployment's settings apply", self.session_id)
+            return STANDARD
+        log.info("session %s: sensitivity %s", self.session_id, found.describe())
+        return found
 
     # --- inputs -------------------------------------------------------------------------------------------
     def rgb(self, item: _Frame) -> np.ndarray:
@@ -148,9 +189,27 @@ class StreamAnalysis:
             return rgb
 
     def observe(self, signal: Signal, item: _Frame, rgb: np.ndarray | None) -> None:
+        if signal.kind == "poor_image":
+            self.tell_candidate(signal)
         for change in self.rules.update(signal.kind, signal.active, signal.confidence, item.media_time,
-                                        signal.details, frame_ref=rgb):
+                                        signal.details, frame_ref=rgb, source=signal.source):
             self.changes.put_nowait((change, item.arrived))
+
+    # What the candidate was last told about the picture: (shown, message). A class default, so that a stream
+    # that never had a poor picture tells nothing; set per stream on the first change.
+    _notice: tuple[bool, str] = (False, "")
+
+    def tell_candidate(self, signal: Signal) -> None:
+        """Show the candidate what is wrong with the picture the moment a frame says so (the poor_image event
+        itself waits seconds for its hysteresis), and take it away when a frame is fine again; only changes are
+        sent (a new message, or the end), not one notice per analysed frame."""
+        message = str(signal.details.get("message") or "") if signal.active else ""
+        notice = (signal.active, message)
+        if notice == self._notice:
+            return
+        self._notice = notice
+        self.stream.notify_candidate({"type": "notice", "kind": "poor_image", "active": signal.active,
+                                      "message": message})
 
     def on_signal(self, media_time_s: float, message: dict[str, Any]) -> None:
         arrived = time.time()

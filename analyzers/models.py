@@ -23,6 +23,13 @@ IDENTITY_WEIGHTS = {
     "SFace": "face_recognition_sface_2021dec.onnx",
 }
 
+# Where `proctor models fetch` installs a YOLO export, under models_home (analyzers/fetch.py writes it there).
+FETCHED_PHONE_MODEL = "phone/yolo.onnx"
+# NanoDet-m 416 ships in the package (analyzers/weights/NOTICE.md: origin, licences, SHA-256, conversion).
+BUNDLED_PHONE_MODEL = Path(__file__).resolve().parent / "weights" / "nanodet-m-416.onnx"
+BUNDLED_PHONE_DETAIL = ("bundled NanoDet-m 416 (COCO mAP 0.235: weak, phones missed often — fetch a YOLO model for "
+                        "more: `proctor models fetch`)")
+
 
 @dataclass(frozen=True)
 class ModelStatus:
@@ -70,14 +77,57 @@ def identity_status(settings: Settings) -> ModelStatus:
     return ModelStatus("ok", f"DeepFace {name} ({path})")
 
 
+def fetched_phone_model(settings: Settings) -> Path:
+    return settings.models_home / FETCHED_PHONE_MODEL
+
+
+@dataclass(frozen=True)
+class PhoneModel:
+    """Which COCO detector the phone detector runs, and why that one."""
+
+    backend: str  # "yolo" | "nanodet"
+    origin: str  # "user" (PHONE_MODEL_PATH) | "fetched" | "bundled"
+    path: Path
+
+    @property
+    def what(self) -> str:
+        """How error messages name the file."""
+        return {"user": "PHONE_MODEL_PATH", "fetched": "fetched phone model"}.get(self.origin, "bundled NanoDet")
+
+    def describe(self) -> str:
+        if self.origin == "user":
+            return f"YOLO ONNX {self.path} (user-supplied: PHONE_MODEL_PATH)"
+        if self.origin == "fetched":
+            return f"YOLO ONNX {self.path} (fetched: `proctor models fetch`)"
+        return BUNDLED_PHONE_DETAIL
+
+    def problem(self) -> str | None:
+        """Why it cannot run here (its file is missing), or None."""
+        if self.path.is_file():
+            return None
+        if self.origin == "user":
+            # Set but wrong: a mistake to fix, never silently replaced by the weaker bundled model.
+            return f"PHONE_MODEL_PATH {self.path} does not exist: no phone detection"
+        return (f"bundled NanoDet weights missing ({self.path}): reinstall the package, rebuild them with "
+                "analyzers/weights/convert_nanodet.sh, or set PHONE_MODEL_PATH: no phone detection")
+
+
+def phone_model(settings: Settings) -> PhoneModel:
+    """PHONE_MODEL_PATH when set, else a YOLO export `proctor models fetch` installed, else the bundled NanoDet."""
+    if settings.phone_model_path:
+        return PhoneModel("yolo", "user", Path(settings.phone_model_path))
+    fetched = fetched_phone_model(settings)
+    if fetched.is_file():
+        return PhoneModel("yolo", "fetched", fetched)
+    return PhoneModel("nanodet", "bundled", BUNDLED_PHONE_MODEL)
+
+
 def phone_status(settings: Settings) -> ModelStatus:
-    if not settings.phone_model_path:
-        return ModelStatus("unavailable", "PHONE_MODEL_PATH is not set: no phone detection "
-                                          "(point it at a YOLOv8 ONNX export)")
-    path = Path(settings.phone_model_path)
-    if not path.is_file():
-        return ModelStatus("unavailable", f"PHONE_MODEL_PATH {path} does not exist")
-    return ModelStatus("ok", f"YOLOv8 ONNX ({path})")
+    model = phone_model(settings)
+    problem = model.problem()
+    if problem:
+        return ModelStatus("unavailable", problem)
+    return ModelStatus("ok", model.describe())
 
 
 def mediapipe_status(what: str) -> ModelStatus:
@@ -88,7 +138,7 @@ def mediapipe_status(what: str) -> ModelStatus:
 
 def model_status(settings: Settings) -> dict[str, dict[str, str]]:
     statuses = {
-        "faces": mediapipe_status("face detection, full range"),
+        "faces": mediapipe_status("face detection, short + full range"),
         "gaze": mediapipe_status("FaceMesh with iris"),
         "identity": identity_status(settings),
         "phone": phone_status(settings),

@@ -1,24 +1,23 @@
-"""The candidate's camera pre-check and reference-photo check: one face, enough light, clear guidance.
+"""The candidate's camera pre-check and reference-photo check: one face, a good picture, clear guidance.
 
-Runs in the web process's thread pool on a still frame the candidate page sends; the face detector loads
-once on first use (about 0.1 s) and is guarded by a lock because a mediapipe graph is not thread-safe.
+Runs in the web process's thread pool on a still frame the candidate page sends. It uses the live check's own
+parts, so the two agree: `analyzers.faces.detect_faces` (both mediapipe models, merged; the graphs load once on
+first use, about 0.1 s, and are pooled because a mediapipe graph is not thread-safe) and
+`analyzers.image_quality.assess` (dark, washed out, blurred, covered, with the same messages).
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-MIN_BRIGHTNESS = 60.0  # mean luma below this: the face is in the dark
-MAX_BRIGHTNESS = 220.0  # above: washed out, backlit window or a lamp into the lens
-MIN_FACE_FRACTION = 0.02  # face box area / frame area; smaller means too far from the camera
-MIN_SCORE = 0.6
+from analyzers.faces import detect_faces
+from analyzers.image_quality import assess
 
-_lock = threading.Lock()
-_detector: Any = None
+MIN_FACE_FRACTION = 0.02  # face box area / frame area; smaller means too far from the camera
+MIN_SCORE = 0.6  # as Settings.face_min_score's default (the scores are on the faces module's common scale)
 
 
 @dataclass(frozen=True)
@@ -33,38 +32,24 @@ class PrecheckResult:
         return asdict(self)
 
 
-def _detect(rgb: np.ndarray) -> list[tuple[float, float]]:
-    """(score, box area fraction) of each face found."""
-    global _detector
-    with _lock:
-        if _detector is None:
-            import mediapipe as mp
-
-            _detector = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
-        result = _detector.process(np.ascontiguousarray(rgb))
-    faces = []
-    for detection in result.detections or []:
-        box = detection.location_data.relative_bounding_box
-        faces.append((float(detection.score[0]), max(0.0, box.width) * max(0.0, box.height)))
-    return faces
+def _message(faces: int, fraction: float, quality_message: str) -> str:
+    if quality_message:
+        # Say both when nobody is seen: the picture is the reason, and the candidate should know it is not found.
+        return quality_message if faces else f"No face found. {quality_message}"
+    if not faces:
+        return "No face found: sit in front of the camera, face it, and keep your face uncovered."
+    if faces > 1:
+        return f"{faces} faces found: only you may be in view of the camera."
+    if fraction < MIN_FACE_FRACTION:
+        return "Your face is too small: move closer to the camera."
+    return "Looks good: one face, enough light."
 
 
 def check_frame(rgb: np.ndarray) -> PrecheckResult:
-    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    brightness = float(luma.mean())
-    faces = [face for face in _detect(rgb) if face[0] >= MIN_SCORE]
-    fraction = max((area for _, area in faces), default=0.0)
-    if brightness < MIN_BRIGHTNESS:
-        message = "It is too dark: turn on a light in front of you, not behind you."
-    elif brightness > MAX_BRIGHTNESS:
-        message = "The picture is washed out: move away from a bright window or lamp behind you."
-    elif not faces:
-        message = "No face found: sit in front of the camera, face it, and keep your face uncovered."
-    elif len(faces) > 1:
-        message = f"{len(faces)} faces found: only you may be in view of the camera."
-    elif fraction < MIN_FACE_FRACTION:
-        message = "Your face is too small: move closer to the camera."
-    else:
-        message = "Looks good: one face, enough light."
-    ok = message.startswith("Looks good")
-    return PrecheckResult(ok, len(faces), round(brightness, 1), round(fraction, 4), message)
+    quality = assess(rgb)
+    height, width = rgb.shape[:2]
+    faces = [face for face in detect_faces(rgb) if face.score >= MIN_SCORE]
+    fraction = max((face.area for face in faces), default=0.0) / float(width * height)
+    message = _message(len(faces), fraction, quality.message)
+    ok = not quality.poor and len(faces) == 1 and fraction >= MIN_FACE_FRACTION
+    return PrecheckResult(ok, len(faces), round(quality.brightness, 1), round(fraction, 4), message)

@@ -180,7 +180,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                      profile_s: float = 0.0) -> list[dict]:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
-    from tests.support.media import face_canvas
+    from tests.support.media import empty_room, face_canvas
 
     install_host_addresses(("127.0.0.1",))
     base_frame = face_canvas()
@@ -192,7 +192,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
         moving.append(frame)
     # 12 s with a moving, noisy face, then 6 s with nobody: every stream raises and clears a no_face alert
     # each 18 s, so the alert figure is measured under the load, not at rest.
-    empty = np.full_like(base_frame, 90)
+    empty = empty_room()
     clip = encode_clip([moving[i % 90] for i in range(CLIP_FACE_S * 30)] + [empty] * (CLIP_EMPTY_S * 30))
     node_procs = [psutil.Process(node["pid"]) for node in nodes]
     loader = psutil.Process()

@@ -56,10 +56,10 @@ class TimedReplayTrack(synthetic.ReplayTrack):
 
 
 def scenes() -> tuple[np.ndarray, np.ndarray]:
-    from tests.support.media import face_canvas
+    from tests.support.media import empty_room, face_canvas
 
     face = face_canvas()
-    return face, np.full_like(face, 90)
+    return face, empty_room()
 
 
 def percentiles(values: list[float]) -> dict[str, Any]:

@@ -8,6 +8,19 @@ For each kind an event
 - ENDS once the condition has been clear for `end_after_s` (and `min_clear_frames` observations); its `end_s`
   is the media time of the first clear frame of that clear run.
 
+A weak per-frame detector flickers, so a kind may VOTE instead (`votes` > 0): its event starts once at least
+`votes` active observations fall within the last `vote_window_s` (clear frames in between do not reset them) and
+the first of those is at least `start_after_s` before the confirming one; `start_s` is the first of those votes.
+It ends as any other: after `end_after_s` clear.
+
+Several detectors may feed one kind at different rates (multiple_people: face counts at 4 fps, person boxes at
+1 fps). Their observations would fight over one track, so `update(..., source=...)` keeps each source's latest
+observation and feeds the track with their OR: the kind is active while any source whose latest observation is
+recent (within max_gap_s) says so; the confidence, details and frame are the strongest active source's, and
+the details name the sources that saw it ("sources"). An observation a little behind another source's is
+applied at the track's present (the timeline only moves forward). A kind whose only detector passes no source
+behaves exactly as before.
+
 Frame kinds (detector signals) only know what frames tell them: when no frame arrives for `max_gap_s` the run
 is broken — a pending run is dropped and an open event ends at its last evidence (the first clear frame if a
 clear run had begun, else the last active frame). So a stalled stream never invents or stretches events.
@@ -21,6 +34,7 @@ them), so a candidate pasting twenty times in a minute is one flag saying so, no
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,6 +42,7 @@ from typing import Any
 from core.events import BROWSER_KINDS, FRAME_KINDS
 
 EPS = 1e-6
+UNNAMED_SOURCE = "default"  # how event details name the observations that came without a source
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,9 @@ class KindRule:
     latched: bool = False  # browser state: holds between messages
     instant: bool = False  # one-off: start and end at once
     merge_within_s: float = 0.0  # instant kinds: closer than this to the last one extends it (0: never)
+    # > 0: start on this many active observations within vote_window_s, not on a continuous run (frame kinds).
+    votes: int = 0
+    vote_window_s: float = 0.0
 
 
 
@@ -58,7 +76,9 @@ class RulesConfig:
             # Sparse checks: two consecutive mismatches start it, two consecutive matches end it.
             "identity_mismatch": KindRule(0.0, 0.0, min_active_frames=2, min_clear_frames=2,
                                           max_gap_s=max(3.0, 3.5 * identity_interval_s)),
-            "phone": KindRule(1.0, 2.0),
+            # A weak per-frame detector (the bundled NanoDet misses phones and sees phone-shaped objects now and
+            # then): 3 positive samples within 5 s (of 5 at PHONE_FPS 1) start it, a lone hit or two never do.
+            "phone": KindRule(1.0, 2.0, votes=3, vote_window_s=5.0),
             # A dark, blurred or covered picture: told to the candidate at once, flagged when it lasts.
             "poor_image": KindRule(5.0, 2.0),
             "tab_hidden": KindRule(1.0, 0.5, latched=True),
@@ -116,6 +136,17 @@ class EventChange:
 
 
 @dataclass
+class _Seen:
+    """One observation: a source's latest, or a vote."""
+
+    t: float
+    active: bool
+    confidence: float
+    details: dict[str, Any]
+    frame_ref: Any
+
+
+@dataclass
 class _Track:
     last_t: float | None = None
     active: bool = False  # the last observed state
@@ -125,6 +156,12 @@ class _Track:
     run_peak: float = -1.0
     run_details: dict[str, Any] = field(default_factory=dict)
     run_ref: Any = None
+    # pending votes (voting kinds, no event open yet): their times, and the candidates for the window's peak
+    # (confidence strictly decreasing, so only frames that may still become the evidence are held)
+    votes: deque[float] = field(default_factory=deque)
+    vote_peaks: deque[_Seen] = field(default_factory=deque)
+    # each source's latest observation (kinds fed by several detectors); "" is the unnamed source
+    sources: dict[str, _Seen] = field(default_factory=dict)
     # open event
     event_id: int = 0
     start_s: float | None = None
@@ -179,23 +216,32 @@ class EventRules:
 
     # --- public API ------------------------------------------------------------------------------------
     def update(self, kind: str, active: bool, confidence: float, media_time_s: float,
-               details: dict[str, Any] | None = None, frame_ref: Any = None) -> list[EventChange]:
+               details: dict[str, Any] | None = None, frame_ref: Any = None,
+               source: str | None = None) -> list[EventChange]:
+        """One observation of `kind` at `media_time_s`; `source` names the detector when several feed the kind."""
         rule = self._rule(kind)
         details = dict(details or {})
         t = float(media_time_s)
         if rule.instant:
             return self._instant(kind, rule, t, float(confidence), details, frame_ref) if active else []
         tr = self._tracks.setdefault(kind, _Track())
-        if tr.last_t is not None and t < tr.last_t:
-            return []  # out of order: the timeline only moves forward
+        observed = _Seen(t, bool(active), float(confidence), details, frame_ref)
+        seen: _Seen | None = observed
+        if source is not None or tr.sources:
+            seen = self._combine(rule, tr, source or "", observed)
+        elif tr.last_t is not None and t < tr.last_t:
+            seen = None  # out of order: the timeline only moves forward
+        if seen is None:
+            return []
+        t = seen.t
         changes: list[EventChange] = []
         if rule.latched:
             changes += self._advance(kind, rule, tr, t)
         elif tr.last_t is not None and t - tr.last_t > rule.max_gap_s + EPS:
             changes += self._break(kind, tr)
-        changes += self._observe(kind, rule, tr, bool(active), float(confidence), t, details, frame_ref)
+        changes += self._observe(kind, rule, tr, seen.active, seen.confidence, t, seen.details, seen.frame_ref)
         tr.last_t = t
-        tr.active = bool(active)
+        tr.active = seen.active
         return changes
 
     def tick(self, media_time_s: float) -> list[EventChange]:
@@ -209,9 +255,31 @@ class EventRules:
             rule = self._rule(kind)
             if rule.latched:
                 changes += self._advance(kind, rule, tr, t)
-            elif t - tr.last_t > rule.max_gap_s + EPS and (tr.open or tr.run_start is not None):
+            elif t - tr.last_t > rule.max_gap_s + EPS and (tr.open or tr.run_start is not None or tr.votes):
                 changes += self._break(kind, tr)
         return changes
+
+    @staticmethod
+    def _combine(rule: KindRule, tr: _Track, key: str, seen: _Seen) -> _Seen | None:
+        """Record `seen` as its source's latest and return what the track observes now: the OR of the sources
+        whose latest observation is recent. None: older than its own source's latest (out of order)."""
+        previous = tr.sources.get(key)
+        if previous is not None and seen.t < previous.t:
+            return None
+        # Another source may be ahead (a slower detector finishes later): its news applies from the present.
+        now = max(seen.t, tr.last_t if tr.last_t is not None else seen.t)
+        tr.sources[key] = seen
+        # Stale sources say nothing any more; dropping them also lets go of their frames.
+        tr.sources = {name: s for name, s in tr.sources.items() if now - s.t <= rule.max_gap_s + EPS}
+        on = {name: s for name, s in sorted(tr.sources.items()) if s.active}
+        if not on:
+            return replace(seen, t=now, active=False)
+        # The strongest active source speaks for the kind (on a tie, the one just observed: its frame is newest).
+        best = max(on, key=lambda name: (on[name].confidence, name == key))
+        details: dict[str, Any] = {**on[best].details, "sources": [name or UNNAMED_SOURCE for name in on]}
+        if len(on) > 1:
+            details["by_source"] = {name or UNNAMED_SOURCE: s.details for name, s in on.items()}
+        return _Seen(now, True, on[best].confidence, details, on[best].frame_ref)
 
     def _instant(self, kind: str, rule: KindRule, t: float, confidence: float, details: dict[str, Any],
                  frame_ref: Any) -> list[EventChange]:
@@ -273,13 +341,16 @@ class EventRules:
                     tr.peak, tr.details, tr.frame_ref = confidence, details, frame_ref
                     return [self._change("update", kind, tr, None)]
                 return []
+            if rule.votes > 0:
+                return self._vote(kind, rule, tr, _Seen(t, True, confidence, details, frame_ref))
             if tr.run_start is None:
                 tr.run_start, tr.run_frames, tr.run_peak = t, 0, -1.0
             tr.run_frames += 1
             if confidence > tr.run_peak:
                 tr.run_peak, tr.run_details, tr.run_ref = confidence, details, frame_ref
             return self._maybe_start(kind, rule, tr, t)
-        tr.run_start, tr.run_frames = None, 0  # a clear frame breaks a pending run: flicker never starts
+        # A clear frame breaks a pending run (flicker never starts); pending votes only expire with time.
+        tr.run_start, tr.run_frames = None, 0
         if not tr.open:
             return []
         if tr.clear_start is None:
@@ -299,11 +370,35 @@ class EventRules:
         assert tr.run_start is not None
         if t - tr.run_start < rule.start_after_s - EPS or tr.run_frames < rule.min_active_frames:
             return []
-        tr.event_id = self._new_id()
-        tr.start_s = tr.run_start
-        tr.peak, tr.details, tr.frame_ref = max(tr.run_peak, 0.0), tr.run_details, tr.run_ref
+        change = self._open(kind, tr, tr.run_start, tr.run_peak, tr.run_details, tr.run_ref)
         tr.run_start, tr.run_frames = None, 0
-        return [self._change("start", kind, tr, None)]
+        return [change]
+
+    def _vote(self, kind: str, rule: KindRule, tr: _Track, vote: _Seen) -> list[EventChange]:
+        """Voting kinds: one more active observation; start once enough of them fall within the window."""
+        tr.votes.append(vote.t)
+        while tr.vote_peaks and tr.vote_peaks[-1].confidence < vote.confidence:
+            tr.vote_peaks.pop()  # weaker and older: never the window's peak while this vote is in it
+        tr.vote_peaks.append(vote)
+        oldest = vote.t - rule.vote_window_s - EPS
+        while tr.votes[0] < oldest:
+            tr.votes.popleft()
+        while tr.vote_peaks[0].t < oldest:
+            tr.vote_peaks.popleft()
+        if len(tr.votes) < rule.votes or vote.t - tr.votes[0] < rule.start_after_s - EPS:
+            return []
+        peak = tr.vote_peaks[0]
+        change = self._open(kind, tr, tr.votes[0], peak.confidence, peak.details, peak.frame_ref)
+        tr.votes.clear()
+        tr.vote_peaks.clear()
+        return [change]
+
+    def _open(self, kind: str, tr: _Track, start_s: float, peak: float, details: dict[str, Any],
+              frame_ref: Any) -> EventChange:
+        tr.event_id = self._new_id()
+        tr.start_s = start_s
+        tr.peak, tr.details, tr.frame_ref = max(peak, 0.0), details, frame_ref
+        return self._change("start", kind, tr, None)
 
     def _maybe_end(self, kind: str, rule: KindRule, tr: _Track, t: float) -> list[EventChange]:
         assert tr.clear_start is not None
@@ -318,6 +413,8 @@ class EventRules:
             assert tr.last_t is not None
             changes.append(self._end(kind, tr, tr.clear_start if tr.clear_start is not None else tr.last_t))
         tr.run_start, tr.run_frames = None, 0
+        tr.votes.clear()
+        tr.vote_peaks.clear()
         tr.clear_start, tr.clear_frames = None, 0
         return changes
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 DEFAULT_WEIGHTS = {
     "identity_mismatch": 10.0, "phone": 8.0, "multiple_people": 6.0, "second_screen": 5.0, "no_face": 3.0,
-    "looking_away": 2.0, "tab_hidden": 2.0, "poor_image": 0.5, "copy_paste": 2.0, "window_blur": 1.0, "fullscreen_exit": 1.0,
+    "looking_away": 2.0, "tab_hidden": 2.0, "copy_paste": 2.0, "window_blur": 1.0, "fullscreen_exit": 1.0,
+    # A dark or blurred picture is mostly the room's fault, yet it also hides the candidate: a little weight.
+    "poor_image": 0.5,
     # The server's own events (the archive failed, staff replaced the reference photo) say nothing about the
     # candidate: they are on the timeline for the reviewer, never in the score.
     "recording_error": 0.0, "reference_replaced": 0.0,

@@ -2,10 +2,11 @@
 
 A plugin depends on these protocols, never on the concrete `CandidateStream` or `MediaNode`, so the node can
 change how it terminates WebRTC without the archive or the detectors noticing, and a test can drive a plugin
-with a plain object. Three outlets per stream:
+with a plain object. Three outlets per stream, and one way back to the page:
 - encoded: every whole encoded frame (VP8 video, Opus audio) with its session media time, on the event loop;
 - decoded: video frames decoded by the node, handed to each subscriber at the rate it asks for;
-- signals: the page's small JSON messages (tab hidden, blur, copy/paste) with the media time they arrived at.
+- signals: the page's small JSON messages (tab hidden, blur, copy/paste) with the media time they arrived at;
+- notify_candidate: a small JSON message to the page (a notice it shows the candidate: "more light, please").
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ class Stream(Protocol):
         ...
 
     async def request_keyframe(self) -> bool: ...
+
+    def notify_candidate(self, message: dict[str, Any]) -> None:
+        """Send a small JSON object to the candidate's page over its data channel (e.g. `{"type": "notice", ...}`,
+        which the page shows), on the event loop. Best effort and non-blocking: nothing happens when the channel
+        is not open, and a failure is logged, never raised."""
+        ...
 
 
 class Plugin(Protocol):

@@ -153,8 +153,8 @@ class TokenBucket:
 
 
 class CandidateStream:
-    """A candidate's peer connection. Other rooms attach to it through `on_encoded`, `sampler` and `on_signal`
-    without this class knowing what they do."""
+    """A candidate's peer connection. Other rooms attach to it through `on_encoded`, `sampler` and `on_signal`, and
+    tell the page things through `notify_candidate`, without this class knowing what they do."""
 
     def __init__(self, session_id: str, pc: RTCPeerConnection, base_s: float, on_closed: Callable[[CandidateStream],
                  Any], decode_pool: DecodePool) -> None:
@@ -173,6 +173,8 @@ class CandidateStream:
         self.close_hooks: list[Callable[[CandidateStream], Any]] = []
         self.video_receiver: RTCRtpReceiver | None = None
         self._channels = 0  # data channels the peer opened
+        self._page_channel: RTCDataChannel | None = None  # the first one: the page's, for notices back to it
+        self._notices: dict[str, dict[str, Any]] = {}  # kind -> the notice the page should be showing now
         # One bucket per connection, not per channel: opening more channels must not refill it.
         self._signals = TokenBucket(self.SIGNAL_BURST, self.SIGNAL_RATE_PER_S)
         self._pongs = TokenBucket(self.PONG_BURST, self.PONG_RATE_PER_S)
@@ -271,6 +273,37 @@ class CandidateStream:
             channel.close()
             return
         channel.on("message", lambda message: self._on_message(message, channel))
+        if self._page_channel is None:
+            self._page_channel = channel
+            # A notice raised before the page's channel was there (the first frames can beat it) is shown now.
+            if channel.readyState == "open":
+                self._replay_notices()
+            else:
+                channel.on("open", self._replay_notices)
+
+    def notify_candidate(self, message: dict[str, Any]) -> None:
+        """A small JSON object to the page on its data channel (a notice it shows the candidate). Best effort: a
+        notice that is still on when the channel opens is sent then; after the channel closes nothing is; `send`
+        only queues (aiortc flushes it on the loop)."""
+        kind = str(message.get("kind", ""))
+        if message.get("active"):
+            self._notices[kind] = message
+        else:
+            self._notices.pop(kind, None)
+        self._send_notice(message)
+
+    def _replay_notices(self) -> None:
+        for message in list(self._notices.values()):
+            self._send_notice(message)
+
+    def _send_notice(self, message: dict[str, Any]) -> None:
+        channel = self._page_channel
+        if channel is None or channel.readyState != "open":
+            return
+        try:
+            channel.send(json.dumps(message))
+        except Exception as exc:  # a transport closing under us: the notice is lost, the stream goes on
+            log.debug("session %s: notice not sent: %r", self.session_id, exc)
 
     def _guard_receive(self, transport: Any) -> None:
         """aiortc parses each data-channel message itself before any handler runs (the UTF-8 of a text message,

@@ -234,6 +234,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call(argv, cwd=root)
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """`status`: each detector's model; `fetch`: download, verify and install a stronger phone detector."""
+    import json
+
+    from analyzers import fetch
+    from analyzers.models import model_status
+
+    settings = _load_settings()
+    if args.models_command == "status":
+        detectors, record = model_status(settings), fetch.provenance(settings)
+        if args.json:
+            print(json.dumps({"detectors": detectors, "fetched_phone_model": record}, indent=2))
+            return 0
+        for name, status in detectors.items():
+            print(f"{name}\t{status['status']}\t{status['detail']}")
+        if record is not None:
+            print(f"fetched phone model: {fetch.installed_model(settings)} from {record.get('source_url')} "
+                  f"({record.get('fetched_at')}, sha256 {record.get('download_sha256')})")
+        return 0
+    try:
+        source = fetch.resolve_source(args.name, args.url, args.sha256)
+        installed = fetch.fetch_phone_model(settings, source, force=args.force, timeout=args.timeout,
+                                            max_bytes=args.max_mb * 1024 * 1024, allow_http=args.allow_http,
+                                            say=lambda line: print(line, flush=True))
+    except fetch.FetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"installed {installed.path} ({installed.record['layout']}); provenance in {installed.sidecar}")
+    if settings.phone_model_path:
+        print(f"PHONE_MODEL_PATH is set ({settings.phone_model_path}) and still wins: unset it to use this model")
+    else:
+        print("the phone detector uses it from the next start of each media node (PHONE_MODEL_PATH, if set, wins)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proctor", description="Live AI proctoring server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,6 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("all", "archive", "ingest", "ingest2", "latency", "soak"))
     bench.add_argument("--quick", action="store_true", help="a short smoke run, not for the recorded figures")
     bench.set_defaults(func=cmd_bench)
+
+    models = sub.add_parser("models", help="detector models: status; fetch a stronger phone detector")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    status = models_sub.add_parser("status", help="where each detector's model comes from, and whether it is there")
+    status.add_argument("--json", action="store_true")
+    fetch = models_sub.add_parser(
+        "fetch", help="download a YOLO COCO detector (checksum verified), export it to ONNX, install it as "
+                      "$DEEPFACE_HOME/phone/yolo.onnx (default: yolo11n; needs a network)")
+    fetch.add_argument("--name", help="a known model whose URL and SHA-256 are pinned: yolo11n (default) or yolov8n")
+    fetch.add_argument("--url", help="another .onnx or .pt to fetch (https); needs --sha256")
+    fetch.add_argument("--sha256", help="the file's SHA-256, from the page that gives the URL")
+    fetch.add_argument("--force", action="store_true", help="replace a model already installed")
+    fetch.add_argument("--allow-http", action="store_true", help="allow a plain http URL (a mirror on your LAN)")
+    fetch.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole download (300)")
+    fetch.add_argument("--max-mb", type=int, default=256, help="largest download accepted, MiB (256)")
+    models.set_defaults(func=cmd_models)
     return parser
 
 

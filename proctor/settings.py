@@ -248,7 +248,9 @@ class Settings:
         "IDENTITY_MODEL", "Dlib", _choice("Dlib", "VGG-Face", "Facenet", "Facenet512", "ArcFace", "SFace"),
         "DeepFace model for identity checks; its weights must be present.")
     phone_model_path: str = _setting(
-        "PHONE_MODEL_PATH", "", _str, "YOLOv8 ONNX export for phone detection. Empty: phone detector unavailable.")
+        "PHONE_MODEL_PATH", "", _str,
+        "YOLOv8/11 ONNX export for phone and person detection; wins over the one `proctor models fetch` installed. "
+        "Empty: that one, else the bundled NanoDet-m 416 (weak: misses phones often).")
     analyzers_enabled: tuple[str, ...] = _setting(
         "ANALYZERS", "faces,gaze,identity,phone", _csv,
         "Detectors to run on every stream; one whose model is unavailable is skipped and reported.")
@@ -280,6 +282,11 @@ class Settings:
     phone_fps: float = _setting("PHONE_FPS", "1", _float(0.1), "Frames per second analysed for phones.")
     phone_conf: float = _setting("PHONE_CONF", "0.35", _float(0.01), "Lowest \"cell phone\" score that counts.")
     phone_iou: float = _setting("PHONE_IOU", "0.45", _float(0.01), "Box overlap above which detections merge (NMS).")
+    # 0.45: no single-person photo (252, with darkened, noisy and JPEG q25 copies) had a second "person" above 0.41
+    # on the bundled NanoDet, while most group photos keep two above it (analyzers/weights/NOTICE.md).
+    person_conf: float = _setting(
+        "PERSON_CONF", "0.45", _float(0.01),
+        "Lowest \"person\" score that counts; two such persons in view raise multiple_people even without faces.")
     event_timing: str = _setting(
         "EVENT_TIMING", "", _event_timing,
         "Per-kind hysteresis overrides, start/end seconds: e.g. no_face=5/2,phone=1/3 "

@@ -16,6 +16,7 @@ from aiohttp import web
 from core import nodes, tokens
 from core.offers import OfferError, check_offer
 from core.search import LIKE_ESCAPE, contains_pattern
+from core.sensitivity import STANDARD, Sensitivity
 from core.sessions import OPEN_STATUSES, STATUSES
 from proctor import ratelimit
 from proctor.accounts import audit
@@ -83,14 +84,26 @@ async def create_session(request: web.Request) -> web.Response:
         if not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD:
             raise error(web.HTTPBadRequest, f"{name!r} must be a non-empty string of at most {MAX_FIELD} characters")
         fields[name] = value.strip()
+    sensitivity = _sensitivity(body.get("sensitivity"))
     async with ctx.pool.acquire() as conn:
         row = await sessions.create(conn, candidate=fields["candidate"], exam=fields["exam"], created_by=user.id,
-                                    ttl_s=ctx.settings.join_token_ttl_s)
-        await audit(conn, user.name, "session.create", f"session:{row['id']}", fields)
+                                    ttl_s=ctx.settings.join_token_ttl_s, sensitivity=sensitivity)
+        await audit(conn, user.name, "session.create", f"session:{row['id']}",
+                    {**fields, "sensitivity": sensitivity.to_json()})
     token = tokens.for_session(ctx.settings.signing_key(), row)
     data = sessions.to_json(row)
     data["join_url"] = f"{ctx.settings.base_url}/join/{token}"
     return web.json_response(data, status=201)
+
+
+def _sensitivity(value: Any) -> Sensitivity:
+    """The optional "sensitivity" of a new session (absent or null: standard, the deployment's settings)."""
+    if value is None:
+        return STANDARD
+    try:
+        return Sensitivity.parse(value)
+    except ValueError as exc:
+        raise error(web.HTTPBadRequest, f"sensitivity: {exc}") from None
 
 
 async def list_sessions(request: web.Request) -> web.Response:

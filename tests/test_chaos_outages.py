@@ -41,7 +41,7 @@ from proctor.settings import Settings
 from proctor.storage import S3Storage
 from proctor.store import sessions
 from proctor.store.nodes import live_nodes
-from tests.support.media import face_canvas
+from tests.support.media import empty_room, face_canvas
 from tests.support.net import free_port
 from tests.support.seaweed import SeaweedS3, weed_binary
 from tests.support.servers import FrameLog
@@ -86,7 +86,7 @@ async def deps(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deps]:
 def clip() -> EncodedClip:
     """10 s looped: a face for 4 s, then an empty room for 6 s (keyframe every second)."""
     face = face_canvas()
-    empty = np.full_like(face, 90)
+    empty = empty_room()
     frames = [face] * int(FACE_S * FPS) + [empty] * int(NONE_S * FPS)
     return encode_clip(frames, FPS, 400_000, FPS)
 

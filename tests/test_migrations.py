@@ -41,7 +41,7 @@ def test_upgrade_downgrade_upgrade(servers: dict[str, str]) -> None:
     url = _with_db(base, name)
     assert migrate.current(url) is None
     migrate.upgrade(url)
-    assert migrate.current(url) == "0002"
+    assert migrate.current(url) == "0003"
     assert TABLES <= asyncio.run(_tables(url))
     migrate.downgrade(url, "base")
     assert migrate.current(url) is None

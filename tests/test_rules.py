@@ -91,7 +91,8 @@ def test_peak_confidence_and_its_frame_travel_with_the_event() -> None:
 
 
 def test_update_step_zero_reports_every_new_peak() -> None:
-    rules = EventRules(RulesConfig(RulesConfig.default().rules, update_step=0.0))
+    # A run-based rule (1 s / 2 s; the default phone rule votes instead: see test_phone_votes_*).
+    rules = EventRules(RulesConfig({"phone": KindRule(1.0, 2.0)}, update_step=0.0))
     out = []
     for t, conf in [(0, 0.5), (1.0, 0.51), (1.5, 0.52), (2.0, 0.52)]:
         out += rules.update("phone", True, conf, t)
@@ -264,3 +265,97 @@ def test_browser_flush_confirms_then_ends() -> None:
     rules.browser_signal({"type": "tab_hidden"}, 100.0)
     out = rules.flush(104.0)  # never ticked: it held 4 s, so it started at 100 and ends with the stream
     assert [(c.type, c.start_s, c.end_s) for c in out] == [("start", 100.0, None), ("end", 100.0, 104.0)]
+
+
+# --- voting (phone) ----------------------------------------------------------------------------------------
+def samples(pattern: str, start: float = 0.0, step: float = 1.0) -> list[tuple[float, bool]]:
+    """ "x.x.." -> active/clear samples at PHONE_FPS 1 (x: a phone seen)."""
+    return [(start + i * step, ch == "x") for i, ch in enumerate(pattern)]
+
+
+def test_phone_votes_flicker_one_in_three_never_starts() -> None:
+    rules = EventRules()  # phone: 3 votes within 5 s
+    assert feed(rules, "phone", samples("x.." * 40)) == []
+    assert feed(rules, "phone", samples("x..x......" * 20, start=200.0)) == []  # 2 in any 5 s: still nothing
+    assert rules.flush(400.0) == []
+
+
+def test_phone_votes_start_at_the_first_vote() -> None:
+    rules = EventRules()
+    out = []
+    for t, conf in [(0.0, 0.4), (1.0, None), (2.0, 0.7), (3.0, None), (4.0, 0.5)]:
+        out += rules.update("phone", conf is not None, conf or 0.1, t, {"score": conf}, frame_ref=f"frame@{t}")
+    [start] = out
+    assert (start.type, start.start_s, start.end_s) == ("start", 0.0, None)  # the first vote, not the third
+    assert (start.confidence, start.frame_ref, start.details) == (0.7, "frame@2.0", {"score": 0.7})  # their peak
+    assert feed(rules, "phone", samples("x.", start=5.0), confidence=0.5) == []  # one clear sample: not the end
+    out = feed(rules, "phone", samples("...", start=7.0))
+    assert [(c.type, c.start_s, c.end_s) for c in out] == [("end", 0.0, 6.0)]  # clear from 6 for 2 s, as before
+
+
+def test_phone_votes_expire_and_a_gap_drops_them() -> None:
+    rules = EventRules()
+    # Two votes at 0 and 1, the third at 7: the first two are older than 5 s by then.
+    assert feed(rules, "phone", samples("xx.....x")) == []
+    [start] = feed(rules, "phone", samples("xx", start=8.0))  # 7, 8, 9: three within 5 s
+    assert start.start_s == 7.0
+    rules = EventRules()
+    # No frame for 3.5 s (> max_gap_s) between the second and third vote: the stream stalled, no event.
+    assert feed(rules, "phone", [(0.0, True), (1.0, True), (4.5, True)]) == []
+    [start] = feed(rules, "phone", [(5.5, True), (6.5, True)])
+    assert start.start_s == 4.5
+
+
+def test_phone_votes_keep_start_after_as_the_least_span() -> None:
+    rules = EventRules(rules_config(Settings.defaults(event_timing="phone=3/2")))
+    out = feed(rules, "phone", frames(0, 3.25, True))  # 4 samples a second: three votes come at 0.5 s
+    assert [(c.type, c.start_s) for c in out] == [("start", 0.0)]
+    assert rules.config.rules["phone"].votes == 3  # EVENT_TIMING changes the delays, not the votes
+
+
+# --- several sources for one kind (multiple_people: faces and persons) -----------------------------------
+def test_sources_or_persons_without_a_second_face() -> None:
+    rules = EventRules()  # multiple_people: 2 s / 2 s, max gap 3 s
+    out: list[EventChange] = []
+    t = 0.0
+    while t < 6.0:  # faces at 4 fps see one face; persons at 1 fps see two persons (one turned away)
+        out += rules.update("multiple_people", False, 0.0, t, {"faces": 1}, frame_ref=f"face@{t}")
+        if t == int(t):
+            out += rules.update("multiple_people", True, 0.62, t, {"persons": 2}, frame_ref=f"persons@{t}",
+                                source="persons")
+        t += 0.25
+    [start] = out
+    assert start.type == "start" and start.start_s == 0.0
+    assert start.details == {"persons": 2, "sources": ["persons"]} and start.frame_ref == "persons@0.0"
+    assert start.confidence == 0.62
+
+
+def test_sources_both_see_it_and_a_stale_source_expires() -> None:
+    rules = EventRules()
+    out: list[EventChange] = []
+    # Both say two people at 0..2; persons then stops reporting (its detector stalled) at 2.0. (Details name the
+    # sources once a named one has reported: here it reports first.)
+    for t, _ in frames(0, 2.25, True):
+        out += rules.update("multiple_people", True, 0.6, t, {"persons": 2}, source="persons")
+        out += rules.update("multiple_people", True, 0.9, t, {"faces": 2})
+    [start] = out
+    assert start.start_s == 0.0 and start.confidence == 0.9  # the stronger source speaks
+    assert start.details == {"faces": 2, "sources": ["default", "persons"],
+                             "by_source": {"default": {"faces": 2}, "persons": {"persons": 2}}}
+    # Faces now see one face: the persons' last "two" (at 2.0) holds for max_gap_s (3 s), then says nothing.
+    out = feed(rules, "multiple_people", frames(2.25, 5.0, False))
+    assert out == []
+    out = feed(rules, "multiple_people", frames(5.0, 7.5, False))
+    assert [(c.type, c.start_s, c.end_s) for c in out] == [("end", 0.0, 5.25)]  # first clear after expiry
+
+
+def test_sources_a_late_observation_applies_at_the_present() -> None:
+    rules = EventRules(RulesConfig({"multiple_people": KindRule(0.0, 0.0)}))
+    assert rules.update("multiple_people", False, 0.0, 10.25, {"faces": 1}) == []
+    # Persons finished its frame of 10.0 after faces' 10.25: not dropped as out of order, applied at 10.25.
+    [start] = rules.update("multiple_people", True, 0.7, 10.0, {"persons": 2}, source="persons")
+    assert start.start_s == 10.25
+    # Older than that source's own latest: out of order, ignored.
+    assert rules.update("multiple_people", False, 0.0, 9.0, {"persons": 1}, source="persons") == []
+    [end] = rules.update("multiple_people", False, 0.0, 11.0, {"persons": 1}, source="persons")
+    assert end.end_s == 11.0

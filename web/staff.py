@@ -20,6 +20,7 @@ from aiohttp import web
 from core.events import REVIEW_STATES
 from core.live import Acknowledged
 from core.search import LIKE_ESCAPE, contains_pattern
+from core.sensitivity import Sensitivity
 from core.sessions import STATUSES
 from proctor import accounts
 from proctor.http import CTX, error, path_int, path_session_id, read_json, require_user, unstorable
@@ -105,11 +106,15 @@ async def review_page(request: web.Request) -> web.Response:
         master = await conn.fetchrow("SELECT duration_s FROM master_videos WHERE session_id = $1", session_id)
         pieces = await preview_pieces(conn, session_id) if master is None else []
     can_delete = user.role == "admin"
+    try:
+        sensitivity = Sensitivity.parse(row["sensitivity"]).describe()
+    except ValueError:  # edited by hand in the database: the media node falls back to the deployment's settings
+        sensitivity = "standard (stored value unreadable)"
     config = {"sessionId": session_id, "status": row["status"], "score": row["score"],
               "masterDuration": master["duration_s"] if master else None, "pieces": pieces,
               "canDelete": can_delete}
     return render_page("review.html", request, {
-        "nav": "sessions", "session": row, "config": config, "can_delete": can_delete,
+        "nav": "sessions", "session": row, "config": config, "can_delete": can_delete, "sensitivity": sensitivity,
         "score_level": score_level, "fmt_score": fmt_score})
 
 

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from core import tokens
 from core.live import SessionStatus
+from core.sensitivity import STANDARD, Sensitivity
 from core.sessions import OPEN_STATUSES, sources
 from proctor.accounts import audit
 from proctor.context import Context
@@ -20,12 +21,14 @@ from proctor.store import live
 
 
 async def create(conn: asyncpg.Connection, *, candidate: str, exam: str, created_by: int | None,
-                 ttl_s: int) -> asyncpg.Record:
-    """A new session with its join-link nonce (core.tokens: rotating the nonce revokes every link issued)."""
+                 ttl_s: int, sensitivity: Sensitivity = STANDARD) -> asyncpg.Record:
+    """A new session with its join-link nonce (core.tokens: rotating the nonce revokes every link issued) and
+    the sensitivity its media node applies (core.sensitivity)."""
     expires = datetime.now(UTC) + timedelta(seconds=ttl_s)
     return await conn.fetchrow(
-        "INSERT INTO sessions (candidate, exam, created_by, join_nonce, join_expires_at) "
-        "VALUES ($1, $2, $3, $4, $5) RETURNING *", candidate, exam, created_by, tokens.new_nonce(), expires)
+        "INSERT INTO sessions (candidate, exam, created_by, join_nonce, join_expires_at, sensitivity) "
+        "VALUES ($1, $2, $3, $4, $5, $6) RETURNING *", candidate, exam, created_by, tokens.new_nonce(), expires,
+        sensitivity.to_json())
 
 
 async def rotate_join_nonce(conn: asyncpg.Connection, session_id: str, *, ttl_s: int,
@@ -44,6 +47,12 @@ async def rotate_join_nonce(conn: asyncpg.Connection, session_id: str, *, ttl_s:
 
 async def get(conn: asyncpg.Connection, session_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", session_id)
+
+
+async def get_sensitivity(conn: asyncpg.Connection, session_id: str) -> Sensitivity | None:
+    """The session's sensitivity (None: no such session); ValueError if the stored value is not one."""
+    stored = await conn.fetchval("SELECT sensitivity FROM sessions WHERE id = $1", session_id)
+    return None if stored is None else Sensitivity.parse(stored)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -67,6 +76,7 @@ def to_json(row: asyncpg.Record) -> dict[str, Any]:
         "node_id": row["node_id"],
         "score": row["score"],
         "failure_reason": row["failure_reason"],
+        "sensitivity": row["sensitivity"],
     }
 
 

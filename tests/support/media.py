@@ -17,16 +17,41 @@ def _rgb_to_i420(rgb: np.ndarray) -> bytes:
     return b"".join(np.clip(p, 0, 255).astype(np.uint8).tobytes() for p in planes)
 
 
-def face_canvas(width: int = 640, height: int = 480) -> np.ndarray:
-    """The astronaut portrait (public domain, ships with scikit-image) centred on a plain background."""
+def portrait_canvas(portrait: np.ndarray, width: int = 640, height: int = 480) -> np.ndarray:
+    """A square-ish portrait photo scaled to the frame height and centred on a plain background."""
     import cv2
-    from skimage import data
 
-    face = cv2.resize(data.astronaut(), (height, height), interpolation=cv2.INTER_AREA)
+    side = min(portrait.shape[:2])
+    face = cv2.resize(portrait[:side, :side], (height, height), interpolation=cv2.INTER_AREA)
     canvas = np.full((height, width, 3), 90, np.uint8)
     left = (width - height) // 2
     canvas[:, left:left + height] = face
     return canvas
+
+
+def face_canvas(width: int = 640, height: int = 480) -> np.ndarray:
+    """The astronaut portrait (public domain, ships with scikit-image) centred on a plain background."""
+    from skimage import data
+
+    return portrait_canvas(data.astronaut(), width, height)
+
+
+def other_person_canvas(width: int = 640, height: int = 480) -> np.ndarray:
+    """Someone else: Grace Hopper's portrait (public domain, ships with matplotlib), framed like face_canvas."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return portrait_canvas(np.asarray(Image.open(path).convert("RGB")), width, height)
+
+
+def empty_room(width: int = 640, height: int = 480) -> np.ndarray:
+    """Nobody in view: a real photo with no face or person in it (scikit-image's coffee, public domain). Not a
+    uniform frame: that is a covered camera, which the faces detector reports as poor_image, never no_face."""
+    import cv2
+    from skimage import data
+
+    return np.ascontiguousarray(cv2.resize(data.coffee(), (width, height), interpolation=cv2.INTER_AREA))
 
 
 def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:

@@ -146,6 +146,7 @@
   async function connect() {
     clearTimeout(reconnectTimer);
     if (state.finished) return;
+    hideNotices();  // the new connection's node tells again what still holds
     setConnection(state.connects ? "reconnecting" : "connecting");
     const pc = new RTCPeerConnection({ iceServers: cfg.iceServers });
     state.pc = pc;
@@ -153,7 +154,11 @@
     channel = pc.createDataChannel("signals", { ordered: true });
     channel.onopen = () => { state.lastPong = Date.now(); sendSignal("hello", { screen_extended: screenExtended() }); };
     channel.onmessage = (event) => {
-      try { if (JSON.parse(event.data).type === "pong") state.lastPong = Date.now(); } catch (err) { /* ignore */ }
+      let message;
+      try { message = JSON.parse(event.data); } catch (err) { return; }
+      if (!message || typeof message !== "object") return;
+      if (message.type === "pong") state.lastPong = Date.now();
+      else if (message.type === "notice") showNotice(message);
     };
     pc.onconnectionstatechange = () => onState(pc);
     try {
@@ -207,6 +212,38 @@
     state.attempts += 1;
     hint("exam-msg", `Connection lost; reconnecting (attempt ${state.attempts})...`, "bad");
     reconnectTimer = setTimeout(connect, delay);
+  }
+
+  // Notices from the media node ({"type": "notice", "kind", "active", "message"}): what the candidate can fix
+  // now ("More light, please: ..."), shown until the node says it is over. One element per kind, made here so the
+  // template stays as it is; textContent only, never HTML (the text comes over the network).
+  const notices = {};
+  state.notices = notices;
+
+  function noticeElement(kind) {
+    if (!notices[kind]) {
+      const el = document.createElement("p");
+      el.className = "notice";
+      el.dataset.kind = kind;
+      el.setAttribute("role", "alert");
+      el.hidden = true;
+      const exam = $("step-exam");
+      exam.insertBefore(el, exam.querySelector("h1").nextSibling);
+      notices[kind] = el;
+    }
+    return notices[kind];
+  }
+
+  function showNotice(message) {
+    if (typeof message.kind !== "string" || !/^[a-z_]{1,32}$/.test(message.kind)) return;
+    const el = noticeElement(message.kind);
+    const text = typeof message.message === "string" ? message.message.slice(0, 300) : "";
+    el.textContent = text;
+    el.hidden = !(message.active === true && text);
+  }
+
+  function hideNotices() {
+    for (const el of Object.values(notices)) el.hidden = true;
   }
 
   // Liveness: the node answers pings on the data channel. A node that died stops answering; reconnect after

@@ -9,8 +9,9 @@
     err.hidden = true;
     const candidate = document.getElementById("new-candidate").value.trim();
     const exam = document.getElementById("new-exam").value.trim();
+    const sensitivity = document.getElementById("new-sensitivity").value;
     try {
-      const session = await staff.api("POST", "/api/sessions", { candidate, exam });
+      const session = await staff.api("POST", "/api/sessions", { candidate, exam, sensitivity });
       urlField.value = session.join_url;
       box.hidden = false;
       box.dataset.sessionId = session.id;

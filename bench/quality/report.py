@@ -1,0 +1,216 @@
+"""bench/results/quality.md from the JSON form of the figures (so it can be re-rendered from quality.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def pct(rate: dict[str, Any] | None) -> str:
+    """A Rate's JSON as "hits/n (x %)"."""
+    if not rate or not rate.get("n"):
+        return "n/a"
+    return f"{rate['hits']}/{rate['n']} ({100 * rate['hits'] / rate['n']:.1f} %)"
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def names(files: list[str], limit: int = 60) -> str:
+    if not files:
+        return "none"
+    shown = ", ".join(f"`{f}`" for f in files[:limit])
+    return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
+
+
+def _unavailable(section: dict[str, Any]) -> list[str] | None:
+    if section.get("available", True) is False:
+        return [f"**Unavailable**: {section.get('reason', '?')}", ""]
+    return None
+
+
+def header(r: dict[str, Any]) -> list[str]:
+    m, code = r["machine"], r["code"]
+    lines = ["# Detector quality on labelled real photos", "",
+             f"Generated {r['generated']} by `{r['command']}` (`make eval`) in {r['seconds']} s.", "",
+             f"Machine: {m['cpu']}, {m['cpus']} CPUs, AVX2 {'yes' if m['avx2'] else 'no'}, AVX-512 "
+             f"{'yes' if m['avx512f'] else 'no'}; Python {m['python']}.", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
+             f"Code: HEAD `{code['head']}`; the detectors change while this set is used, so the figures belong to "
+             "this state of `analyzers/` (`git diff --stat -- analyzers/` at the run):", "", "```",
+             code["diff_stat_analyzers"] or "(no change to tracked files)"]
+    if code.get("untracked_analyzers"):
+        lines += ["untracked: " + " ".join(code["untracked_analyzers"].split())]
+    return lines + ["```", ""]
+
+
+def dataset(d: dict[str, Any]) -> list[str]:
+    lines = ["## The data set", "",
+             f"{d['pictures']} pictures (bench/quality/data, labels in manifest.json, sources in PROVENANCE.md): "
+             f"{d['with_face']} with at least one face ({d['faces']} faces in all), {d['face_free']} without; "
+             f"{d['with_identity']} pictures of {d['people']} named people; {d['with_phone']} with a phone; "
+             f"{d['poor_image']} poor images; {d['derived']} derived from another picture, {d['composite']} "
+             "composites.", ""]
+    lines += table(["source", "pictures"], [[k, v] for k, v in d["sources"].items()])
+    lines += table(["tag", "pictures"], [[f"`{k}`", v] for k, v in d["tags"].items()])
+    return lines
+
+
+def faces(f: dict[str, Any]) -> list[str]:
+    lines = ["## Faces (`FaceDetector`: counting, `no_face`, `multiple_people`)", ""]
+    if (note := _unavailable(f)) is not None:
+        return lines + note
+    lines += [f"{f['status']}; a face counts at score >= {f['min_score']}. \"Clean\" leaves out the poor images.", ""]
+    a, c = f["all"], f["clean"]
+    lines += table(["figure", "all pictures", "clean pictures"], [
+        ["presence recall (>= 1 face found where there is one)", pct(a["presence_recall"]), pct(c["presence_recall"])],
+        ["false-face rate (a face found in a face-free picture)", pct(a["false_face_rate"]),
+         pct(c["false_face_rate"])],
+        ["presence precision (found a face: there is one)", pct(a["presence_precision"]),
+         pct(c["presence_precision"])],
+        ["exact count", pct(a["exact_count"]), pct(c["exact_count"])]])
+    cl, nf, mp = f["closeups"], f["no_face_false_flags"], f["multiple_people"]
+    lines += [f"**Close-ups missed** (tag `close_up`, a face there, none counted): {len(cl['missed'])} of {cl['n']}: "
+              f"{names(cl['missed'])}.", "",
+              f"**`no_face` false flags** (a face there, `no_face` active): {len(nf['files'])} of {nf['n']}: "
+              f"{names(nf['files'])}.", "",
+              f"**`multiple_people`**: false flags (at most one face there) {len(mp['false_flags'])} of "
+              f"{mp['n_single_or_none']}: {names(mp['false_flags'])}; missed (two or more there) "
+              f"{len(mp['missed'])} of {mp['n_groups']}: {names(mp['missed'])}.", "",
+              f"All misses (a face there, none counted): {names(f['misses'])}.", "",
+              f"All false faces (none there, one counted): {names(f['false_faces'])}.", "",
+              "By tag (n = pictures with the tag; recall over those with a face, false-face rate over those "
+              "without):", ""]
+    rows = [[f"`{tag}`", t["n"], pct(t["presence_recall"]), pct(t["false_face_rate"]), pct(t["exact_count"])]
+            for tag, t in f["by_tag"].items()]
+    return lines + table(["tag", "n", "presence recall", "false-face rate", "exact count"], rows)
+
+
+def poor(p: dict[str, Any]) -> list[str]:
+    lines = ["## Poor image (`poor_image` signal of `FaceDetector`)", ""]
+    if (note := _unavailable(p)) is not None:
+        return lines + note
+    s = p["scores"]
+    lines += [f"Precision {pct(s['precision'])}, recall {pct(s['recall'])} (tp {s['tp']}, fp {s['fp']}, "
+              f"fn {s['fn']}, tn {s['tn']}).", "",
+              f"Missed: {names(p['missed'])}.", "", f"False flags: {names(p['false_flags'])}.", ""]
+    rows = [[f"`{tag}`", t["n"], t["n_poor"], pct(t["scores"]["recall"]), pct(t["scores"]["precision"])]
+            for tag, t in p["by_tag"].items()]
+    return lines + table(["tag", "n", "poor", "recall", "precision"], rows)
+
+
+def _cal_cells(cal: dict[str, Any] | None) -> list[str]:
+    if not cal:
+        return ["n/a"] * 3
+    return [f"{cal['threshold']:.4f}", pct(cal["errors"]["false_mismatch"]), pct(cal["errors"]["false_match"])]
+
+
+def _sweep(rows: list[dict[str, Any]]) -> list[str]:
+    return table(["threshold", "false mismatch (same person above)", "false match (different people at or below)"],
+                 [[f"{r['threshold']:.4f}", pct(r["false_mismatch"]), pct(r["false_match"])] for r in rows])
+
+
+def identity(i: dict[str, Any]) -> list[str]:
+    lines = ["## Identity (`IdentityDetector.embed`, `analyzers.identity.distance`)", ""]
+    if (note := _unavailable(i)) is not None:
+        return lines + note
+    pairs, b = i["pairs"], i["best_of"]
+    lines += [f"{i['status']}. Configured threshold {i['threshold']:g} ({i['metric']}); a distance above it is a "
+              "mismatch.", "",
+              f"{i['images_with_identity']} pictures of {i['people']} known people; **no embeddable face** in "
+              f"{len(i['unembeddable'])} (counted apart, never a mismatch): {names(i['unembeddable'])}.", "",
+              f"Pairs among the {i['embedded_clean']} embedded clean pictures, never a picture with its own "
+              f"derivative or a sibling of one photograph: {pairs['same']} same-person, {pairs['different']} "
+              f"different-person. Same-person distances {pairs['same_distance']}, different-person "
+              f"{pairs['different_distance']}.", ""]
+    single_at, best_at = i["at_threshold"], b["at_threshold"]
+    lines += table(["references", "same-person comparisons", "false mismatch at configured",
+                    "different-person comparisons", "false match at configured", "calibrated threshold",
+                    "false mismatch at calibrated", "false match at calibrated"], [
+        ["one photo", pairs["same"], pct(single_at["false_mismatch"]), pairs["different"],
+         pct(single_at["false_match"]), *_cal_cells(i["calibrated"])],
+        [f"best of {b['k']} ({b['enrolled_people']} people, {b['reference_sets']} reference sets)", b["same"],
+         pct(best_at["false_mismatch"]), b["different"], pct(best_at["false_match"]), *_cal_cells(b["calibrated"])]])
+    lines += ["Calibration: the closest different-person distance is the largest threshold with no false match on "
+              "this set. The calibrated threshold sits below it by a safety margin: the median distance between "
+              "two pictures of one photograph of one person (a close-up against its original, two crops), i.e. how "
+              "far an embedding moves by framing alone, so that the closest impostor seen here, framed a little "
+              "differently, still stays above the threshold. It is never above the closest different-person "
+              f"distance. Re-framed pairs: {pairs['reframing']}, distances {pairs['reframing_distance']}.", ""]
+    for label, cal in (("one photo", i["calibrated"]), (f"best of {b['k']}", b["calibrated"])):
+        if cal:
+            lines += [f"- {label}: closest different-person distance {cal['zero_false_match_limit']:.4f}, margin "
+                      f"{cal['margin']:.4f}, calibrated {cal['threshold']:.4f}: false mismatch "
+                      f"{pct(cal['errors']['false_mismatch'])}, false match {pct(cal['errors']['false_match'])} "
+                      f"(just below the limit, no margin: false mismatch "
+                      f"{pct(cal['at_limit']['false_mismatch'])}, false match {pct(cal['at_limit']['false_match'])})."]
+    lines += ["", "Closest different-person pairs: " + ", ".join(
+        f"`{p['a']}`/`{p['b']}` {p['distance']}" for p in pairs["closest_different"]) + ".", "",
+        "Farthest same-person pairs: " + ", ".join(
+        f"`{p['a']}`/`{p['b']}` {p['distance']}" for p in pairs["farthest_same"]) + ".", ""]
+    pp = i["poor_probes"]
+    lines += [f"Poor pictures of a known person ({pp['pictures']}) against that person's other photographs: false "
+              f"mismatch {pct(pp['at_threshold']['false_mismatch'])}; against other people: false match "
+              f"{pct(pp['at_threshold']['false_match'])} (at the configured threshold).", "",
+              "Threshold sweep, one reference photo:", ""]
+    lines += _sweep(i["sweep"])
+    lines += [f"Threshold sweep, best of {b['k']} references:", ""]
+    lines += _sweep(b["sweep"])
+    lines += ["By tag (pairs where either picture has the tag):", ""]
+    rows = [[f"`{tag}`", t["at_threshold"]["false_mismatch"]["n"], pct(t["at_threshold"]["false_mismatch"]),
+             t["at_threshold"]["false_match"]["n"], pct(t["at_threshold"]["false_match"]),
+             pct(t.get("at_calibrated", {}).get("false_mismatch")), pct(t.get("at_calibrated", {}).get("false_match"))]
+            for tag, t in i["by_tag"].items()]
+    return lines + table(["tag", "same-person pairs", "false mismatch", "different-person pairs", "false match",
+                          "false mismatch (calibrated)", "false match (calibrated)"], rows)
+
+
+def phone(p: dict[str, Any]) -> list[str]:
+    lines = ["## Phone (`PhoneDetector`) and persons", ""]
+    if (note := _unavailable(p)) is not None:
+        return lines + note
+    at = p["at_conf"]["scores"]
+    lines += [f"{p['status']} (API `{p['api']}`). Image level: a picture is flagged when a phone box scores at or "
+              f"above the threshold.", "",
+              f"At the configured PHONE_CONF {p['conf']}: recall {pct(at['recall'])}, precision "
+              f"{pct(at['precision'])} (tp {at['tp']}, fp {at['fp']}, fn {at['fn']}).", ""]
+    lines += table(["score threshold", "recall", "precision", "false positives", "phone pictures missed"],
+                   [[r["conf"], pct(r["scores"]["recall"]), pct(r["scores"]["precision"]), r["scores"]["fp"],
+                     r["scores"]["fn"]] for r in p["sweep"]])
+    without = list(p["best_scores_without_phone"].items())[:12]
+    lines += ["Best phone score of each picture with a phone: "
+              + ", ".join(f"`{k}` {v}" for k, v in p["best_scores_with_phone"].items()) + ".", "",
+              "Highest phone scores in pictures without a phone: "
+              + (", ".join(f"`{k}` {v}" for k, v in without) or "none") + ".", ""]
+    rows = [[f"`{tag}`", t["n"], t["n_with_phone"], pct(t["scores"]["recall"]), pct(t["scores"]["precision"])]
+            for tag, t in p["by_tag"].items()]
+    lines += table(["tag", "n", "with phone", "recall", "precision"], rows)
+    persons = p["persons"]
+    lines += ["### Persons", ""]
+    if (note := _unavailable(persons)) is not None:
+        return lines + note
+    lines += [f"Against the `persons` label (people in view, faces hidden or not), threshold {persons['conf']}: "
+              f"exact count {pct(persons['exact_count'])}, presence recall {pct(persons['presence_recall'])}, "
+              f"a person found in a picture with nobody {pct(persons['false_person_rate'])}, mean absolute count "
+              f"error {persons['mean_abs_error']}.", ""]
+    return lines + table(["tag", "n", "exact count"],
+                         [[f"`{tag}`", t["n"], pct(t["exact_count"])] for tag, t in persons["by_tag"].items()])
+
+
+def gaze(g: dict[str, Any]) -> list[str]:
+    lines = ["## Gaze", ""]
+    if (note := _unavailable(g)) is not None:
+        return lines + note
+    return lines + [f"{g['measured']} of {g['n']} labelled pictures measured: yaw error {g['yaw_mae']} deg, pitch "
+                    f"error {g['pitch_mae']} deg (mean absolute).", ""]
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    seconds = {name: r[name].get("seconds") for name in ("identity", "phone", "gaze")}
+    lines = header(r) + dataset(r["dataset"]) + faces(r["faces"]) + poor(r["poor_image"]) + identity(r["identity"])
+    lines += phone(r["phone"]) + gaze(r["gaze"])
+    lines += ["Seconds per section: faces and poor image " + str(r["faces"].get("seconds", "?")) + ", "
+              + ", ".join(f"{k} {v}" for k, v in seconds.items()) + ".", ""]
+    return "\n".join(lines)

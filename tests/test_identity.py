@@ -1,0 +1,236 @@
+"""Identity checks you can defend (issue 13): several references per candidate (the photo, then good frames of the
+first minute that match the photo), best-of comparison, unembeddable faces counted apart from mismatches, faces
+found in tight crops and whole where the frame cuts them, and two failed checks in a row before an event."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from analyzers.base import rules_config
+from analyzers.faces import Face, detect_faces
+from analyzers.identity import (
+    ENROL_MAX_FRAMES,
+    ENROL_WINDOW_S,
+    MIN_FACE_PX,
+    IdentityDetector,
+    best_distance,
+    distance,
+    is_frontal,
+)
+from core.rules import EventRules
+from proctor.settings import Settings
+from tests.test_detectors import astronaut, cameraman, grace_hopper, jpeg, two_faces
+
+Fresh = Callable[[np.ndarray], IdentityDetector]
+
+
+@pytest.fixture(scope="module")
+def fresh(models_home: Path) -> Fresh:
+    """A new detector (one stream's) with `photo` as its reference photo; the models load once per process."""
+
+    def make(photo: np.ndarray) -> IdentityDetector:
+        detector = IdentityDetector(Settings.defaults(deepface_home=str(models_home)))
+        detector.load()
+        assert detector.set_reference(photo)
+        return detector
+
+    return make
+
+
+# --- the same person, as a webcam would show her --------------------------------------------------------------
+def brighter(rgb: np.ndarray) -> np.ndarray:
+    return np.clip(rgb.astype(np.float32) * 1.15 + 10, 0, 255).astype(np.uint8)
+
+
+def turned_in_plane(rgb: np.ndarray, degrees: float, center: tuple[float, float]) -> np.ndarray:
+    matrix = cv2.getRotationMatrix2D(center, degrees, 1.0)
+    return cv2.warpAffine(rgb, matrix, (rgb.shape[1], rgb.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+
+
+def same_person_frames() -> list[np.ndarray]:
+    ast = astronaut()
+    return [jpeg(ast, 50), jpeg(np.roll(ast, 40, axis=1), 60),
+            np.ascontiguousarray(cv2.resize(ast, (384, 384), interpolation=cv2.INTER_AREA)), brighter(ast),
+            jpeg(brighter(np.roll(ast, -30, axis=0)), 70)]
+
+
+def face_box_crop(rgb: np.ndarray, margin: float) -> np.ndarray:
+    """The picture cut to its face's square box grown by `margin` (negative: tighter than the box)."""
+    x1, y1, x2, y2 = max(detect_faces(rgb), key=lambda f: f.area).box
+    cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * (1 + 2 * margin) / 2
+    return np.ascontiguousarray(rgb[int(cy - half):int(cy + half), int(cx - half):int(cx + half)])
+
+
+# --- pure functions -----------------------------------------------------------------------------------------------
+def test_best_distance_picks_the_smallest() -> None:
+    photo, frame_a, frame_b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), np.array([0.6, 0.8, 0.0])
+    live = np.array([0.5, 0.85, 0.1])
+    dist, index = best_distance([photo, frame_a, frame_b], live, "cosine")
+    assert index == 2 and dist == pytest.approx(distance(frame_b, live, "cosine"))
+    assert dist == min(distance(r, live, "cosine") for r in (photo, frame_a, frame_b))
+    assert best_distance([photo, photo.copy()], live, "euclidean")[1] == 0  # a tie goes to the photo
+    assert best_distance([frame_a, photo], live, "euclidean") == (pytest.approx(np.linalg.norm(frame_a - live)), 0)
+    with pytest.raises(ValueError):
+        best_distance([], live, "cosine")
+    with pytest.raises(ValueError):
+        best_distance([photo], live, "hamming")
+
+
+def _face(right_eye: tuple[float, float], left_eye: tuple[float, float], nose: tuple[float, float]) -> Face:
+    return Face(0.9, (0.0, 0.0, 100.0, 100.0), (right_eye, left_eye, nose, (50.0, 80.0), (10.0, 40.0), (90.0, 40.0)))
+
+
+def test_frontal_means_eyes_level_and_nose_between_them() -> None:
+    assert is_frontal(_face((30, 40), (70, 40), (50, 62)))
+    assert is_frontal(_face((30, 40), (70, 44), (53, 62)))  # a little tilted and turned
+    assert not is_frontal(_face((30, 40), (70, 60), (50, 72)))  # tilted 27 degrees
+    assert not is_frontal(_face((30, 40), (70, 40), (66, 60)))  # nose under an eye: turned ~35 degrees
+    assert not is_frontal(_face((30, 40), (70, 40), (50, 40)))  # nose on the eye line: garbled keypoints
+    assert not is_frontal(_face((50, 40), (50, 40), (50, 60)))  # eyes on one point
+
+
+# --- enrolment ------------------------------------------------------------------------------------------------------
+def test_enrolment_takes_good_frames_of_the_same_person(fresh: Fresh) -> None:
+    detector = fresh(astronaut())
+    frames = same_person_frames()
+    checks = [detector.analyze(frame, 10.0 + 3 * i) for i, frame in enumerate(frames)]
+    details = [signal.details for [signal] in checks]
+    assert not any(signal.active for [signal] in checks), details
+    assert [d["enrolled"] for d in details] == [True] * ENROL_MAX_FRAMES + [False]  # at most four
+    assert [r.label for r in detector.references] == ["photo", "frame@10", "frame@13", "frame@16", "frame@19"]
+    assert [d["references"] for d in details] == [1, 2, 3, 4, 5]
+    for d in details:
+        assert set(d) >= {"distance", "reference", "references", "threshold", "metric", "model"}
+        assert d["distance"] <= d["photo_distance"] < d["threshold"] / 2
+    ok, status = detector.status()
+    assert ok and "photo and 4 enrolled frames" in status
+
+
+def test_enrolment_refuses_other_people_two_faces_and_bad_frames(fresh: Fresh) -> None:
+    # Someone else sits down from the start: never enrolled, every check fails against the photo alone.
+    impostor = fresh(astronaut())
+    for i, frame in enumerate([grace_hopper(), cameraman(), jpeg(grace_hopper(), 60)]):
+        [signal] = impostor.analyze(frame, 3.0 * i)
+        assert signal.active and not signal.details["enrolled"] and signal.details["reference"] == "photo"
+    assert [r.label for r in impostor.references] == ["photo"]
+
+    detector = fresh(astronaut())
+    ast = astronaut()
+    tilted = turned_in_plane(ast, 30, (226, 120))  # the same person, head tilted 30 degrees
+    refused = {"two faces": (two_faces(), 0.0), "tilted": (tilted, 3.0)}
+    for name, (frame, t) in refused.items():
+        [signal] = detector.analyze(frame, t)
+        assert not signal.active and not signal.details["enrolled"], (name, signal.details)
+    [first] = detector.analyze(jpeg(ast, 60), 6.0)
+    [too_soon] = detector.analyze(brighter(ast), 7.0)  # under 2 s after the last enrolled frame
+    [later] = detector.analyze(brighter(ast), 6.0 + ENROL_WINDOW_S)  # the window opened at the first check, t=0
+    assert first.details["enrolled"] and not too_soon.details["enrolled"] and not later.details["enrolled"]
+    assert [r.label for r in detector.references] == ["photo", "frame@6"]
+
+
+def test_checks_take_the_best_reference(fresh: Fresh) -> None:
+    detector = fresh(astronaut())
+    webcam = jpeg(brighter(np.roll(astronaut(), 40, axis=1)), 60)
+    [enrolling] = detector.analyze(webcam, 0.0)
+    assert enrolling.details["enrolled"] and enrolling.details["reference"] == "photo"
+    # The same picture again (1 s later: not enrolled once more): the enrolled frame is nearer than the photo.
+    [again] = detector.analyze(webcam, 1.0)
+    assert not again.details["enrolled"]
+    [photo_ref, frame_ref] = [r.embedding for r in detector.references]
+    embedding = detector.embed(webcam, thorough=False)
+    assert embedding is not None
+    to_photo, to_frame = distance(photo_ref, embedding[0], "cosine"), distance(frame_ref, embedding[0], "cosine")
+    assert to_frame < to_photo
+    assert again.details["reference"] == "frame@0" and again.details["references"] == 2
+    assert again.details["distance"] == pytest.approx(to_frame, abs=1e-4)
+    assert again.details["photo_distance"] == pytest.approx(to_photo, abs=1e-4)
+    # Another person is far from every reference: the best of them is still a mismatch.
+    [other] = detector.analyze(grace_hopper(), 10.0)
+    assert other.active and other.details["distance"] > other.details["threshold"]
+
+
+def test_a_new_reference_photo_drops_enrolled_frames(fresh: Fresh) -> None:
+    detector = fresh(astronaut())
+    [signal] = detector.analyze(jpeg(astronaut(), 60), 0.0)
+    assert signal.details["enrolled"] and len(detector.references) == 2
+    assert detector.set_reference(grace_hopper())
+    assert [r.label for r in detector.references] == ["photo"]
+    [signal] = detector.analyze(astronaut(), 100.0)
+    assert signal.active  # checked against the new photo only
+
+
+# --- what is not a mismatch ------------------------------------------------------------------------------------------
+def test_unembeddable_faces_are_counted_apart(fresh: Fresh, models_home: Path) -> None:
+    detector = fresh(astronaut())
+    small = np.ascontiguousarray(cv2.resize(astronaut(), (160, 160), interpolation=cv2.INTER_AREA))
+    [found] = [face for face in detect_faces(small) if face.score >= detector.min_face_score]
+    assert found.box[2] - found.box[0] < MIN_FACE_PX  # a face, too small to embed
+    assert detector.analyze(small, 0.0) == []
+    assert detector.analyze(np.full((480, 640, 3), 90, np.uint8), 5.0) == []  # nobody
+    assert not detector.analyze(astronaut(), 10.0)[0].active
+    assert detector.analyze(grace_hopper(), 15.0)[0].active
+    assert detector.stats() == {"checks": 4, "matched": 1, "mismatched": 1, "no_face": 1, "unembeddable": 1}
+
+    # A reference photo without a usable face: identity is not checked, and a live face is no mismatch.
+    blind = IdentityDetector(Settings.defaults(deepface_home=str(models_home)))
+    blind.load()
+    assert blind.stats()["checks"] == 0 and blind.analyze(astronaut(), 0.0) == []  # no photo yet: no check
+    assert not blind.set_reference(small)
+    assert blind.analyze(astronaut(), 5.0) == [] and blind.analyze(grace_hopper(), 10.0) == []
+    assert blind.stats() == {"checks": 2, "matched": 0, "mismatched": 0, "no_face": 0, "unembeddable": 2}
+    ok, status = blind.status()
+    assert ok and "reference photo has no usable face: identity not checked" in status
+
+
+def test_tight_crops_and_cut_faces_are_embedded(fresh: Fresh) -> None:
+    for name, photo in {"astronaut": astronaut(), "grace hopper": grace_hopper()}.items():
+        detector = fresh(photo)
+        for margin in (0.0, -0.1):  # the face box, and tighter still
+            for crop in (face_box_crop(photo, margin), cv2.resize(face_box_crop(photo, margin), (112, 112))):
+                crop = np.ascontiguousarray(crop)
+                dist = detector.compare(crop)
+                assert dist is not None and dist < detector.threshold, (name, margin, crop.shape, dist)
+                assert detector.set_reference(crop), (name, margin, crop.shape)  # usable as a reference photo too
+                assert detector.set_reference(photo)
+    # A face cut by the frame's edge: the whole box (reaching outside the frame) gives the better crop.
+    hopper = grace_hopper()
+    detector = fresh(hopper)
+    x1, _, x2, _ = max(detect_faces(hopper), key=lambda f: f.area).box
+    cut = np.ascontiguousarray(hopper[:, int(x1 + 0.25 * (x2 - x1)):])
+    look = detector.look(cut)
+    assert look.cut and look.face is not None and look.face.box[0] < 0
+    [clipped] = [face for face in detect_faces(cut) if face.score >= detector.min_face_score]
+    assert detector.reference is not None
+    clipped_distance = distance(detector.reference, detector.embed_face(cut, clipped), "cosine")
+    [signal] = detector.analyze(cut, 0.0)
+    assert signal.details["distance"] < min(clipped_distance, detector.threshold / 2)
+    assert signal.box is not None and signal.box[0] == 0.0  # the evidence box stays in the frame
+    assert not signal.details["enrolled"]  # a cut face is no reference
+
+
+# --- events ----------------------------------------------------------------------------------------------------------
+def test_one_failed_check_between_passes_never_starts_an_event(fresh: Fresh) -> None:
+    settings = Settings.defaults()
+    rules = EventRules(rules_config(settings))
+    assert rules.config.rules["identity_mismatch"].min_active_frames == 2
+    detector = fresh(astronaut())
+    same, other = jpeg(astronaut(), 60), grace_hopper()
+    interval = settings.identity_interval_s
+    changes = []
+    for i, frame in enumerate([same, other, same, other, same, other, same]):
+        [signal] = detector.analyze(frame, i * interval)
+        assert signal.active == (frame is other)
+        changes += rules.update(signal.kind, signal.active, signal.confidence, i * interval, signal.details)
+    assert changes == []  # a single failed check, however sure, is not an event
+    starts = []
+    for i, frame in enumerate([other, other], start=7):
+        [signal] = detector.analyze(frame, i * interval)
+        starts += rules.update(signal.kind, signal.active, signal.confidence, i * interval, signal.details)
+    [start] = starts
+    assert start.type == "start" and start.start_s == 7 * interval  # from the first of the two failed checks
+    assert start.details["reference"] in {r.label for r in detector.references}
