@@ -8,6 +8,16 @@ whole tail of no_face-end alert latency (bench.latency p95 139 ms with identity 
 So one worker process per media process and model builds the model once and embeds the crops it is sent
 (~100 KB each, a few a second). The analysis thread waiting for the answer releases the GIL. A worker that
 dies (OOM, a kill) fails the calls in flight and is started again on the next one.
+
+Test-time augmentation: the worker embeds the crop *and* its horizontal mirror in one batch and returns their
+normalised mean (`MIRROR`). A face and its mirror image are the same person, so averaging cancels part of what
+pose, light from one side and the crop's asymmetry add to one embedding. Measured on bench/quality's labelled
+set (Dlib, cosine, 2026-12-01, the same 407 same-person and 9057 different-person pairs): same-person p95
+0.063 -> 0.057, max 0.091 -> 0.082; the closest impostor 0.0550 -> 0.0541; just below it, false mismatch
+against the best of 3 references 4/432 -> 2/432, against one 36/407 -> 28/407. It costs a second inference:
+`_worker_embed` took 144 -> 279 ms median (p10 104 -> 207 ms) on 40 of the set's crops, at this worker's nice
+level on the 2 shared CPUs here. One batch of two costs what two calls cost (dlib runs a batch image by image)
+but is one round trip.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from typing import Any
 import numpy as np
 
 EMBED_TIMEOUT_S = 60.0
+MIRROR = True  # embed the crop and its mirror image, return the normalised mean (see above)
 NICE = 10  # a first call waits for the worker to start and build the model
 _pools: dict[tuple[str, str], ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -66,12 +77,36 @@ def _worker_build() -> str:
     return str(engine)
 
 
-def _worker_embed(bgr: np.ndarray) -> np.ndarray:
+def mirrored_mean(embedding: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """The mean direction of the two embeddings (each normalised first, so neither weighs more), at their mean
+    length: cosine distances see only the direction, and a euclidean threshold (Dlib's 0.6 on descriptors of
+    length ~1.4) keeps the scale it was tuned on."""
+    a, b = np.asarray(embedding, np.float64), np.asarray(mirrored, np.float64)
+    norm_a, norm_b = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if norm_a < 1e-12 or norm_b < 1e-12:
+        return (a + b) / 2
+    direction = a / norm_a + b / norm_b
+    length = float(np.linalg.norm(direction))
+    if length < 1e-12:  # exactly opposite: no mean direction (never seen from a face model)
+        return (a + b) / 2
+    return np.asarray(direction / length * (norm_a + norm_b) / 2, dtype=np.float64)
+
+
+def _worker_embed(bgr: np.ndarray, mirror: bool = MIRROR) -> np.ndarray:
     from deepface import DeepFace
 
-    result = DeepFace.represent(bgr, model_name=_model_name, detector_backend="skip", enforce_detection=False,
-                                align=False)
-    return np.asarray(result[0]["embedding"], dtype=np.float64)
+    def represent(images: list[np.ndarray]) -> list[np.ndarray]:
+        result = DeepFace.represent(images if len(images) > 1 else images[0], model_name=_model_name,
+                                    detector_backend="skip", enforce_detection=False, align=False)
+        # One image: a list of faces; several: a list (one per image) of lists of faces.
+        faces = [result] if len(images) == 1 else result
+        return [np.asarray(found[0]["embedding"], dtype=np.float64) for found in faces]
+
+    if not mirror:
+        return represent([bgr])[0]
+    # One batch, not two calls: one pass through DeepFace's preprocessing and the model's batch API.
+    embedding, mirrored = represent([bgr, np.ascontiguousarray(bgr[:, ::-1])])
+    return mirrored_mean(embedding, mirrored)
 
 
 # --- in the media node ----------------------------------------------------------------------------------------
@@ -104,9 +139,11 @@ def build(model_name: str, models_home: str) -> str:
     return str(_call(model_name, models_home, _worker_build))
 
 
-def embed(model_name: str, models_home: str, bgr: np.ndarray) -> np.ndarray:
-    """The embedding of one face crop (BGR float32 in 0..1, as DeepFace's "skip" path takes it)."""
-    return np.asarray(_call(model_name, models_home, _worker_embed, np.ascontiguousarray(bgr)), dtype=np.float64)
+def embed(model_name: str, models_home: str, bgr: np.ndarray, mirror: bool = MIRROR) -> np.ndarray:
+    """The embedding of one face crop (BGR float32 in 0..1, as DeepFace's "skip" path takes it); `mirror`: the
+    normalised mean with its mirror image's, in the same round trip."""
+    return np.asarray(_call(model_name, models_home, _worker_embed, np.ascontiguousarray(bgr), mirror),
+                      dtype=np.float64)
 
 
 def shutdown() -> None:

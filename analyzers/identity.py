@@ -20,10 +20,17 @@ whole one). Both are found again in the frame padded with grey (`detect_padded`)
 photo (the reference, a labelled set's) is always looked at padded too, since in a tight crop the model may
 find only part of the face (`IdentityDetector.look`). Live frames pay the padded search only when needed.
 
-Outcomes of a check (`IdentityDetector.stats`): matched, mismatched, no_face (the faces detector flags that) and
-unembeddable (a face too small to embed, or a reference photo without a usable face): the last two give no
-signal, so they neither start nor end an identity_mismatch, which core/rules.py starts only after two failed
-checks in a row.
+Outcomes of a check (`IdentityDetector.stats`): matched, mismatched, poor_image (a dark, washed-out, blurred or
+covered picture, `analyzers.image_quality.assess`: the faces detector raises poor_image for it), no_face (the
+faces detector flags that) and unembeddable (a face too small to embed, or a reference photo without a usable
+face): the last three give no signal, so they neither start nor end an identity_mismatch, which core/rules.py
+starts only after two failed checks in a row. A poor picture is never embedded, so never enrolled either: a
+known person's darkened, washed-out or blurred copies were 31 % false mismatches at DeepFace's threshold
+(bench/quality), and a candidate whose lamp goes off must hear "more light", not "impostor".
+
+The threshold (IDENTITY_THRESHOLD, 0 by default) is `CALIBRATED` for the model and metric we ship, measured on
+bench/quality's labelled set with the policy of `bench.quality.metrics.calibrate`; DeepFace's tuned value for
+any other pair.
 
 Offline rules: the weights file is checked *before* DeepFace builds the model (otherwise DeepFace tries to
 download it), and the embedding process sets $DEEPFACE_HOME before it imports deepface (it creates its folders
@@ -45,10 +52,17 @@ import numpy as np
 from analyzers import embedder
 from analyzers.base import Detector, DetectorUnavailable, Signal, clamp01, load_once
 from analyzers.faces import Face, detect_faces, load_face_detection
+from analyzers.image_quality import assess
 from analyzers.models import IDENTITY_WEIGHTS
 from proctor.settings import Settings
 
 MIN_FACE_PX = 40  # faces narrower than this give unreliable embeddings: no signal
+# The crop is the detector's box, no margin. dlib's own aligner pads its 150x150 chip by 0.25, but around its
+# landmarks, not mediapipe's box, which is already looser. Measured on bench/quality (Dlib, cosine, mirror
+# averaging, 2026-12-01), false mismatch just below the closest impostor, best of 3 references / one reference:
+# margin 0: 2/432 / 28/407 (closest impostor 0.0541); 0.1: 15/432 / 73/407 (0.0454); 0.2: 6/432 / 109/407
+# (0.0462, a woman and a girl of one photo); without mirror averaging 0: 4/432, 0.1: 17/432, 0.2: 22/432.
+CROP_MARGIN = 0.0
 # A picture with no face found is looked at again padded by this many of its sides on every side: the full-range
 # face model misses a face that fills the picture (a tight crop) and finds it once it is a third as wide.
 RETRY_PAD = 1.0
@@ -64,11 +78,29 @@ MAX_NOSE_OFFSET = 0.25  # nose tip's sideways offset from between the eyes, in e
 MIN_NOSE_DROP = 0.2  # the nose tip below the eye line, in eye distances (rules out garbled keypoints)
 
 
+# Thresholds calibrated for the (model, metric) pairs we ship, used when IDENTITY_THRESHOLD is 0 (see
+# `calibrated_threshold`), with the policy of `bench.quality.metrics.calibrate`, rounded down to 4 decimals.
+# Dlib/cosine: bench/quality's labelled set (228 photos; 138 clean embedded pictures of 26 people, 407
+# same-person and 8920 different-person pairs), crop margin 0 and mirror averaging, 2026-12-01. The closest
+# impostor is 0.0541 (tile_jason_statham_2 / tile_bruce_willis_4, collage tiles); camera-like variants of the
+# 15 closest impostor pairs came down to 0.04791 (tile_jason_statham_3 cut at the top / tile_bruce_willis_4 cut
+# at the right, 0.0689 as shipped). At 0.0479: no false match; false mismatch 10/432 (2.3 %) against the best
+# of 3 references (5 probe pictures, all collage tiles of three bald actors), 52/407 (12.8 %) against one.
+# DeepFace's 0.07 accepted 20 of 9135 best-of-3 impostor comparisons.
+CALIBRATED: dict[tuple[str, str], float] = {("Dlib", "cosine"): 0.0479}
+
+
 def deepface_threshold(model_name: str, metric: str) -> float:
     """DeepFace's tuned threshold for a model and distance metric (deepface.config.threshold)."""
     from deepface.modules.verification import find_threshold
 
     return float(find_threshold(model_name, metric))
+
+
+def calibrated_threshold(model_name: str, metric: str) -> float:
+    """The threshold IDENTITY_THRESHOLD=0 stands for: ours where we calibrated the pair, else DeepFace's."""
+    calibrated = CALIBRATED.get((model_name, metric))
+    return calibrated if calibrated is not None else deepface_threshold(model_name, metric)
 
 
 def distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
@@ -181,11 +213,12 @@ class Look:
 
 @dataclass
 class IdentityStats:
-    """Counts of one stream's checks: checks == matched + mismatched + no_face + unembeddable."""
+    """Counts of one stream's checks: checks == matched + mismatched + poor_image + no_face + unembeddable."""
 
     checks: int = 0
     matched: int = 0
     mismatched: int = 0
+    poor_image: int = 0  # a dark, washed-out, blurred or covered picture: the faces detector reports that
     no_face: int = 0  # no face at the minimum score: the faces detector reports that
     unembeddable: int = 0  # a face, but too small to embed, or a reference photo without a usable face
 
@@ -210,7 +243,7 @@ class IdentityDetector(Detector):
         self.model_name = settings.identity_model
         self.metric = settings.identity_metric
         self.fps = 1.0 / max(settings.identity_interval_s, 0.1)
-        self.threshold = settings.identity_threshold  # 0: DeepFace's tuned value, looked up in load()
+        self.threshold = settings.identity_threshold  # 0: `calibrated_threshold`, looked up in load()
         self.min_face_score = settings.face_min_score
         self.models_home = settings.models_home  # DeepFace's home
         self.weights_dir = settings.deepface_weights_dir
@@ -242,7 +275,7 @@ class IdentityDetector(Detector):
         try:
             self._check_available()
             if self.threshold <= 0:
-                self.threshold = deepface_threshold(self.model_name, self.metric)
+                self.threshold = calibrated_threshold(self.model_name, self.metric)
             else:
                 distance(np.ones(2), np.ones(2), self.metric)  # validates the metric name
             name, home = self.model_name, str(self.models_home)
@@ -299,7 +332,7 @@ class IdentityDetector(Detector):
     def embed_face(self, rgb: np.ndarray, face: Face) -> np.ndarray:
         if self._model is None:
             self.load()
-        crop = face_crop(rgb, face)
+        crop = face_crop(rgb, face, CROP_MARGIN)
         # DeepFace's "skip" path takes BGR; scaled to 0..1 like its own detectors' crops, which every model
         # (Dlib included) expects.
         bgr = np.ascontiguousarray(crop[:, :, ::-1], dtype=np.float32) / 255.0
@@ -365,6 +398,12 @@ class IdentityDetector(Detector):
         return best_distance([r.embedding for r in references], found[0], self.metric)[0]
 
     # --- checks ------------------------------------------------------------------------------------
+    @staticmethod
+    def skips(rgb: np.ndarray) -> bool:
+        """Whether a check of this picture gives no signal because the picture is poor (dark, washed out,
+        blurred, covered); the threshold-calibration harness leaves out such pictures by this same test."""
+        return assess(rgb).poor
+
     def _count(self, outcome: str) -> None:
         with self._lock:
             stats = self._state.stats
@@ -379,6 +418,10 @@ class IdentityDetector(Detector):
             given, references, generation = state.photo_given, state.references, state.generation
         if not given:
             return []  # nothing to check against yet: not counted
+        if self.skips(rgb):
+            # Not evidence either way (and never enrolled): the faces detector raises poor_image for it.
+            self._count("poor_image")
+            return []
         found = self.look(rgb)
         if found.face is None:
             self._count("no_face")

@@ -278,7 +278,8 @@ class Settings:
         "Distance DeepFace compares embeddings with.")
     identity_threshold: float = _setting(
         "IDENTITY_THRESHOLD", "0", _float(0.0),
-        "Distance above which the live face is another person; 0: DeepFace's tuned value for model and metric.")
+        "Distance above which the live face is another person; 0: the calibrated value for the default Dlib/cosine "
+        "(0.0479, bench/quality: no false match), DeepFace's tuned value for other models and metrics.")
     phone_fps: float = _setting("PHONE_FPS", "1", _float(0.1), "Frames per second analysed for phones.")
     phone_conf: float = _setting("PHONE_CONF", "0.35", _float(0.01), "Lowest \"cell phone\" score that counts.")
     phone_iou: float = _setting("PHONE_IOU", "0.45", _float(0.01), "Box overlap above which detections merge (NMS).")

@@ -256,7 +256,7 @@ def test_identity_needs_a_face_and_a_reference(identity: IdentityDetector, model
     assert not fresh.set_reference(data.coffee())
     ok, detail = fresh.status()
     assert ok and "reference photo has no usable face: identity not checked" in detail
-    assert identity.threshold == pytest.approx(0.07)  # DeepFace's Dlib/cosine threshold
+    assert identity.threshold == pytest.approx(0.0479)  # calibrated for Dlib/cosine (analyzers.identity.CALIBRATED)
 
 
 def test_identity_euclidean_metric(models_home: Path) -> None:

@@ -1,6 +1,7 @@
 """Identity checks you can defend (issue 13): several references per candidate (the photo, then good frames of the
-first minute that match the photo), best-of comparison, unembeddable faces counted apart from mismatches, faces
-found in tight crops and whole where the frame cuts them, and two failed checks in a row before an event."""
+first minute that match the photo), best-of comparison, unembeddable faces and poor pictures counted apart from
+mismatches, faces found in tight crops and whole where the frame cuts them, mirror-averaged embeddings, the
+calibrated threshold, and two failed checks in a row before an event."""
 
 from __future__ import annotations
 
@@ -10,18 +11,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from skimage import data
 
+from analyzers import embedder
 from analyzers.base import rules_config
 from analyzers.faces import Face, detect_faces
 from analyzers.identity import (
+    CALIBRATED,
     ENROL_MAX_FRAMES,
     ENROL_WINDOW_S,
     MIN_FACE_PX,
     IdentityDetector,
     best_distance,
     distance,
+    face_crop,
     is_frontal,
 )
+from analyzers.image_quality import assess
+from bench.quality import metrics as mx
 from core.rules import EventRules
 from proctor.settings import Settings
 from tests.test_detectors import astronaut, cameraman, grace_hopper, jpeg, two_faces
@@ -45,6 +52,15 @@ def fresh(models_home: Path) -> Fresh:
 # --- the same person, as a webcam would show her --------------------------------------------------------------
 def brighter(rgb: np.ndarray) -> np.ndarray:
     return np.clip(rgb.astype(np.float32) * 1.15 + 10, 0, 255).astype(np.uint8)
+
+
+def darker(rgb: np.ndarray, factor: float = 0.15) -> np.ndarray:
+    """A room with the light off: analyzers.image_quality calls it dark, yet mediapipe still finds the face."""
+    return np.ascontiguousarray((rgb.astype(np.float32) * factor).astype(np.uint8))
+
+
+def blurred(rgb: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(cv2.GaussianBlur(rgb, (0, 0), 6))
 
 
 def turned_in_plane(rgb: np.ndarray, degrees: float, center: tuple[float, float]) -> np.ndarray:
@@ -171,10 +187,12 @@ def test_unembeddable_faces_are_counted_apart(fresh: Fresh, models_home: Path) -
     [found] = [face for face in detect_faces(small) if face.score >= detector.min_face_score]
     assert found.box[2] - found.box[0] < MIN_FACE_PX  # a face, too small to embed
     assert detector.analyze(small, 0.0) == []
-    assert detector.analyze(np.full((480, 640, 3), 90, np.uint8), 5.0) == []  # nobody
+    assert detector.analyze(np.ascontiguousarray(data.coffee()), 5.0) == []  # nobody
+    assert detector.analyze(np.full((480, 640, 3), 90, np.uint8), 7.0) == []  # a covered lens: poor, not no_face
     assert not detector.analyze(astronaut(), 10.0)[0].active
     assert detector.analyze(grace_hopper(), 15.0)[0].active
-    assert detector.stats() == {"checks": 4, "matched": 1, "mismatched": 1, "no_face": 1, "unembeddable": 1}
+    assert detector.stats() == {"checks": 5, "matched": 1, "mismatched": 1, "poor_image": 1, "no_face": 1,
+                                "unembeddable": 1}
 
     # A reference photo without a usable face: identity is not checked, and a live face is no mismatch.
     blind = IdentityDetector(Settings.defaults(deepface_home=str(models_home)))
@@ -182,9 +200,30 @@ def test_unembeddable_faces_are_counted_apart(fresh: Fresh, models_home: Path) -
     assert blind.stats()["checks"] == 0 and blind.analyze(astronaut(), 0.0) == []  # no photo yet: no check
     assert not blind.set_reference(small)
     assert blind.analyze(astronaut(), 5.0) == [] and blind.analyze(grace_hopper(), 10.0) == []
-    assert blind.stats() == {"checks": 2, "matched": 0, "mismatched": 0, "no_face": 0, "unembeddable": 2}
+    assert blind.stats() == {"checks": 2, "matched": 0, "mismatched": 0, "poor_image": 0, "no_face": 0,
+                             "unembeddable": 2}
     ok, status = blind.status()
     assert ok and "reference photo has no usable face: identity not checked" in status
+
+
+def test_poor_pictures_give_no_signal_and_are_never_enrolled(fresh: Fresh) -> None:
+    detector = fresh(astronaut())
+    ast, hopper = astronaut(), grace_hopper()
+    poor = {"dark": darker(ast), "blurred": blurred(ast), "dark impostor": darker(hopper),
+            "blurred impostor": blurred(hopper)}
+    for name, frame in poor.items():
+        assert assess(frame).poor and detect_faces(frame), name  # poor, yet a face is there to embed
+    # Why: checked, the candidate's own blurred frame is a mismatch (the faces detector says "clean the lens").
+    blurred_distance = detector.compare(poor["blurred"])
+    assert blurred_distance is not None and blurred_distance > detector.threshold
+    for i, (name, frame) in enumerate(poor.items()):
+        assert detector.analyze(frame, 2.5 * i) == [], name  # inside the enrolment window, frontal, one face
+    assert [r.label for r in detector.references] == ["photo"]  # none enrolled
+    assert detector.stats() == {"checks": 4, "matched": 0, "mismatched": 0, "poor_image": 4, "no_face": 0,
+                                "unembeddable": 0}
+    [signal] = detector.analyze(jpeg(ast, 60), 20.0)  # the light is back: checked, and enrolled
+    assert not signal.active and signal.details["enrolled"]
+    assert detector.stats()["matched"] == 1 and detector.stats()["checks"] == 5
 
 
 def test_tight_crops_and_cut_faces_are_embedded(fresh: Fresh) -> None:
@@ -211,6 +250,57 @@ def test_tight_crops_and_cut_faces_are_embedded(fresh: Fresh) -> None:
     assert signal.details["distance"] < min(clipped_distance, detector.threshold / 2)
     assert signal.box is not None and signal.box[0] == 0.0  # the evidence box stays in the frame
     assert not signal.details["enrolled"]  # a cut face is no reference
+
+
+# --- the embedding and the threshold ------------------------------------------------------------------------------
+def test_mirror_averaged_embedding_is_symmetric(fresh: Fresh) -> None:
+    detector = fresh(astronaut())
+    rgb = astronaut()
+    [face] = [f for f in detect_faces(rgb) if f.score >= detector.min_face_score]
+    bgr = np.ascontiguousarray(face_crop(rgb, face)[:, :, ::-1], dtype=np.float32) / 255.0
+    flipped = np.ascontiguousarray(bgr[:, ::-1])
+    home = str(detector.models_home)
+    averaged, averaged_flipped = (embedder.embed(detector.model_name, home, x) for x in (bgr, flipped))
+    assert distance(averaged, averaged_flipped, "cosine") < 1e-6  # a crop and its mirror: one vector
+    plain, plain_flipped = (embedder.embed(detector.model_name, home, x, mirror=False) for x in (bgr, flipped))
+    assert distance(plain, plain_flipped, "cosine") > 1e-3  # which one view alone does not give
+    # The mean direction of the two views, at their mean length (a euclidean threshold keeps its scale).
+    assert distance(averaged, plain / np.linalg.norm(plain) + plain_flipped / np.linalg.norm(plain_flipped),
+                    "cosine") < 1e-9
+    assert np.linalg.norm(averaged) == pytest.approx((np.linalg.norm(plain) + np.linalg.norm(plain_flipped)) / 2)
+
+
+def test_mirrored_mean_of_plain_vectors() -> None:
+    a, b = np.array([3.0, 0.0]), np.array([0.0, 1.0])
+    # Each normalised before the mean (the longer one does not pull it its way), at the mean length (3 + 1) / 2.
+    assert embedder.mirrored_mean(a, b) == pytest.approx(np.array([np.sqrt(2), np.sqrt(2)]))
+    assert embedder.mirrored_mean(a, -a) == pytest.approx(np.zeros(2))  # no mean direction: the plain mean
+
+
+def test_calibration_policy_stays_below_every_impostor_variant() -> None:
+    """The policy behind CALIBRATED (bench.quality.metrics.calibrate): below the lowest distance that
+    camera-like variants of the closest impostor pairs reach, which may be another pair than the closest."""
+    same, different = [0.02, 0.04, 0.05, 0.06], [0.07, 0.09, 0.2]
+    cal = mx.calibrate(same, different, reframing=[0.001], impostor_variants=[0.07, 0.068, 0.055, 0.08])
+    assert cal is not None and cal.zero_false_match_limit == 0.07
+    assert 0.0549 < cal.threshold < 0.055 and cal.margin == pytest.approx(0.015)  # the variants, not re-framing
+    assert cal.errors.false_match.hits == 0 and cal.errors.false_mismatch.hits == 1  # 0.06
+    far = mx.calibrate(same, different, impostor_variants=[0.3])  # never above the closest impostor itself
+    assert far is not None and far.threshold < 0.07 and far.errors.false_match.hits == 0
+
+
+def test_default_threshold_is_the_calibrated_one(models_home: Path) -> None:
+    detector = IdentityDetector(Settings.defaults(deepface_home=str(models_home)))
+    detector.load()
+    assert (detector.model_name, detector.metric) == ("Dlib", "cosine")
+    assert detector.threshold == CALIBRATED[("Dlib", "cosine")] < 0.07  # below DeepFace's own 0.07
+    assert f"cosine <= {detector.threshold:g}" in detector.status()[1]
+    chosen = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_threshold=0.06))
+    chosen.load()
+    assert chosen.threshold == 0.06  # an explicit IDENTITY_THRESHOLD wins
+    other = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_metric="euclidean_l2"))
+    other.load()
+    assert other.threshold == pytest.approx(0.4)  # not calibrated here: DeepFace's tuned value
 
 
 # --- events ----------------------------------------------------------------------------------------------------------

@@ -163,8 +163,57 @@ def poor_figures(photos: list[Photo], per_image: list[dict[str, Any]]) -> dict[s
 
 
 # --- identity -----------------------------------------------------------------------------------------------------
+IMPOSTOR_PAIRS = 15  # closest different-person pairs whose pictures are varied for the calibration's margin
+VARIANT_CUT = 0.08  # of the picture's side cut off, one side at a time: the face framed a little differently
+
+
+def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return np.ascontiguousarray(cv2.cvtColor(cv2.imdecode(buffer, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+
+
+def camera_variants(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """The picture as a camera might also have shown it: re-framed (a side cut off), re-compressed, rescaled."""
+    height, width = rgb.shape[:2]
+    dx, dy = int(VARIANT_CUT * width), int(VARIANT_CUT * height)
+    variants = {"as is": rgb, "cut left": rgb[:, dx:], "cut right": rgb[:, :width - dx], "cut top": rgb[dy:],
+                "cut bottom": rgb[:height - dy], "jpeg 75": jpeg(rgb, 75), "jpeg 50": jpeg(rgb, 50),
+                "x0.6": cv2.resize(rgb, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA),
+                "x1.5": cv2.resize(rgb, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_LINEAR)}
+    return {name: np.ascontiguousarray(picture) for name, picture in variants.items()}
+
+
+def impostor_variants(detector: Any, pairs: list[mx.Pair], pictures: dict[str, np.ndarray],
+                      dist: mx.Distance) -> dict[str, Any]:
+    """Every variant of one picture against every variant of the other, for the IMPOSTOR_PAIRS closest
+    different-person pairs (`mx.calibrate` takes the lowest as the threshold's bound)."""
+    closest = sorted((p for p in pairs if not p.same), key=lambda p: p.distance)[:IMPOSTOR_PAIRS]
+    embedded: dict[str, dict[str, np.ndarray]] = {}
+
+    def variants_of(file: str) -> dict[str, np.ndarray]:
+        if file not in embedded:
+            found = {name: detector.embed(v) for name, v in camera_variants(pictures[file]).items()}
+            embedded[file] = {name: f[0] for name, f in found.items() if f is not None}
+        return embedded[file]
+
+    rows: list[dict[str, Any]] = []
+    distances: list[float] = []
+    for pair in closest:
+        scored = sorted((dist(ea, eb), na, nb) for na, ea in variants_of(pair.a).items()
+                        for nb, eb in variants_of(pair.b).items())
+        values = [d for d, _, _ in scored]
+        distances += values
+        rows.append({"a": pair.a, "b": pair.b, "as_is": pair.distance, "variants": len(values), "min": values[0],
+                     "min_of": f"{scored[0][1]} / {scored[0][2]}", "median": float(np.median(values)),
+                     "drop": pair.distance - values[0]})
+    return {"pairs": rows, "distances": distances, "pictures": len(embedded),
+            "largest_drop": max((r["drop"] for r in rows), default=None),
+            "beyond": closest[-1].distance if closest else None}
+
+
 def run_identity(photos: list[Photo], settings: Any) -> dict[str, Any]:
-    from analyzers.identity import IdentityDetector, distance
+    from analyzers.identity import CALIBRATED, IdentityDetector, distance
 
     detector = IdentityDetector(settings)
     detector.load()
@@ -172,18 +221,23 @@ def run_identity(photos: list[Photo], settings: Any) -> dict[str, Any]:
     people = [p for p in photos if p.entry.person is not None]
     samples: list[mx.Sample] = []
     poor_samples: list[mx.Sample] = []
+    skipped: set[str] = set()  # poor pictures the detector gives no identity signal for (poor_image instead)
     unembeddable = []
     per_image = []
     for photo in people:
         found = detector.embed(photo.rgb)
-        per_image.append({"file": photo.entry.file, "embedded": found is not None})
+        skips = detector.skips(photo.rgb)
+        per_image.append({"file": photo.entry.file, "embedded": found is not None, "skipped_poor": skips})
         if found is None:
             unembeddable.append(photo.entry.file)
             continue
         person = photo.entry.person
         assert person is not None
         sample = mx.Sample(photo.entry.file, person, mf.independence_key(photo.entry, by_file), found[0])
-        (poor_samples if photo.entry.poor_image else samples).append(sample)
+        if skips:
+            skipped.add(photo.entry.file)
+        # Labelled poor or judged poor by the detector: out of the pairs (it is never a live check, never enrolled).
+        (poor_samples if photo.entry.poor_image or skips else samples).append(sample)
     metric, threshold = detector.metric, float(detector.threshold)
 
     def dist(a: np.ndarray, b: np.ndarray) -> float:
@@ -195,27 +249,35 @@ def run_identity(photos: list[Photo], settings: Any) -> dict[str, Any]:
     best = mx.best_of(samples, BEST_OF_K, dist)
     # Re-framing moves an embedding; a pasted phone does not re-frame the face, so composites stay out.
     reframing = mx.reframing_distances([s for s in samples if not by_file[s.file].composite], dist)
-    single_cal = mx.calibrate(same, different, reframing)
-    best_cal = mx.calibrate(best.same, best.different, reframing)
+    variants = impostor_variants(detector, pairs, {p.entry.file: p.rgb for p in people}, dist)
+    single_cal = mx.calibrate(same, different, reframing, variants["distances"])
+    best_cal = mx.calibrate(best.same, best.different, reframing, variants["distances"])
     grid = _threshold_grid(threshold, same + different, [c.threshold for c in (single_cal, best_cal) if c])
     tags = {p.entry.file: set(p.entry.tags) for p in photos}
+    shipped = CALIBRATED.get((detector.model_name, metric))
     return {
         "available": True, "status": detector.status()[1], "model": detector.model_name, "metric": metric,
-        "threshold": threshold, "images_with_identity": len(people), "people": len({p.entry.person for p in people}),
+        "threshold": threshold, "shipped_calibrated": shipped,
+        # CALIBRATED holds the policy's threshold rounded down to 4 decimals.
+        "configured_is_calibrated": best_cal is not None and shipped is not None and threshold == shipped
+        and 0 <= best_cal.threshold - shipped < 1e-4,
+        "images_with_identity": len(people), "people": len({p.entry.person for p in people}),
         "unembeddable": unembeddable, "embedded_clean": len(samples), "embedded_poor": len(poor_samples),
         "pairs": {"same": len(same), "different": len(different),
                   "same_distance": _summary(same), "different_distance": _summary(different),
                   "closest_different": _closest(pairs, same=False), "farthest_same": _closest(pairs, same=True),
                   "reframing": len(reframing), "reframing_distance": _summary(reframing)},
+        "impostor_variants": {k: v for k, v in variants.items() if k != "distances"},
         "at_threshold": mx.errors_at(same, different, threshold),
         "sweep": mx.sweep(same, different, grid),
         "calibrated": single_cal,
         "best_of": {"k": BEST_OF_K, "enrolled_people": best.enrolled_people, "reference_sets": best.reference_sets,
                     "same": len(best.same), "different": len(best.different),
                     "at_threshold": mx.errors_at(best.same, best.different, threshold),
-                    "sweep": mx.sweep(best.same, best.different, grid), "calibrated": best_cal},
-        "poor_probes": _poor_probes(poor_samples, samples, dist, threshold),
-        "by_tag": _identity_by_tag(pairs, tags, threshold, single_cal),
+                    "sweep": mx.sweep(best.same, best.different, grid), "calibrated": best_cal,
+                    "farthest_same": [round(d, 4) for d in sorted(best.same, reverse=True)[:12]]},
+        "poor_probes": _poor_probes(poor_samples, samples, skipped, dist, threshold),
+        "by_tag": _identity_by_tag(pairs, tags, threshold, best_cal),
         "per_image": per_image,
     }
 
@@ -236,21 +298,30 @@ def _closest(pairs: list[mx.Pair], same: bool) -> list[dict[str, Any]]:
 def _threshold_grid(configured: float, distances: list[float], calibrated: list[float]) -> list[float]:
     """The configured threshold, multiples of it, the calibrated ones, and evenly spaced steps across the
     distances seen, so the table shows both sides of every candidate."""
-    grid = [configured * m for m in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)] + calibrated
+    grid = [configured * m for m in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)]
+    # A calibrated one the configured threshold already is (CALIBRATED rounds it to 4 decimals) is one row.
+    grid += [c for c in calibrated if abs(c - configured) >= 1e-4]
     if distances:
         top = float(np.percentile(distances, 60))
         grid += list(np.linspace(0.0, top, 9)[1:])
     return grid
 
 
-def _poor_probes(poor: list[mx.Sample], clean: list[mx.Sample], dist: mx.Distance,
+def _poor_probes(poor: list[mx.Sample], clean: list[mx.Sample], skipped: set[str], dist: mx.Distance,
                  threshold: float) -> dict[str, Any]:
     """A darkened, washed-out or blurred picture of a person against that person's other photographs (never
-    against its own original): how often would it raise a mismatch?"""
-    same = [dist(p.embedding, c.embedding) for p in poor for c in clean if c.person == p.person and c.key != p.key]
-    different = [dist(p.embedding, c.embedding) for p in poor for c in clean if c.person != p.person]
-    return {"pictures": len(poor), "at_threshold": mx.errors_at(same, different, threshold),
-            "same": len(same), "different": len(different)}
+    against its own original). The detector skips those it judges poor (no identity signal: the faces detector
+    raises poor_image); the rest are checked like any frame. `if_checked`: what all of them would give."""
+
+    def errors(probes: list[mx.Sample]) -> mx.Errors:
+        same = [dist(p.embedding, c.embedding) for p in probes for c in clean
+                if c.person == p.person and c.key != p.key]
+        different = [dist(p.embedding, c.embedding) for p in probes for c in clean if c.person != p.person]
+        return mx.errors_at(same, different, threshold)
+
+    checked = [p for p in poor if p.file not in skipped]
+    return {"pictures": len(poor), "skipped": len(poor) - len(checked), "checked": [p.file for p in checked],
+            "at_threshold": errors(checked), "if_checked": errors(poor)}
 
 
 def _identity_by_tag(pairs: list[mx.Pair], tags: dict[str, set[str]], threshold: float,

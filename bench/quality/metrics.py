@@ -144,7 +144,7 @@ def sweep(same: Sequence[float], different: Sequence[float], thresholds: Iterabl
     return [errors_at(same, different, t) for t in sorted(set(round(t, 6) for t in thresholds))]
 
 
-FALLBACK_MARGIN = 0.05  # of the closest different-person distance, when no re-framed pairs are known
+FALLBACK_MARGIN = 0.05  # of the closest different-person distance, when nothing better is known
 
 
 @dataclass(frozen=True)
@@ -157,27 +157,54 @@ class Calibration:
     rule: str
 
 
-def calibrate(same: Sequence[float], different: Sequence[float],
-              reframing: Sequence[float] = ()) -> Calibration | None:
-    """The largest threshold with no false match on this set, less a safety margin.
+def calibrate(same: Sequence[float], different: Sequence[float], reframing: Sequence[float] = (),
+              impostor_variants: Sequence[float] = ()) -> Calibration | None:
+    """The largest threshold with no false match on this set, less a safety margin measured on the impostors.
 
-    The closest different-person distance bounds only this sample, and only these frames of it: the same two
-    faces framed a little differently (closer, cut at the chin, another scale) land at another distance. The
-    margin is how far an embedding typically moves by re-framing alone, the median distance between
-    pictures of one photograph of one person (`reframing`; FALLBACK_MARGIN of the limit when there are
-    none). So the closest impostor seen here, in a typically different frame, stays above the threshold.
-    The result is never above the closest different-person distance and never below 0.
+    The policy (what `python -m bench.quality` applies to the best-of-references comparisons, and what
+    analyzers.identity.CALIBRATED holds):
+
+    - Best of references is the figure that matters. A check compares the live face with every reference (the
+      photo and up to four enrolled frames) and keeps the smallest distance, and core/rules.py raises
+      identity_mismatch only after two failed checks in a row; so the same-person figure to judge is the
+      best-of-k false mismatch, not a single photo's.
+    - No false match on the set. A false match does more harm than one missed check: the reference *photo*
+      gates enrolment, and an impostor sitting down from the start has a dozen frames in the first minute to
+      come within the threshold of it once; that frame becomes a reference, after which his own frames match.
+    - The margin below the closest impostor comes from the impostors themselves (`impostor_variants`): the
+      distances between camera-like variants (re-framed by cutting a side, JPEG 75/50, scaled 0.6x/1.5x) of
+      both pictures of the closest different-person pairs. The set's frames are one draw of how a camera shows
+      those faces; the threshold stays below the lowest distance any of those variants reached, so the hardest
+      impostors seen here are rejected however the camera frames them. Measured (2026-12-01, Dlib cosine): the
+      closest pair 0.0541 moved down to 0.0492 at worst, but the fifth closest, 0.0689, reached 0.0479, and
+      drops went up to 0.0285: the spread of one pair understates the margin, so several pairs are varied,
+      enough that the first pair left out starts further above the threshold than any varied pair dropped
+      (the harness varies 15: the 16th starts at least 0.0384 above it; the report prints both figures).
+    - The false mismatch at that threshold is reported as it is, even when above the 1 % aim: a lower one is a
+      property of the model and the set, not something a margin can buy back.
+
+    Without impostor variants (no model run), the margin is how far an embedding moves by re-framing alone,
+    the median distance between pictures of one photograph of one person (`reframing`), else FALLBACK_MARGIN
+    of the limit. The result is never above the closest different-person distance and never below 0.
     """
     if not different:
         return None
     limit = min(different)
+    below = float(np.nextafter(limit, -np.inf))
+    if impostor_variants:
+        lowest = min(impostor_variants)
+        threshold = max(0.0, min(float(np.nextafter(lowest, -np.inf)), below))
+        margin = limit - threshold
+        rule = (f"the lowest distance of camera-like variants of the closest different-person pairs "
+                f"({len(impostor_variants)} variant pairs, lowest {lowest:.4f}), just below it")
+        return Calibration(limit, margin, threshold, errors_at(same, different, threshold),
+                           errors_at(same, different, below), rule)
     if reframing:
         margin = statistics.median(reframing)
         rule = f"closest different-person distance less the median re-framing distance ({len(reframing)} pairs)"
     else:
         margin = FALLBACK_MARGIN * limit
         rule = f"closest different-person distance less {FALLBACK_MARGIN:.0%} (no re-framed pairs)"
-    below = float(np.nextafter(limit, -np.inf))
     threshold = max(0.0, min(limit - margin, below))
     return Calibration(limit, margin, threshold, errors_at(same, different, threshold),
                        errors_at(same, different, below), rule)

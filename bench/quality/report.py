@@ -112,6 +112,56 @@ def _sweep(rows: list[dict[str, Any]]) -> list[str]:
                  [[f"{r['threshold']:.4f}", pct(r["false_mismatch"]), pct(r["false_match"])] for r in rows])
 
 
+def _calibration(i: dict[str, Any]) -> list[str]:
+    pairs, b, v = i["pairs"], i["best_of"], i["impostor_variants"]
+    lines = ["**Calibration policy** (`bench.quality.metrics.calibrate`; IDENTITY_THRESHOLD=0 stands for "
+             "`analyzers.identity.CALIBRATED`): judged on the best of the references, since a check keeps the "
+             "smallest distance to the photo and the enrolled frames and an event needs two failed checks in a "
+             "row; no false match on the set, since a frame that matches the photo becomes a reference; and a "
+             "margin below the closest impostor measured on the impostors themselves: the threshold stays below "
+             f"every distance between camera-like variants (a side cut off, JPEG 75/50, scaled 0.6x/1.5x) of both "
+             f"pictures of the {len(v['pairs'])} closest different-person pairs. The false mismatch at that "
+             "threshold is reported as it is.", ""]
+    shipped = i.get("shipped_calibrated")
+    cal = b["calibrated"]
+    if cal:
+        verdict = "equals" if i.get("configured_is_calibrated") else "**differs from**"
+        lines += [f"Configured threshold {i['threshold']:g} {verdict} the calibrated one ({cal['threshold']:.5f}; "
+                  f"CALIBRATED holds {shipped}, rounded down to 4 decimals).", ""]
+    rows = [[f"`{r['a']}` / `{r['b']}`", f"{r['as_is']:.4f}", f"{r['min']:.4f} ({r['min_of']})",
+             f"{r['median']:.4f}", f"{r['drop']:.4f}"] for r in v["pairs"]]
+    lines += table(["closest different-person pairs", "as is", "lowest variant pair", "median of variants",
+                    "drop"], rows)
+    if v["pairs"]:
+        lines += [f"Variants of {v['pictures']} pictures, {v['pairs'][0]['variants']} variant pairs per pair; "
+                  f"largest drop {v['largest_drop']:.4f}. A pair beyond these starts at {v['beyond']:.4f} or more, "
+                  f"{v['beyond'] - (cal['threshold'] if cal else 0):.4f} above the threshold.", ""]
+    lines += [f"Re-framed pairs (pictures of one photograph of one person): {pairs['reframing']}, distances "
+              f"{pairs['reframing_distance']}.", ""]
+    for label, c in (("one photo", i["calibrated"]), (f"best of {b['k']}", cal)):
+        if c:
+            lines += [f"- {label}: closest different-person distance {c['zero_false_match_limit']:.4f}, margin "
+                      f"{c['margin']:.4f}, calibrated {c['threshold']:.4f}: false mismatch "
+                      f"{pct(c['errors']['false_mismatch'])}, false match {pct(c['errors']['false_match'])} "
+                      f"(just below the limit, no margin: false mismatch "
+                      f"{pct(c['at_limit']['false_mismatch'])}, false match {pct(c['at_limit']['false_match'])})."]
+    if b.get("farthest_same"):
+        lines += ["", f"Farthest best-of-{b['k']} same-person distances: "
+                  + ", ".join(str(d) for d in b["farthest_same"]) + "."]
+    return lines
+
+
+def _poor_probes(pp: dict[str, Any]) -> list[str]:
+    checked = pp["checked"]
+    return [f"**Poor pictures** of a known person ({pp['pictures']}: labelled poor, or judged poor by "
+            f"`analyzers.image_quality.assess`): the detector skips {pp['skipped']} of them (no identity signal; "
+            "the faces detector raises poor_image instead), so they never raise a mismatch; checked anyway they "
+            f"would give false mismatch {pct(pp['if_checked']['false_mismatch'])} against that person's other "
+            f"photographs. Not skipped ({len(checked)}: {names(checked)}): false mismatch "
+            f"{pct(pp['at_threshold']['false_mismatch'])}, false match {pct(pp['at_threshold']['false_match'])} "
+            "(at the configured threshold).", ""]
+
+
 def identity(i: dict[str, Any]) -> list[str]:
     lines = ["## Identity (`IdentityDetector.embed`, `analyzers.identity.distance`)", ""]
     if (note := _unavailable(i)) is not None:
@@ -121,7 +171,8 @@ def identity(i: dict[str, Any]) -> list[str]:
               "mismatch.", "",
               f"{i['images_with_identity']} pictures of {i['people']} known people; **no embeddable face** in "
               f"{len(i['unembeddable'])} (counted apart, never a mismatch): {names(i['unembeddable'])}.", "",
-              f"Pairs among the {i['embedded_clean']} embedded clean pictures, never a picture with its own "
+              f"Pairs among the {i['embedded_clean']} embedded clean pictures (neither labelled poor nor skipped as "
+              "poor by the detector), never a picture with its own "
               f"derivative or a sibling of one photograph: {pairs['same']} same-person, {pairs['different']} "
               f"different-person. Same-person distances {pairs['same_distance']}, different-person "
               f"{pairs['different_distance']}.", ""]
@@ -133,28 +184,13 @@ def identity(i: dict[str, Any]) -> list[str]:
          pct(single_at["false_match"]), *_cal_cells(i["calibrated"])],
         [f"best of {b['k']} ({b['enrolled_people']} people, {b['reference_sets']} reference sets)", b["same"],
          pct(best_at["false_mismatch"]), b["different"], pct(best_at["false_match"]), *_cal_cells(b["calibrated"])]])
-    lines += ["Calibration: the closest different-person distance is the largest threshold with no false match on "
-              "this set. The calibrated threshold sits below it by a safety margin: the median distance between "
-              "two pictures of one photograph of one person (a close-up against its original, two crops), i.e. how "
-              "far an embedding moves by framing alone, so that the closest impostor seen here, framed a little "
-              "differently, still stays above the threshold. It is never above the closest different-person "
-              f"distance. Re-framed pairs: {pairs['reframing']}, distances {pairs['reframing_distance']}.", ""]
-    for label, cal in (("one photo", i["calibrated"]), (f"best of {b['k']}", b["calibrated"])):
-        if cal:
-            lines += [f"- {label}: closest different-person distance {cal['zero_false_match_limit']:.4f}, margin "
-                      f"{cal['margin']:.4f}, calibrated {cal['threshold']:.4f}: false mismatch "
-                      f"{pct(cal['errors']['false_mismatch'])}, false match {pct(cal['errors']['false_match'])} "
-                      f"(just below the limit, no margin: false mismatch "
-                      f"{pct(cal['at_limit']['false_mismatch'])}, false match {pct(cal['at_limit']['false_match'])})."]
+    lines += _calibration(i)
     lines += ["", "Closest different-person pairs: " + ", ".join(
         f"`{p['a']}`/`{p['b']}` {p['distance']}" for p in pairs["closest_different"]) + ".", "",
         "Farthest same-person pairs: " + ", ".join(
         f"`{p['a']}`/`{p['b']}` {p['distance']}" for p in pairs["farthest_same"]) + ".", ""]
-    pp = i["poor_probes"]
-    lines += [f"Poor pictures of a known person ({pp['pictures']}) against that person's other photographs: false "
-              f"mismatch {pct(pp['at_threshold']['false_mismatch'])}; against other people: false match "
-              f"{pct(pp['at_threshold']['false_match'])} (at the configured threshold).", "",
-              "Threshold sweep, one reference photo:", ""]
+    lines += _poor_probes(i["poor_probes"])
+    lines += ["Threshold sweep, one reference photo:", ""]
     lines += _sweep(i["sweep"])
     lines += [f"Threshold sweep, best of {b['k']} references:", ""]
     lines += _sweep(b["sweep"])
