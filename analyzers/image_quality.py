@@ -9,8 +9,8 @@ Thresholds were measured on real photos that ship offline (scikit-image's astron
 rocket..., matplotlib's grace_hopper, portraits from dlib's and face_recognition's test images), scaled to a
 640x480 webcam frame, and on degraded copies of them (JPEG quality 20, shrunk 2x or 3x and enlarged again, a
 real libvpx VP8 round trip at 150-400 kbit/s, darkened with noise, over-exposed, Gaussian blur), then checked
-against bench/quality's labelled set (228 photos, 43 labelled poor: 40 found; 1 false alarm, a 79x106 crop of a
-dim photo; missed: two photos of text documents and a blurred 150 px face chip).
+against bench/quality's labelled set (228 photos, 43 labelled poor: 41 found; 1 false alarm, a 79x106 crop of a
+dim photo; missed: two photos of text documents).
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ COVERED_CONTRAST_DARK = 4.0
 # soft copy, 0.33 after a 150 kbit/s VP8 round trip; a Gaussian blur of sigma 6 (640x480) measured 0.18 at
 # most (0.21 if then saved as JPEG quality 20, whose 8x8 blocks add edges of their own).
 BLURRED_SHARPNESS = 0.22
-# Narrower pictures are thumbnails, not camera frames (a 150 px face chip reads as soft as a sigma-6 blur of a
-# 640x480 frame): their softness says nothing about the lens, so they are never called blurred.
-MIN_BLUR_WIDTH = 320
+# ... for a frame this wide. A narrower one is shrunk less to WORK_WIDTH (a 150 px face chip not at all), so its
+# sharp edges stay wider there and read softer: the threshold falls in proportion to the width
+# (`blurred_below`). bench/quality's 58 sharp 150 px face chips measure 0.079 at the least, 1.5x their threshold
+# of 0.052; a blurred one 0.032 (0.6x). Labelled photos 320-640 px wide flag the same pictures as with 0.22.
+BLUR_REFERENCE_WIDTH = 640
 
 # In the order the candidate is told about them: a washed-out picture is flat too, but its cure is the light;
 # a covered lens is dark too, but its cure is the cover.
@@ -103,6 +105,11 @@ def _flat_below(dark: bool) -> float:
     return COVERED_CONTRAST_DARK if dark else COVERED_CONTRAST
 
 
+def blurred_below(width: int) -> float:
+    """The sharpness under which a frame `width` pixels wide is blurred."""
+    return BLURRED_SHARPNESS * min(1.0, width / BLUR_REFERENCE_WIDTH)
+
+
 def _flags(width: int, brightness: float, contrast: float, highlights: float, sharpness: float) -> dict[str, bool]:
     bright = brightness > BRIGHT_MEAN
     dark = brightness < DARK_MEAN and highlights < DARK_HIGHLIGHTS
@@ -112,7 +119,7 @@ def _flags(width: int, brightness: float, contrast: float, highlights: float, sh
         "covered": covered,
         "dark": dark,
         # A uniform picture has no edges to judge: it is covered, not blurred.
-        "blurred": sharpness < BLURRED_SHARPNESS and not covered and width >= MIN_BLUR_WIDTH,
+        "blurred": sharpness < blurred_below(width) and not covered,
     }
 
 
@@ -128,7 +135,7 @@ def assess(rgb: np.ndarray) -> ImageQuality:
         "bright": _below(255.0 - brightness, 255.0 - BRIGHT_MEAN),
         "covered": _below(contrast, _flat_below(flags["dark"])),
         "dark": _below(brightness, DARK_MEAN),
-        "blurred": _below(sharpness, BLURRED_SHARPNESS),
+        "blurred": _below(sharpness, blurred_below(rgb.shape[1])),
     }
     problem = next((name for name in MESSAGES if flags[name]), None)
     if problem is None:

@@ -1,9 +1,10 @@
 """The candidate's camera pre-check and reference-photo check: one face, a good picture, clear guidance.
 
 Runs in the web process's thread pool on a still frame the candidate page sends. It uses the live check's own
-parts, so the two agree: `analyzers.faces.detect_faces` (both mediapipe models, merged; the graphs load once on
-first use, about 0.1 s, and are pooled because a mediapipe graph is not thread-safe) and
-`analyzers.image_quality.assess` (dark, washed out, blurred, covered, with the same messages).
+parts, so the two agree: `analyzers.faces.detect_faces_in` (both mediapipe models, merged, and again on an
+enhanced copy of a poor picture; the graphs load once on first use, about 0.1 s, and are pooled because a
+mediapipe graph is not thread-safe) and `analyzers.image_quality.assess` (dark, washed out, blurred, covered,
+with the same messages).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.faces import detect_faces
+from analyzers.faces import detect_faces_in
 from analyzers.image_quality import assess
 
 MIN_FACE_FRACTION = 0.02  # face box area / frame area; smaller means too far from the camera
@@ -48,7 +49,7 @@ def _message(faces: int, fraction: float, quality_message: str) -> str:
 def check_frame(rgb: np.ndarray) -> PrecheckResult:
     quality = assess(rgb)
     height, width = rgb.shape[:2]
-    faces = [face for face in detect_faces(rgb) if face.score >= MIN_SCORE]
+    faces = [face for face in detect_faces_in(rgb, quality) if face.score >= MIN_SCORE]
     fraction = max((face.area for face in faces), default=0.0) / float(width * height)
     message = _message(len(faces), fraction, quality.message)
     ok = not quality.poor and len(faces) == 1 and fraction >= MIN_FACE_FRACTION

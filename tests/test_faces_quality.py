@@ -22,8 +22,8 @@ from skimage import data
 
 from analyzers import faces as faces_mod
 from analyzers.base import Signal
-from analyzers.faces import Face, FaceDetector, detect_faces
-from analyzers.image_quality import BLURRED_SHARPNESS, MESSAGES, assess
+from analyzers.faces import Face, FaceDetector, detect_faces, detect_faces_in
+from analyzers.image_quality import BLURRED_SHARPNESS, MESSAGES, assess, blurred_below
 from analyzers.live import StreamAnalysis, _Frame
 from analyzers.precheck import check_frame
 from core.rules import EventRules, RulesConfig
@@ -301,6 +301,72 @@ def test_quality_is_cheap() -> None:
         timings.append(time.perf_counter() - started)
     # Budget 2 ms a 640x480 frame (measured 0.4 ms); a quartile, so a busy shared machine does not fail it.
     assert np.percentile(timings, 25) < 0.002, timings
+
+
+def face_chip(rgb: np.ndarray, box: tuple[float, float, float, float], size: int = 150) -> np.ndarray:
+    """A `size` px square thumbnail around the face (as a face data set ships them), shrunk from the photo."""
+    x1, y1, x2, y2 = box
+    cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, 1.3 * (x2 - x1)
+    crop = rgb[int(cy - side / 2):int(cy + side / 2), int(cx - side / 2):int(cx + side / 2)]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def test_a_small_picture_is_judged_blurred_at_its_own_scale() -> None:
+    """A 150 px face chip is not a 640x480 frame: its threshold falls with its width, so a sharp chip is not
+    blurred while a blurred one is (it used to be never blurred, and its missed face became a `no_face`)."""
+    assert blurred_below(640) == BLURRED_SHARPNESS == blurred_below(1280)
+    assert blurred_below(150) < blurred_below(320) < BLURRED_SHARPNESS
+    for name, (photo, box) in FACES.items():
+        chip = face_chip(photo(), box)
+        assert not assess(chip).blurred and not assess(jpeg(chip, 60)).blurred, name
+        assert assess(blur(chip, 4)).problem == "blurred", name
+
+
+def test_a_poor_picture_is_searched_again_enhanced() -> None:
+    """The faces the first pass misses in a washed-out or blurred picture are found on its CLAHE copy."""
+    astronaut = webcam(data.astronaut())
+    washed = np.clip(astronaut.astype(np.float32) * 0.1 + 255 * 0.9, 0, 255).astype(np.uint8)
+    close = blur(closeup(data.astronaut(), FACES["astronaut"][1], 0.6, 0), 14)
+    for problem, frame in (("bright", washed), ("blurred", close)):
+        quality = assess(frame)
+        assert quality.problem == problem
+        assert not counted(frame)  # the first pass alone
+        found = [face for face in detect_faces_in(frame, quality) if face.score >= MIN_SCORE]
+        assert len(found) == 1 and found[0].model.endswith("+enhanced"), (problem, found)
+        assert detect_faces_in(frame)[0].box == detect_faces_in(frame, quality)[0].box
+
+
+def test_the_retry_adds_no_face_to_poor_face_free_pictures() -> None:
+    retried = 0
+    for name, photo in FACE_FREE.items():
+        room = webcam(rgb_of(photo()))
+        for variant, frame in (("dark", darker(room, 0.2)), ("washed out", washed_out(room)),
+                               ("blurred", blur(room, 6)), ("very blurred", blur(room, 10))):
+            quality = assess(frame)
+            retried += quality.poor and not quality.covered  # a blurred texture (grass, gravel) stays sharp enough
+            assert not [face for face in detect_faces_in(frame, quality) if face.score >= MIN_SCORE], (name, variant)
+    assert retried >= 30, retried
+
+
+def test_a_good_picture_is_searched_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(rgb: np.ndarray) -> np.ndarray:
+        raise AssertionError("a good picture was enhanced")
+
+    monkeypatch.setattr(faces_mod, "enhanced", fail)
+    frame = webcam(data.astronaut())
+    assert [face.model for face in detect_faces_in(frame)] == [face.model for face in detect_faces(frame)]
+    covered = np.full_like(frame, 90)
+    assert assess(covered).covered and detect_faces_in(covered) == []
+
+
+def test_the_retry_keeps_the_better_detection_of_a_face() -> None:
+    def face(score: float, x: float) -> Face:
+        return Face(score, (x, 100.0, x + 100, 200.0), ((x + 30, 130.0), (x + 70, 130.0)), "short")
+
+    weak, other = face(0.45, 100), face(0.8, 400)
+    merged = faces_mod._with_retry([other, weak], [face(0.7, 105), face(0.5, 395), face(0.65, 700)])
+    assert [(round(f.score, 2), f.model) for f in merged] == [(0.8, "short"), (0.7, "short+enhanced"),
+                                                            (0.65, "short+enhanced")]
 
 
 # --- the signals -----------------------------------------------------------------------------------------------
