@@ -176,3 +176,99 @@ def test_the_manifest_is_well_formed() -> None:
     assert len(people) >= 10
     total = sum(path.stat().st_size for path in DATA.iterdir())
     assert total < 15 * 2**20, total
+
+
+# --- clips: events judged as a reviewer sees them ---------------------------------------------------------------
+def test_clip_scoring_counts_found_false_flags_and_delays() -> None:
+    from bench.quality.clips import Produced, Span, score
+
+    expected = [Span("no_face", 8.0, 18.0), Span("no_face", 26.0, 30.0), Span("phone", 40.0, 46.0)]
+    produced = [Produced("no_face", 8.5, 19.0),  # found: starts 0.5 s late, ends 1 s late
+                Produced("no_face", 33.0, 35.0),  # overlaps nothing: a false flag
+                Produced("phone", 20.0, 20.0),  # an instant outside the phone scene: a false flag
+                Produced("multiple_people", 40.0, 42.0),  # no multiple_people expected: a false flag
+                Produced("looking_away", 1.0, 6.0)]  # not labelled: never scored
+    result = score(expected, produced)
+    kinds = result["kinds"]
+    assert result["verdicts"] == ["match", "false_flag", "false_flag", "false_flag", "unlabelled"]
+    assert (kinds["no_face"]["expected"], kinds["no_face"]["found"], kinds["no_face"]["false_flags"]) == (2, 1, 1)
+    assert kinds["no_face"]["start_delays"] == [0.5] and kinds["no_face"]["end_delays"] == [1.0]
+    assert kinds["no_face"]["missed"] == [[26.0, 30.0]]
+    assert (kinds["phone"]["expected"], kinds["phone"]["found"], kinds["phone"]["false_flags"]) == (1, 0, 1)
+    assert kinds["multiple_people"]["false_flags"] == 1
+    assert "looking_away" not in kinds
+
+
+def test_clip_scoring_takes_the_first_start_and_last_end_and_touching_is_no_overlap() -> None:
+    from bench.quality.clips import Produced, Span, score
+
+    expected = [Span("phone", 10.0, 16.0)]
+    # Two events within the scene (the vote broke): one expected event found once, delays from first and last.
+    produced = [Produced("phone", 11.0, 12.0), Produced("phone", 13.0, 17.5), Produced("phone", 16.0, 18.0)]
+    kinds = score(expected, produced)["kinds"]
+    assert (kinds["phone"]["found"], kinds["phone"]["false_flags"]) == (1, 1)  # the last one only touches the end
+    assert kinds["phone"]["start_delays"] == [1.0] and kinds["phone"]["end_delays"] == [1.5]
+
+
+def test_clip_scoring_does_not_judge_a_kind_where_the_labels_cannot_tell() -> None:
+    from bench.quality.clips import Produced, Span, score
+
+    unjudged = [Span("identity_mismatch", 10.0, 18.0)]
+    # The first starts in a group scene and ends 2 s after it (the end hysteresis): not judged; the second is apart.
+    produced = [Produced("identity_mismatch", 11.0, 20.0), Produced("identity_mismatch", 21.0, 22.0)]
+    result = score([], produced, unjudged)
+    assert result["verdicts"] == ["not_judged", "false_flag"]
+    assert result["kinds"]["identity_mismatch"]["false_flags"] == 1
+
+
+def test_expected_events_follow_the_labels_merge_adjacent_scenes_and_skip_glimpses() -> None:
+    from bench.quality.clips import Clip, Scene, expected_events
+
+    entries = {e.file: e for e in [
+        entry("ref.jpg", person="ann"), entry("ann.jpg", person="ann"), entry("bob.jpg", person="bob"),
+        entry("room.jpg"), entry("room2.jpg"), entry("covered.jpg", poor_image=True),
+        entry("phone.jpg", person="ann", phones=1), entry("group.jpg", faces=2, persons=2)]}
+    clip = Clip("c", "", "ref.jpg", (
+        Scene("ann.jpg", 5), Scene("room.jpg", 4), Scene("room2.jpg", 3), Scene("covered.jpg", 6),
+        Scene("phone.jpg", 1, glimpse=True), Scene("phone.jpg", 6), Scene("bob.jpg", 10), Scene("group.jpg", 5)))
+    expected, unjudged = expected_events(clip, entries)
+    assert [(s.kind, s.start, s.end) for s in expected] == [
+        ("no_face", 5.0, 12.0), ("poor_image", 12.0, 18.0), ("phone", 19.0, 25.0),
+        ("identity_mismatch", 25.0, 35.0), ("multiple_people", 35.0, 40.0)]
+    assert ("identity_mismatch", 35.0, 40.0) in [(s.kind, s.start, s.end) for s in unjudged]  # a group: unknown
+
+
+def test_the_clip_manifest_refers_only_to_photos_in_the_manifest() -> None:
+    from bench.quality import clips
+
+    raw = json.loads(clips.CLIPS_FILE.read_text())
+    files = {e.file for e in mf.load(DATA)}
+    assert clips.validate(raw, files) == []
+    parsed = clips.parse(raw)
+    assert 6 <= len(parsed) <= 10
+    assert all(30 <= clip.seconds <= 60 for clip in parsed)
+    assert clips.validate([{"name": "x", "reference": "nope.jpg", "scenes": [{"image": "gone.jpg", "seconds": 0}]}],
+                          files) == ["x: reference 'nope.jpg' is not in the manifest",
+                                     "x: scene image 'gone.jpg' is not in the manifest",
+                                     "x: scene 'gone.jpg' has bad seconds 0"]
+
+
+def test_letterbox_keeps_the_picture_whole_and_its_brightness() -> None:
+    from bench.quality.clips import HEIGHT, WIDTH, letterbox
+
+    dark = np.full((150, 150, 3), 12, np.uint8)
+    framed = letterbox(dark)
+    assert framed.shape == (HEIGHT, WIDTH, 3)
+    assert int(framed.max()) == 12  # the bars in the picture's border colour: a dark picture stays dark
+
+
+def test_clip_scoring_reports_when_the_rules_started_the_event() -> None:
+    from bench.quality.clips import Produced, Span, score, summarize
+
+    expected = [Span("no_face", 8.0, 18.0)]
+    produced = [Produced("no_face", 8.0, 18.0, confirmed=11.0)]  # dated from its first frame, told 3 s later
+    kinds = score(expected, produced)["kinds"]
+    assert kinds["no_face"]["start_delays"] == [0.0] and kinds["no_face"]["confirm_delays"] == [3.0]
+    summary = summarize([{"score": {"kinds": kinds}, "events": [{"kind": "looking_away"}]}])
+    assert summary["no_face"]["confirm_delay"] == {"median": 3.0, "max": 3.0}
+    assert summary["unlabelled"] == {"looking_away": 1}

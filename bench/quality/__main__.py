@@ -1,6 +1,6 @@
 """Detector quality on the labelled real photos: every detector over bench/quality/data, figures by tag.
 
-    .venv/bin/python -m bench.quality [DIR] [--out bench/results] [--settings-from-env]
+    .venv/bin/python -m bench.quality [DIR] [--out bench/results] [--settings-from-env] [--only clips|photos]
 
 DIR (default bench/quality/data) holds the photos and manifest.json (labels: see bench/quality/manifest.py).
 Settings are the documented defaults (`Settings.defaults()`, what a server runs with); --settings-from-env reads
@@ -9,6 +9,10 @@ are placed under the settings' models home (./.data/models by default) from the 
 nothing is downloaded. A detector that cannot run here is reported as unavailable with its reason.
 
 Writes bench/results/quality.md (tables) and quality.json (the same figures plus every picture's raw result).
+
+The clip section (bench/quality/clips.py, clips listed in clips.json): short VP8 clips scripted from the photos,
+every detector at its own rate into core.rules, judged on the events. --only clips runs just that section and
+keeps the photo sections of the existing quality.json; --only photos skips the clips.
 """
 
 from __future__ import annotations
@@ -494,7 +498,13 @@ def settings_for(from_env: bool) -> Any:
     return settings
 
 
-def evaluate(data_dir: Path, from_env: bool = False) -> dict[str, Any]:
+def run_clip_section(data_dir: Path, settings: Any) -> dict[str, Any]:
+    from bench.quality.clips import run_clips
+
+    return guarded("clips", lambda: run_clips(data_dir, settings))
+
+
+def evaluate(data_dir: Path, from_env: bool = False, clips: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     errors = mf.validate(json.loads((data_dir / "manifest.json").read_text()), data_dir)
     if errors:
@@ -508,6 +518,7 @@ def evaluate(data_dir: Path, from_env: bool = False) -> dict[str, Any]:
     if faces.get("available", True) is False:  # the face detector's failure is the poor-image figures' too
         faces = {"faces": dict(faces), "poor_image": dict(faces), "per_image": [], "seconds": faces["seconds"]}
     faces["faces"]["seconds"] = faces["seconds"]
+    clip_section = run_clip_section(data_dir, settings) if clips else unavailable("not run (--only photos)")
     return {
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "python -m bench.quality " + str(data_dir.relative_to(ROOT) if data_dir.is_relative_to(ROOT)
@@ -515,8 +526,21 @@ def evaluate(data_dir: Path, from_env: bool = False) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1), "machine": machine(), "versions": versions(),
         "code": git_snapshot(), "dataset": composition(photos),
         "faces": faces["faces"], "poor_image": faces["poor_image"], "identity": identity, "phone": phone,
-        "gaze": gaze, "faces_per_image": faces.get("per_image", []),
+        "gaze": gaze, "clips": clip_section, "faces_per_image": faces.get("per_image", []),
     }
+
+
+def evaluate_clips_only(data_dir: Path, previous: Path, from_env: bool = False) -> dict[str, Any]:
+    """The clip section alone, put into the previous run's quality.json (its photo sections as they were)."""
+    if not previous.is_file():
+        raise SystemExit(f"--only clips keeps the photo sections of {previous}, which does not exist: run all first")
+    result = json.loads(previous.read_text())
+    started = time.perf_counter()
+    result["clips"] = to_json(run_clip_section(data_dir, settings_for(from_env)))
+    result["clips"]["generated"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    result["clips"]["code"] = git_snapshot()
+    result["clips"]["total_seconds"] = round(time.perf_counter() - started, 1)
+    return result
 
 
 def to_json(value: Any) -> Any:
@@ -550,12 +574,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--settings-from-env", action="store_true",
                         help="read settings from the environment and .env instead of the defaults")
+    parser.add_argument("--only", choices=("clips", "photos"),
+                        help="clips: only the clip section (the rest kept from OUT/quality.json); photos: no clips")
     args = parser.parse_args(argv)
-    result = to_json(evaluate(args.data_dir.resolve(), args.settings_from_env))
+    if args.only == "clips":
+        result = evaluate_clips_only(args.data_dir.resolve(), args.out / "quality.json", args.settings_from_env)
+    else:
+        result = to_json(evaluate(args.data_dir.resolve(), args.settings_from_env, clips=args.only != "photos"))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "quality.md").write_text(render_markdown(result))
-    print(f"wrote {args.out / 'quality.md'} and quality.json in {result['seconds']} s", file=sys.stderr)
+    seconds = result["clips"]["total_seconds"] if args.only == "clips" else result["seconds"]
+    print(f"wrote {args.out / 'quality.md'} and quality.json in {seconds} s", file=sys.stderr)
     return 0
 
 

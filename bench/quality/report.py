@@ -243,10 +243,59 @@ def gaze(g: dict[str, Any]) -> list[str]:
                     f"error {g['pitch_mae']} deg (mean absolute).", ""]
 
 
+def _delay(d: dict[str, Any]) -> str:
+    if d.get("median") is None:
+        return "n/a"
+    return f"{d['median']:+.1f} / {d['max']:+.1f}"
+
+
+def _span(event: dict[str, Any]) -> str:
+    return f"{event['start']:.1f}-{event['end']:.1f} s"
+
+
+def clips(c: dict[str, Any]) -> list[str]:
+    lines = ["## Clips (events, as a reviewer sees them)", ""]
+    if (note := _unavailable(c)) is not None:
+        return lines + note
+    lines += [f"{len(c['clips'])} clips scripted from the photos (bench/quality/clips.json; bench/quality/clips.py "
+              f"says how): {c['size'][0]}x{c['size'][1]} at {c['fps']} fps, a light sway/zoom and sensor noise, "
+              f"encoded and decoded with {c['codec']}; every detector at its own rate, its signals through "
+              "`core.rules.EventRules` (ticked every 0.5 s, flushed at the end). Expected events come from the "
+              "scenes' labels, scene start to scene end. Found: an event of the kind overlaps the expected one; "
+              "false flag: an event overlapping no expected one of its kind. Delays in seconds (median / largest): "
+              "start = event start - scene start, end = event end - scene end (core.rules dates an event from the "
+              "first frame of its run); started (told) after = the media time the rules started it - scene start." + (
+                  f" Generated {c['generated']} in {c.get('total_seconds', c.get('seconds'))} s." if c.get("generated")
+                  else f" {c.get('seconds')} s."), ""]
+    summary = c["summary"]
+    rows = [[f"`{kind}`", s["expected"], s["found"], s["false_flags"], _delay(s["start_delay"]),
+             _delay(s["end_delay"]), _delay(s.get("confirm_delay", {}))]
+            for kind, s in summary.items() if kind != "unlabelled"]
+    lines += table(["kind", "expected", "found", "false flags", "start delay", "end delay", "started (told) after"],
+                   rows)
+    unlabelled = summary.get("unlabelled", {})
+    lines += ["Unlabelled (not scored, listed per clip): "
+              + (", ".join(f"`{k}` {v} events" for k, v in unlabelled.items()) or "none") + ".", ""]
+    rows = []
+    for clip in c["clips"]:
+        expected = ", ".join(f"{e['kind']} {_span(e)}" for e in clip["expected"]) or "nothing"
+        produced = ", ".join(f"{e['kind']} {_span(e)}" + ("" if e["verdict"] == "match" else f" **{e['verdict']}**")
+                             for e in clip["events"]) or "none"
+        rows.append([f"`{clip['name']}`", clip["seconds"], expected, produced, clip["run_seconds"]])
+    lines += table(["clip", "seconds", "expected", "events (verdict unless a match)", "run s"], rows)
+    for clip in c["clips"]:
+        if clip.get("unavailable") or not all(clip.get("reference_set", {}).values()):
+            lines += [f"`{clip['name']}`: unavailable detectors {clip.get('unavailable') or 'none'}; reference set "
+                      f"{clip.get('reference_set')}.", ""]
+    return lines
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     seconds = {name: r[name].get("seconds") for name in ("identity", "phone", "gaze")}
     lines = header(r) + dataset(r["dataset"]) + faces(r["faces"]) + poor(r["poor_image"]) + identity(r["identity"])
     lines += phone(r["phone"]) + gaze(r["gaze"])
+    if "clips" in r:
+        lines += clips(r["clips"])
     lines += ["Seconds per section: faces and poor image " + str(r["faces"].get("seconds", "?")) + ", "
               + ", ".join(f"{k} {v}" for k, v in seconds.items()) + ".", ""]
     return "\n".join(lines)
