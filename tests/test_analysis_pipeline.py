@@ -26,10 +26,14 @@ FPS = 30
 SCRIPT = [(0.0, 5.0, "one"), (5.0, 11.0, "none"), (11.0, 17.0, "two"), (17.0, 21.0, "one"), (21.0, 31.0, "other"),
           (31.0, 38.0, "one")]
 EXPECTED = {"no_face": (5.0, 11.0), "multiple_people": (11.0, 17.0), "identity_mismatch": (21.0, 31.0)}
-# Frame kinds are sampled at 4 fps: an event starts at the first frame that shows the condition. Identity is
-# checked every IDENTITY_INTERVAL_S (5 s by default) and needs two failed checks in a row: it starts at the first
-# failed check and ends at the first passed one, each within one interval of the change.
-TOLERANCE_S = {"no_face": 0.5, "multiple_people": 0.5, "identity_mismatch": 5.5}
+# Frame kinds are sampled at 4 fps: an event starts at the first analysed frame that shows the condition. On an
+# idle machine that is the first sampled frame (within 0.25 s); on a busy one the faces detector may still be on
+# an earlier frame when the next is sampled, and a newer frame replaces the waiting one (analyzers/live.py), so
+# the first analysed frame of a scene can come a few samples later (seen: 1.27 s with both cores busy and a VP8
+# encoder running beside). Identity is checked every IDENTITY_INTERVAL_S (5 s by default) and needs two failed
+# checks in a row: it starts at the first failed check and ends at the first passed one, each within one
+# interval of the change. Never before the change: that is what "exact" guarantees.
+TOLERANCE_S = {"no_face": 1.5, "multiple_people": 1.5, "identity_mismatch": 5.5}
 
 
 def _scenes() -> dict[str, np.ndarray]:

@@ -286,8 +286,10 @@ def test_thirty_twenty_second_segments_concat_fast_and_exact(synth: Clip, tmp_pa
           f"concat of 30 x 20 s: {concat_s:.3f} s")
     assert result.duration_ms == 600_000 and result.duration_s == 600.0
     assert result.video_frames == 18_000 and result.audio_packets == 30_000
-    assert concat_s < 2.0
-    assert write_s < 1.0
+    # Copy-mux, never a re-encode: joining the segments costs a small multiple of writing them (measured idle:
+    # 1.09 s against 30 x 15.5 ms, 2.3x), while decoding and encoding 18,000 VP8 frames would cost minutes (well
+    # over 1000x). A ratio of this run's own work, not a wall-clock bound: a busy machine slows both sides alike.
+    assert concat_s < 10 * 30 * write_s
 
     info = probe(master)
     assert info.duration_ms == 600_000 and info.header_duration_s == 600.0
