@@ -543,6 +543,16 @@ def evaluate_clips_only(data_dir: Path, previous: Path, from_env: bool = False) 
     return result
 
 
+def previous_clips(previous: Path, fallback: dict[str, Any]) -> dict[str, Any]:
+    """--only photos keeps the clip section of the previous run (it says when and on which code it ran), as
+    --only clips keeps the photo sections; `fallback` when there is none."""
+    try:
+        clips = json.loads(previous.read_text()).get("clips")
+    except (OSError, ValueError):
+        return fallback
+    return clips if isinstance(clips, dict) and clips.get("available", True) is not False else fallback
+
+
 def to_json(value: Any) -> Any:
     """Dataclasses of metrics.py (Rate, Binary, Errors, Calibration) as plain JSON."""
     if isinstance(value, mx.Rate):
@@ -581,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_clips_only(args.data_dir.resolve(), args.out / "quality.json", args.settings_from_env)
     else:
         result = to_json(evaluate(args.data_dir.resolve(), args.settings_from_env, clips=args.only != "photos"))
+        if args.only == "photos":
+            result["clips"] = previous_clips(args.out / "quality.json", result["clips"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "quality.md").write_text(render_markdown(result))

@@ -257,6 +257,10 @@ def clips(c: dict[str, Any]) -> list[str]:
     lines = ["## Clips (events, as a reviewer sees them)", ""]
     if (note := _unavailable(c)) is not None:
         return lines + note
+    if c.get("generated"):  # run apart from the photo sections (--only clips), or kept by --only photos
+        code = c.get("code") or {}
+        lines += [f"This section ran on its own: {c['generated']}, HEAD `{code.get('head', '?')}`"
+                  f"{' with changes in analyzers/' if code.get('diff_stat_analyzers') else ''}.", ""]
     lines += [f"{len(c['clips'])} clips scripted from the photos (bench/quality/clips.json; bench/quality/clips.py "
               f"says how): {c['size'][0]}x{c['size'][1]} at {c['fps']} fps, a light sway/zoom and sensor noise, "
               f"encoded and decoded with {c['codec']}; every detector at its own rate, its signals through "
