@@ -61,6 +61,9 @@ class Signal:
 class Detector(ABC):
     name: str = ""
     fps: float = 1.0  # the rate it wants frames at
+    # A long run per frame (a model of tens of milliseconds, or a wait on the embedding process): it gets a pool of
+    # its own, so it never holds up the quick per-frame detectors (faces, gaze) whose alerts must come in a second.
+    heavy: bool = False
 
     @abstractmethod
     def load(self) -> None:

@@ -238,6 +238,7 @@ class IdentityDetector(Detector):
     """One instance per stream: it keeps that candidate's references and counts its checks."""
 
     name = "identity"
+    heavy = True  # waits ~0.3 s (more on a busy machine: the embedding process is niced) for each embedding
 
     def __init__(self, settings: Settings) -> None:
         self.model_name = settings.identity_model

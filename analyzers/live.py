@@ -39,6 +39,7 @@ from proctor.store import events, live, sessions
 log = logging.getLogger(__name__)
 
 ANALYSIS_THREADS = 2
+HEAVY_THREADS = 2
 TICK_S = 0.5
 THUMBNAIL_S = 3.0
 STORE_RETRY_S = 120.0
@@ -82,7 +83,7 @@ class _DetectorSlot:
     def _submit(self, item: _Frame) -> None:
         self.busy = True
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.owner.analysis.executor, self._analyze, item)
+        future = loop.run_in_executor(self.owner.analysis.executor_for(self.detector), self._analyze, item)
         future.add_done_callback(lambda f: self._done(f, item))
 
     def _analyze(self, item: _Frame) -> tuple[list[Signal], np.ndarray]:
@@ -260,7 +261,7 @@ class StreamAnalysis:
         for detector in self.detectors:
             setter = getattr(detector, "set_reference", None) or getattr(detector, "set_baseline_from", None)
             if setter is not None and rgb is not None:
-                ok = await loop.run_in_executor(self.analysis.executor, setter, rgb)
+                ok = await loop.run_in_executor(self.analysis.executor_for(detector), setter, rgb)
                 log.info("session %s: %s reference %s", self.session_id, detector.name, "set" if ok else "has no face")
 
     # --- outputs ------------------------------------------------------------------------------------------
@@ -456,6 +457,10 @@ class Analysis:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.executor = ThreadPoolExecutor(max_workers=ANALYSIS_THREADS, thread_name_prefix="analyze")
+        # Heavy detectors (identity, phone) apart: with both cores busy, identity's wait on its niced embedding
+        # process held one of the two analysis threads for seconds and the faces alerts of a scripted candidate
+        # came 3.5 s late at p95 (tests/test_analysis_pipeline.py under `make test-under-load`).
+        self.heavy_executor = ThreadPoolExecutor(max_workers=HEAVY_THREADS, thread_name_prefix="analyze-heavy")
         self.streams: dict[str, StreamAnalysis] = {}
         self.unavailable: dict[str, str] = {}
         self.latency_ms: deque[float] = deque(maxlen=2000)
@@ -481,6 +486,10 @@ class Analysis:
             if len(done) < len(self.draining):
                 log.error("%d closed streams still had events to write at shutdown", len(self.draining) - len(done))
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.heavy_executor.shutdown(wait=True, cancel_futures=True)
+
+    def executor_for(self, detector: Detector) -> ThreadPoolExecutor:
+        return self.heavy_executor if detector.heavy else self.executor
 
     def stats(self) -> dict[str, Any]:
         return {"unavailable": self.unavailable,

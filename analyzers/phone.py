@@ -61,6 +61,7 @@ def load_model(model: PhoneModel) -> ObjectModel:
 
 class PhoneDetector(Detector):
     name = "phone"
+    heavy = True  # 60-75 ms a frame with NanoDet
 
     def __init__(self, settings: Settings) -> None:
         self.model = phone_model(settings)

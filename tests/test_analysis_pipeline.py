@@ -30,10 +30,14 @@ EXPECTED = {"no_face": (5.0, 11.0), "multiple_people": (11.0, 17.0), "identity_m
 # idle machine that is the first sampled frame (within 0.25 s); on a busy one the faces detector may still be on
 # an earlier frame when the next is sampled, and a newer frame replaces the waiting one (analyzers/live.py), so
 # the first analysed frame of a scene can come a few samples later (seen: 1.27 s with both cores busy and a VP8
-# encoder running beside). Identity is checked every IDENTITY_INTERVAL_S (5 s by default) and needs two failed
-# checks in a row: it starts at the first failed check and ends at the first passed one, each within one
-# interval of the change. Never before the change: that is what "exact" guarantees.
-TOLERANCE_S = {"no_face": 1.5, "multiple_people": 1.5, "identity_mismatch": 5.5}
+# encoder running beside). Never before the change: that is what "exact" guarantees.
+# Identity is checked every IDENTITY_INTERVAL_S (5 s by default), in an embedding process below the node's
+# priority, and needs two failed checks in a row: idle, it starts at the first failed check and ends at the first
+# passed one, each within one interval of the change; with both cores busy the checks fall behind (a newer frame
+# replaces a waiting one), so all that is guaranteed is a start while the other person is in view and an end
+# after the candidate is back, at the latest when the stream ends.
+LATEST_S = {"no_face": (5.0 + 1.5, 11.0 + 1.5), "multiple_people": (11.0 + 1.5, 17.0 + 1.5),
+            "identity_mismatch": (31.0, 38.0 + 0.5)}
 
 
 def _scenes() -> dict[str, np.ndarray]:
@@ -104,10 +108,10 @@ async def test_scripted_video_produces_exactly_the_expected_events(
     assert kinds == sorted(EXPECTED), [(r["kind"], r["start_s"], r["end_s"]) for r in rows]
     for row in rows:
         start, end = EXPECTED[row["kind"]]
-        tolerance = TOLERANCE_S[row["kind"]]
-        # Never before the change (the rules date an event by the frames that show it), at most one sample after.
-        assert start - 0.5 <= row["start_s"] <= start + tolerance, (row["kind"], row["start_s"])
-        assert end - 0.5 <= row["end_s"] <= end + tolerance, (row["kind"], row["end_s"])
+        latest_start, latest_end = LATEST_S[row["kind"]]
+        # Never before the change (the rules date an event by the frames that show it); how late: see LATEST_S.
+        assert start - 0.5 <= row["start_s"] <= latest_start, (row["kind"], row["start_s"])
+        assert end - 0.5 <= row["end_s"] <= latest_end, (row["kind"], row["end_s"])
         assert row["confidence"] > 0.5
         assert row["snapshot_key"] and await ctx.storage.exists(row["snapshot_key"])
     # Every start and end was published for the live monitor, with the ids stored.
