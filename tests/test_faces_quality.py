@@ -12,7 +12,6 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -28,6 +27,7 @@ from analyzers.live import StreamAnalysis, _Frame
 from analyzers.precheck import check_frame
 from core.rules import EventRules, RulesConfig
 from proctor.settings import Settings
+from tests.support.streams import FakeStream
 
 MIN_SCORE = Settings.defaults().face_min_score
 
@@ -408,39 +408,6 @@ def test_precheck_uses_the_same_faces_and_quality() -> None:
 
 
 # --- the notice to the candidate -------------------------------------------------------------------------------
-@dataclass
-class _Clock:
-    end_s: float = 0.0
-
-
-@dataclass
-class _Sampler:
-    subscribers: list[Any] = field(default_factory=list)
-
-    def subscribe(self, subscriber: Any) -> None:
-        self.subscribers.append(subscriber)
-
-
-@dataclass
-class NoticeStream:
-    """A media_server.outlets.Stream whose notify_candidate records what the candidate would be told."""
-
-    session_id: str = "s"
-    encoded_sinks: list[Any] = field(default_factory=list)
-    signal_sinks: list[Any] = field(default_factory=list)
-    close_hooks: list[Any] = field(default_factory=list)
-    clock: _Clock = field(default_factory=_Clock)
-    sampler: _Sampler = field(default_factory=_Sampler)
-    losses: int = 0
-    notices: list[dict[str, Any]] = field(default_factory=list)
-
-    async def request_keyframe(self) -> bool:
-        return True
-
-    def notify_candidate(self, message: dict[str, Any]) -> None:
-        self.notices.append(message)
-
-
 def observing(stream: Any) -> StreamAnalysis:
     """Just what StreamAnalysis.observe uses (its stream, rules and change queue): no database, no models."""
     analysis = StreamAnalysis.__new__(StreamAnalysis)
@@ -459,7 +426,7 @@ def feed(analysis: StreamAnalysis, detector: FaceDetector, frames: list[np.ndarr
 
 def test_the_candidate_is_told_at_once_and_once(detector: FaceDetector) -> None:
     room = webcam(data.astronaut())
-    stream = NoticeStream()
+    stream = FakeStream()
     analysis = observing(stream)
     feed(analysis, detector, [room] * 3 + [darker(room, 0.15)] * 6 + [room] * 4)
     assert stream.notices == [
@@ -471,7 +438,7 @@ def test_the_candidate_is_told_at_once_and_once(detector: FaceDetector) -> None:
 
 
 def test_a_new_problem_is_a_new_notice() -> None:
-    stream = NoticeStream()
+    stream = FakeStream()
     analysis = observing(stream)
 
     def poor(problem: str | None) -> Signal:

@@ -8,7 +8,7 @@ import asyncio
 import json
 import math
 import uuid
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from typing import Any
 
 import aiohttp
@@ -34,6 +34,7 @@ from core.sensitivity import (
 from proctor.context import Context
 from proctor.settings import Settings
 from tests.support.servers import RunningApp
+from tests.support.streams import FakeStream
 
 # --- the domain -------------------------------------------------------------------------------------------------
 
@@ -327,44 +328,14 @@ async def test_the_review_page_and_the_create_form_show_it(web_server: RunningAp
 # --- applied by a stream's analysis ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _Clock:
-    end_s: float = 0.0
-
-
-@dataclass
-class _Sampler:
-    subscribers: list[Any] = field(default_factory=list)
-
-    def subscribe(self, subscriber: Any) -> None:
-        self.subscribers.append(subscriber)
-
-
-@dataclass
-class _Stream:
-    """What media_server.outlets.Stream promises a plugin, without a peer connection: enough to build and close
-    a StreamAnalysis."""
-
-    session_id: str
-    encoded_sinks: list[Any] = field(default_factory=list)
-    signal_sinks: list[Any] = field(default_factory=list)
-    close_hooks: list[Any] = field(default_factory=list)
-    clock: _Clock = field(default_factory=_Clock)
-    sampler: _Sampler = field(default_factory=_Sampler)
-    losses: int = 0
-
-    async def request_keyframe(self) -> bool:
-        return False
-
-
-async def _analysed(ctx: Context, session_id: str) -> tuple[Any, Any, _Stream]:
+async def _analysed(ctx: Context, session_id: str) -> tuple[Any, Any, FakeStream]:
     """A StreamAnalysis attached the way a media node attaches it, once it has subscribed its detectors."""
     from analyzers.live import Analysis
 
     # Gaze only: its thresholds are per-session ones, and FaceMesh loads in about a second.
     settings = replace(ctx.settings, analyzers_enabled=("gaze",))
     analysis = Analysis(Context(settings, ctx.pool, ctx.redis, ctx.storage))
-    stream = _Stream(session_id)
+    stream = FakeStream(session_id)
     analysis.attach(stream)
     for _ in range(200):
         if stream.sampler.subscribers:
@@ -374,7 +345,7 @@ async def _analysed(ctx: Context, session_id: str) -> tuple[Any, Any, _Stream]:
     return analysis, analysis.streams[session_id], stream
 
 
-async def _close(analysis: Any, stream: _Stream) -> None:
+async def _close(analysis: Any, stream: FakeStream) -> None:
     for hook in stream.close_hooks:
         await hook(stream)
     await analysis.stop()

@@ -14,6 +14,7 @@
     archive      recorded_session, assert_one_exact_master, all_segments_stored
     s3_web       s3_web_app: the web app on SeaweedFS S3 storage; fetch: a plain GET
     review       the frame rate and size of the review-page tests' videos
+    streams      FakeStream: a media_server.outlets.Stream without a peer connection (records notices)
 
 Nothing here is a pytest fixture (those live in tests/conftest.py), and nothing here imports a test module
 (tests/test_*.py). Only archive imports pytest (pytest.approx in an assertion helper).
