@@ -46,12 +46,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from analyzers.models import FETCHED_PHONE_MODEL, fetched_phone_model
 from analyzers.phone import decode
 from proctor.settings import Settings
 
-# Where the phone detector looks when PHONE_MODEL_PATH is unset: the same value as analyzers/models.py's
-# FETCHED_PHONE_MODEL (tests/test_models_fetch.py checks the two paths agree).
-FETCHED_PHONE_MODEL = "phone/yolo.onnx"
 COCO_CLASSES = 80
 YOLO_ROWS = 4 + COCO_CLASSES  # cx, cy, w, h, then one score per COCO class: class 67 must mean "cell phone"
 EXPORT_IMGSZ = 640
@@ -117,7 +115,7 @@ class Installed:
 # --- where the model goes ------------------------------------------------------------------------------------
 
 def installed_model(settings: Settings) -> Path:
-    return settings.models_home / FETCHED_PHONE_MODEL
+    return fetched_phone_model(settings)
 
 
 def sidecar_path(settings: Settings) -> Path:
