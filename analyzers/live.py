@@ -26,8 +26,9 @@ import numpy as np
 from analyzers.base import Detector, Signal, apply_sensitivity, rules_config
 from analyzers.models import install_bundled_weights
 from analyzers.registry import build_detectors
+from core.accommodations import NONE, Accommodations
 from core.live import EventAlert
-from core.rules import EventChange, EventRules
+from core.rules import EventChange, EventRules, browser_signal_to_condition
 from core.sensitivity import STANDARD, Sensitivity
 from media_server.outlets import Stream
 from proctor.context import Context
@@ -112,6 +113,10 @@ class _DetectorSlot:
 
 
 class StreamAnalysis:
+    # Class defaults, set per stream in __init__ and _start: monitoring runs, no accommodations.
+    held = False
+    accommodations: Accommodations = NONE
+
     def __init__(self, analysis: Analysis, stream: Stream) -> None:
         self.analysis = analysis
         self.stream = stream
@@ -120,7 +125,12 @@ class StreamAnalysis:
         # the detectors from it. Until then the deployment's rules take the page's signals (none come before
         # the data channel opens, long after that one query).
         self.sensitivity = STANDARD
+        # The candidate's accommodations (core.accommodations): kinds switched off raise nothing; relaxed ones wait
+        # longer. Read with the sensitivity.
+        self.accommodations = NONE
         self.rules = EventRules(rules_config(analysis.ctx.settings))
+        # A proctor's pause or the candidate's break (media_server/intervention.py): no flags meanwhile.
+        self.held = stream.held
         self.detectors: list[Detector] = []
         self.slots: list[_DetectorSlot] = []
         self.closed = False
@@ -133,6 +143,7 @@ class StreamAnalysis:
         self._snapshot_lock = asyncio.Lock()
         self.changes: asyncio.Queue[tuple[EventChange, float | None]] = asyncio.Queue()
         stream.signal_sinks.append(self.on_signal)
+        stream.hold_sinks.append(self.on_hold)
         stream.close_hooks.append(self.on_close)
         self._tasks = [asyncio.create_task(self._writer(), name=f"events-{self.session_id}"),
                        asyncio.create_task(self._ticker(), name=f"rules-tick-{self.session_id}"),
@@ -146,9 +157,10 @@ class StreamAnalysis:
         keyframe)."""
         ctx = self.analysis.ctx
         self.sensitivity = await self._read_sensitivity()
+        self.accommodations = await self._read_accommodations()
         # In place, not a new EventRules: a page signal that came first keeps its state (an open second_screen
         # would otherwise never end).
-        self.rules.config = rules_config(ctx.settings, self.sensitivity)
+        self.rules.config = rules_config(ctx.settings, self.sensitivity).relaxed(self.accommodations.min_durations())
         # Models are shared and already warm: building a stream's detectors costs ~0.2 ms.
         self.detectors = build_detectors(apply_sensitivity(ctx.settings, self.sensitivity))
         if self.closed:
@@ -174,6 +186,19 @@ class StreamAnalysis:
         log.info("session %s: sensitivity %s", self.session_id, found.describe())
         return found
 
+    async def _read_accommodations(self) -> Accommodations:
+        """The candidate's accommodations; none (logged) when the database does not answer in time or the stored
+        value is unreadable, as for the sensitivity."""
+        try:
+            async with asyncio.timeout(SENSITIVITY_WAIT_S), self.analysis.ctx.pool.acquire() as conn:
+                found = await sessions.get_accommodations(conn, self.session_id)
+        except Exception as exc:
+            log.warning("session %s: accommodations not read (%r); none apply", self.session_id, exc)
+            return NONE
+        if found is not None and not found.empty:
+            log.info("session %s: accommodations %s", self.session_id, found.describe())
+        return found or NONE
+
     # --- inputs -------------------------------------------------------------------------------------------
     def rgb(self, item: _Frame) -> np.ndarray:
         """The frame as RGB, converted once however many detectors asked for it (only sampled frames pay).
@@ -190,6 +215,8 @@ class StreamAnalysis:
             return rgb
 
     def observe(self, signal: Signal, item: _Frame, rgb: np.ndarray | None) -> None:
+        if self.held or signal.kind in self.accommodations.off_kinds:
+            return
         if signal.kind == "poor_image":
             self.tell_candidate(signal)
         for change in self.rules.update(signal.kind, signal.active, signal.confidence, item.media_time,
@@ -213,9 +240,24 @@ class StreamAnalysis:
                                       "message": message})
 
     def on_signal(self, media_time_s: float, message: dict[str, Any]) -> None:
+        condition = browser_signal_to_condition(message)
+        # Switched off for this candidate: never reaches the rules (a latched state would start on a tick).
+        if self.held or (condition is not None and condition[0] in self.accommodations.off_kinds):
+            return
         arrived = time.time()
         for change in self.rules.browser_signal(message, media_time_s):
             self.changes.put_nowait((change, arrived))
+
+    def on_hold(self, held: bool, media_time_s: float) -> None:
+        """A pause or break began: every open flag ends where it began and nothing new starts until it is over
+        (pending runs are dropped: a condition must be seen anew after it). The recording is not affected."""
+        self.held = held
+        if held:
+            for change in self.rules.flush(media_time_s):
+                self.changes.put_nowait((change, None))
+            if self._notice[0]:
+                self._notice = (False, "")
+                self.stream.notify_candidate({"type": "notice", "kind": "poor_image", "active": False, "message": ""})
 
     def maybe_thumbnail(self, rgb: np.ndarray) -> None:
         """Every THUMBNAIL_S a small JPEG of the latest analysed frame, for the live monitor's grid."""

@@ -10,14 +10,26 @@ BROWSER_KINDS = ("tab_hidden", "window_blur", "fullscreen_exit", "second_screen"
 # Raised by the server: about itself (the archive could not write), and when staff replace a session's reference
 # photo (web/candidate.py: the candidate may not, once the exam has started).
 SYSTEM_KINDS = ("recording_error", "reference_replaced")
+# Put on the timeline by people, never flags (no score, nothing to confirm or dismiss): a proctor's message or
+# request to the candidate (and its acknowledgement), a pause of the exam, and a break the candidate's
+# accommodations allow (core.accommodations). Detectors raise no flag while a pause or a break is on.
+PROCTOR_KINDS = ("proctor_message", "exam_paused")
+CANDIDATE_KINDS = ("exam_break",)
+TIMELINE_KINDS = (*PROCTOR_KINDS, *CANDIDATE_KINDS)
+# The intervals during which monitoring is held (one at most is open per session).
+HOLD_KINDS = ("exam_paused", "exam_break")
 
 REVIEW_STATES = ("pending", "confirmed", "dismissed")
 
 
 def source_of(kind: str) -> str:
-    """The `source` column of an event of this kind: analyzer, browser or system."""
+    """The `source` column of an event of this kind: analyzer, browser, system, proctor or candidate."""
     if kind in BROWSER_KINDS:
         return "browser"
     if kind in SYSTEM_KINDS:
         return "system"
+    if kind in PROCTOR_KINDS:
+        return "proctor"
+    if kind in CANDIDATE_KINDS:
+        return "candidate"
     return "analyzer"

@@ -96,6 +96,26 @@ class Acknowledged(Published):
         return {"session_id": self.session_id, "event_id": self.event_id, "by": self.by, "at": self.at}
 
 
+@dataclass(frozen=True, kw_only=True)
+class Intervention(Published):
+    """Live intervention (core.events.TIMELINE_KINDS): a proctor's message, request, pause, resume or end went to
+    the candidate (`state` "sent", or "queued" when their page is not connected: a pause then shows when it is
+    back), their page showed it ("shown") or they confirmed it ("ok"), or a break began or ended ("started",
+    "ended")."""
+
+    type: ClassVar[str] = "intervention"
+    action: str  # message | adjust | pause | resume | end | break
+    state: str
+    event_id: int | None
+    text: str | None = None
+    by: str | None = None
+    at_s: float | None = None  # session media time
+
+    def body(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "action": self.action, "state": self.state,
+                "event_id": self.event_id, "text": self.text, "by": self.by, "at_s": self.at_s, "at": self.at}
+
+
 # --- messages of one WebSocket, never published -------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class Hello(LiveMessage):

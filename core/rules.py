@@ -98,6 +98,15 @@ class RulesConfig:
             rules[kind] = replace(rules[kind], start_after_s=float(start), end_after_s=float(end))
         return replace(self, rules=rules)
 
+    def relaxed(self, min_start: Mapping[str, float]) -> RulesConfig:
+        """A candidate's accommodations (core.accommodations): each named kind waits at least this long before it
+        starts, never less than it already did (relaxing only ever makes a flag slower to come)."""
+        rules = dict(self.rules)
+        for kind, seconds in min_start.items():
+            if kind in rules:
+                rules[kind] = replace(rules[kind], start_after_s=max(rules[kind].start_after_s, float(seconds)))
+        return replace(self, rules=rules)
+
 
 def parse_event_timing(raw: str) -> dict[str, tuple[float, float]]:
     """ "no_face=5/2, phone=1/3" -> {"no_face": (5.0, 2.0), "phone": (1.0, 3.0)}; ValueError names the bad part."""

@@ -34,6 +34,7 @@ from core.offers import OfferError
 from core.sessions import OPEN_STATUSES, parse_id
 from media_server.decode import DecodePool
 from media_server.ice import enlarge_receive_buffers, install_host_addresses, rtc_configuration
+from media_server.intervention import InterventionError, Interventions
 from media_server.outlets import Plugin
 from media_server.sdp import screen_offer, tune_answer
 from media_server.stream import CandidateStream
@@ -106,6 +107,7 @@ class MediaNode:
         self._tasks: list[asyncio.Task[Any]] = []
         self._watchers: set[asyncio.Task[Any]] = set()
         self.loop_lag = LoopLag()
+        self.interventions = Interventions(ctx)
         install_host_addresses(self.settings.ice_host_addresses)
         install_batched_reads()
 
@@ -115,6 +117,7 @@ class MediaNode:
                               middlewares=[nodeauth.middleware(self._key)])
         app.router.add_post("/offer", self.handle_offer)
         app.router.add_post("/sessions/{session_id}/close", self.handle_close)
+        app.router.add_post("/sessions/{session_id}/intervene", self.handle_intervene)
         app.router.add_get("/stats", self.handle_stats)
         return app
 
@@ -168,6 +171,13 @@ class MediaNode:
                                  decode_pool=self.decode_pool)
         for plugin in self.plugins:
             plugin.attach(stream)
+        stream.close_hooks.append(self.interventions.detach)
+        try:
+            # A pause or break still open (from before a reload, or set while the candidate was away) holds the
+            # new stream from its first frame.
+            await self.interventions.restore(stream)
+        except Exception as exc:  # the database hiccuped: monitor as usual rather than refuse the candidate
+            log.warning("session %s: open pause or break not restored: %r", session_id, exc)
         try:
             answer = await asyncio.wait_for(stream.answer(sdp), ANSWER_TIMEOUT_S)
         except Exception as exc:  # aiortc raises many kinds on bad SDP; none may take the node down
@@ -209,6 +219,25 @@ class MediaNode:
             await stream.close("moved to another node")
             return web.json_response({"closed": True, "duration_s": stream.clock.end_s})
         return web.json_response({"closed": False})
+
+    async def handle_intervene(self, request: web.Request) -> web.Response:
+        """A proctor's message, request, pause, resume or end, or the candidate's break (media_server/
+        intervention.py): 200 {"event_id", "media_time_s", "delivered"}; 404 when this node does not carry the
+        session's stream (the candidate is not connected here)."""
+        session_id = parse_id(request.match_info["session_id"]) or ""
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            raise error(web.HTTPBadRequest, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise error(web.HTTPBadRequest, "body must be a JSON object")
+        stream = self.streams.get(session_id)
+        if stream is None:
+            raise error(web.HTTPNotFound, "this node does not carry the session's stream")
+        try:
+            return web.json_response(await self.interventions.apply(stream, body))
+        except InterventionError as exc:
+            raise error(web.HTTPConflict if exc.status == 409 else web.HTTPBadRequest, str(exc)) from None
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"node_id": self.node_id, "capacity": self.settings.media_node_capacity,
@@ -313,6 +342,7 @@ class MediaNode:
                 await plugin.stop()
             except Exception:
                 log.exception("plugin %s failed to stop", type(plugin).__name__)
+        await self.interventions.stop()
         await asyncio.to_thread(self.decode_pool.stop)
         for task in self._tasks:
             task.cancel()

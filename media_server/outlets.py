@@ -6,7 +6,9 @@ with a plain object. Three outlets per stream, and one way back to the page:
 - encoded: every whole encoded frame (VP8 video, Opus audio) with its session media time, on the event loop;
 - decoded: video frames decoded by the node, handed to each subscriber at the rate it asks for;
 - signals: the page's small JSON messages (tab hidden, blur, copy/paste) with the media time they arrived at;
-- notify_candidate: a small JSON message to the page (a notice it shows the candidate: "more light, please").
+- notify_candidate: a small JSON message to the page (a notice it shows the candidate: "more light, please");
+- holds: a proctor's pause or the candidate's break holds monitoring (no flags; the recording goes on): each
+  hold sink is told when one begins or ends, with the media time.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class EncodedFrame:
 EncodedSink = Callable[[EncodedFrame, float], None]
 # Media time the signal arrived at, and the parsed JSON object (a string `type` and scalar values).
 SignalSink = Callable[[float, dict[str, Any]], None]
+# Monitoring held (a pause or a break began: True) or resumed (False), and the media time it happened at.
+HoldSink = Callable[[bool, float], None]
 
 
 class FrameSubscriber(Protocol):
@@ -64,7 +68,13 @@ class Stream(Protocol):
     session_id: str
     encoded_sinks: list[EncodedSink]
     signal_sinks: list[SignalSink]
+    hold_sinks: list[HoldSink]
     close_hooks: list[Callable[[Any], Any]]
+
+    @property
+    def held(self) -> bool:
+        """Whether monitoring is held now (a pause or a break): detectors raise no flags meanwhile."""
+        ...
 
     @property
     def clock(self) -> Timeline: ...

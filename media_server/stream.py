@@ -17,7 +17,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from core import vp8
 from media_server import aiortc_compat
 from media_server.decode import DecodePool, FrameSampler
-from media_server.outlets import EncodedFrame, EncodedSink, SignalSink
+from media_server.outlets import EncodedFrame, EncodedSink, HoldSink, SignalSink
 from media_server.taps import tap_encoded, tap_loss
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,13 @@ class CandidateStream:
         self.losses = 0
         self._audio_anchor: tuple[int, float] | None = None
         self.signal_sinks: list[SignalSink] = []
+        # Live intervention (media_server/intervention.py): the hold on now (an `exam_paused` or `exam_break`
+        # event's kind, None when monitoring runs), who is told when it changes, and the interventions whose
+        # acknowledgement the page may send (event ids: a page can only acknowledge what was sent to it).
+        self.hold: str | None = None
+        self.hold_sinks: list[HoldSink] = []
+        self.on_ack: Callable[[CandidateStream, int, str], None] | None = None
+        self._awaiting_ack: dict[int, str] = {}  # event id -> the notice kind it was sent under
         self.close_hooks: list[Callable[[CandidateStream], Any]] = []
         self.video_receiver: RTCRtpReceiver | None = None
         self._channels = 0  # data channels the peer opened
@@ -292,6 +299,54 @@ class CandidateStream:
             self._notices.pop(kind, None)
         self._send_notice(message)
 
+    # --- live intervention -----------------------------------------------------------------------------
+    MAX_AWAITING_ACKS = 64
+
+    @property
+    def held(self) -> bool:
+        return self.hold is not None
+
+    @property
+    def page_channel_open(self) -> bool:
+        """Whether a notice sent now reaches the page at once (else it waits for the channel, if it is kept)."""
+        return self._page_channel is not None and self._page_channel.readyState == "open"
+
+    def set_hold(self, hold: str | None) -> float:
+        """Hold monitoring (`hold`: the event kind, exam_paused or exam_break) or resume it (None); every hold
+        sink hears of a change. Returns the media time it happened at."""
+        at = self.clock.end_s
+        if hold != self.hold:
+            was_held, self.hold = self.held, hold
+            if was_held != self.held:
+                for sink in self.hold_sinks:
+                    try:
+                        sink(self.held, at)
+                    except Exception:
+                        log.exception("hold subscriber failed")
+        return at
+
+    def expect_ack(self, event_id: int, notice_kind: str) -> None:
+        """The page may acknowledge this intervention; an "ok" takes its notice off the replay list."""
+        if len(self._awaiting_ack) >= self.MAX_AWAITING_ACKS:
+            self._awaiting_ack.pop(next(iter(self._awaiting_ack)))
+        self._awaiting_ack[event_id] = notice_kind
+
+    def _on_ack(self, data: dict[str, Any]) -> None:
+        event_id, stage = data.get("id"), data.get("stage")
+        if not isinstance(event_id, int) or isinstance(event_id, bool) or event_id not in self._awaiting_ack \
+                or stage not in ("shown", "ok"):
+            self.stats.bad_signals += 1
+            return
+        if stage == "ok":
+            kind = self._awaiting_ack.pop(event_id)
+            if kind.startswith("proctor:"):
+                self._notices.pop(kind, None)  # read: not shown again when the channel reopens
+        if self.on_ack is not None:  # the node records it and tells the proctor (on a task of its own)
+            try:
+                self.on_ack(self, event_id, stage)
+            except Exception:
+                log.exception("session %s: acknowledgement not handled", self.session_id)
+
     def _replay_notices(self) -> None:
         for message in list(self._notices.values()):
             self._send_notice(message)
@@ -373,6 +428,9 @@ class CandidateStream:
             self.stats.bad_signals += 1
             return
         self.stats.signals += 1
+        if data["type"] == "ack":  # the page showed or the candidate confirmed an intervention: not a signal
+            self._on_ack(data)
+            return
         media_time = self.clock.end_s
         for sink in self.signal_sinks:
             try:

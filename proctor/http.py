@@ -29,12 +29,13 @@ INT8_MAX = 2**63 - 1
 # JSON bodies nest at most this deep (ours nest two or three levels).
 MAX_JSON_DEPTH = 32
 
-# The one route with a credential in its path: /join/<token> (the token opens the candidate's exam).
-_JOIN_PATH = re.compile(r"(/join/)[^/?#]+")
+# The routes with a credential in their path: /join/<token> (the token opens the candidate's exam) and
+# /report/<token> (a candidate's evidence report, web/report.py).
+_JOIN_PATH = re.compile(r"(/(?:join|report)/)[^/?#]+")
 
 
 def redact_path(path: str) -> str:
-    """A request path safe to log: a join link's token is replaced by a placeholder."""
+    """A request path safe to log: a join or report link's token is replaced by a placeholder."""
     return _JOIN_PATH.sub(r"\1<redacted>", path)
 
 

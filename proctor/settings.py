@@ -296,6 +296,15 @@ class Settings:
         "SCORE_WEIGHTS", "", _score_weights,
         "Suspicion score weights, points per 10 s of a flag: e.g. phone=8,identity_mismatch=10 "
         "(defaults in core/scoring.py).")
+    # --- review --------------------------------------------------------------------------------------
+    # Off by default: whether candidates may see their evidence is the institution's policy, decided by an admin.
+    candidate_report_links: bool = _setting(
+        "CANDIDATE_REPORT_LINKS", "false", _bool,
+        "Let staff give a candidate a signed, expiring link to their session's evidence report (PDF). Off: only "
+        "staff can download it, and links given out before stop working.")
+    report_link_ttl_s: int = _setting(
+        "REPORT_LINK_TTL_S", "604800", _int(60, 90 * 86400),
+        "How long a candidate's evidence-report link stays valid, seconds (at most 90 days).")
     # --- misc --------------------------------------------------------------------------------------
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of every process.")

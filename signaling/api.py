@@ -14,6 +14,7 @@ import asyncpg
 from aiohttp import web
 
 from core import nodes, tokens
+from core.accommodations import NONE, Accommodations
 from core.offers import OfferError, check_offer
 from core.search import LIKE_ESCAPE, contains_pattern
 from core.sensitivity import STANDARD, Sensitivity
@@ -85,11 +86,13 @@ async def create_session(request: web.Request) -> web.Response:
             raise error(web.HTTPBadRequest, f"{name!r} must be a non-empty string of at most {MAX_FIELD} characters")
         fields[name] = value.strip()
     sensitivity = _sensitivity(body.get("sensitivity"))
+    accommodations = _accommodations(body.get("accommodations"))
     async with ctx.pool.acquire() as conn:
         row = await sessions.create(conn, candidate=fields["candidate"], exam=fields["exam"], created_by=user.id,
-                                    ttl_s=ctx.settings.join_token_ttl_s, sensitivity=sensitivity)
+                                    ttl_s=ctx.settings.join_token_ttl_s, sensitivity=sensitivity,
+                                    accommodations=accommodations)
         await audit(conn, user.name, "session.create", f"session:{row['id']}",
-                    {**fields, "sensitivity": sensitivity.to_json()})
+                    {**fields, "sensitivity": sensitivity.to_json(), "accommodations": accommodations.to_json()})
     token = tokens.for_session(ctx.settings.signing_key(), row)
     data = sessions.to_json(row)
     data["join_url"] = f"{ctx.settings.base_url}/join/{token}"
@@ -104,6 +107,34 @@ def _sensitivity(value: Any) -> Sensitivity:
         return Sensitivity.parse(value)
     except ValueError as exc:
         raise error(web.HTTPBadRequest, f"sensitivity: {exc}") from None
+
+
+def _accommodations(value: Any) -> Accommodations:
+    """The optional "accommodations" of a candidate (absent or null: none)."""
+    if value is None:
+        return NONE
+    try:
+        return Accommodations.parse(value)
+    except ValueError as exc:
+        raise error(web.HTTPBadRequest, f"accommodations: {exc}") from None
+
+
+async def set_accommodations(request: web.Request) -> web.Response:
+    """PUT /api/sessions/{id}/accommodations: replace the candidate's accommodations (core.accommodations) before
+    the exam starts. 200 with the session; 400 for a wrong value; 409 once the session is live or over (the media
+    node has applied them, and the review must show what applied)."""
+    user = require_user(request)
+    ctx = request.app[CTX]
+    session_id = path_session_id(request)
+    body = await read_json(request, 16 * 1024)
+    accommodations = _accommodations(body.get("accommodations", body))
+    async with ctx.pool.acquire() as conn:
+        row = await existing_session(conn, session_id)
+        updated = await sessions.set_accommodations(conn, session_id, accommodations, actor=user.name)
+    if updated is None:
+        raise error(web.HTTPConflict, f"session is {row['status']}: accommodations can only be changed before the "
+                    "exam starts", status=row["status"])
+    return web.json_response(sessions.to_json(updated))
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -205,13 +236,23 @@ async def consent(request: web.Request) -> web.Response:
 
 
 async def candidate_state(request: web.Request) -> web.Response:
-    """What a (re)loaded candidate page needs to resume: status, consent given, reference photo taken."""
+    """What a (re)loaded candidate page needs to resume: status, consent given, reference photo taken, and the
+    breaks the candidate's accommodations allow (how many taken) and the pause or break on now, if any."""
     async with request.app[CTX].pool.acquire() as conn:
         row = await candidate_session(request, conn)
         has_reference = await conn.fetchval("SELECT count(*) > 0 FROM reference_photos WHERE session_id = $1",
                                             row["id"])
+        taken = await events.count_kind(conn, str(row["id"]), "exam_break")
+        hold = await events.open_hold(conn, str(row["id"]))
+    try:
+        allowed = Accommodations.parse(row["accommodations"])
+    except ValueError:
+        allowed = NONE
     return web.json_response({"status": row["status"], "consented": row["consent_at"] is not None,
-                              "has_reference": has_reference, "duration_s": row["duration_s"]})
+                              "has_reference": has_reference, "duration_s": row["duration_s"],
+                              "breaks": {"allowed": allowed.breaks, "minutes": allowed.break_minutes, "taken": taken},
+                              "hold": None if hold is None else
+                              {"hold": "paused" if hold["kind"] == "exam_paused" else "break", "id": hold["id"]}})
 
 
 def require_open(row: asyncpg.Record) -> None:
@@ -340,6 +381,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/sessions/{session_id}/events", list_events)
     r.add_post("/api/sessions/{session_id}/end", end_session)
     r.add_post("/api/sessions/{session_id}/join-link", rotate_join_link)
+    r.add_put("/api/sessions/{session_id}/accommodations", set_accommodations)
     r.add_get("/api/sessions/{session_id}/state", candidate_state)
     r.add_post("/api/sessions/{session_id}/consent", consent)
     r.add_post("/api/sessions/{session_id}/offer", offer)

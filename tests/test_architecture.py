@@ -59,6 +59,7 @@ OWNED = {
     r"INSERT\s+INTO\s+events\b|UPDATE\s+events\b|DELETE\s+FROM\s+events\b": "proctor/store/events.py",
     r"\.publish\(\s*LIVE_CHANNEL": "proctor/store/live.py",
     r"NODE_KEY\.format": "proctor/store/nodes.py",
+    r"(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(cases|case_history)\b": "proctor/store/cases.py",
 }
 
 

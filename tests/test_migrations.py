@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import asyncpg
+from alembic.script import ScriptDirectory
 
 from proctor import migrate
 
@@ -41,7 +42,9 @@ def test_upgrade_downgrade_upgrade(servers: dict[str, str]) -> None:
     url = _with_db(base, name)
     assert migrate.current(url) is None
     migrate.upgrade(url)
-    assert migrate.current(url) == "0003"
+    # The newest revision, whichever it is (several issues add one each).
+    head = ScriptDirectory.from_config(migrate.alembic_config(url)).get_current_head()
+    assert head is not None and migrate.current(url) == head
     assert TABLES <= asyncio.run(_tables(url))
     migrate.downgrade(url, "base")
     assert migrate.current(url) is None

@@ -17,7 +17,11 @@ from tests.support.accounts import PASSWORD, logged_in, make_user, page_csrf, po
 from tests.support.servers import RunningApp
 
 # Routes that are public or check the candidate's join token themselves.
-PUBLIC = {"/login", "/static", "/healthz", "/join/{token}"}
+# /report/{token}: a candidate's evidence report through a signed link (tests/test_report.py checks it).
+# LTI 1.3 (lti/routes.py): what the LMS and the browser it sends call, each checked by its own proof (state cookie and
+# signed id_token, a single-use reference), and our public keys (tests/test_lti.py checks them).
+PUBLIC = {"/login", "/static", "/healthz", "/join/{token}", "/report/{token}",
+          "/lti/login", "/lti/launch", "/lti/deep-link", "/.well-known/jwks.json"}
 CANDIDATE = {"consent", "precheck", "reference", "offer", "state", "end"}
 
 

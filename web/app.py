@@ -29,6 +29,7 @@ from web.live import setup_routes as setup_live
 from web.login import setup_routes as setup_login
 from web.media import setup_routes as setup_media
 from web.proxy import CLIENT, forwarded
+from web.report import setup_routes as setup_report
 from web.staff import setup_routes as setup_staff
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
     setup_media(app)
     setup_login(app)
     setup_staff(app)
+    setup_report(app)
     setup_live(app)
     setup_admin(app)
     return app

@@ -19,12 +19,14 @@ from PIL import Image, UnidentifiedImageError
 
 from analyzers.precheck import PrecheckResult, check_frame
 from core import tokens
-from core.live import EventAlert
+from core.accommodations import Accommodations
+from core.live import EventAlert, Intervention
 from proctor import ratelimit
 from proctor.accounts import User, audit
-from proctor.http import CTX, USER, error, path_session_id, too_large
+from proctor.http import CTX, USER, error, path_session_id, read_json, too_large
 from proctor.store import events, live, sessions
 from signaling.api import candidate_session, existing_session, require_open
+from web.live import call_node
 
 MAX_PHOTO_BYTES = 8 * 1024 * 1024
 MAX_PHOTO_PIXELS = 4096 * 4096
@@ -276,6 +278,53 @@ async def _replace_reference(request: web.Request, user: User) -> web.Response:
                               "event_id": event_id}, status=201)
 
 
+async def take_break(request: web.Request) -> web.Response:
+    """POST /api/sessions/{id}/break {"action": "start" | "end"} (join token): a break the candidate's
+    accommodations allow (core.accommodations: up to N of M minutes). No flags during it, the recording goes on,
+    and it is on the timeline (`exam_break`); it ends when the candidate comes back or after its minutes. 200
+    {"event_id", "taken", "allowed", "minutes"}; 409 with `reason` when none is allowed or left
+    (`no_breaks_left`), the exam is paused or already on a break (`held`), or the page is not connected."""
+    ctx = request.app[CTX]
+    async with ctx.pool.acquire() as conn:
+        row = await candidate_session(request, conn)
+        session_id = str(row["id"])
+        taken = await events.count_kind(conn, session_id, "exam_break")
+    body = await read_json(request, 1024)
+    action = body.get("action")
+    if action not in ("start", "end"):
+        raise error(web.HTTPBadRequest, "action must be \"start\" or \"end\"")
+    if row["status"] != "live":
+        raise error(web.HTTPConflict, f"session is {row['status']}: breaks are taken during the exam",
+                    status=row["status"])
+    try:
+        allowed = Accommodations.parse(row["accommodations"])
+    except ValueError:
+        raise error(web.HTTPConflict, "this session's accommodations cannot be read; ask a proctor") from None
+    if action == "start" and taken >= allowed.breaks:
+        raise error(web.HTTPConflict, "no breaks are allowed in this exam" if not allowed.breaks else
+                    f"all {allowed.breaks} breaks have been taken", reason="no_breaks_left")
+    payload: dict[str, Any] = {"action": f"break_{action}", "by": "candidate"}
+    if action == "start":
+        payload["minutes"] = allowed.break_minutes
+    reply = await call_node(request.app, session_id, payload)
+    if reply is None:
+        raise error(web.HTTPConflict, "your page is not connected right now; wait for it to reconnect",
+                    reason="not_connected")
+    status, result = reply
+    if status != 200:
+        raise error(web.HTTPConflict if status == 409 else web.HTTPBadRequest,
+                    str(result.get("error") or f"the media node answered {status}"), reason="held")
+    taken += action == "start"
+    async with ctx.pool.acquire() as conn:
+        await audit(conn, "candidate", f"session.break.{action}", f"session:{session_id}",
+                    {"event_id": result.get("event_id"), "taken": taken, "allowed": allowed.breaks})
+    await live.publish_quietly(ctx.redis, Intervention(
+        session_id=session_id, action="break", state="started" if action == "start" else "ended",
+        event_id=result.get("event_id"), by="candidate", at_s=result.get("media_time_s")))
+    return web.json_response({"event_id": result.get("event_id"), "taken": taken, "allowed": allowed.breaks,
+                              "minutes": allowed.break_minutes})
+
+
 async def _close_photo_checks(app: web.Application) -> None:
     app[PHOTOS].close()
 
@@ -286,3 +335,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/join/{token}", join_page)
     app.router.add_post("/api/sessions/{session_id}/precheck", precheck)
     app.router.add_post("/api/sessions/{session_id}/reference", upload_reference)
+    app.router.add_post("/api/sessions/{session_id}/break", take_break)

@@ -1,5 +1,6 @@
-"""Staff pages and the review API: sessions list, review (master video + timeline), event review/ack, exports,
-and the preview of a session whose master is not built yet (its stored segments and batches, in order).
+"""Staff pages and the review API: sessions list, the reviewer queue, review (master video + timeline), event
+review/ack, the case of a session (its review status, assignee and decision with a rationale), exports, and the
+preview of a session whose master is not built yet (its stored segments and batches, in order).
 
 Pages need a login (redirect to /login); the JSON routes need a login cookie or an API token (401), and a
 state-changing call from a page carries the CSRF token (checked by web.auth.identify).
@@ -17,6 +18,7 @@ from urllib.parse import urlencode
 import asyncpg
 from aiohttp import web
 
+from core.accommodations import Accommodations
 from core.events import REVIEW_STATES
 from core.live import Acknowledged
 from core.search import LIKE_ESCAPE, contains_pattern
@@ -24,14 +26,16 @@ from core.sensitivity import Sensitivity
 from core.sessions import STATUSES
 from proctor import accounts
 from proctor.http import CTX, error, path_int, path_session_id, read_json, require_user, unstorable
-from proctor.store import events, live, sessions
+from proctor.store import cases, events, live, sessions
 from signaling.api import existing_session
 from web.login import page_user, render_page
 from web.media import serve_video
 
 MAX_NOTE = 2000
 MAX_QUERY = 200
-SORTS = {"newest": "s.created_at DESC", "score": "s.score DESC, s.created_at DESC"}
+SORTS = {"newest": "s.created_at DESC", "score": "s.score DESC, s.created_at DESC",
+         "case": f"{cases.STATUS_ORDER_SQL} NULLS LAST, s.score DESC, s.created_at DESC"}
+QUEUE_LIMIT = 100
 EXPORT_FIELDS = ("id", "kind", "start_s", "end_s", "duration_s", "confidence", "source", "review_state",
                  "review_note", "reviewed_by", "reviewed_at", "acknowledged_by", "acknowledged_at", "snapshot_url")
 
@@ -58,6 +62,9 @@ async def sessions_page(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status is not None and status not in STATUSES:
         status = None
+    case = request.query.get("case") or None
+    if case is not None and case not in cases.STATUSES:
+        case = None
     query = request.query.get("q", "").strip()[:MAX_QUERY]
     if unstorable(query) is not None:  # NUL or a lone surrogate cannot be searched for: show the unfiltered list
         query = ""
@@ -68,27 +75,43 @@ async def sessions_page(request: web.Request) -> web.Response:
     async with request.app[CTX].pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT s.id, s.candidate, s.exam, s.status, s.created_at, s.started_at, s.ended_at, s.duration_s, "
-            "s.score, "
+            f"s.score, {cases.STATUS_SQL} AS case_status, a.name AS case_assignee, "
             "count(e.id) AS events, count(e.id) FILTER (WHERE e.end_s IS NULL) AS open_events, "
             "count(e.id) FILTER (WHERE e.review_state = 'confirmed') AS confirmed, "
             "count(e.id) FILTER (WHERE e.review_state = 'pending') AS pending "
             "FROM sessions s LEFT JOIN events e ON e.session_id = s.id "
+            "LEFT JOIN cases c ON c.session_id = s.id LEFT JOIN users a ON a.id = c.assignee_id "
             "WHERE ($1::text IS NULL OR s.status = $1) "
             f"AND ($2::text IS NULL OR s.candidate ILIKE $2 {LIKE_ESCAPE} OR s.exam ILIKE $2 {LIKE_ESCAPE}) "
-            f"GROUP BY s.id HAVING (NOT $3 OR count(e.id) > 0) ORDER BY {SORTS[sort]} LIMIT 200",
-            status, contains_pattern(query), flagged)
+            f"AND ($4::text IS NULL OR {cases.STATUS_SQL} = $4) "
+            "GROUP BY s.id, c.session_id, a.id "
+            f"HAVING (NOT $3 OR count(e.id) > 0) ORDER BY {SORTS[sort]} LIMIT 200",
+            status, contains_pattern(query), flagged, case)
     return render_page("sessions.html", request, {
         "nav": "sessions", "rows": rows, "statuses": STATUSES, "status": status or "", "q": query,
-        "flagged": flagged, "sort": sort, "duration": _duration,
-        "sort_urls": {name: _list_url(status, query, flagged, name) for name in SORTS},
+        "flagged": flagged, "sort": sort, "duration": _duration, "case": case or "",
+        "case_statuses": cases.STATUSES, "case_labels": cases.LABELS,
+        "sort_urls": {name: _list_url(status, query, flagged, name, case) for name in SORTS},
         "score_level": score_level, "fmt_score": fmt_score})
 
 
-def _list_url(status: str | None, query: str, flagged: bool, sort: str) -> str:
-    params = {"status": status or "", "flagged": "1" if flagged else "", "q": query,
+def _list_url(status: str | None, query: str, flagged: bool, sort: str, case: str | None = None) -> str:
+    params = {"status": status or "", "case": case or "", "flagged": "1" if flagged else "", "q": query,
               "sort": sort if sort != "newest" else ""}
     encoded = urlencode({k: v for k, v in params.items() if v})
     return f"/?{encoded}" if encoded else "/"
+
+
+async def queue_page(request: web.Request) -> web.Response:
+    """The reviewer queue: ended sessions nobody has started reviewing, highest suspicion score first, and the
+    cases in review assigned to the viewer."""
+    user = page_user(request)
+    async with request.app[CTX].pool.acquire() as conn:
+        waiting = await cases.queue(conn, limit=QUEUE_LIMIT)
+        mine = await cases.assigned_to(conn, user.id, limit=QUEUE_LIMIT)
+    return render_page("queue.html", request, {
+        "nav": "queue", "waiting": waiting, "mine": mine, "duration": _duration, "score_level": score_level,
+        "fmt_score": fmt_score, "limit": QUEUE_LIMIT})
 
 
 def _duration(seconds: float | None) -> str:
@@ -105,16 +128,26 @@ async def review_page(request: web.Request) -> web.Response:
             raise web.HTTPNotFound(text="no such session")
         master = await conn.fetchrow("SELECT duration_s FROM master_videos WHERE session_id = $1", session_id)
         pieces = await preview_pieces(conn, session_id) if master is None else []
+        case = await cases.get(conn, session_id)
+        reviewers = [r["name"] for r in await conn.fetch("SELECT name FROM users WHERE NOT disabled ORDER BY name")]
     can_delete = user.role == "admin"
     try:
         sensitivity = Sensitivity.parse(row["sensitivity"]).describe()
     except ValueError:  # edited by hand in the database: the media node falls back to the deployment's settings
         sensitivity = "standard (stored value unreadable)"
+    try:  # shown beside it, so a break or a detector switched off is not read as a gap in monitoring
+        accommodations = Accommodations.parse(row["accommodations"]).describe()
+    except ValueError:
+        accommodations = "none (stored value unreadable)"
+    report_links = request.app[CTX].settings.candidate_report_links
     config = {"sessionId": session_id, "status": row["status"], "score": row["score"],
               "masterDuration": master["duration_s"] if master else None, "pieces": pieces,
-              "canDelete": can_delete}
+              "canDelete": can_delete, "case": case.to_json(), "caseLabels": cases.LABELS,
+              "endedStatuses": cases.ENDED_STATUSES, "user": user.name, "isAdmin": user.is_admin,
+              "reviewers": reviewers, "reportLinks": report_links, "minRationale": cases.MIN_RATIONALE}
     return render_page("review.html", request, {
         "nav": "sessions", "session": row, "config": config, "can_delete": can_delete, "sensitivity": sensitivity,
+        "accommodations": accommodations, "case": case, "case_labels": cases.LABELS, "report_links": report_links,
         "score_level": score_level, "fmt_score": fmt_score})
 
 
@@ -213,6 +246,62 @@ async def acknowledge_event(request: web.Request) -> web.Response:
     return web.json_response(data)
 
 
+# --- cases ----------------------------------------------------------------------------------------------
+
+async def get_case(request: web.Request) -> web.Response:
+    """GET /api/sessions/{id}/case: {"status", "label", "assignee", "rationale", "decided_by", "decided_at",
+    "version", "updated_at", "history": [...]}; status is one of cases.STATUSES."""
+    require_user(request)
+    session_id = path_session_id(request)
+    async with request.app[CTX].pool.acquire() as conn:
+        await existing_session(conn, session_id)
+        case = await cases.get(conn, session_id)
+    return web.json_response(case.to_json(), headers={"Cache-Control": "private, no-store"})
+
+
+async def change_case(request: web.Request) -> web.Response:
+    """POST /api/sessions/{id}/case {"action": "assign|start|decide|reopen|comment", ...}: the changed case.
+
+    assign {"assignee": name|null}; start (assigns the caller when nobody is); decide {"decision":
+    "cleared|concern_raised", "rationale": "..."} (the rationale is required); reopen {"reason": "..."} (admins);
+    comment {"note": "..."}. Any may carry the "version" the caller saw: 409 when the case changed since.
+    """
+    user = require_user(request)
+    session_id = path_session_id(request)
+    body = await read_json(request, 32 * 1024)
+    try:
+        change = cases.parse_change(body)
+    except cases.CaseError as exc:
+        raise error(web.HTTPBadRequest, str(exc)) from None
+    async with request.app[CTX].pool.acquire() as conn, conn.transaction():
+        row = await existing_session(conn, session_id)
+        if row["status"] not in cases.ENDED_STATUSES:
+            raise error(web.HTTPConflict, "the exam has not ended yet: a case opens when the session ends")
+        before = await cases.get(conn, session_id, with_history=False)
+        try:
+            case = await cases.apply(conn, session_id, change, actor=user.name, actor_id=user.id,
+                                     is_admin=user.is_admin)
+        except cases.CaseError as exc:
+            status = {"conflict": web.HTTPConflict, "forbidden": web.HTTPForbidden}.get(exc.reason, web.HTTPBadRequest)
+            raise error(status, str(exc), case=before.to_json()) from None
+        await accounts.audit(conn, user.name, f"case.{change.action}", f"session:{session_id}", {
+            "from": before.status, "to": case.status, "assignee": case.assignee, "decision": change.decision,
+            "text": change.text})
+    return web.json_response(case.to_json())
+
+
+async def case_queue(request: web.Request) -> web.Response:
+    """GET /api/cases/queue: unreviewed ended sessions, highest suspicion score first (at most 100)."""
+    require_user(request)
+    async with request.app[CTX].pool.acquire() as conn:
+        rows = await cases.queue(conn, limit=QUEUE_LIMIT)
+    return web.json_response([{"id": str(r["id"]), "candidate": r["candidate"], "exam": r["exam"],
+                               "status": r["status"], "score": r["score"], "flags": r["flags"],
+                               "pending": r["pending"],
+                               "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None}
+                              for r in rows], headers={"Cache-Control": "private, no-store"})
+
+
 async def _export_rows(request: web.Request) -> tuple[asyncpg.Record, list[dict[str, Any]]]:
     require_user(request)
     session_id = path_session_id(request)
@@ -251,6 +340,10 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/", sessions_page)
     r.add_get("/sessions", sessions_page)
     r.add_get("/sessions/{session_id}", review_page)
+    r.add_get("/queue", queue_page)
+    r.add_get("/api/cases/queue", case_queue)
+    r.add_get("/api/sessions/{session_id}/case", get_case)
+    r.add_post("/api/sessions/{session_id}/case", change_case)
     r.add_post("/api/sessions/{session_id}/events/{event_id}/review", review_event)
     r.add_post("/api/sessions/{session_id}/events/{event_id}/ack", acknowledge_event)
     r.add_get("/api/sessions/{session_id}/events.{fmt:csv|json}", export_events)

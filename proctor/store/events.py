@@ -1,7 +1,9 @@
 """Every insert and change of an `events` row, and the one JSON shape events are served in.
 
 Events come from the live rules on a media node (analyzers/live.py: start, update, end of a flag), from the
-archive about itself (a `recording_error`), and from staff (review, acknowledgement).
+archive about itself (a `recording_error`), from staff (review, acknowledgement), and from live intervention
+(media_server/intervention.py, web/live.py, web/candidate.py): a proctor's message, a pause, a candidate's break
+(core.events.TIMELINE_KINDS) and the candidate's acknowledgement of each.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from core.events import source_of
+from core.events import HOLD_KINDS, TIMELINE_KINDS, source_of
 
 # Events with the names of the staff who reviewed and acknowledged them: what `to_json` reads.
 _SELECT = (
@@ -66,6 +68,51 @@ async def acknowledge(conn: asyncpg.Connection, session_id: str, event_id: int, 
         "acknowledged_at = coalesce(acknowledged_at, now()), updated_at = now() "
         "WHERE id = $1 AND session_id = $2 RETURNING id", event_id, session_id, user_id)
     return updated is not None
+
+
+# --- live intervention: messages, pauses and breaks on the timeline ------------------------------------------
+async def open_hold(conn: asyncpg.Connection, session_id: str) -> asyncpg.Record | None:
+    """The pause or break going on now (its end_s is NULL; one at most: a unique index says so), or None."""
+    return await conn.fetchrow("SELECT * FROM events WHERE session_id = $1 AND kind = ANY($2::text[]) "
+                               "AND end_s IS NULL", session_id, list(HOLD_KINDS))
+
+
+async def end_hold(conn: asyncpg.Connection, session_id: str, event_id: int, end_s: float,
+                   details: dict[str, Any]) -> bool:
+    """End a pause or break at `end_s` (never before it began), merging `details` in. False: it was not open."""
+    updated = await conn.fetchval(
+        "UPDATE events SET end_s = greatest($3, start_s), details = details || $4::jsonb, updated_at = now() "
+        "WHERE id = $1 AND session_id = $2 AND kind = ANY($5::text[]) AND end_s IS NULL RETURNING id",
+        event_id, session_id, end_s, details, list(HOLD_KINDS))
+    return updated is not None
+
+
+async def close_open_holds(conn: asyncpg.Connection, session_id: str, reason: str) -> None:
+    """The session ended with a pause or break still on: it ends where the candidate's media does."""
+    await conn.execute(
+        "UPDATE events e SET end_s = greatest(e.start_s, s.duration_s), details = e.details || $3::jsonb, "
+        "updated_at = now() FROM sessions s WHERE s.id = e.session_id AND e.session_id = $1 "
+        "AND e.kind = ANY($2::text[]) AND e.end_s IS NULL", session_id, list(HOLD_KINDS), {"ended": reason})
+
+
+async def count_kind(conn: asyncpg.Connection, session_id: str, kind: str) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM events WHERE session_id = $1 AND kind = $2",
+                                   session_id, kind))
+
+
+async def acknowledge_intervention(conn: asyncpg.Connection, session_id: str, event_id: int,
+                                   stage: str) -> str | None:
+    """The candidate's page showed (`stage` "shown") or the candidate confirmed ("ok") a message, request or pause:
+    the first time of each is kept in its details as `<stage>_at` (ISO). Returns that time, None when the event is
+    no intervention of this session."""
+    if stage not in ("shown", "ok"):
+        raise ValueError(f"unknown acknowledgement stage {stage!r}")
+    field = f"{stage}_at"
+    return await conn.fetchval(
+        "UPDATE events SET details = jsonb_set(details, ARRAY[$3::text], coalesce(details -> $3, "
+        "to_jsonb(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')))), updated_at = now() "
+        "WHERE id = $1 AND session_id = $2 AND kind = ANY($4::text[]) RETURNING details ->> $3",
+        event_id, session_id, field, list(TIMELINE_KINDS))
 
 
 async def get(conn: asyncpg.Connection, event_id: int) -> asyncpg.Record | None:

@@ -11,24 +11,44 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from core import tokens
+from core.accommodations import NONE, Accommodations
+from core.events import TIMELINE_KINDS
 from core.live import SessionStatus
 from core.sensitivity import STANDARD, Sensitivity
 from core.sessions import OPEN_STATUSES, sources
 from proctor.accounts import audit
 from proctor.context import Context
 from proctor.redis import FINALIZE_STREAM, SESSION_CONTROL
-from proctor.store import live
+from proctor.store import events, live
 
 
 async def create(conn: asyncpg.Connection, *, candidate: str, exam: str, created_by: int | None,
-                 ttl_s: int, sensitivity: Sensitivity = STANDARD) -> asyncpg.Record:
-    """A new session with its join-link nonce (core.tokens: rotating the nonce revokes every link issued) and
-    the sensitivity its media node applies (core.sensitivity)."""
+                 ttl_s: int, sensitivity: Sensitivity = STANDARD,
+                 accommodations: Accommodations = NONE) -> asyncpg.Record:
+    """A new session with its join-link nonce (core.tokens: rotating the nonce revokes every link issued), the
+    sensitivity its media node applies (core.sensitivity) and the candidate's accommodations."""
     expires = datetime.now(UTC) + timedelta(seconds=ttl_s)
     return await conn.fetchrow(
-        "INSERT INTO sessions (candidate, exam, created_by, join_nonce, join_expires_at, sensitivity) "
-        "VALUES ($1, $2, $3, $4, $5, $6) RETURNING *", candidate, exam, created_by, tokens.new_nonce(), expires,
-        sensitivity.to_json())
+        "INSERT INTO sessions (candidate, exam, created_by, join_nonce, join_expires_at, sensitivity, "
+        "accommodations) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *", candidate, exam, created_by,
+        tokens.new_nonce(), expires, sensitivity.to_json(), accommodations.to_json())
+
+
+async def set_accommodations(conn: asyncpg.Connection, session_id: str, accommodations: Accommodations, *,
+                             actor: str) -> asyncpg.Record | None:
+    """Replace the candidate's accommodations while the exam has not started (status `created`): once it is
+    live the media node has applied them, and changing them afterwards would rewrite what the reviewer sees.
+    None: no such session or it is no longer `created`. Audit-logged with the old and the new value."""
+    async with conn.transaction():
+        old = await conn.fetchval("SELECT accommodations FROM sessions WHERE id = $1 AND status = 'created' "
+                                  "FOR UPDATE", session_id)
+        if old is None:
+            return None
+        row = await conn.fetchrow("UPDATE sessions SET accommodations = $2 WHERE id = $1 RETURNING *", session_id,
+                                  accommodations.to_json())
+        await audit(conn, actor, "session.accommodations", f"session:{session_id}",
+                    {"from": old, "to": accommodations.to_json()})
+    return row
 
 
 async def rotate_join_nonce(conn: asyncpg.Connection, session_id: str, *, ttl_s: int,
@@ -55,6 +75,12 @@ async def get_sensitivity(conn: asyncpg.Connection, session_id: str) -> Sensitiv
     return None if stored is None else Sensitivity.parse(stored)
 
 
+async def get_accommodations(conn: asyncpg.Connection, session_id: str) -> Accommodations | None:
+    """The candidate's accommodations (None: no such session); ValueError if the stored value is not one."""
+    stored = await conn.fetchval("SELECT accommodations FROM sessions WHERE id = $1", session_id)
+    return None if stored is None else Accommodations.parse(stored)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -77,6 +103,7 @@ def to_json(row: asyncpg.Record) -> dict[str, Any]:
         "score": row["score"],
         "failure_reason": row["failure_reason"],
         "sensitivity": row["sensitivity"],
+        "accommodations": row["accommodations"],
     }
 
 
@@ -137,6 +164,8 @@ async def end(conn: asyncpg.Connection, redis: aioredis.Redis, session_id: str, 
             "AND status = ANY($3::text[]) RETURNING id, node_id", session_id, reason, sources("ended"))
         if row is None:
             return False
+        # A pause or break still on ends with the exam (a reviewer must not read it as going on for ever).
+        await events.close_open_holds(conn, session_id, reason)
         # Redis must be up to tell the node and queue the finalize. If it is down, this raises and the update
         # rolls back (the caller answers 503 and the end can be retried) instead of leaving an ended session
         # that nobody acts on until the 5-minute re-queue. (The calls themselves come after the commit, so a
@@ -173,11 +202,15 @@ async def delete(ctx: Context, session_id: str, *, actor: str, reason: str) -> b
 # --- score ---------------------------------------------------------------------------------------------------
 async def refresh_score(conn: asyncpg.Connection, session_id: str, weights: dict[str, float]) -> float:
     """Recompute and store the suspicion score (core.scoring says how; connections come from proctor.db pools,
-    whose jsonb codec encodes dicts)."""
+    whose jsonb codec encodes dicts). A candidate's accommodations may lower a kind's weight, never raise it
+    (core.accommodations); what people put on the timeline (messages, pauses, breaks) is never scored."""
     score = await conn.fetchval(
-        "UPDATE sessions SET score = least(100, coalesce((SELECT sum(coalesce(($2::jsonb ->> e.kind)::float, 1) "
+        "UPDATE sessions s SET score = least(100, coalesce((SELECT sum(least(coalesce(($2::jsonb ->> e.kind)::float, "
+        "1), coalesce(CASE WHEN jsonb_typeof(s.accommodations -> 'detectors' -> e.kind) = 'string' THEN 0 END, "
+        "(s.accommodations -> 'detectors' -> e.kind ->> 'weight')::float, 'Infinity'::float)) "
         "* CASE WHEN jsonb_typeof(e.details -> 'count') = 'number' THEN (e.details ->> 'count')::float "
         "ELSE greatest(coalesce(e.end_s, e.start_s) - e.start_s, 1) END / 10) FROM events e "
-        "WHERE e.session_id = $1 AND e.review_state <> 'dismissed'), 0)) WHERE id = $1 RETURNING score",
-        session_id, weights)
+        "WHERE e.session_id = $1 AND e.review_state <> 'dismissed' AND NOT e.kind = ANY($3::text[])), 0)) "
+        "WHERE id = $1 RETURNING score",
+        session_id, weights, list(TIMELINE_KINDS))
     return float(score or 0.0)

@@ -25,6 +25,8 @@ class FakeStream:
     session_id: str = "s"
     encoded_sinks: list[Any] = field(default_factory=list)
     signal_sinks: list[Any] = field(default_factory=list)
+    hold_sinks: list[Any] = field(default_factory=list)  # a pause or break (media_server/intervention.py)
+    held: bool = False
     close_hooks: list[Any] = field(default_factory=list)
     clock: FakeClock = field(default_factory=FakeClock)
     sampler: FakeSampler = field(default_factory=FakeSampler)

@@ -159,6 +159,8 @@
       if (!message || typeof message !== "object") return;
       if (message.type === "pong") state.lastPong = Date.now();
       else if (message.type === "notice") showNotice(message);
+      else if (message.type === "proctor") showProctorMessage(message);
+      else if (message.type === "hold") showHold(message);
     };
     pc.onconnectionstatechange = () => onState(pc);
     try {
@@ -192,6 +194,7 @@
       setConnection("connected");
       $("start-btn").hidden = true;
       $("finish-btn").hidden = false;
+      updateBreaks();
       tuneSender(pc);
     } else if (s === "disconnected") {
       // Often recovers by itself within a few seconds; give it that chance first.
@@ -245,6 +248,110 @@
   function hideNotices() {
     for (const el of Object.values(notices)) el.hidden = true;
   }
+
+  // --- live intervention: the proctor's messages, a pause, the candidate's breaks -----------------------------
+  // {"type": "proctor", "id", "action": "message" | "adjust" | "end", "text"}: shown at once as its own role=alert
+  // item (screen readers read it out), acknowledged "shown" at once and "ok" when the candidate confirms.
+  const messages = state.messages = {};
+  state.hold = null;
+  state.breaks = { allowed: 0, minutes: 0, taken: 0 };
+
+  function ack(id, stage) { sendSignal("ack", { id, stage }); }
+
+  function showProctorMessage(message) {
+    const id = message.id;
+    if (!Number.isInteger(id) || messages[id]) return;  // a replay after the channel reopened
+    const text = typeof message.text === "string" ? message.text.slice(0, 300) : "";
+    if (message.action === "end") {
+      messages[id] = { shownAt: Date.now() };
+      ack(id, "shown");
+      return ended(text || "Your proctor has ended the exam.");
+    }
+    const okButton = document.createElement("button");
+    okButton.type = "button";
+    okButton.textContent = "OK, understood";
+    const body = document.createElement("p");
+    body.textContent = text;  // textContent only: the text comes over the network
+    const title = document.createElement("strong");
+    title.textContent = message.action === "adjust" ? "Your proctor asks: " : "Message from your proctor: ";
+    const item = document.createElement("li");
+    item.className = "proctor-msg";
+    item.dataset.id = String(id);
+    item.dataset.action = message.action;
+    item.setAttribute("role", "alert");
+    body.prepend(title);
+    item.append(body, okButton);
+    okButton.addEventListener("click", () => {
+      ack(id, "ok");
+      item.dataset.acknowledged = "1";
+      item.remove();
+      const next = document.querySelector("#proctor-msgs button");
+      if (next) next.focus();
+    });
+    $("proctor-msgs").append(item);
+    messages[id] = { shownAt: Date.now() };
+    item.dataset.shownAt = String(messages[id].shownAt);
+    ack(id, "shown");
+    okButton.focus();  // keyboard users confirm with Enter / Space at once
+  }
+
+  // {"type": "hold", "active", "id", "hold": "paused" | "break", "text", "ends_in_s"}: the exam is paused by the
+  // proctor, or the candidate is on a break; the recording goes on, nothing is flagged meanwhile.
+  let holdTimer = null;
+  function showHold(message) {
+    clearInterval(holdTimer);
+    const screen = $("hold-screen");
+    if (message.active !== true) {
+      state.hold = null;
+      screen.hidden = true;
+      $("break-end-btn").hidden = true;
+      hint("exam-msg", message.hold === "break" ? "Your break is over: the exam continues." :
+        "The exam continues.", "ok");
+      updateBreaks();
+      return;
+    }
+    const isBreak = message.hold === "break";
+    state.hold = { kind: isBreak ? "break" : "paused", id: message.id, shownAt: Date.now() };
+    $("hold-title").textContent = isBreak ? "You are on a break" : "Exam paused";
+    $("hold-text").textContent = (typeof message.text === "string" && message.text.slice(0, 300)) ||
+      (isBreak ? "Nothing is flagged during your break; the camera keeps recording. Come back before it ends."
+        : "Your proctor has paused the exam.");
+    $("break-end-btn").hidden = !isBreak;
+    screen.dataset.hold = state.hold.kind;
+    screen.hidden = false;
+    $("break-box").hidden = true;
+    if (isBreak && Number.isFinite(message.ends_in_s)) {
+      const endsAt = Date.now() + message.ends_in_s * 1000;
+      const tick = () => {
+        const left = Math.max(0, Math.round((endsAt - Date.now()) / 1000));
+        $("hold-time").textContent = `${Math.floor(left / 60)} min ${left % 60} s left`;
+      };
+      tick();
+      holdTimer = setInterval(tick, 1000);
+    } else {
+      $("hold-time").textContent = "";
+    }
+    if (Number.isInteger(message.id)) ack(message.id, "shown");
+    (isBreak ? $("break-end-btn") : $("hold-title")).focus();
+  }
+
+  function updateBreaks() {
+    const b = state.breaks;
+    const left = b.allowed - b.taken;
+    $("break-box").hidden = !(b.allowed > 0 && left > 0 && state.connection === "connected" && !state.hold);
+    $("break-info").textContent = `${left} of ${b.allowed} left, up to ${b.minutes} min each`;
+  }
+
+  async function breakCall(action) {
+    const r = await api("/break", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ action }),
+    });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) return hint("exam-msg", body.error || "That did not work; try again.", "bad");
+    if (typeof body.taken === "number") state.breaks.taken = body.taken;
+  }
+  $("break-btn").addEventListener("click", () => breakCall("start"));
+  $("break-end-btn").addEventListener("click", () => breakCall("end"));
 
   // Liveness: the node answers pings on the data channel. A node that died stops answering; reconnect after
   // LIVENESS_MS instead of waiting ~30 s for ICE consent to expire.
@@ -319,6 +426,7 @@
     const body = await r.json();
     if (!r.ok) return ended(body.error || "This link is no longer valid.");
     if (!["created", "live"].includes(body.status)) return ended(`The session is ${body.status}.`);
+    if (body.breaks) state.breaks = body.breaks;
     if (body.consented) save({ consented: true });
     if (body.has_reference) save({ reference: true });
     if (!saved.consented) return show("step-notice");

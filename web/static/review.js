@@ -127,17 +127,23 @@
         onclick: () => seekTo(i),
       },
       staff.el("td", {}, thumb),
-      staff.el("td", {}, staff.el("span", { class: "kind", dataset: { kind: ev.kind } }, ev.kind)),
+      staff.el("td", {}, staff.el("button", {
+        type: "button", class: "link kind-btn", "aria-label": `Go to ${ev.kind} at ${staff.fmtTime(ev.start_s)}`,
+        onclick: (e) => { e.stopPropagation(); seekTo(i); },
+      }, staff.el("span", { class: "kind", dataset: { kind: ev.kind } }, ev.kind))),
       staff.el("td", { class: "num" }, staff.fmtTime(ev.start_s)),
       staff.el("td", { class: "num" }, ev.end_s === null ? "open" : staff.fmtTime(ev.end_s)),
       staff.el("td", { class: "num" }, (ev.confidence ?? 0).toFixed(2)),
       staff.el("td", {}, staff.el("span", { class: "review-state", dataset: { state: ev.review_state } },
-        ev.review_state)));
+        reviewLabel(ev.review_state))));
     }));
     if (!state.events.length) {
-      body.append(staff.el("tr", {}, staff.el("td", { colspan: 6, class: "hint" }, "No events.")));
+      body.append(staff.el("tr", {}, staff.el("td", { colspan: 6, class: "hint" }, "No flags.")));
     }
   }
+
+  // Flags are never a verdict: an unreviewed one "needs review".
+  function reviewLabel(st) { return st === "pending" ? "needs review" : st; }
 
   function render() { renderTimeline(); renderTable(); }
 
@@ -161,7 +167,7 @@
     img.hidden = !ev.snapshot_url;
     if (ev.snapshot_url) img.src = ev.snapshot_url;
     const st = document.getElementById("detail-state");
-    st.textContent = ev.review_state;
+    st.textContent = reviewLabel(ev.review_state);
     st.dataset.state = ev.review_state;
     document.getElementById("detail-by").textContent = ev.reviewed_by ? `by ${ev.reviewed_by}` : "";
     document.getElementById("note").value = ev.review_note || "";
@@ -170,21 +176,32 @@
 
   // --- review and delete ----------------------------------------------------------------------------------
 
-  async function review(newState) {
+  async function review(newState, advance = false) {
     const ev = state.events[state.current];
     if (!ev) return;
+    if (state.saving) return; // one save at a time: a held key must not post the same flag twice
+    state.saving = true;
     const msg = document.getElementById("review-msg");
     try {
       const updated = await staff.api("POST", `${base}/events/${ev.id}/review`,
         { state: newState, note: document.getElementById("note").value });
       if (typeof updated.session_score === "number") showScore(updated.session_score);
       delete updated.session_score;
-      state.events[state.current] = updated;
-      render();
-      showDetail();
-      msg.textContent = `Saved (${updated.review_state}).`;
+      const index = state.events.findIndex((x) => x.id === updated.id);
+      if (index >= 0) state.events[index] = updated;
+      const last = state.current >= state.events.length - 1;
+      if (advance && !last) {
+        seekTo(state.current + 1);
+      } else {
+        render();
+        showDetail();
+      }
+      msg.textContent = `Saved: ${updated.kind} at ${staff.fmtTime(updated.start_s)} ${reviewLabel(updated.review_state)}.` +
+        (advance && last ? " That was the last flag." : "");
     } catch (e) {
       msg.textContent = e.message;
+    } finally {
+      state.saving = false;
     }
   }
   document.getElementById("confirm-btn").addEventListener("click", () => review("confirmed"));
@@ -239,16 +256,183 @@
     });
   }
 
+  // --- the case: review status, reviewer, decision with its rationale, history -----------------------------
+
+  const caseEl = {
+    badge: document.getElementById("case-badge"), status: document.getElementById("case-status"),
+    section: document.getElementById("case"), assignee: document.getElementById("case-assignee"),
+    closed: document.getElementById("case-closed"), open: document.getElementById("case-open"),
+    start: document.getElementById("case-start-btn"), select: document.getElementById("case-assignee-select"),
+    assign: document.getElementById("case-assign-btn"), decide: document.getElementById("case-decide"),
+    decided: document.getElementById("case-decided"), rationale: document.getElementById("rationale"),
+    decideBtn: document.getElementById("case-decide-btn"), shownRationale: document.getElementById("case-rationale"),
+    decidedBy: document.getElementById("case-decided-by"), reopen: document.getElementById("case-reopen"),
+    reopenReason: document.getElementById("reopen-reason"), reopenBtn: document.getElementById("case-reopen-btn"),
+    msg: document.getElementById("case-msg"), history: document.getElementById("case-history"),
+  };
+  state.case = config.case;
+  const labels = config.caseLabels;
+  caseEl.select.replaceChildren(staff.el("option", { value: "" }, "nobody"),
+    ...config.reviewers.map((name) => staff.el("option", { value: name }, name)));
+
+  function fmtWhen(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
+
+  function renderCase() {
+    const c = state.case;
+    const ended = config.endedStatuses.includes(state.status);
+    for (const el of [caseEl.badge, caseEl.status, caseEl.section]) el.dataset.case = c.status;
+    caseEl.badge.textContent = labels[c.status];
+    caseEl.status.textContent = labels[c.status];
+    caseEl.assignee.textContent = c.assignee ? `· reviewer: ${c.assignee}` : "· no reviewer yet";
+    caseEl.closed.hidden = ended;
+    caseEl.open.hidden = !ended;
+    const decided = c.status === "cleared" || c.status === "concern_raised";
+    caseEl.start.hidden = c.status !== "unreviewed";
+    caseEl.select.value = c.assignee || "";
+    caseEl.decide.hidden = decided;
+    caseEl.decided.hidden = !decided;
+    caseEl.reopen.hidden = !(decided && config.isAdmin);
+    caseEl.shownRationale.textContent = c.rationale || "";
+    caseEl.decidedBy.textContent = decided ? `${labels[c.status]} by ${c.decided_by || "a removed account"}, ` +
+      fmtWhen(c.decided_at) : "";
+    caseEl.history.replaceChildren(...c.history.map((h) => staff.el("li", { dataset: { action: h.action } },
+      `${fmtWhen(h.at)} · ${h.actor} · ${h.action.replace(/^decide:.*/, "decision")}: ` +
+      `${labels[h.from_status]} → ${labels[h.to_status]}` + (h.assignee ? ` (reviewer: ${h.assignee})` : ""),
+      h.note ? staff.el("blockquote", {}, h.note) : null)));
+    if (!c.history.length) caseEl.history.append(staff.el("li", { class: "hint" }, "No changes yet."));
+  }
+
+  async function changeCase(body, done) {
+    caseEl.msg.textContent = "";
+    try {
+      state.case = await staff.api("POST", `${base}/case`, { ...body, version: state.case.version });
+      renderCase();
+      caseEl.msg.textContent = done;
+      return true;
+    } catch (e) {
+      caseEl.msg.textContent = e.message;
+      try { state.case = await staff.api("GET", `${base}/case`); renderCase(); } catch (ignored) { /* shown */ }
+      return false;
+    }
+  }
+  caseEl.start.addEventListener("click", () => changeCase({ action: "start" }, "Review started."));
+  caseEl.assign.addEventListener("click", () => changeCase(
+    { action: "assign", assignee: caseEl.select.value || null },
+    caseEl.select.value ? `Assigned to ${caseEl.select.value}.` : "Unassigned."));
+  caseEl.decideBtn.addEventListener("click", async () => {
+    const picked = document.querySelector('input[name="decision"]:checked');
+    const rationale = caseEl.rationale.value.trim();
+    if (!picked) { caseEl.msg.textContent = "Choose a decision: cleared or concern raised."; return; }
+    if (rationale.length < config.minRationale) {
+      caseEl.msg.textContent = `Write the rationale (at least ${config.minRationale} characters): ` +
+        "the reason for the decision is kept with it.";
+      caseEl.rationale.focus();
+      return;
+    }
+    if (await changeCase({ action: "decide", decision: picked.value, rationale },
+      `Decision recorded: ${labels[picked.value]}.`)) {
+      caseEl.rationale.value = "";
+      picked.checked = false;
+    }
+  });
+  caseEl.reopenBtn.addEventListener("click", async () => {
+    if (await changeCase({ action: "reopen", reason: caseEl.reopenReason.value }, "Case reopened.")) {
+      caseEl.reopenReason.value = "";
+    }
+  });
+  renderCase();
+
+  const reportLinkBtn = document.getElementById("report-link-btn");
+  if (reportLinkBtn) {
+    reportLinkBtn.addEventListener("click", async () => {
+      const box = document.getElementById("report-link-box");
+      const field = document.getElementById("report-link-url");
+      const msg = document.getElementById("report-link-msg");
+      reportLinkBtn.disabled = true;
+      try {
+        const link = await staff.api("POST", `${base}/report-link`);
+        field.value = link.url;
+        msg.textContent = `Valid until ${fmtWhen(link.expires_at)}.`;
+        box.hidden = false;
+        field.select();
+      } catch (e) {
+        field.value = "";
+        msg.textContent = `No link: ${e.message}`;
+        box.hidden = false;
+      } finally {
+        reportLinkBtn.disabled = false;
+      }
+    });
+  }
+
   // --- keys and the player --------------------------------------------------------------------------------
 
+  // Playback speed 1-10x: the select, the digit keys and [ ]. (Chromium mutes audio above 4x; the picture plays.)
+  const speed = document.getElementById("speed");
+  const MAX_SPEED = 10;
+  function setSpeed(n) {
+    const rate = Math.max(1, Math.min(MAX_SPEED, Math.round(n)));
+    state.speed = rate;
+    video.playbackRate = rate;
+    video.defaultPlaybackRate = rate;
+    speed.value = String(rate);
+    document.getElementById("speed-value").textContent = `${rate}×`;
+  }
+  speed.addEventListener("change", () => setSpeed(Number(speed.value)));
+  // A new source (a piece, the master) starts at its default rate: keep the reviewer's choice.
+  video.addEventListener("loadedmetadata", () => { video.playbackRate = state.speed || 1; });
+  state.speed = 1;
+
+  function togglePlay() {
+    if (!(state.masterLoaded || state.pieceLoaded)) return;
+    if (video.paused) video.play().catch(() => {}); else video.pause();
+  }
+  function nextFlag() { seekTo(Math.min(state.events.length - 1, state.current + 1)); }
+  function previousFlag() { seekTo(Math.max(0, state.current - 1)); }
+  function skip(seconds) {
+    const d = duration();
+    const t = Math.max(0, sessionTime() + seconds);
+    seekSession(d ? Math.min(d, t) : t);
+  }
+  document.getElementById("prev-flag").addEventListener("click", previousFlag);
+  document.getElementById("next-flag").addEventListener("click", nextFlag);
+  document.getElementById("play-btn").addEventListener("click", togglePlay);
+
+  function typing(target) {
+    return !!target.closest && (!!target.closest("input, textarea, select, [contenteditable]") ||
+      target.isContentEditable);
+  }
+
   document.addEventListener("keydown", (e) => {
-    if (e.target.closest("input, textarea, select") || e.ctrlKey || e.metaKey || e.altKey) return;
-    const key = e.key.toLowerCase();
-    if (key === "j" || key === "n") { seekTo(Math.min(state.events.length - 1, state.current + 1)); }
-    else if (key === "k" || key === "p") { seekTo(Math.max(0, state.current - 1)); }
-    else if (key === " " && (state.masterLoaded || state.pieceLoaded)) {
-      if (video.paused) video.play().catch(() => {}); else video.pause();
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (typing(e.target)) {
+      // Esc leaves a text field, so the shortcuts work again without reaching for the mouse.
+      if (e.key === "Escape" && e.target.matches("input, textarea")) { e.target.blur(); e.preventDefault(); }
+      return;
     }
+    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    // Space and Enter on a focused button or link press it; on the <video> its own controls play/pause.
+    if ((key === " " || key === "Enter") && e.target.closest("button, a, summary, video")) return;
+    if (key === "ArrowLeft" || key === "ArrowRight") {
+      if (e.target.closest("video, .timeline")) return; // their own keys
+      skip(key === "ArrowLeft" ? -5 : 5);
+    }
+    else if (key === "j" || key === "n") nextFlag();
+    else if (key === "k" || key === "p") previousFlag();
+    else if (key === "c") review("confirmed", true);
+    else if (key === "d") review("dismissed", true);
+    else if (key === "u") review("pending", false);
+    else if (key === "e") { if (state.current >= 0) document.getElementById("note").focus(); else return; }
+    else if (key === "r") {
+      const target = document.querySelector("#case-open:not([hidden]) #rationale:not([disabled])") ||
+        document.getElementById("case-title");
+      target.scrollIntoView({ block: "center" });
+      if (target.id === "rationale") target.focus();
+    }
+    else if (key === " ") togglePlay();
+    else if (/^[0-9]$/.test(key)) setSpeed(key === "0" ? 10 : Number(key));
+    else if (key === "[") setSpeed((state.speed || 1) - 1);
+    else if (key === "]") setSpeed((state.speed || 1) + 1);
     else return;
     e.preventDefault();
   });
@@ -379,7 +563,9 @@
     const status = document.getElementById("session-status");
     status.textContent = session.status;
     status.dataset.status = session.status;
+    const wasEnded = config.endedStatuses.includes(state.status);
     state.status = session.status;
+    if (wasEnded !== config.endedStatuses.includes(state.status)) renderCase();
     showRotate();
     showScore(session.score);
     if (session.master_video_url) {
