@@ -170,8 +170,17 @@ async def test_queue_and_sessions_list(web_server: RunningApp, ctx: Context, pro
     still_live = await _session(ctx, f"Queue Live {tag}", status="live", score=99.0)
     mine = {low, high, mid, still_live}
 
+    # One flag on `low`, and a proctor's message and pause, which are timeline entries, not flags.
+    async with ctx.pool.acquire() as conn:
+        await conn.execute("INSERT INTO events (session_id, kind, start_s, end_s, confidence) "
+                           "VALUES ($1, 'phone', 5, 9, 0.9)", low)
+        for kind in ("proctor_message", "exam_paused"):
+            await conn.execute("INSERT INTO events (session_id, kind, start_s, end_s, confidence, source) "
+                               "VALUES ($1, $2, 10, 12, 1.0, 'proctor')", low, kind)
     status, queue = await api.call("GET", "/api/cases/queue")
     assert status == 200
+    counted = {row["id"]: (row["flags"], row["pending"]) for row in queue if row["id"] in mine}
+    assert counted[low] == (1, 1) and counted[high] == (0, 0)
     ours = [row["id"] for row in queue if row["id"] in mine]
     # Highest score first; an exam still running is not waiting for review.
     assert ours == [high, mid, low]

@@ -65,11 +65,19 @@ async def reviewed(ctx: Context) -> dict[str, Any]:
                 await ctx.storage.put_bytes(key, _jpeg(color), content_type="image/jpeg")
                 await conn.execute("UPDATE events SET snapshot_key = $2 WHERE id = $1", event_id, key)
             ids.append(event_id)
+        # A proctor's message and a pause are on the timeline too: listed apart, never counted as flags.
+        message = await conn.fetchval(
+            "INSERT INTO events (session_id, kind, start_s, end_s, confidence, source, details) "
+            "VALUES ($1, 'proctor_message', 20.0, 20.0, 1.0, 'proctor', $2) RETURNING id", sid,
+            {"action": "adjust", "text": "Move into the light, please", "by": reviewer, "ok_at": "2026-12-02T01:00Z"})
+        await conn.execute(
+            "INSERT INTO events (session_id, kind, start_s, end_s, confidence, source, details) "
+            "VALUES ($1, 'exam_paused', 30.0, 45.0, 1.0, 'proctor', $2)", sid, {"by": reviewer})
         await conn.execute("UPDATE events SET review_state = 'confirmed', review_note = 'Phone in the left hand', "
                            "reviewed_by = $2, reviewed_at = now() WHERE id = $1", ids[1], reviewer_id)
         await conn.execute("UPDATE events SET review_state = 'dismissed', review_note = 'Glare on the window', "
                            "reviewed_by = $2, reviewed_at = now() WHERE id = $1", ids[0], reviewer_id)
-    return {"id": sid, "candidate": candidate, "events": ids, "reviewer": reviewer}
+    return {"id": sid, "candidate": candidate, "events": ids, "reviewer": reviewer, "message": message}
 
 
 async def _decide(base: str, token: str, sid: str) -> None:
@@ -113,6 +121,16 @@ async def test_staff_report_holds_every_flag_and_the_decision(web_server: Runnin
     assert "Sensitivity" in text and "Suspicion score 33.3 / 100" in text
     assert "cheat" not in text.lower()
     assert images == 3  # every snapshot, embedded
+    # The proctor's message and the pause: in their own section, as what happened, not as flags.
+    assert "Timeline: proctor messages, pauses and breaks (2)" in text
+    assert (f"Proctor adjust by {reviewed['reviewer']}: “Move into the light, please” (acknowledged by the "
+            "candidate)") in text
+    assert f"Exam paused by {reviewed['reviewer']}" in text and "#5" not in text
+    # ...and nobody can confirm or dismiss one.
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {proctor_token}"}) as http:
+        async with http.post(f"{base}/api/sessions/{sid}/events/{reviewed['message']}/review",
+                             json={"state": "confirmed"}) as response:
+            assert response.status == 404 and "not reviewed" in (await response.json())["error"]
     async with ctx.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'report.download' "
                                    "AND target = $1", f"session:{sid}") == 2

@@ -40,6 +40,7 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from core import tokens
+from core.events import TIMELINE_KINDS
 from core.sensitivity import Sensitivity
 from proctor import accounts
 from proctor.context import Context
@@ -83,6 +84,21 @@ def _gate() -> asyncio.Semaphore:
 
 # --- what goes in ------------------------------------------------------------------------------------------
 
+def timeline_text(entry: dict[str, Any]) -> str:
+    """One proctor message, pause or break in words (as the review page's timeline list shows it)."""
+    raw = entry.get("details")
+    details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    by = f" by {details['by']}" if isinstance(details.get("by"), str) and details["by"] else ""
+    if entry["kind"] == "exam_paused":
+        return f"Exam paused{by}" + ("" if entry["end_s"] is not None else " (never resumed)")
+    if entry["kind"] == "exam_break":
+        return "Break taken by the candidate"
+    text = f": “{details['text']}”" if isinstance(details.get("text"), str) and details["text"] else ""
+    ack = " (acknowledged by the candidate)" if details.get("ok_at") else \
+        " (shown, not acknowledged)" if details.get("shown_at") else " (not shown on the candidate's page)"
+    return f"Proctor {details.get('action') or 'message'}{by}{text}{ack}"
+
+
 @dataclass
 class ReportData:
     session: dict[str, Any]
@@ -94,6 +110,8 @@ class ReportData:
     generated_at: datetime
     audience: str  # who the copy is for: "staff (name)" or "the candidate"
     notes: list[str] = field(default_factory=list)
+    # Proctor messages, pauses and breaks (core.events.TIMELINE_KINDS): on the timeline, never flags.
+    case_entries: list[dict[str, Any]] = field(default_factory=list)
 
 
 def describe_accommodations(raw: Any) -> list[str] | None:
@@ -137,7 +155,10 @@ async def gather(ctx: Context, session_id: str, audience: str) -> ReportData | N
             return None
         rows = await events.for_session(conn, session_id)
         case = await cases.get(conn, session_id)
-    flags = [events.to_json(r) for r in rows]
+    everything = [events.to_json(r) for r in rows]
+    flags = [e for e in everything if e["kind"] not in TIMELINE_KINDS]
+    entries = [e for e in everything if e["kind"] in TIMELINE_KINDS]
+    rows = [r for r in rows if r["kind"] not in TIMELINE_KINDS]
     keys = {r["id"]: r["snapshot_key"] for r in rows if r["snapshot_key"]}
     wanted = list(keys.items())[:MAX_SNAPSHOTS]
     gate = asyncio.Semaphore(SNAPSHOT_FETCHES)
@@ -154,6 +175,7 @@ async def gather(ctx: Context, session_id: str, audience: str) -> ReportData | N
     record = dict(row)
     return ReportData(session=record, sensitivity=sensitivity,
                       accommodations=describe_accommodations(record.get("accommodations")), flags=flags,
+                      case_entries=entries,
                       snapshots=snapshots, case=case, generated_at=datetime.now(UTC), audience=audience,
                       notes=notes)
 
@@ -261,6 +283,17 @@ def render(data: ReportData) -> bytes:
         elif flag["snapshot_url"]:
             block.append(para("Evidence snapshot not included (see the review page).", small))
         story.append(KeepTogether(block))
+
+    if data.case_entries:
+        story.append(Paragraph(f"Timeline: proctor messages, pauses and breaks ({len(data.case_entries)})", h2))
+        story.append(para("Not flags. Monitoring was held (no flags raised) while a pause or a break was on.", small))
+        rows = [[para("When", small), para("What", small)]]
+        for entry in data.case_entries:
+            rows.append([para(f"{fmt_time(entry['start_s'])} – {fmt_time(entry['end_s'])}", small),
+                         para(timeline_text(entry), small)])
+        table = Table(rows, colWidths=[38 * mm, 132 * mm], repeatRows=1)
+        table.setStyle(grid)
+        story.append(table)
 
     story.append(Paragraph("Case history", h2))
     if not case.history:

@@ -19,7 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from core.accommodations import Accommodations
-from core.events import REVIEW_STATES
+from core.events import REVIEW_STATES, TIMELINE_KINDS
 from core.live import Acknowledged
 from core.search import LIKE_ESCAPE, contains_pattern
 from core.sensitivity import Sensitivity
@@ -79,14 +79,14 @@ async def sessions_page(request: web.Request) -> web.Response:
             "count(e.id) AS events, count(e.id) FILTER (WHERE e.end_s IS NULL) AS open_events, "
             "count(e.id) FILTER (WHERE e.review_state = 'confirmed') AS confirmed, "
             "count(e.id) FILTER (WHERE e.review_state = 'pending') AS pending "
-            "FROM sessions s LEFT JOIN events e ON e.session_id = s.id "
+            "FROM sessions s LEFT JOIN events e ON e.session_id = s.id AND NOT e.kind = ANY($5::text[]) "
             "LEFT JOIN cases c ON c.session_id = s.id LEFT JOIN users a ON a.id = c.assignee_id "
             "WHERE ($1::text IS NULL OR s.status = $1) "
             f"AND ($2::text IS NULL OR s.candidate ILIKE $2 {LIKE_ESCAPE} OR s.exam ILIKE $2 {LIKE_ESCAPE}) "
             f"AND ($4::text IS NULL OR {cases.STATUS_SQL} = $4) "
             "GROUP BY s.id, c.session_id, a.id "
             f"HAVING (NOT $3 OR count(e.id) > 0) ORDER BY {SORTS[sort]} LIMIT 200",
-            status, contains_pattern(query), flagged, case)
+            status, contains_pattern(query), flagged, case, list(TIMELINE_KINDS))
     return render_page("sessions.html", request, {
         "nav": "sessions", "rows": rows, "statuses": STATUSES, "status": status or "", "q": query,
         "flagged": flagged, "sort": sort, "duration": _duration, "case": case or "",
@@ -221,7 +221,7 @@ async def review_event(request: web.Request) -> web.Response:
     note = note.strip() or None if isinstance(note, str) else None
     async with request.app[CTX].pool.acquire() as conn, conn.transaction():
         if not await events.review(conn, session_id, event_id, state=state, note=note, user_id=user.id):
-            raise error(web.HTTPNotFound, "no such event")
+            raise error(web.HTTPNotFound, "no such flag (a message, pause or break on the timeline is not reviewed)")
         await accounts.audit(conn, user.name, "event.review", f"event:{event_id}",
                              {"session_id": session_id, "state": state, "note": note})
         # Dismissed flags drop out of the suspicion score; confirming or resetting one brings it back.

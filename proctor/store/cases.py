@@ -19,6 +19,8 @@ from typing import Any
 
 import asyncpg
 
+from core.events import TIMELINE_KINDS
+
 STATUSES = ("unreviewed", "in_review", "cleared", "concern_raised")
 DECISIONS = ("cleared", "concern_raised")
 LABELS = {"unreviewed": "Unreviewed", "in_review": "In review", "cleared": "Cleared",
@@ -217,11 +219,13 @@ async def queue(conn: asyncpg.Connection, *, limit: int = 100) -> list[asyncpg.R
     """Ended sessions nobody has started reviewing, highest suspicion score first (then the oldest ending)."""
     return list(await conn.fetch(
         "SELECT s.id, s.candidate, s.exam, s.status, s.score, s.ended_at, s.duration_s, "
-        "(SELECT count(*) FROM events e WHERE e.session_id = s.id) AS flags, "
-        "(SELECT count(*) FROM events e WHERE e.session_id = s.id AND e.review_state = 'pending') AS pending "
+        # Flags only: a proctor's messages, pauses and breaks are on the timeline but never need review.
+        "(SELECT count(*) FROM events e WHERE e.session_id = s.id AND NOT e.kind = ANY($2::text[])) AS flags, "
+        "(SELECT count(*) FROM events e WHERE e.session_id = s.id AND NOT e.kind = ANY($2::text[]) "
+        "AND e.review_state = 'pending') AS pending "
         "FROM sessions s LEFT JOIN cases c ON c.session_id = s.id "
         f"WHERE {STATUS_SQL} = 'unreviewed' ORDER BY s.score DESC, s.ended_at ASC NULLS LAST, s.id LIMIT $1",
-        limit))
+        limit, list(TIMELINE_KINDS)))
 
 
 async def assigned_to(conn: asyncpg.Connection, user_id: int, *, limit: int = 100) -> list[asyncpg.Record]:

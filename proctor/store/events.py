@@ -53,11 +53,12 @@ async def set_snapshot(conn: asyncpg.Connection, event_id: int, key: str) -> str
 
 async def review(conn: asyncpg.Connection, session_id: str, event_id: int, *, state: str, note: str | None,
                  user_id: int) -> bool:
-    """A reviewer's verdict on one flag (core.events.REVIEW_STATES). False: no such event in that session."""
+    """A reviewer's verdict on one flag (core.events.REVIEW_STATES). False: no such flag in that session (a
+    timeline entry, core.events.TIMELINE_KINDS, is not a flag: there is nothing to confirm or dismiss)."""
     updated = await conn.fetchval(
         "UPDATE events SET review_state = $3, review_note = $4, reviewed_by = $5, reviewed_at = now(), "
-        "updated_at = now() WHERE id = $1 AND session_id = $2 RETURNING id",
-        event_id, session_id, state, note, user_id)
+        "updated_at = now() WHERE id = $1 AND session_id = $2 AND NOT kind = ANY($6::text[]) RETURNING id",
+        event_id, session_id, state, note, user_id, list(TIMELINE_KINDS))
     return updated is not None
 
 

@@ -145,7 +145,34 @@
   // Flags are never a verdict: an unreviewed one "needs review".
   function reviewLabel(st) { return st === "pending" ? "needs review" : st; }
 
-  function render() { renderTimeline(); renderTable(); }
+  function isFlag(ev) { return ev.source !== "proctor" && ev.source !== "candidate"; }
+
+  function entryText(ev) {
+    const d = ev.details || {};
+    if (ev.kind === "exam_paused") return "Exam paused by the proctor";
+    if (ev.kind === "exam_break") return "Break taken by the candidate";
+    const text = typeof d.text === "string" && d.text ? `: “${d.text}”` : "";
+    const by = typeof d.by === "string" && d.by ? ` by ${d.by}` : "";
+    const ack = d.ok_at ? " (acknowledged by the candidate)" : d.shown_at ? " (shown, not acknowledged)"
+      : " (not shown on the candidate's page)";
+    return `Proctor ${d.action || "message"}${by}${text}${ack}`;
+  }
+
+  function renderEntries() {
+    const list = document.getElementById("timeline-entries");
+    const entries = state.entries || [];
+    document.getElementById("session-timeline").hidden = !entries.length;
+    list.replaceChildren(...entries.map((ev) => {
+      const span = ev.end_s !== null && ev.end_s > ev.start_s
+        ? `${staff.fmtTime(ev.start_s)} – ${staff.fmtTime(ev.end_s)}` : staff.fmtTime(ev.start_s);
+      return staff.el("li", { dataset: { kind: ev.kind, eventId: ev.id } },
+        staff.el("button", { type: "button", class: "link", onclick: () => seekSession(ev.start_s),
+          "aria-label": `Go to ${span}: ${entryText(ev)}` }, span),
+        " ", entryText(ev) + (ev.end_s === null ? " (still on)" : ""));
+    }));
+  }
+
+  function render() { renderTimeline(); renderTable(); renderEntries(); }
 
   function showScore(score) {
     state.score = score;
@@ -550,7 +577,10 @@
     try {
       session = await staff.api("GET", base); // the session with its events, in the one event shape
       const currentId = state.current >= 0 ? state.events[state.current].id : null;
-      state.events = session.events;
+      // Flags are what a reviewer confirms or dismisses; a proctor's messages, pauses and breaks (source
+      // proctor or candidate, core.events.TIMELINE_KINDS) are listed apart, as the record of what happened.
+      state.events = session.events.filter(isFlag);
+      state.entries = session.events.filter((e) => !isFlag(e));
       state.current = currentId === null ? -1 : state.events.findIndex((e) => e.id === currentId);
       preview = session.master_video_url ? null : await staff.api("GET", `${base}/preview`);
     } catch (e) {
