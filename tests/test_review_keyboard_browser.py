@@ -16,6 +16,7 @@ from proctor.context import Context
 from proctor.store.sessions import refresh_score
 from tests.support.accounts import browser_login
 from tests.support.browser import have_chromium
+from tests.support.keyboard import every_control_reachable
 from tests.support.paths import ARTIFACTS
 from tests.support.review import FPS, HEIGHT, WIDTH
 from tests.support.servers import RunningApp
@@ -176,47 +177,12 @@ async def test_keyboard_only_review_and_case_decision(web_server: RunningApp, br
     await context.close()
 
 
-# Every visible control a mouse user could click, and whether Tab reached each. A radio group is one stop.
-MARK_CONTROLS = """() => {
-  const sel = 'a[href], button, input:not([type=hidden]), select, textarea, summary, video[controls], ' +
-              '[tabindex]:not([tabindex="-1"])';
-  const seen = new Set();
-  const found = [];
-  for (const el of document.querySelectorAll(sel)) {
-    if (el.disabled || !el.getClientRects().length || getComputedStyle(el).visibility === 'hidden') continue;
-    if (el.type === 'radio') { if (seen.has(el.name)) continue; seen.add(el.name); }
-    el.dataset.kbd = String(found.length);
-    found.push(el.id || el.name || el.textContent.trim().slice(0, 30) || el.tagName);
-  }
-  window.__reached = new Set();
-  document.addEventListener('focusin', (e) => {
-    const el = e.target.type === 'radio'
-      ? document.querySelector(`input[type=radio][name="${e.target.name}"][data-kbd]`) : e.target;
-    if (el && el.dataset.kbd !== undefined) window.__reached.add(el.dataset.kbd);
-  });
-  return found;
-}"""
-
-
-async def _every_control_reachable(page: Any) -> None:
-    controls = await page.evaluate(MARK_CONTROLS)
-    assert controls
-    # Each control is one Tab stop (the <video>'s own buttons are a few more): go round the page once.
-    for _ in range(len(controls) + 40):
-        await page.keyboard.press("Tab")
-        if await page.evaluate("window.__reached.size") == len(controls):
-            break
-    reached = set(await page.evaluate("[...window.__reached]"))
-    missing = [name for i, name in enumerate(controls) if str(i) not in reached]
-    assert not missing, f"not reachable with Tab: {missing}"
-
-
 async def test_every_staff_control_is_reachable_by_keyboard(web_server: RunningApp, browser: Any,
                                                             staff_user: dict[str, Any],
                                                             flagged: dict[str, Any]) -> None:
     base = web_server.url
     context, page = await browser_login(browser, base, staff_user["name"])
-    for path in ("/", "/queue", f"/sessions/{flagged['id']}", "/admin/users"):
+    for path in ("/", "/queue", f"/sessions/{flagged['id']}", "/live", "/admin/users"):
         await page.goto(f"{base}{path}")
         if path.startswith("/sessions/"):
             await page.wait_for_function("window.review && window.review.events.length === 3")
@@ -225,5 +191,5 @@ async def test_every_staff_control_is_reachable_by_keyboard(web_server: RunningA
         await page.keyboard.press("Enter")
         assert await page.evaluate("document.activeElement.id") == "main", path
         await page.evaluate("document.activeElement.blur()")
-        await _every_control_reachable(page)
+        await every_control_reachable(page)
     await context.close()
