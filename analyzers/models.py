@@ -16,12 +16,19 @@ from proctor.settings import Settings
 # File names DeepFace looks for in $DEEPFACE_HOME/.deepface/weights for each selectable identity model.
 IDENTITY_WEIGHTS = {
     "Dlib": "dlib_face_recognition_resnet_model_v1.dat",
+    # Dlib's and the bundled FaceRes-deep's embeddings fused (analyzers/embedder.py); DeepFace runs the Dlib part.
+    "Dlib+FaceRes": "dlib_face_recognition_resnet_model_v1.dat",
     "VGG-Face": "vgg_face_weights.onnx",
     "Facenet": "facenet_weights.onnx",
     "Facenet512": "facenet512_weights.onnx",
     "ArcFace": "arcface_weights.onnx",
     "SFace": "face_recognition_sface_2021dec.onnx",
 }
+
+# The default identity model (analyzers/embedder.py): Dlib fused with HSE FaceRes-deep, which ships in the package
+# (analyzers/weights/NOTICE.md). embedder.FUSED_MODEL names it too; analyzers.models stays import-light.
+FUSED_IDENTITY_MODEL = "Dlib+FaceRes"
+BUNDLED_FACERES = Path(__file__).resolve().parent / "weights" / "faceres-deep.onnx"
 
 # Where `proctor models fetch` installs a YOLO export, under models_home (analyzers/fetch.py writes it there).
 FETCHED_PHONE_MODEL = "phone/yolo.onnx"
@@ -72,8 +79,13 @@ def identity_status(settings: Settings) -> ModelStatus:
     path = settings.deepface_weights_dir / IDENTITY_WEIGHTS[name]
     if not path.is_file():
         return ModelStatus("unavailable", f"{name} weights missing: place {path.name} in {path.parent}")
-    if name == "Dlib" and importlib.util.find_spec("dlib") is None:
+    if name in ("Dlib", FUSED_IDENTITY_MODEL) and importlib.util.find_spec("dlib") is None:
         return ModelStatus("unavailable", "dlib is not installed (pip install dlib-bin)")
+    if name == FUSED_IDENTITY_MODEL:
+        if not BUNDLED_FACERES.is_file():
+            return ModelStatus("unavailable", f"bundled FaceRes-deep weights missing ({BUNDLED_FACERES}): reinstall "
+                               "the package or rebuild them (analyzers/weights/NOTICE.md)")
+        return ModelStatus("ok", f"DeepFace Dlib ({path}) fused with bundled FaceRes-deep ({BUNDLED_FACERES.name})")
     return ModelStatus("ok", f"DeepFace {name} ({path})")
 
 

@@ -245,8 +245,10 @@ class Settings:
     deepface_home: str = _setting(
         "DEEPFACE_HOME", "", _str, "DeepFace's home (weights in .deepface/weights). Empty: $PROCTOR_DATA_DIR/models.")
     identity_model: str = _setting(
-        "IDENTITY_MODEL", "Dlib", _choice("Dlib", "VGG-Face", "Facenet", "Facenet512", "ArcFace", "SFace"),
-        "DeepFace model for identity checks; its weights must be present.")
+        "IDENTITY_MODEL", "Dlib+FaceRes",
+        _choice("Dlib+FaceRes", "Dlib", "VGG-Face", "Facenet", "Facenet512", "ArcFace", "SFace"),
+        "Face embedding for identity checks: Dlib+FaceRes fuses DeepFace's Dlib with the bundled FaceRes-deep "
+        "(analyzers/weights); any other is a DeepFace model whose weights must be present.")
     phone_model_path: str = _setting(
         "PHONE_MODEL_PATH", "", _str,
         "YOLOv8/11 ONNX export for phone and person detection; wins over the one `proctor models fetch` installed. "
@@ -278,8 +280,8 @@ class Settings:
         "Distance DeepFace compares embeddings with.")
     identity_threshold: float = _setting(
         "IDENTITY_THRESHOLD", "0", _float(0.0),
-        "Distance above which the live face is another person; 0: the calibrated value for the default Dlib/cosine "
-        "(0.0479, bench/quality: no false match), DeepFace's tuned value for other models and metrics.")
+        "Distance above which the live face is another person; 0: the value calibrated with bench/quality for "
+        "Dlib+FaceRes/cosine (0.1301) and Dlib/cosine (0.0479), DeepFace's tuned value for other models and metrics.")
     phone_fps: float = _setting("PHONE_FPS", "1", _float(0.1), "Frames per second analysed for phones.")
     phone_conf: float = _setting("PHONE_CONF", "0.35", _float(0.01), "Lowest \"cell phone\" score that counts.")
     phone_iou: float = _setting("PHONE_IOU", "0.45", _float(0.01), "Box overlap above which detections merge (NMS).")
@@ -305,6 +307,26 @@ class Settings:
     report_link_ttl_s: int = _setting(
         "REPORT_LINK_TTL_S", "604800", _int(60, 90 * 86400),
         "How long a candidate's evidence-report link stays valid, seconds (at most 90 days).")
+    # --- webhooks (webhooks/) ----------------------------------------------------------------------
+    webhook_allow_private: bool = _setting(
+        "WEBHOOK_ALLOW_PRIVATE", "false", _bool,
+        "Let webhooks reach loopback, private (RFC 1918, ULA) and link-local addresses (never a cloud metadata "
+        "address). Off: such URLs are refused at registration and at every delivery (SSRF); on for single-host "
+        "setups and tests.")
+    webhook_allowed_networks: tuple[str, ...] = _setting(
+        "WEBHOOK_ALLOWED_NETWORKS", "", _networks,
+        "Networks (IPs or CIDRs, comma list) webhooks may reach whatever they are, e.g. an internal receiver's "
+        "10.1.2.0/24. Empty: public addresses only (and what WEBHOOK_ALLOW_PRIVATE allows).")
+    webhook_timeout_s: float = _setting(
+        "WEBHOOK_TIMEOUT_S", "10", _float(0.1),
+        "Time one webhook delivery attempt may take, connect and response together, seconds.")
+    webhook_max_attempts: int = _setting(
+        "WEBHOOK_MAX_ATTEMPTS", "8", _int(1, 50),
+        "Attempts per webhook delivery before it is marked failed (an admin can send it again).")
+    webhook_retry_base_s: float = _setting(
+        "WEBHOOK_RETRY_BASE_S", "60", _float(0.1),
+        "Wait after a webhook's first failed attempt, seconds; each next wait is 3 times longer (with jitter, "
+        "at most 12 h): 8 attempts span about 18 hours at 60.")
     # --- misc --------------------------------------------------------------------------------------
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of every process.")

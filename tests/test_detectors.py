@@ -24,7 +24,7 @@ from analyzers import phone as phone_mod
 from analyzers.base import DetectorUnavailable, ModelPool, rules_config
 from analyzers.faces import FaceDetector
 from analyzers.gaze import GazeDetector, GazeMeasure
-from analyzers.identity import IdentityDetector
+from analyzers.identity import CALIBRATED, IdentityDetector
 from analyzers.phone import PhoneDetector
 from analyzers.registry import build_detectors, detector_status
 from core.rules import RulesConfig
@@ -243,7 +243,7 @@ def test_identity_other_person_mismatches(identity: IdentityDetector) -> None:
         [signal] = identity.analyze(image, 10.0)
         assert signal.active, (name, signal.details)
         assert signal.details["distance"] > 1.5 * signal.details["threshold"], (name, signal.details)
-        assert signal.confidence > 0.75 and signal.details["model"] == "Dlib"
+        assert signal.confidence > 0.75 and signal.details["model"] == "Dlib+FaceRes"
 
 
 def test_identity_needs_a_face_and_a_reference(identity: IdentityDetector, models_home: Path) -> None:
@@ -256,11 +256,13 @@ def test_identity_needs_a_face_and_a_reference(identity: IdentityDetector, model
     assert not fresh.set_reference(data.coffee())
     ok, detail = fresh.status()
     assert ok and "reference photo has no usable face: identity not checked" in detail
-    assert identity.threshold == pytest.approx(0.0479)  # calibrated for Dlib/cosine (analyzers.identity.CALIBRATED)
+    # calibrated for the default model and cosine (analyzers.identity.CALIBRATED)
+    assert identity.threshold == CALIBRATED[(identity.model_name, "cosine")]
 
 
 def test_identity_euclidean_metric(models_home: Path) -> None:
-    detector = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_metric="euclidean"))
+    detector = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_model="Dlib",
+                                                  identity_metric="euclidean"))
     detector.load()
     assert detector.threshold == pytest.approx(0.6)
     assert detector.set_reference(astronaut())
@@ -268,7 +270,8 @@ def test_identity_euclidean_metric(models_home: Path) -> None:
     assert same is not None and other is not None and same < 0.3 < 0.6 < other
 
 
-@pytest.mark.parametrize("model,filename", [("Dlib", "dlib_face_recognition_resnet_model_v1.dat"),
+@pytest.mark.parametrize("model,filename", [("Dlib+FaceRes", "dlib_face_recognition_resnet_model_v1.dat"),
+                                            ("Dlib", "dlib_face_recognition_resnet_model_v1.dat"),
                                             ("VGG-Face", "vgg_face_weights.onnx"),
                                             ("ArcFace", "arcface_weights.onnx")])
 def test_identity_without_weights_is_unavailable(tmp_path: Path, model: str, filename: str) -> None:
@@ -279,6 +282,20 @@ def test_identity_without_weights_is_unavailable(tmp_path: Path, model: str, fil
     ok, detail = detector.status()
     assert not ok and filename in detail
     assert not any(tmp_path.rglob("*.*"))  # nothing was downloaded or started downloading
+
+
+def test_fused_identity_without_its_bundled_half_is_unavailable(models_home: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from analyzers import identity, models
+
+    gone = tmp_path / "faceres-deep.onnx"
+    monkeypatch.setattr(identity, "BUNDLED_FACERES", gone)
+    monkeypatch.setattr(models, "BUNDLED_FACERES", gone)
+    settings = Settings.defaults(deepface_home=str(models_home))
+    with pytest.raises(DetectorUnavailable, match="FaceRes-deep weights missing"):
+        IdentityDetector(settings).load()
+    status = models.identity_status(settings)
+    assert not status.ok and "FaceRes-deep weights missing" in status.detail
 
 
 def test_identity_unknown_model_is_unavailable(tmp_path: Path) -> None:

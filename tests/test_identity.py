@@ -14,7 +14,7 @@ import pytest
 from skimage import data
 
 from analyzers import embedder
-from analyzers.base import rules_config
+from analyzers.base import DetectorUnavailable, rules_config
 from analyzers.faces import Face, detect_faces
 from analyzers.identity import (
     CALIBRATED,
@@ -260,10 +260,11 @@ def test_mirror_averaged_embedding_is_symmetric(fresh: Fresh) -> None:
     bgr = np.ascontiguousarray(face_crop(rgb, face)[:, :, ::-1], dtype=np.float32) / 255.0
     flipped = np.ascontiguousarray(bgr[:, ::-1])
     home = str(detector.models_home)
-    averaged, averaged_flipped = (embedder.embed(detector.model_name, home, x) for x in (bgr, flipped))
-    assert distance(averaged, averaged_flipped, "cosine") < 1e-6  # a crop and its mirror: one vector
-    plain, plain_flipped = (embedder.embed(detector.model_name, home, x, mirror=False) for x in (bgr, flipped))
-    assert distance(plain, plain_flipped, "cosine") > 1e-3  # which one view alone does not give
+    for model in (detector.model_name, "Dlib"):  # the default (fused) model and its Dlib half alone
+        averaged, averaged_flipped = (embedder.embed(model, home, x) for x in (bgr, flipped))
+        assert distance(averaged, averaged_flipped, "cosine") < 1e-6, model  # a crop and its mirror: one vector
+        plain, plain_flipped = (embedder.embed(model, home, x, mirror=False) for x in (bgr, flipped))
+        assert distance(plain, plain_flipped, "cosine") > 1e-3, model  # which one view alone does not give
     # The mean direction of the two views, at their mean length (a euclidean threshold keeps its scale).
     assert distance(averaged, plain / np.linalg.norm(plain) + plain_flipped / np.linalg.norm(plain_flipped),
                     "cosine") < 1e-9
@@ -289,16 +290,46 @@ def test_calibration_policy_stays_below_every_impostor_variant() -> None:
     assert far is not None and far.threshold < 0.07 and far.errors.false_match.hits == 0
 
 
+def test_fused_embedding_is_the_weighted_mean_of_both_similarities() -> None:
+    rng = np.random.default_rng(7)
+    d1, d2, f1, f2 = (rng.normal(size=n) for n in (128, 128, 1024, 1024))
+    a, b = embedder.fuse(d1, f1), embedder.fuse(d2, f2)
+    assert np.linalg.norm(a) == pytest.approx(1.0) and a.shape == (128 + 1024,)
+    cos = 1 - distance(a, b, "cosine")
+    share = embedder.DLIB_SHARE
+    want = share * (1 - distance(d1, d2, "cosine")) + (1 - share) * (1 - distance(f1, f2, "cosine"))
+    assert cos == pytest.approx(want, abs=1e-12)
+    # FaceRes's input: 224x224, BGR 0..255 less the channel means (upstream's "caffe" preprocessing).
+    grey = embedder.faceres_input(np.full((97, 83, 3), 0.5, np.float32))
+    assert grey.shape == (224, 224, 3) and grey.dtype == np.float32
+    assert grey[0, 0] == pytest.approx(127.5 - embedder.FACERES_BGR_MEAN)
+
+
+def test_fused_model_needs_its_own_threshold_for_other_metrics(models_home: Path) -> None:
+    detector = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_metric="euclidean"))
+    with pytest.raises(DetectorUnavailable, match="calibrated for the cosine metric only"):
+        detector.load()
+    chosen = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_metric="euclidean",
+                                                identity_threshold=0.5))
+    chosen.load()
+    assert chosen.threshold == 0.5
+
+
 def test_default_threshold_is_the_calibrated_one(models_home: Path) -> None:
     detector = IdentityDetector(Settings.defaults(deepface_home=str(models_home)))
     detector.load()
-    assert (detector.model_name, detector.metric) == ("Dlib", "cosine")
-    assert detector.threshold == CALIBRATED[("Dlib", "cosine")] < 0.07  # below DeepFace's own 0.07
+    assert (detector.model_name, detector.metric) == ("Dlib+FaceRes", "cosine")
+    assert detector.threshold == CALIBRATED[("Dlib+FaceRes", "cosine")]
     assert f"cosine <= {detector.threshold:g}" in detector.status()[1]
+    assert "fused with FaceRes-deep" in detector.status()[1]
+    dlib = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_model="Dlib"))
+    dlib.load()
+    assert dlib.threshold == CALIBRATED[("Dlib", "cosine")] < 0.07  # below DeepFace's own 0.07
     chosen = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_threshold=0.06))
     chosen.load()
     assert chosen.threshold == 0.06  # an explicit IDENTITY_THRESHOLD wins
-    other = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_metric="euclidean_l2"))
+    other = IdentityDetector(Settings.defaults(deepface_home=str(models_home), identity_model="Dlib",
+                                               identity_metric="euclidean_l2"))
     other.load()
     assert other.threshold == pytest.approx(0.4)  # not calibrated here: DeepFace's tuned value
 

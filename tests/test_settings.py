@@ -23,7 +23,7 @@ def test_defaults() -> None:
     assert s.local_storage_path == s.data_dir / "storage"
     assert s.base_url == "http://127.0.0.1:8080"
     assert s.retention_days == 90
-    assert s.identity_model == "Dlib"
+    assert s.identity_model == "Dlib+FaceRes"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""TFJS graph model -> ONNX with tf2onnx, after the two fixes the old TFJS JSON needs (see convert_nanodet.sh).
+"""TFJS graph model -> ONNX with tf2onnx, after the two fixes the old TFJS JSON needs (see convert_nanodet.sh; used
+for NanoDet and, by convert_faceres.sh, for FaceRes-deep).
 
 Run inside the throwaway conversion venv (tensorflow-cpu 2.21, tf2onnx 1.17, onnxruntime), never the project's:
     python convert_nanodet.py models/nanodet.json out.onnx [shipped.onnx]
@@ -83,10 +84,13 @@ def largest_difference(a: Path, b: Path) -> float:
     """Run both models on one fixed random input; the largest absolute difference over all outputs (by name)."""
     import onnxruntime as ort
 
-    blob = np.random.default_rng(0).normal(0.0, 1.0, (1, 3, 416, 416)).astype(np.float32)
     outputs = []
+    blob: np.ndarray | None = None
     for path in (a, b):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        if blob is None:  # the model's own input shape (NanoDet 1x3x416x416, FaceRes 1x224x224x3), batch of 1
+            shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
+            blob = np.random.default_rng(0).normal(0.0, 1.0, shape).astype(np.float32)
         names = sorted(o.name for o in session.get_outputs())
         outputs.append(dict(zip(names, session.run(names, {session.get_inputs()[0].name: blob}), strict=True)))
     if outputs[0].keys() != outputs[1].keys():
