@@ -9,10 +9,13 @@ costs the same as a wrong password for an existing one and tells nothing about w
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +26,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 ROLES = ("admin", "proctor")
+MAX_LABEL = 100
+MAX_PASSWORD = 1024  # what the login form accepts
+PASSWORD_LINK_TTL_S = 72 * 3600  # a new colleague may not read their mail the same day
 # Threads that hash and verify passwords, for the whole process. Each Argon2 call holds 64 MiB and already runs
 # its 4 lanes on threads of its own (parallelism=4), so one call at a time per two cores keeps them busy; more
 # would only queue inside the kernel, and the event loop's thread would wait longer for a core.
@@ -107,7 +113,7 @@ def check_new_user(name: str, role: str, password: str) -> None:
         raise AccountError("password must be at least 8 characters")
 
 
-async def create_user(conn: asyncpg.Connection, name: str, role: str, password: str) -> User:
+async def create_user(conn: asyncpg.Connection, name: str, role: str, password: str, actor: str = "system") -> User:
     check_new_user(name, role, password)
     password_hash = await hash_password_async(password)
     try:
@@ -116,7 +122,7 @@ async def create_user(conn: asyncpg.Connection, name: str, role: str, password: 
             name, role, password_hash)
     except asyncpg.UniqueViolationError:
         raise AccountError(f"user {name!r} exists") from None
-    await audit(conn, "system", "user.create", f"user:{name}", {"role": role})
+    await audit(conn, actor, "user.create", f"user:{name}", {"role": role})
     return User(row["id"], row["name"], row["role"])
 
 
@@ -163,14 +169,16 @@ async def list_users(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         "SELECT id, name, role, disabled, created_at, last_login_at FROM users ORDER BY name"))
 
 
-async def create_token(conn: asyncpg.Connection, user_name: str, token_name: str = "api") -> str:
+async def create_token(conn: asyncpg.Connection, user_name: str, token_name: str = "api", actor: str = "system") -> str:
+    """A new bearer API token for the user (returned once: only its SHA-256 is stored). Audit-logged."""
+    check_label(token_name)
     user_id = await conn.fetchval("SELECT id FROM users WHERE name = $1", user_name)
     if user_id is None:
         raise AccountError(f"no user {user_name!r}")
     token = "pt_" + secrets.token_urlsafe(32)
     await conn.execute("INSERT INTO api_tokens (user_id, name, token_hash) VALUES ($1, $2, $3)",
                        user_id, token_name, token_digest(token))
-    await audit(conn, "system", "token.create", f"user:{user_name}", {"name": token_name})
+    await audit(conn, actor, "token.create", f"user:{user_name}", {"name": token_name})
     return token
 
 
@@ -205,6 +213,103 @@ async def user_for_token(conn: asyncpg.Connection, token: str) -> User | None:
         "WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.id = t.user_id AND NOT u.disabled "
         "RETURNING u.id, u.name, u.role", token_digest(token))
     return User(row["id"], row["name"], row["role"]) if row else None
+
+
+def check_label(label: str) -> None:
+    """An API token's label: what the token is for, as the token lists show it."""
+    if not label.strip() or len(label) > MAX_LABEL or not label.isprintable():
+        raise AccountError(f"token label: 1-{MAX_LABEL} printable characters")
+
+
+async def _enabled_admins(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM users WHERE role = 'admin' AND NOT disabled"))
+
+
+async def set_role(conn: asyncpg.Connection, name: str, role: str, actor: str = "system") -> bool:
+    """Give an account another role (it applies from its next request: roles are read on every request). The
+    last enabled admin keeps the role, so the server always has someone who can manage it. False: it already had
+    it. Audit-logged with the old role."""
+    if role not in ROLES:
+        raise AccountError(f"role must be one of {', '.join(ROLES)}")
+    async with conn.transaction():
+        # Lock the enabled admins' rows, so two admins demoting each other at once cannot leave none.
+        await conn.execute("SELECT id FROM users WHERE role = 'admin' AND NOT disabled FOR UPDATE")
+        row = await conn.fetchrow("SELECT role, disabled FROM users WHERE name = $1", name)
+        if row is None:
+            raise AccountError(f"no user {name!r}")
+        if row["role"] == role:
+            return False
+        if row["role"] == "admin" and not row["disabled"] and await _enabled_admins(conn) <= 1:
+            raise AccountError("the last enabled admin keeps the admin role (make another admin first)")
+        await conn.execute("UPDATE users SET role = $2 WHERE name = $1", name, role)
+        await audit(conn, actor, "user.role", f"user:{name}", {"from": row["role"], "to": role})
+    return True
+
+
+# --- password links: how an admin gives a new or locked-out user a password without ever knowing it -----------
+
+def _link_key(secret: bytes) -> bytes:
+    # For this use only: a password link is never a join link, cookie or cursor, whatever its bytes.
+    return hmac.new(secret, b"proctor password link v1", hashlib.sha256).digest()
+
+
+def _link_mac(secret: bytes, user_id: int, expires: int, password_hash: str) -> str:
+    # Bound to the current password hash: setting a password (or issuing a newer link, which sets a new random
+    # one) makes the link useless, so each link works once.
+    message = f"{user_id}.{expires}.".encode() + hashlib.sha256(password_hash.encode()).digest()
+    return base64.urlsafe_b64encode(hmac.new(_link_key(secret), message, hashlib.sha256).digest()).rstrip(b"=").decode()
+
+
+async def issue_password_link(conn: asyncpg.Connection, secret: bytes, name: str, actor: str,
+                              ttl_s: int = PASSWORD_LINK_TTL_S, action: str = "user.password_reset") -> str:
+    """A one-time token that lets the account's owner choose a new password (for `/password/<token>`).
+
+    The account's password is replaced by a random one nobody knows at once: the old password stops working (a
+    reset is often because it leaked), and any earlier link for the account is void. Audit-logged."""
+    new_hash = await hash_password_async(secrets.token_urlsafe(32))
+    row = await conn.fetchrow("UPDATE users SET password_hash = $2 WHERE name = $1 RETURNING id", name, new_hash)
+    if row is None:
+        raise AccountError(f"no user {name!r}")
+    expires = int(time.time()) + ttl_s
+    await audit(conn, actor, action, f"user:{name}", {"expires": expires})
+    return f"{row['id']}.{expires}.{_link_mac(secret, row['id'], expires, new_hash)}"
+
+
+async def password_link_account(conn: asyncpg.Connection, secret: bytes, token: str) -> asyncpg.Record:
+    """The account (id, name, password_hash) a password link is for; AccountError("expired") or AccountError
+    ("invalid") when it is not a current link (used, superseded, tampered, or its account disabled)."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(p.isascii() for p in parts) or not parts[0].isdecimal() \
+            or not parts[1].isdecimal() or len(parts[0]) > 12 or len(parts[1]) > 12:
+        raise AccountError("invalid")
+    user_id, expires = int(parts[0]), int(parts[1])
+    row = await conn.fetchrow("SELECT id, name, password_hash, disabled FROM users WHERE id = $1", user_id)
+    if row is None or row["disabled"] or not hmac.compare_digest(
+            parts[2].encode(), _link_mac(secret, user_id, expires, row["password_hash"]).encode()):
+        raise AccountError("invalid")
+    if expires < time.time():
+        raise AccountError("expired")
+    return row
+
+
+async def use_password_link(conn: asyncpg.Connection, secret: bytes, token: str, password: str) -> str:
+    """Set the password a link allows (once), and return the account's name. AccountError as
+    `password_link_account`, or for a password that is too short or too long."""
+    check_password_text(password)
+    row = await password_link_account(conn, secret, token)
+    new_hash = await hash_password_async(password)
+    # Compare-and-set on the hash the link was made for: two uses at once, only one wins.
+    done = await conn.fetchval("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2 "
+                               "RETURNING name", row["id"], row["password_hash"], new_hash)
+    if done is None:
+        raise AccountError("invalid")
+    await audit(conn, done, "user.password_set", f"user:{done}")
+    return str(done)
+
+
+def check_password_text(password: str) -> None:
+    if len(password) < 8 or len(password) > MAX_PASSWORD:
+        raise AccountError(f"password must be 8 to {MAX_PASSWORD} characters")
 
 
 async def audit(conn: asyncpg.Connection, actor: str, action: str, target: str | None,

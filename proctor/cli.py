@@ -209,6 +209,41 @@ async def _revoke_tokens(conn: asyncpg.Connection, ids: list[int], user: str | N
     return 0
 
 
+def cmd_lti(args: argparse.Namespace) -> int:
+    """`proctor lti add-platform|list|remove`: the LMS registrations (as the admin page at /admin/lti does)."""
+    from proctor.store import lti
+
+    settings = _database_settings()
+    if settings is None:
+        return 2
+    actor = "cli"
+    try:
+        if args.lti_command == "add-platform":
+            platform = asyncio.run(_with_conn(settings, lambda c: lti.add_platform(
+                c, actor=actor, name=args.name or args.issuer, issuer=args.issuer, client_id=args.client_id,
+                auth_login_url=args.auth_login_url, auth_token_url=args.auth_token_url,
+                key_set_url=args.key_set_url, deployment_ids=args.deployment_id)))
+            print(f"registered platform {platform.id}: {platform.issuer} (client id {platform.client_id}, "
+                  f"deployments {', '.join(platform.deployment_ids)})")
+            base = settings.base_url
+            print(f"tool values for the LMS: login URL {base}/lti/login, redirect/launch URL {base}/lti/launch, "
+                  f"deep linking URL {base}/lti/launch, public keyset URL {base}/.well-known/jwks.json")
+            return 0
+        if args.lti_command == "remove":
+            removed = asyncio.run(_with_conn(settings, lambda c: lti.remove_platform(c, args.id, actor=actor)))
+            print(f"removed platform {args.id}" if removed else f"no platform {args.id}")
+            return 0 if removed else 1
+    except lti.LtiConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    platforms = asyncio.run(_with_conn(settings, lti.list_platforms))
+    print("id\tname\tissuer\tclient id\tdeployments\tlogin URL\ttoken URL\tkey set URL")
+    for p in platforms:
+        print(f"{p.id}\t{p.name}\t{p.issuer}\t{p.client_id}\t{','.join(p.deployment_ids)}\t{p.auth_login_url}\t"
+              f"{p.auth_token_url}\t{p.key_set_url}")
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     if args.example:
         print(example_env(), end="")
@@ -286,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     media.add_argument("--port", type=int, help="internal API port (0: any free port)")
     media.set_defaults(func=cmd_media)
 
-    worker = sub.add_parser("worker", help="archive workers (merge, finalize) and the session sweep")
-    worker.add_argument("--roles", default="merge,finalize,sweep", help="comma list of merge, finalize, sweep")
+    worker = sub.add_parser("worker", help="archive workers (merge, finalize), the session sweep and webhooks")
+    worker.add_argument("--roles", default="merge,finalize,sweep,webhooks",
+                        help="comma list of merge, finalize, sweep, webhooks")
     worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema")
@@ -319,6 +355,22 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("ids", nargs="*", type=int, metavar="ID", help="token ids from `proctor token list`")
     revoke.add_argument("--user", metavar="NAME", help="revoke every token of this user")
     token.set_defaults(func=cmd_token)
+
+    lti = sub.add_parser("lti", help="LTI 1.3: the LMS platforms this tool accepts launches from")
+    lti_sub = lti.add_subparsers(dest="lti_command", required=True)
+    addp = lti_sub.add_parser("add-platform", help="register an LMS (the values its tool registration shows)")
+    addp.add_argument("--issuer", required=True, help="the platform's issuer (Moodle: its site URL)")
+    addp.add_argument("--client-id", required=True, help="the client id the LMS gave this tool")
+    addp.add_argument("--deployment-id", required=True, action="append",
+                      help="a deployment id the LMS gave this tool (repeat for several)")
+    addp.add_argument("--auth-login-url", required=True, help="the platform's OIDC authentication request URL")
+    addp.add_argument("--auth-token-url", required=True, help="the platform's access token URL")
+    addp.add_argument("--key-set-url", required=True, help="the platform's public keyset (JWKS) URL")
+    addp.add_argument("--name", help="a name for people (default: the issuer)")
+    lti_sub.add_parser("list", help="list the registered platforms")
+    lti_sub.add_parser("remove", help="unregister a platform (its launches are refused)").add_argument(
+        "id", type=int, help="the id `proctor lti list` shows")
+    lti.set_defaults(func=cmd_lti)
 
     settings = sub.add_parser("settings", help="show settings (secrets masked)")
     settings.add_argument("--example", action="store_true", help="print .env.example")

@@ -5,7 +5,8 @@ is set, migrates, places bundled model weights, then runs `proctor serve`, `proc
 as child processes, restarting any that dies, until Ctrl-C or SIGTERM; then stops the children first and the
 servers last, so nothing is cut off mid-write.
 
-`proctor worker`: the archive's job consumers (archiver/) and the session sweeper (lifecycle/) in one process.
+`proctor worker`: the archive's job consumers (archiver/), the session sweeper (lifecycle/) and the webhook
+dispatcher and deliverers (webhooks/) in one process.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def _print_banner(settings: Settings, env: dict[str, str], password: str | None,
     print("\n".join(lines), flush=True)
 
 
-WORKER_ROLES = ("merge", "finalize", "sweep")
+WORKER_ROLES = ("merge", "finalize", "sweep", "webhooks")
 
 
 def parse_worker_roles(roles: str) -> list[str]:
@@ -211,14 +212,22 @@ def parse_worker_roles(roles: str) -> list[str]:
 
 
 async def _run_worker(settings: Settings, roles: list[str]) -> None:
+    from archiver.jobs import JobQueue, consumer_name
     from archiver.worker import consume
     from lifecycle.sweep import run_sweeper
     from proctor.context import Context
+    from webhooks.worker import CONSUMERS
+    from webhooks.worker import run as run_webhooks
 
-    ctx = await Context.open(settings, pool_size=4)
+    # The webhook consumers hold a connection only around each attempt's bookkeeping, never during the request.
+    ctx = await Context.open(settings, pool_size=4 + (CONSUMERS if "webhooks" in roles else 0))
     stop = asyncio.Event()
     sweeper = asyncio.create_task(run_sweeper(ctx)) if "sweep" in roles else None
     tasks = [asyncio.create_task(consume(ctx, kind, stop)) for kind in ("merge", "finalize") if kind in roles]
+    if "webhooks" in roles:
+        # Webhook jobs ride the archive's job queue (archiver.jobs): at-least-once, reclaimed from dead workers.
+        tasks.append(asyncio.create_task(run_webhooks(
+            ctx, stop, lambda stream: JobQueue(ctx.redis, stream, consumer=consumer_name()))))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
 from aiohttp import web
 
-from core import nodes, tokens
+from core import nodes, pagination, tokens
 from core.accommodations import NONE, Accommodations
 from core.offers import OfferError, check_offer
+from core.pagination import Sort, SortKey
 from core.search import LIKE_ESCAPE, contains_pattern
 from core.sensitivity import STANDARD, Sensitivity
 from core.sessions import OPEN_STATUSES, STATUSES
@@ -137,22 +139,68 @@ async def set_accommodations(request: web.Request) -> web.Response:
     return web.json_response(sessions.to_json(updated))
 
 
+# The orders GET /api/sessions offers; each ends with the id (a total order: keyset pages never skip nor repeat).
+_NEWEST = (SortKey("created_at", True, "ts"), SortKey("id", True, "uuid"))
+LIST_SORTS = {"newest": Sort("newest", _NEWEST), "score": Sort("score", (SortKey("score", True, "float"), *_NEWEST))}
+LIST_LIMIT, MAX_LIST_LIMIT = 100, 500
+
+
 async def list_sessions(request: web.Request) -> web.Response:
+    """GET /api/sessions?status=&q=&sort=newest|score&limit=&cursor=: one page of sessions (a JSON array). When
+    there is more, a `Link` header names the next (rel="next") and previous (rel="prev") pages and
+    `X-Next-Cursor` carries the next page's opaque cursor; pass it back as ?cursor= with the same filters."""
     require_user(request)
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise error(web.HTTPBadRequest, f"status must be one of {', '.join(STATUSES)}")
     query = check_text(request.query.get("q", "")[:MAX_FIELD], "q")
-    try:
-        limit = min(500, max(1, int(request.query.get("limit", "100"))))
-    except ValueError:
-        raise error(web.HTTPBadRequest, "limit must be an integer") from None
+    sort = request.query.get("sort", "newest")
+    if sort not in LIST_SORTS:
+        raise error(web.HTTPBadRequest, f"sort must be one of {', '.join(LIST_SORTS)}")
+    order = LIST_SORTS[sort]
+    limit = _limit(request.query.get("limit"))
+    key = request.app[CTX].settings.signing_key()
+    cursor = None
+    if request.query.get("cursor"):
+        try:
+            cursor = pagination.decode(key, order, request.query["cursor"])
+        except pagination.CursorError as exc:
+            raise error(web.HTTPBadRequest, str(exc)) from None
+    direction = cursor.direction if cursor else pagination.NEXT
+    after = f"AND {order.beyond(4, direction)} " if cursor else ""
     async with request.app[CTX].pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT * FROM sessions WHERE ($1::text IS NULL OR status = $1) "
-            f"AND ($2::text IS NULL OR candidate ILIKE $2 {LIKE_ESCAPE} OR exam ILIKE $2 {LIKE_ESCAPE}) "
-            "ORDER BY created_at DESC LIMIT $3", status, contains_pattern(query), limit)
-    return web.json_response([sessions.to_json(row) for row in rows])
+            f"SELECT *, {order.select()} FROM sessions WHERE ($1::text IS NULL OR status = $1) "
+            f"AND ($2::text IS NULL OR candidate ILIKE $2 {LIKE_ESCAPE} OR exam ILIKE $2 {LIKE_ESCAPE}) {after}"
+            f"ORDER BY {order.order_by(direction)} LIMIT $3", status, contains_pattern(query), limit + 1,
+            *(cursor.values if cursor else ()))
+    page = pagination.page(key, order, rows, limit, cursor)
+    headers = {"Cache-Control": "private, no-store"}
+    links = [f'<{_page_url(request, c)}>; rel="{rel}"' for rel, c in (("next", page.next), ("prev", page.prev)) if c]
+    if links:
+        headers["Link"] = ", ".join(links)
+    if page.next:
+        headers["X-Next-Cursor"] = page.next
+    return web.json_response([sessions.to_json(row) for row in page.rows], headers=headers)
+
+
+def _limit(value: str | None) -> int:
+    """?limit=: the page size, 1..MAX_LIST_LIMIT (larger asks get the largest page; not a number is a 400)."""
+    if value is None:
+        return LIST_LIMIT
+    try:
+        number = int(value) if len(value) <= 12 else None
+    except ValueError:
+        number = None
+    if number is None:
+        raise error(web.HTTPBadRequest, f"limit must be an integer (page size, 1 to {MAX_LIST_LIMIT})")
+    return min(MAX_LIST_LIMIT, max(1, number))
+
+
+def _page_url(request: web.Request, cursor: str) -> str:
+    params = {k: v for k, v in request.query.items() if k != "cursor"}
+    params["cursor"] = cursor
+    return f"{request.app[CTX].settings.base_url}{request.path}?{urlencode(params)}"
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -373,6 +421,7 @@ async def end_session(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
+    # The /api routes are documented in web/openapi.py (_ops_signaling): change both together (tests/test_openapi.py).
     r = app.router
     r.add_post("/api/sessions", create_session)
     r.add_get("/api/sessions", list_sessions)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "proctor", "signaling", "media_server", "analyzers", "archiver", "lifecycle", "web")
+PACKAGES = ("core", "proctor", "signaling", "media_server", "analyzers", "archiver", "lifecycle", "lti", "webhooks",
+            "web")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -60,6 +61,8 @@ OWNED = {
     r"\.publish\(\s*LIVE_CHANNEL": "proctor/store/live.py",
     r"NODE_KEY\.format": "proctor/store/nodes.py",
     r"(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(cases|case_history)\b": "proctor/store/cases.py",
+    r"(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+lti_\w+": "proctor/store/lti.py",
+    r"(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+webhook_\w+": "proctor/store/webhooks.py",
 }
 
 

@@ -20,7 +20,7 @@ from tests.support.servers import RunningApp
 # /report/{token}: a candidate's evidence report through a signed link (tests/test_report.py checks it).
 # LTI 1.3 (lti/routes.py): what the LMS and the browser it sends call, each checked by its own proof (state cookie and
 # signed id_token, a single-use reference), and our public keys (tests/test_lti.py checks them).
-PUBLIC = {"/login", "/static", "/healthz", "/join/{token}", "/report/{token}",
+PUBLIC = {"/login", "/static", "/healthz", "/join/{token}", "/report/{token}", "/password/{token}",
           "/lti/login", "/lti/launch", "/lti/deep-link", "/.well-known/jwks.json"}
 CANDIDATE = {"consent", "precheck", "reference", "offer", "state", "end"}
 
@@ -132,7 +132,7 @@ async def test_login_rate_limit(web_server: RunningApp, ctx: Context) -> None:
 
 def _fill(path: str) -> str:
     values = {"session_id": str(uuid.uuid4()), "event_id": "1", "fmt": "csv", "idx": "0", "user_id": "1",
-              "token_id": "1", "action": "disable"}
+              "token_id": "1", "action": "disable", "webhook_id": "1", "delivery_id": "1"}
     return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda m: values[m.group(1)], path)
 
 

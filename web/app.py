@@ -15,6 +15,9 @@ from aiohttp.abc import AbstractAccessLogger
 
 from analyzers.models import model_status
 from core.net import parse_networks
+from lti.routes import StaffPages
+from lti.routes import setup_routes as setup_lti
+from proctor.accounts import User
 from proctor.context import Context
 from proctor.db import DB_UNAVAILABLE
 from proctor.http import CTX, USER, redact_path
@@ -22,15 +25,20 @@ from proctor.settings import Settings
 from proctor.storage import StorageError
 from proctor.store.nodes import live_nodes
 from signaling.api import setup_routes as setup_signaling
+from web import cookies
 from web.admin import setup_routes as setup_admin
+from web.admin_webhooks import setup_routes as setup_admin_webhooks
 from web.auth import identify
 from web.candidate import setup_routes as setup_candidate
 from web.live import setup_routes as setup_live
+from web.login import page_user, render_page
 from web.login import setup_routes as setup_login
 from web.media import setup_routes as setup_media
+from web.openapi import setup_routes as setup_openapi
 from web.proxy import CLIENT, forwarded
 from web.report import setup_routes as setup_report
 from web.staff import setup_routes as setup_staff
+from webhooks.routes import setup_routes as setup_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +134,20 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
     setup_report(app)
     setup_live(app)
     setup_admin(app)
+    setup_openapi(app)
+    setup_admin_webhooks(app)
+    setup_webhooks(app)
+    setup_lti(app, StaffPages(page_user=page_user, render=render_page, sign_in=lti_sign_in))
     return app
+
+
+def lti_sign_in(request: web.Request, response: web.StreamResponse, user: User) -> None:
+    """An instructor's LTI launch signs them in as staff with the same cookie a password login sets (web/login.py)."""
+    ctx = request.app[CTX]
+    value, _ = cookies.issue(ctx.settings.signing_key(), user.id)
+    secure = ctx.settings.base_url.startswith("https://") or request.scheme == "https"
+    response.set_cookie(cookies.COOKIE, value, max_age=cookies.MAX_AGE_S, httponly=True, samesite="Lax",
+                        secure=secure, path="/")
 
 
 class AccessLogger(AbstractAccessLogger):

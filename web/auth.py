@@ -16,6 +16,10 @@ from proctor.http import CTX, USER, ascii_only, error, read_form
 from web import cookies
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# LTI launches (lti/routes.py) are form posts from the LMS, or from our own deep-linking page, that carry their own
+# proof (state cookie + signed id_token, a single-use reference) and never act as a staff cookie the browser also
+# sends when LMS and tool share a site: that cookie is not read there, so no CSRF token is asked for either.
+LTI_PATHS = frozenset({"/lti/login", "/lti/launch", "/lti/deep-link"})
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -36,7 +40,8 @@ async def identify(request: web.Request, handler: Handler) -> web.StreamResponse
             request[USER] = await accounts.user_for_token(conn, token)
         if request[USER] is None:
             raise web.HTTPUnauthorized(reason="invalid API token")
-    elif "Authorization" not in request.headers and cookies.COOKIE in request.cookies:
+    elif ("Authorization" not in request.headers and cookies.COOKIE in request.cookies
+          and request.path not in LTI_PATHS):
         # Browser login (web/login.py). A request with any Authorization header (e.g. a candidate's join token)
         # never falls back to the cookie, so a staff member's cookie cannot leak into candidate calls.
         await _identify_cookie(request)

@@ -18,9 +18,11 @@ from urllib.parse import urlencode
 import asyncpg
 from aiohttp import web
 
+from core import pagination
 from core.accommodations import Accommodations
 from core.events import REVIEW_STATES, TIMELINE_KINDS
 from core.live import Acknowledged
+from core.pagination import Sort, SortKey
 from core.search import LIKE_ESCAPE, contains_pattern
 from core.sensitivity import Sensitivity
 from core.sessions import STATUSES
@@ -33,8 +35,15 @@ from web.media import serve_video
 
 MAX_NOTE = 2000
 MAX_QUERY = 200
-SORTS = {"newest": "s.created_at DESC", "score": "s.score DESC, s.created_at DESC",
-         "case": f"{cases.STATUS_ORDER_SQL} NULLS LAST, s.score DESC, s.created_at DESC"}
+_NEWEST = (SortKey("s.created_at", True, "ts"), SortKey("s.id", True, "uuid"))
+# Each sort ends with the id so the order is total: keyset pages (core/pagination.py) then never skip nor repeat a row.
+SORTS = {"newest": Sort("newest", _NEWEST),
+         "score": Sort("score", (SortKey("s.score", True, "float"), *_NEWEST)),
+         # NULLS LAST as a number: an open exam (no case yet) after every case status.
+         "case": Sort("case", (SortKey(f"coalesce({cases.STATUS_ORDER_SQL}, 1000)", False, "int"),
+                               SortKey("s.score", True, "float"), *_NEWEST))}
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
 QUEUE_LIMIT = 100
 EXPORT_FIELDS = ("id", "kind", "start_s", "end_s", "duration_s", "confidence", "source", "review_state",
                  "review_note", "reviewed_by", "reviewed_at", "acknowledged_by", "acknowledged_at", "snapshot_url")
@@ -58,6 +67,8 @@ def fmt_score(score: float | None) -> str:
 # --- pages ---------------------------------------------------------------------------------------------
 
 async def sessions_page(request: web.Request) -> web.Response:
+    """The sessions list, a page at a time (keyset cursor: `?cursor=`, `?size=` up to MAX_PAGE_SIZE). Unknown
+    filter values fall back to "all"; a cursor that is not ours or a wrong size is a 400 with the reason."""
     page_user(request)
     status = request.query.get("status") or None
     if status is not None and status not in STATUSES:
@@ -72,10 +83,16 @@ async def sessions_page(request: web.Request) -> web.Response:
     sort = request.query.get("sort", "newest")
     if sort not in SORTS:
         sort = "newest"
+    order = SORTS[sort]
+    size = _page_size(request.query.get("size"))
+    key = request.app[CTX].settings.signing_key()
+    cursor = _read_cursor(key, order, request.query.get("cursor"))
+    direction = cursor.direction if cursor else pagination.NEXT
+    after = f"AND {order.beyond(7, direction)} " if cursor else ""
     async with request.app[CTX].pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT s.id, s.candidate, s.exam, s.status, s.created_at, s.started_at, s.ended_at, s.duration_s, "
-            f"s.score, {cases.STATUS_SQL} AS case_status, a.name AS case_assignee, "
+            f"s.score, {cases.STATUS_SQL} AS case_status, a.name AS case_assignee, {order.select()}, "
             "count(e.id) AS events, count(e.id) FILTER (WHERE e.end_s IS NULL) AS open_events, "
             "count(e.id) FILTER (WHERE e.review_state = 'confirmed') AS confirmed, "
             "count(e.id) FILTER (WHERE e.review_state = 'pending') AS pending "
@@ -83,21 +100,50 @@ async def sessions_page(request: web.Request) -> web.Response:
             "LEFT JOIN cases c ON c.session_id = s.id LEFT JOIN users a ON a.id = c.assignee_id "
             "WHERE ($1::text IS NULL OR s.status = $1) "
             f"AND ($2::text IS NULL OR s.candidate ILIKE $2 {LIKE_ESCAPE} OR s.exam ILIKE $2 {LIKE_ESCAPE}) "
-            f"AND ($4::text IS NULL OR {cases.STATUS_SQL} = $4) "
+            f"AND ($4::text IS NULL OR {cases.STATUS_SQL} = $4) {after}"
             "GROUP BY s.id, c.session_id, a.id "
-            f"HAVING (NOT $3 OR count(e.id) > 0) ORDER BY {SORTS[sort]} LIMIT 200",
-            status, contains_pattern(query), flagged, case, list(TIMELINE_KINDS))
+            f"HAVING (NOT $3 OR count(e.id) > 0) ORDER BY {order.order_by(direction)} LIMIT $6",
+            status, contains_pattern(query), flagged, case, list(TIMELINE_KINDS), size + 1,
+            *(cursor.values if cursor else ()))
+    shown = pagination.page(key, order, rows, size, cursor)
+    sized = size if size != PAGE_SIZE else None
+
+    def url(cursor: str | None) -> str | None:
+        return _list_url(status, query, flagged, sort, case, cursor=cursor, size=sized) if cursor else None
+
     return render_page("sessions.html", request, {
-        "nav": "sessions", "rows": rows, "statuses": STATUSES, "status": status or "", "q": query,
+        "nav": "sessions", "rows": shown.rows, "statuses": STATUSES, "status": status or "", "q": query,
         "flagged": flagged, "sort": sort, "duration": _duration, "case": case or "",
         "case_statuses": cases.STATUSES, "case_labels": cases.LABELS,
-        "sort_urls": {name: _list_url(status, query, flagged, name, case) for name in SORTS},
-        "score_level": score_level, "fmt_score": fmt_score})
+        "sort_urls": {name: _list_url(status, query, flagged, name, case, size=sized) for name in SORTS},
+        "next_url": url(shown.next), "prev_url": url(shown.prev),
+        "first_url": _list_url(status, query, flagged, sort, case, size=sized) if cursor else None,
+        "page_size": size, "score_level": score_level, "fmt_score": fmt_score})
 
 
-def _list_url(status: str | None, query: str, flagged: bool, sort: str, case: str | None = None) -> str:
+def _page_size(value: str | None) -> int:
+    """?size=: 1..MAX_PAGE_SIZE, else a 400 that says so."""
+    if value is None or value == "":
+        return PAGE_SIZE
+    if not value.isdecimal() or len(value) > 6 or not 1 <= int(value) <= MAX_PAGE_SIZE:
+        raise web.HTTPBadRequest(text=f"size must be a whole number from 1 to {MAX_PAGE_SIZE}")
+    return int(value)
+
+
+def _read_cursor(key: bytes, order: Sort, value: str | None) -> pagination.Cursor | None:
+    """?cursor=: a position this server issued for this sort, else a 400 that says why."""
+    if not value:
+        return None
+    try:
+        return pagination.decode(key, order, value)
+    except pagination.CursorError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+
+
+def _list_url(status: str | None, query: str, flagged: bool, sort: str, case: str | None = None, *,
+              cursor: str | None = None, size: int | None = None) -> str:
     params = {"status": status or "", "case": case or "", "flagged": "1" if flagged else "", "q": query,
-              "sort": sort if sort != "newest" else ""}
+              "sort": sort if sort != "newest" else "", "size": str(size) if size else "", "cursor": cursor or ""}
     encoded = urlencode({k: v for k, v in params.items() if v})
     return f"/?{encoded}" if encoded else "/"
 
@@ -336,6 +382,7 @@ async def export_events(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
+    # The /api routes are documented in web/openapi.py (_ops_staff): change both together (tests/test_openapi.py).
     r = app.router
     r.add_get("/", sessions_page)
     r.add_get("/sessions", sessions_page)

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from core.events import TIMELINE_KINDS
+from proctor.store import webhooks
 
 STATUSES = ("unreviewed", "in_review", "cleared", "concern_raised")
 DECISIONS = ("cleared", "concern_raised")
@@ -212,6 +213,7 @@ async def apply(conn: asyncpg.Connection, session_id: str, change: Change, *, ac
         "VALUES ($1, $2, $3, $4, $5, $6, $7)",
         session_id, actor, change.action if not deciding else f"decide:{change.decision}", current.status, status,
         assignee, note)
+    await webhooks.case_changed(conn, session_id, change.action)
     return await get(conn, session_id)
 
 

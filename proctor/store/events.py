@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from core.events import HOLD_KINDS, TIMELINE_KINDS, source_of
+from proctor.store import webhooks
 
 # Events with the names of the staff who reviewed and acknowledged them: what `to_json` reads.
 _SELECT = (
@@ -23,10 +24,12 @@ _SELECT = (
 async def insert(conn: asyncpg.Connection, session_id: str, kind: str, start_s: float, end_s: float | None,
                  confidence: float, details: dict[str, Any]) -> int:
     """A new event; its source (analyzer, browser, system) follows from its kind."""
-    return int(await conn.fetchval(
+    event_id = int(await conn.fetchval(
         "INSERT INTO events (session_id, kind, start_s, end_s, confidence, details, source) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         session_id, kind, start_s, end_s, confidence, details, source_of(kind)))
+    await webhooks.flag_raised(conn, event_id)
+    return event_id
 
 
 async def update(conn: asyncpg.Connection, event_id: int, end_s: float | None, confidence: float,
@@ -59,6 +62,7 @@ async def review(conn: asyncpg.Connection, session_id: str, event_id: int, *, st
         "UPDATE events SET review_state = $3, review_note = $4, reviewed_by = $5, reviewed_at = now(), "
         "updated_at = now() WHERE id = $1 AND session_id = $2 AND NOT kind = ANY($6::text[]) RETURNING id",
         event_id, session_id, state, note, user_id, list(TIMELINE_KINDS))
+    await webhooks.flag_reviewed(conn, session_id, event_id)
     return updated is not None
 
 

@@ -19,7 +19,7 @@ from core.sessions import OPEN_STATUSES, sources
 from proctor.accounts import audit
 from proctor.context import Context
 from proctor.redis import FINALIZE_STREAM, SESSION_CONTROL
-from proctor.store import events, live
+from proctor.store import events, live, webhooks
 
 
 async def create(conn: asyncpg.Connection, *, candidate: str, exam: str, created_by: int | None,
@@ -115,10 +115,12 @@ async def give_consent(conn: asyncpg.Connection, session_id: str) -> None:
 # --- the media node's bookkeeping ------------------------------------------------------------------------------
 async def mark_live(conn: asyncpg.Connection, session_id: str, node_id: str) -> bool:
     """A media node answered the candidate's offer: `live` on that node, one more connection."""
-    row = await conn.fetchrow(
-        "UPDATE sessions SET status = 'live', started_at = coalesce(started_at, now()), node_id = $2, "
-        "connections = connections + 1 WHERE id = $1 AND status = ANY($3::text[]) RETURNING id",
-        session_id, node_id, sources("live"))
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE sessions SET status = 'live', started_at = coalesce(started_at, now()), node_id = $2, "
+            "connections = connections + 1 WHERE id = $1 AND status = ANY($3::text[]) RETURNING id",
+            session_id, node_id, sources("live"))
+        await webhooks.session_status(conn, session_id, "live")
     return row is not None
 
 
@@ -147,9 +149,11 @@ async def allocate_segment_idx(conn: asyncpg.Connection, session_id: str) -> int
 async def move(conn: asyncpg.Connection, session_id: str, status: str, *, failure_reason: str | None = None) -> bool:
     """Move the session to an archive status (`finalizing`, `finalized`, `failed`) if core.sessions allows it
     from where it is; `failure_reason` is kept with `failed` and cleared otherwise. False: not moved."""
-    row = await conn.fetchrow(
-        "UPDATE sessions SET status = $2, failure_reason = $3 WHERE id = $1 AND status = ANY($4::text[]) "
-        "RETURNING id", session_id, status, failure_reason if status == "failed" else None, sources(status))
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE sessions SET status = $2, failure_reason = $3 WHERE id = $1 AND status = ANY($4::text[]) "
+            "RETURNING id", session_id, status, failure_reason if status == "failed" else None, sources(status))
+        await webhooks.session_status(conn, session_id, status)
     return row is not None
 
 
@@ -166,6 +170,7 @@ async def end(conn: asyncpg.Connection, redis: aioredis.Redis, session_id: str, 
             return False
         # A pause or break still on ends with the exam (a reviewer must not read it as going on for ever).
         await events.close_open_holds(conn, session_id, reason)
+        await webhooks.session_status(conn, session_id, "ended")
         # Redis must be up to tell the node and queue the finalize. If it is down, this raises and the update
         # rolls back (the caller answers 503 and the end can be retried) instead of leaving an ended session
         # that nobody acts on until the 5-minute re-queue. (The calls themselves come after the commit, so a
