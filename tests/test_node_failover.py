@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,9 @@ async def test_page_moves_to_another_node_when_its_node_dies(web_server: Running
     proc, node_id = await _start_media_process(ctx.settings, ctx)
     restarted: subprocess.Popen[bytes] | None = None
     try:
-        session = await create_session(web_server.url, admin_token, candidate="Alan Turing")
+        # A name of its own: the suite's database holds other tests' sessions (test_lti maps an "Alan Turing" too).
+        candidate = f"Alan Turing {uuid.uuid4().hex[:8]}"
+        session = await create_session(web_server.url, admin_token, candidate=candidate)
         sid = session["id"]
         page = await browser.new_page()
         await join_and_start(page, session["join_url"])
@@ -159,7 +162,7 @@ async def test_page_moves_to_another_node_when_its_node_dies(web_server: Running
         print(f"node killed -> media on the other node after {stream.stats.first_frame_wall - killed_at:.1f}s")
         async with ctx.pool.acquire() as conn:
             row = await conn.fetchrow("SELECT * FROM sessions WHERE id = $1", sid)
-            count = await conn.fetchval("SELECT count(*) FROM sessions WHERE candidate = 'Alan Turing'")
+            count = await conn.fetchval("SELECT count(*) FROM sessions WHERE candidate = $1", candidate)
         assert count == 1 and row["status"] == "live"
         assert row["node_id"] == media_node.node_id and row["connections"] == 2
         gaps = row["media_gaps"]

@@ -311,7 +311,9 @@ async def test_login_hashing_leaves_the_event_loop_free(web_server: RunningApp, 
     # total is what tells the two apart; one gap is only bounded generously, since a scheduler hiccup or a GC pause
     # on a busy 2-core machine can cost a few hundred ms without any verify on the loop (0.27 s seen once, idle).
     assert worst < max(1.0, 4 * verify_s), (worst, verify_s)
-    assert sum(lag for lag in lags if lag > 0.05) < max(0.5, 5 * verify_s), (lags, verify_s)
+    # On the loop the 40 verifies would add up to ~40 verify times; 15 keeps well clear of that and of what a busy
+    # machine adds on its own (7.1 verify times of lag summed, seen once in the whole suite with both cores hogged).
+    assert sum(lag for lag in lags if lag > 0.05) < max(0.5, 15 * verify_s), (lags, verify_s)
     assert len(unrelated) >= 3 and max(unrelated) < max(1.0, 2 * verify_s), unrelated
 
 

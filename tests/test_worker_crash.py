@@ -26,6 +26,14 @@ from tests.support.waiting import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+async def no_backlog(ctx: Context) -> None:
+    """Each test's worker starts on an empty queue. Earlier tests of the suite stream real sessions whose media
+    node queued merge and finalize jobs no worker ever took (none runs there); a worker started here would work
+    through that backlog (real muxing, minutes on a busy machine) before it reached this test's job."""
+    await ctx.redis.delete(MERGE_STREAM, FINALIZE_STREAM)
+
+
 def _worker(ctx: Context) -> subprocess.Popen[bytes]:
     s = ctx.settings
     env = dict(os.environ, DATABASE_URL=s.database_url, REDIS_URL=s.redis_url, PROCTOR_DATA_DIR=str(s.data_dir),
