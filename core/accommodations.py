@@ -11,7 +11,8 @@ proctoring gentler than the session's sensitivity:
 - `breaks`: up to `count` breaks of at most `minutes` each, which the candidate starts (and may end early) from
   the exam page; no flag is raised during a break, the recording goes on, and the break is on the timeline.
 
-Pure Python, no imports of ours (the event kinds are spelled out below; a test keeps them equal to core.events).
+Pure Python, importing only core.checked (the event kinds are spelled out below; a test keeps them equal to
+core.events).
 
 JSON form (what the REST API takes and serves, and what the `sessions.accommodations` column holds):
     {}                                                       (none: the default)
@@ -21,9 +22,13 @@ JSON form (what the REST API takes and serves, and what the `sessions.accommodat
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from core.checked import kind_of as _kind_of
+from core.checked import num as _num
+from core.checked import number as _number
+from core.checked import show as _show
 
 # core.events.FRAME_KINDS + BROWSER_KINDS: the kinds a detector or the page raises (tests/test_accommodations.py
 # checks they are the same).
@@ -185,39 +190,3 @@ def _note(value: Any) -> str:
     except UnicodeEncodeError:
         raise ValueError("note: contains an unpaired surrogate") from None
     return value.strip()
-
-
-def _number(where: str, value: Any, lo: float, hi: float) -> float:
-    # bool is an int in Python, and true/false are no number of seconds.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: expected a number, got {_kind_of(value)}")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond any float
-        raise ValueError(f"{where}: must be between {_num(lo)} and {_num(hi)}, got an integer beyond any float") \
-            from None
-    if not math.isfinite(number):
-        raise ValueError(f"{where}: must be a finite number, got {number}")
-    if number < lo or number > hi:
-        raise ValueError(f"{where}: must be between {_num(lo)} and {_num(hi)}, got {_num(number)}")
-    return number
-
-
-def _num(value: float) -> str:
-    return f"{value:g}"
-
-
-def _show(value: Any, limit: int = 40) -> str:
-    """A value for an error message, cut short: a hostile 1 MB key must not come back in the 400."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _kind_of(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, (bool, int, float, str)):
-        return f"{type(value).__name__} {_show(value)}"
-    if isinstance(value, (list, tuple)):
-        return f"a list of {len(value)}"
-    return "an object" if isinstance(value, dict) else type(value).__name__

@@ -20,11 +20,14 @@ JSON form (what the REST API takes and serves, and what the `sessions.sensitivit
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.checked import kind_of as _kind_of
+from core.checked import num as _num
+from core.checked import number as _number
+from core.checked import show as _show
 from core.events import BROWSER_KINDS, FRAME_KINDS
 from core.rules import RulesConfig, parse_event_timing
 
@@ -206,39 +209,3 @@ def _thresholds(value: Any) -> dict[str, float]:
         lo, hi = THRESHOLDS[name]
         out[name] = _number(f"thresholds.{name}", number, lo, hi)
     return out
-
-
-def _number(where: str, value: Any, lo: float, hi: float) -> float:
-    # bool is an int in Python, and true/false are no number of seconds.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: expected a number, got {_kind_of(value)}")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond any float
-        raise ValueError(f"{where}: must be between {_num(lo)} and {_num(hi)}, got an integer beyond any float") \
-            from None
-    if not math.isfinite(number):
-        raise ValueError(f"{where}: must be a finite number, got {number}")
-    if number < lo or number > hi:
-        raise ValueError(f"{where}: must be between {_num(lo)} and {_num(hi)}, got {_num(number)}")
-    return number
-
-
-def _num(value: float) -> str:
-    return f"{value:g}"
-
-
-def _show(value: Any, limit: int = 40) -> str:
-    """A value for an error message, cut short: a hostile 1 MB key must not come back in the 400."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _kind_of(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, (bool, int, float, str)):
-        return f"{type(value).__name__} {_show(value)}"
-    if isinstance(value, (list, tuple)):
-        return f"a list of {len(value)}"
-    return "an object" if isinstance(value, dict) else type(value).__name__
