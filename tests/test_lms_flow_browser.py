@@ -21,19 +21,15 @@ and this process read the same machine clock.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import re
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from media_server.node import MediaNode
 from proctor.context import Context
@@ -44,57 +40,15 @@ from proctor.store import webhooks as webhook_store
 from tests.support.accounts import browser_login, make_user
 from tests.support.browser import CONNECTED, have_chromium
 from tests.support.lti_platform import INSTRUCTOR, LaunchSpec, LtiPlatform
-from tests.support.net import free_port
 from tests.support.paths import ARTIFACTS
 from tests.support.servers import FrameLog, own_web_app
 from tests.support.waiting import wait_for
+from tests.support.webhooks import receiver, signature_ok
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reason="Debian chromium not installed")]
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERT_BOUND_S = 2.0  # the issue's bound: flag.raised at the receiver within 2 s of the alert
-
-
-class Receiver:
-    """The exam platform's webhook endpoint on loopback: records each request with the wall-clock time it came."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.requests: list[dict[str, Any]] = []
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/proctor-hook"
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.requests.append({"at": time.time(), "headers": dict(request.headers), "body": body})
-        return web.Response(text="ok")
-
-    async def __aenter__(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/proctor-hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def of_type(self, event_type: str) -> list[dict[str, Any]]:
-        return [r for r in self.requests if json.loads(r["body"])["type"] == event_type]
-
-
-def signature_ok(secret: str, request: dict[str, Any]) -> bool:
-    """The receiver's own check, written from the README's contract (not the product's code): header
-    `Webhook-Signature: v1=<hex HMAC-SHA256 of "<Webhook-Timestamp>.<raw body>">`, timestamp fresh."""
-    timestamp = request["headers"]["Webhook-Timestamp"]
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + request["body"], hashlib.sha256).hexdigest()
-    return (hmac.compare_digest(request["headers"]["Webhook-Signature"], f"v1={mac}")
-            and abs(time.time() - int(timestamp)) < 300)
 
 
 def _worker_env(settings: Settings) -> dict[str, str]:
@@ -116,7 +70,7 @@ async def test_lms_launch_stream_flag_webhook_and_instructor_view_in_one_flow(
     learner = LaunchSpec(name="Flow Ada", resource_link=link)
     # The web app allows private webhook addresses (the receiver is on loopback); the default stays off.
     async with own_web_app(settings, ctx, webhook_allow_private=True) as base, \
-            LtiPlatform(host="localhost") as lms, Receiver() as hook:
+            LtiPlatform(host="localhost") as lms, receiver() as hook:
         lms.tool_base = base
         reg = lms.registration()
         admin_ctx, admin_page = await browser_login(browser, base, admin, bypass_csp=False)
@@ -225,7 +179,7 @@ async def test_lms_launch_stream_flag_webhook_and_instructor_view_in_one_flow(
             assert body["data"]["session"]["id"] == session_id
             assert body["data"]["session"]["candidate"] == "Flow Ada"
             assert body["data"]["flag"]["kind"] == "window_blur" and body["data"]["flag"]["source"] == "browser"
-            delay = request["at"] - flag["created"]
+            delay = request["wall"] - flag["created"]
             print(f"flag.raised for window_blur at the receiver {delay * 1000:.0f} ms after the flag's row began")
             assert 0 <= delay < ALERT_BOUND_S
             # Only flag.raised (and the admin's test event) came: the endpoint's subscription is honoured.

@@ -16,7 +16,6 @@ import re
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -40,6 +39,7 @@ from tests.support.paths import ARTIFACTS
 from tests.support.servers import own_web_app
 from tests.support.sessions import create_session
 from tests.support.waiting import wait_for
+from tests.support.webhooks import Receiver, receiver, signature_ok
 from webhooks import worker
 from webhooks.delivery import Refused, resolve_checked
 from webhooks.ssrf import Policy, host_refusal, refusal
@@ -49,68 +49,6 @@ ALL_TYPES = list(store.EVENT_TYPES)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
-def signature_ok(secret: str, request: dict[str, Any]) -> bool:
-    """An implementation of the receiver's check of its own: hex HMAC-SHA256 over "<timestamp>.<body>"."""
-    timestamp = request["headers"]["Webhook-Timestamp"]
-    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
-    return (hmac.compare_digest(request["headers"]["Webhook-Signature"], f"v1={expected}")
-            and abs(time.time() - int(timestamp)) < 300)
-
-
-class Receiver:
-    """A loopback HTTP server that records every request and answers from a script: an int status, "redirect",
-    ("slow", seconds); 200 once the script is used up."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.requests: list[dict[str, Any]] = []
-        self.redirected: list[dict[str, Any]] = []
-        self.script: deque[Any] = deque()
-        self.runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def _hook(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append({"headers": dict(request.headers), "body": await request.read(), "at": time.monotonic()})
-        action = self.script.popleft() if self.script else 200
-        if action == "redirect":
-            raise web.HTTPFound("/elsewhere")
-        if isinstance(action, tuple):
-            await asyncio.sleep(action[1])
-            return web.Response(text="late")
-        return web.Response(status=action, text="ok" if action < 300 else "receiver failed")
-
-    async def _elsewhere(self, request: web.Request) -> web.Response:
-        self.redirected.append({"body": await request.read()})
-        return web.Response(text="followed")
-
-    async def start(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        app.router.add_route("*", "/elsewhere", self._elsewhere)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(r["body"]) for r in self.requests]
-
-
-@asynccontextmanager
-async def receiver(port: int | None = None) -> AsyncIterator[Receiver]:
-    server = await Receiver(port).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @asynccontextmanager
