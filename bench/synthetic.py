@@ -35,7 +35,7 @@ def encode_clip(frames: list[np.ndarray], fps: int = 30, bitrate: int = 1_000_00
     codec.time_base = fractions.Fraction(1, fps)
     codec.bit_rate = bitrate
     codec.gop_size = gop
-    codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    codec.options = {"deadline": "good", "cpu-used": "5", "lag-in-frames": "0"}
     video: list[tuple[bytes, bool]] = []
     for i, rgb in enumerate(frames):
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
