@@ -10,8 +10,8 @@ mid-frame; aiortc sends a PLI then, and the archive must also drop frames until 
 
 Decoded: the receiver's decoder thread fills the track's queue; a frame nobody reads stays there forever,
 so the video track is drained, and only the frames a subscriber asked for (by rate) are handed over. Audio
-never reaches its decoder (nothing reads decoded audio). Subscribers
-convert pixels themselves, off the event loop.
+never reaches aiortc's decoder: the voice detector's copy is decoded by the node's one audio thread
+(media_server/audio.py), from these encoded frames. Subscribers convert pixels themselves, off the event loop.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ FrameSink = Callable[[EncodedFrame], None]
 def tap_encoded(receiver: RTCRtpReceiver, kind: str, sink: FrameSink, decode: bool = True) -> None:
     """Call `sink` with each whole encoded frame the receiver passes to its decoder (on the event loop).
 
-    With `decode=False` the frames stop here: nothing reads decoded audio, and decoding 50 Opus packets a
-    second per stream in a thread that wakes the loop for each cost CPU for nothing. The end of the stream
-    still goes through, so the decoder thread and the track end as usual.
+    With `decode=False` the frames stop here: aiortc's decoder thread per receiver would wake the loop for each of
+    50 Opus packets a second per stream; the node decodes what the voice detector needs in one thread instead.
+    The end of the stream still goes through, so the decoder thread and the track end as usual.
     """
 
-    def on_frame(codec: str, clock_rate: int, data: bytes, timestamp: int) -> None:
+    def on_frame(codec: str, clock_rate: int, data: bytes, timestamp: int, layer: int | None) -> None:
         try:
-            sink(EncodedFrame(kind, codec, data, timestamp, clock_rate))
+            sink(EncodedFrame(kind, codec, data, timestamp, clock_rate, layer))
         except Exception:  # a subscriber's bug must never stop the media path
             log.exception("encoded frame subscriber failed")
 

@@ -72,6 +72,27 @@ async def test_each_subscriber_gets_frames_at_its_rate(clip: list[tuple[bytes, b
     assert sampler.frames_sampled == len(fast.got) + len(slow.got)
 
 
+async def test_frames_above_the_base_temporal_layer_are_not_decoded(clip: list[tuple[bytes, bool]]) -> None:
+    """With L1T3 layers (0,2,1,2...) only base-layer frames reach the decoder; the subscribers get base-layer frames
+    at their rate (a 3.75-fps one: every 8th frame is due, a base frame each time). Which pictures TL0-only
+    decoding gives is proved against Chromium's real layers in tests/test_temporal_layers_browser.py."""
+    pool = DecodePool()
+    pool.start(asyncio.get_running_loop())
+    try:
+        subscriber = _Subscriber(3.75)
+        sampler, requests = _sampler(pool, subscriber)
+        layers = [(0, 2, 1, 2)[i % 4] for i in range(len(clip))]
+        for i, (data, _) in enumerate(clip):
+            sampler.submit(data, i * VIDEO_CLOCK // 30, layers[i])
+        base = layers.count(0)
+        await _settle(sampler, base)
+    finally:
+        pool.stop()
+    assert sampler.frames_decoded == base and sampler.frames_above_base == len(clip) - base and not requests
+    # By media time (this clip has no real layers, so the pictures past its first are not meaningful here).
+    assert [round(t * 30) for t, _ in subscriber.got] == list(range(0, len(clip), 8))
+
+
 async def test_decoding_starts_at_a_keyframe_and_asks_for_one(clip: list[tuple[bytes, bool]]) -> None:
     pool = DecodePool()
     pool.start(asyncio.get_running_loop())
