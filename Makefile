@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
-SYSTEM_PACKAGES := chromium docker-compose
+SYSTEM_PACKAGES := chromium coturn docker-compose espeak-ng sox
 
 .PHONY: up test test-fast check chaos bench eval venv system lint lock clean-data test-under-load
 
@@ -57,7 +57,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	@# --no-deps hides a dependency the lock forgot (mypy's ast-serialize once broke CI): fail here instead, except
 	@# for the ones mediapipe and deepface declare but never use on our paths (see requirements.lock's header).
-	@left=$$($(PY) -m pip check 2>&1 | grep -v -E '^(mediapipe|deepface) [^ ]+ requires (jax|jaxlib|opencv-contrib-python|sounddevice|retina-face|tensorflow|tf-keras|mtcnn|fire|gunicorn|flask|flask-cors|lightdot|lightphe),' | grep -v '^No broken requirements' || true); \
+	@left=$$($(PY) -m pip check 2>&1 | grep -v -E '^(mediapipe|deepface) [^ ]+ requires (jax|jaxlib|opencv-contrib-python|sounddevice|retina-face|tensorflow|tf-keras|mtcnn|fire|gunicorn|flask|flask-cors|lightdot|lightphe),' | grep -v -E '^silero-vad [^ ]+ requires torch,' | grep -v '^No broken requirements' || true); \
 	if [ -n "$$left" ]; then echo "requirements.lock is missing a dependency:"; echo "$$left"; exit 1; fi
 	rm -f $(VENV)/.installed-*
 	touch $@

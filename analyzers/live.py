@@ -26,11 +26,13 @@ import numpy as np
 from analyzers.base import Detector, Signal, apply_sensitivity, rules_config
 from analyzers.models import install_bundled_weights
 from analyzers.registry import build_detectors
+from analyzers.voice import AudioSlot, VoiceDetector
 from core.accommodations import NONE, Accommodations
 from core.live import EventAlert
 from core.rules import EventChange, EventRules, browser_signal_to_condition
 from core.sensitivity import STANDARD, Sensitivity
 from media_server.outlets import Stream
+from proctor import metrics
 from proctor.context import Context
 from proctor.db import DB_UNAVAILABLE
 from proctor.redis import THUMBNAIL_KEY
@@ -77,6 +79,7 @@ class _DetectorSlot:
         if self.busy:
             if self.waiting is not None:
                 self.replaced += 1  # dropped: a newer frame is more useful than a late one
+                metrics.frame_skipped(self.detector.name)
             self.waiting = item
             return
         self._submit(item)
@@ -97,6 +100,7 @@ class _DetectorSlot:
     def _done(self, future: asyncio.Future[tuple[list[Signal], np.ndarray]], item: _Frame) -> None:
         self.busy = False
         self.analysed += 1
+        metrics.frame_analysed(self.detector.name, item.arrived)
         try:
             signals, rgb = future.result()
         except Exception:
@@ -133,6 +137,7 @@ class StreamAnalysis:
         self.held = stream.held
         self.detectors: list[Detector] = []
         self.slots: list[_DetectorSlot] = []
+        self.audio_slots: list[AudioSlot] = []  # the voice detector, fed the stream's decoded audio
         self.closed = False
         self._convert_lock = threading.Lock()
         self._last_rgb: tuple[float, np.ndarray] | None = None
@@ -165,7 +170,15 @@ class StreamAnalysis:
         self.detectors = build_detectors(apply_sensitivity(ctx.settings, self.sensitivity))
         if self.closed:
             return
-        self.slots = [_DetectorSlot(self, d) for d in self.detectors]
+        # Audio detectors take the stream's decoded audio, not frames; an exam with audio flags off runs none (its
+        # audio is still archived).
+        voices = [d for d in self.detectors if isinstance(d, VoiceDetector)]
+        audio = getattr(self.stream, "audio", None)  # test doubles of a Stream may have no audio outlet
+        if self.sensitivity.audio_flags and audio is not None:
+            self.audio_slots = [AudioSlot(d, self.analysis.executor, self.observe_audio) for d in voices]
+            for audio_slot in self.audio_slots:
+                audio.subscribe(audio_slot)
+        self.slots = [_DetectorSlot(self, d) for d in self.detectors if not isinstance(d, VoiceDetector)]
         for slot in self.slots:
             self.stream.sampler.subscribe(slot)
         await self._load_reference()
@@ -227,6 +240,14 @@ class StreamAnalysis:
     # that never had a poor picture tells nothing; set per stream on the first change.
     _notice: tuple[bool, str] = (False, "")
 
+    def observe_audio(self, media_time_s: float, signal: Signal, arrived: float) -> None:
+        """A voice detector's signal: at its own media time (audio windows are not frames), no evidence frame."""
+        if self.closed or self.held or signal.kind in self.accommodations.off_kinds:
+            return
+        for change in self.rules.update(signal.kind, signal.active, signal.confidence, media_time_s, signal.details,
+                                        source=signal.source):
+            self.changes.put_nowait((change, arrived))
+
     def tell_candidate(self, signal: Signal) -> None:
         """Show the candidate what is wrong with the picture the moment a frame says so (the poor_image event
         itself waits seconds for its hysteresis), and take it away when a frame is fine again; only changes are
@@ -282,6 +303,8 @@ class StreamAnalysis:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            for audio_slot in self.audio_slots:
+                audio_slot.tick(self.stream.clock.end_s)
             for change in self.rules.tick(self.stream.clock.end_s):
                 self.changes.put_nowait((change, None))
 
@@ -394,6 +417,7 @@ class StreamAnalysis:
             count=change.details.get("count")))
         if arrived is not None:
             self.analysis.latency_ms.append((time.time() - arrived) * 1000)
+        metrics.alert_published(change.kind, change.type, arrived)
 
     async def _snapshot(self, event_id: int, rgb: np.ndarray) -> None:
         """Store the evidence JPEG and point the event at it, retrying through a storage or database outage
@@ -426,6 +450,8 @@ class StreamAnalysis:
         """Flush the rules and hand the remaining writes to a background drain: the stream's close (and a
         reconnect waiting on it) must not wait for a database or storage outage to end."""
         self.closed = True
+        for audio_slot in self.audio_slots:
+            audio_slot.closed = True
         for change in self.rules.flush(stream.clock.end_s):
             self.changes.put_nowait((change, None))
         writer, others = self._tasks[0], self._tasks[1:]
@@ -452,7 +478,8 @@ class StreamAnalysis:
 
     def stats(self) -> dict[str, Any]:
         return {slot.detector.name: {"analysed": slot.analysed, "replaced": slot.replaced, "fps": slot.fps,
-                                     "ms_p50": _percentile(slot.ms, 50)} for slot in self.slots}
+                                     "ms_p50": _percentile(slot.ms, 50)} for slot in self.slots} | \
+            {slot.detector.name: slot.stats() for slot in self.audio_slots}
 
 
 def _percentile(values: Any, q: float) -> float | None:

@@ -15,6 +15,7 @@ from analyzers.faces import FaceDetector
 from analyzers.gaze import GazeDetector
 from analyzers.identity import IdentityDetector
 from analyzers.phone import PhoneDetector
+from analyzers.voice import VoiceDetector
 from proctor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ DETECTORS: dict[str, Callable[[Settings], Detector]] = {
     "gaze": GazeDetector,
     "identity": IdentityDetector,
     "phone": PhoneDetector,
+    "voice": VoiceDetector,  # the microphone's audio, not frames (analyzers/voice.py)
 }
 
 

@@ -3,6 +3,11 @@
 Both run as Redis Streams jobs (archiver/jobs.py) under the session's Redis lock, and both are idempotent:
 each commits to Postgres before deleting what it replaced, so a worker killed at any point leaves work that
 the next delivery finishes, and never two masters.
+
+The shared screen (issue 18) has its own segments (screen_segments) and its own master (screen_masters,
+sessions/{id}/screen/master.webm), built by finalize after the webcam's, placed on the same session timeline.
+They are not merged into batches: at 1-2 fps a 20-s screen segment is small and finalize joins them directly.
+A screen that cannot be assembled is logged and leaves the webcam master and the session's status untouched.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from archiver.jobs import Job, JobQueue, session_lock
 from archiver.webm import concat
 from core.live import SessionStatus
 from core.sessions import parse_id
+from proctor import metrics
 from proctor.context import Context
 from proctor.storage import file_sha256
 from proctor.store import live, sessions
@@ -120,15 +126,22 @@ async def _wait_for_segments(ctx: Context, session_id: str, heartbeat: Heartbeat
             pending = await conn.fetch(
                 "SELECT idx, node_id, created_at FROM segments WHERE session_id = $1 "
                 "AND state IN ('recording', 'spooled')", session_id)
-            if not pending:
+            screen = await conn.fetch(
+                "SELECT idx, node_id, created_at FROM screen_segments WHERE session_id = $1 "
+                "AND state IN ('recording', 'spooled')", session_id)
+            if not pending and not screen:
                 return
             alive = {n.node_id for n in await live_nodes(ctx.redis)}
-            lost = [r["idx"] for r in pending if r["node_id"] not in alive
-                    and (time.time() - r["created_at"].timestamp()) > LOST_SEGMENT_S]
-            if lost:
-                await conn.execute("UPDATE segments SET state = 'failed' WHERE session_id = $1 AND idx = ANY($2)",
-                                   session_id, lost)
-                log.error("session %s: segments %s lost with their node", session_id, lost)
+            lost_any = False
+            for table, rows in (("segments", pending), ("screen_segments", screen)):
+                lost = [r["idx"] for r in rows if r["node_id"] not in alive
+                        and (time.time() - r["created_at"].timestamp()) > LOST_SEGMENT_S]
+                if lost:
+                    await conn.execute(f"UPDATE {table} SET state = 'failed' WHERE session_id = $1 "
+                                       "AND idx = ANY($2)", session_id, lost)
+                    log.error("session %s: %s %s lost with their node", session_id, table, lost)
+                    lost_any = True
+            if lost_any:
                 continue
         if time.monotonic() > deadline:
             raise NotReady(f"{len(pending)} segments of session {session_id} still uploading")
@@ -194,11 +207,60 @@ async def finalize(ctx: Context, session_id: str, heartbeat: Heartbeat | None = 
     for piece in pieces:
         await ctx.storage.delete(piece["storage_key"])
     await _delete_leftovers(ctx, session_id)
+    try:
+        await finalize_screen(ctx, session_id, heartbeat)
+    except Exception:  # the webcam master is committed: a screen that cannot be joined must not undo it
+        log.exception("session %s: the screen master could not be built", session_id)
     async with ctx.pool.acquire() as conn:
         await sessions.move(conn, session_id, "finalized")
     await _publish(ctx, session_id, "finalized")
     log.info("session %s finalized: %.3f s", session_id, result.duration_s if result else 0.0)
     return True
+
+
+async def finalize_screen(ctx: Context, session_id: str, heartbeat: Heartbeat | None = None) -> bool:
+    """Join the session's stored screen segments into sessions/{id}/screen/master.webm, each at its own media start
+    (master time == session media time, as for the webcam); True when a master was made. Idempotent: once the
+    master is committed its segments are 'merged', and a second run finds nothing and only deletes leftovers."""
+    async with ctx.pool.acquire() as conn:
+        pieces = await conn.fetch(
+            "SELECT idx, start_s, end_s, storage_key FROM screen_segments WHERE session_id = $1 AND state = 'stored' "
+            "ORDER BY start_s, idx", session_id)
+    made = False
+    if pieces:
+        with tempfile.TemporaryDirectory(prefix="screen-", dir=ctx.storage.scratch_dir()) as tmp:
+            inputs = []
+            for i, piece in enumerate(pieces):
+                inputs.append(await _fetch(ctx, piece["storage_key"], Path(tmp) / f"{i:06d}.webm"))
+                if heartbeat:
+                    await heartbeat()
+            key = f"sessions/{session_id}/screen/master.webm"
+            out = Path(tmp) / "screen.webm"
+            result = await asyncio.to_thread(concat, inputs, out, placements_ms(list(pieces), 0.0), True)
+            sha, size_bytes = await asyncio.to_thread(file_sha256, out)
+            await ctx.storage.put_file(key, out, content_type="video/webm", move=True)
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO screen_masters (session_id, storage_key, bytes, sha256, start_s, duration_s, width, "
+                "height) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (session_id) DO UPDATE SET "
+                "storage_key = EXCLUDED.storage_key, bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, "
+                "start_s = EXCLUDED.start_s, duration_s = EXCLUDED.duration_s, width = EXCLUDED.width, "
+                "height = EXCLUDED.height",
+                session_id, key, size_bytes, sha, float(pieces[0]["start_s"]), result.duration_s, result.width,
+                result.height)
+            await conn.execute("UPDATE screen_segments SET state = 'merged' WHERE session_id = $1 "
+                               "AND state = 'stored'", session_id)
+        made = True
+        log.info("session %s: screen master %.3f s from %d segments", session_id, result.duration_s, len(pieces))
+    # After the commit (or on a re-run after a crash between the commit and these deletes).
+    async with ctx.pool.acquire() as conn:
+        replaced = {r["storage_key"] for r in await conn.fetch(
+            "SELECT storage_key FROM screen_segments WHERE session_id = $1 AND state = 'merged' "
+            "AND storage_key IS NOT NULL", session_id)}
+    for obj in await ctx.storage.list(f"sessions/{session_id}/screen/segments/"):
+        if obj.key in replaced:
+            await ctx.storage.delete(obj.key)
+    return made
 
 
 async def _delete_leftovers(ctx: Context, session_id: str) -> None:
@@ -231,6 +293,16 @@ def handler(kind: str, ctx: Context, queue: JobQueue) -> Callable[[Job], Corouti
             return
         beat = queue.heartbeat_for(job)
         async with session_lock(ctx.redis, session_id, heartbeat=beat):
-            await work(ctx, session_id, beat)
+            if kind != "finalize":
+                await work(ctx, session_id, beat)
+                return
+            started = time.monotonic()  # timed under the lock: the work, not the wait for another job
+            try:
+                done = await work(ctx, session_id, beat)
+            except Exception:
+                metrics.finalize_done("failed", time.monotonic() - started)
+                raise
+            if done:  # False: nothing to do (not ended yet, finalized already): no build to time
+                metrics.finalize_done("finalized", time.monotonic() - started)
 
     return run

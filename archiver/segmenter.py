@@ -7,6 +7,9 @@ the jitter buffer may hand over corrupt frames: they are dropped until the next 
 one), the last good frame holding the picture meanwhile.
 
 All file writing happens on one archive thread per media process, in order; the event loop only decides.
+
+The shared screen (media_server/screen.py) is recorded by a second recorder of its own on the same timeline:
+track "screen", its own segments (no audio), rows in screen_segments, its own master (archiver/assemble.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from archiver.webm import WebmWriter
 from core import vp8
 from core.live import EventAlert
 from media_server.outlets import EncodedFrame, Stream
+from proctor import metrics
 from proctor.context import Context
 from proctor.store import events, live
 
@@ -62,9 +66,11 @@ class RecorderStats:
 class StreamRecorder:
     """Segments one candidate connection. Created by `Archive.attach` for each stream."""
 
-    def __init__(self, archive: Archive, stream: Stream) -> None:
+    def __init__(self, archive: Archive, stream: Stream, track: str = "webcam") -> None:
         self.archive = archive
         self.stream = stream
+        self.track = track
+        self._registry = archive.recorders if track == "webcam" else archive.screen_recorders
         self.segment_s = float(archive.ctx.settings.segment_seconds)
         self.current: _Open | None = None
         self.dropping = True  # until the first keyframe
@@ -141,7 +147,7 @@ class StreamRecorder:
     def _open(self, frame: EncodedFrame, t: float) -> None:
         size = vp8.frame_size(frame.data) or (0, 0)
         try:
-            segment = self.archive.spool.new_segment(self.stream.session_id, t)
+            segment = self.archive.spool.new_segment(self.stream.session_id, t, self.track)
         except OSError as exc:  # the spool's disk is full (or failing): drop frames, say so, try again later
             log.error("session %s: no new segment (%s); frames dropped for %.0f s", self.stream.session_id, exc,
                       RETRY_OPEN_S)
@@ -153,12 +159,13 @@ class StreamRecorder:
         current.pending = (frame.data, t, True)
         self.current = current
         self.stats.segments += 1
-        self._submit(_open_writer, current, self.archive.spool, size)
+        self._submit(_open_writer, current, self.archive.spool, size, self.track == "webcam")
         self.archive.allocate_soon(segment)
 
     def _close(self, current: _Open, end_s: float) -> None:
         current.segment.end_s = end_s
         current.segment.frames = current.frames
+        metrics.segment_written()
         self._submit(_close_writer, current, self.archive.spool)
         loop = asyncio.get_running_loop()
         # Upload once the archive thread has closed the file (it runs the queue in order).
@@ -222,8 +229,8 @@ class StreamRecorder:
         if self._closed:
             return
         self._closed = True
-        if self.archive.recorders.get(stream.session_id) is self:
-            del self.archive.recorders[stream.session_id]
+        if self._registry.get(stream.session_id) is self:
+            del self._registry[stream.session_id]
         current = self.current
         self.current = None
         if current is None:
@@ -236,9 +243,9 @@ class StreamRecorder:
 
 
 # --- archive thread --------------------------------------------------------------------------------------
-def _open_writer(current: _Open, spool: Spool, size: tuple[int, int]) -> None:
+def _open_writer(current: _Open, spool: Spool, size: tuple[int, int], with_audio: bool) -> None:
     width, height = size
-    current.writer = WebmWriter(current.segment.path(spool.root), width or 640, height or 480)
+    current.writer = WebmWriter(current.segment.path(spool.root), width or 640, height or 480, with_audio)
 
 
 def _write_video(current: _Open, data: bytes, pts: int, duration: int, keyframe: bool) -> None:
@@ -275,10 +282,15 @@ class Archive:
         self.uploader = Uploader(ctx, self.spool)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
         self.recorders: dict[str, StreamRecorder] = {}
+        self.screen_recorders: dict[str, StreamRecorder] = {}  # the shared screens' (same session keys)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def attach(self, stream: Stream) -> None:
         self.recorders[stream.session_id] = StreamRecorder(self, stream)
+        # The stream's shared screen, when the node gives it one (media_server/screen.py): the same outlets.
+        screen = getattr(stream, "screen", None)
+        if screen is not None:
+            self.screen_recorders[stream.session_id] = StreamRecorder(self, screen, track="screen")
 
     async def alert(self, session_id: str, media_time: float, message: str) -> None:
         try:
@@ -323,4 +335,5 @@ class Archive:
 
     def stats(self) -> dict[str, Any]:
         return {"uploader": self.uploader.stats(),
-                "recorders": {sid: vars(r.stats) for sid, r in self.recorders.items()}}
+                "recorders": {sid: vars(r.stats) for sid, r in self.recorders.items()},
+                "screen_recorders": {sid: vars(r.stats) for sid, r in self.screen_recorders.items()}}

@@ -46,6 +46,9 @@ class SpoolSegment:
     frames: int = 0
     idx: int | None = None
     recovered: bool = False
+    # "webcam" or "screen" (the shared screen: its own segments, table screen_segments, and master). Sidecars
+    # written before the screen existed have no track: webcam.
+    track: str = "webcam"
 
     def path(self, root: Path) -> Path:
         return root / self.session_id / f"{self.spool_id}.webm"
@@ -55,7 +58,14 @@ class SpoolSegment:
 
     def key(self) -> str:
         assert self.idx is not None
+        if self.track == "screen":
+            return f"sessions/{self.session_id}/screen/segments/{self.idx:06d}.webm"
         return f"sessions/{self.session_id}/segments/{self.idx:06d}.webm"
+
+    @property
+    def table(self) -> str:
+        """The table of its row (a name from this fixed pair, never from input)."""
+        return "screen_segments" if self.track == "screen" else "segments"
 
 
 class Spool:
@@ -64,8 +74,8 @@ class Spool:
         self.node_id = node_id
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def new_segment(self, session_id: str, start_s: float) -> SpoolSegment:
-        segment = SpoolSegment(uuid.uuid4().hex, session_id, start_s, self.node_id, os.getpid())
+    def new_segment(self, session_id: str, start_s: float, track: str = "webcam") -> SpoolSegment:
+        segment = SpoolSegment(uuid.uuid4().hex, session_id, start_s, self.node_id, os.getpid(), track=track)
         folder = segment.path(self.root).parent
         folder.mkdir(parents=True, exist_ok=True)
         try:
@@ -146,6 +156,8 @@ def _alive(pid: int) -> bool:
 
 async def allocate(conn: asyncpg.Connection, segment: SpoolSegment) -> int:
     """The segment's index in its session, allocated once (idempotent by spool id, no holes)."""
+    if segment.track == "screen":
+        return await allocate_screen(conn, segment)
     async with conn.transaction():
         idx = await conn.fetchval("SELECT idx FROM segments WHERE spool_id = $1", segment.spool_id)
         if idx is not None:
@@ -160,12 +172,31 @@ async def allocate(conn: asyncpg.Connection, segment: SpoolSegment) -> int:
         return int(idx)
 
 
+async def allocate_screen(conn: asyncpg.Connection, segment: SpoolSegment) -> int:
+    """A screen segment's index: its own numbering (0, 1, ... per session, in media order), so the webcam's stays
+    without holes. Two nodes can carry one session for a moment (a reconnect): a transaction-scoped advisory lock
+    on the session makes max + 1 safe."""
+    async with conn.transaction():
+        idx = await conn.fetchval("SELECT idx FROM screen_segments WHERE spool_id = $1", segment.spool_id)
+        if idx is not None:
+            return int(idx)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('screen:' || $1::text))", segment.session_id)
+        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)", segment.session_id):
+            raise LookupError(f"session {segment.session_id} is gone")
+        idx = await conn.fetchval(
+            "INSERT INTO screen_segments (session_id, idx, start_s, end_s, state, node_id, spool_id) "
+            "SELECT $1, coalesce(max(idx) + 1, 0), $2, $2, 'recording', $3, $4 FROM screen_segments "
+            "WHERE session_id = $1 RETURNING idx", segment.session_id, segment.start_s, segment.node_id,
+            segment.spool_id)
+        return int(idx)
+
+
 async def mark_lost(ctx: Context, segment: SpoolSegment) -> None:
     """A segment with nothing usable: say so now, so finalize does not wait LOST_SEGMENT_S for a row that will
     never be stored."""
     try:
         async with ctx.pool.acquire() as conn:
-            await conn.execute("UPDATE segments SET state = 'failed' WHERE spool_id = $1 "
+            await conn.execute(f"UPDATE {segment.table} SET state = 'failed' WHERE spool_id = $1 "
                                "AND state IN ('recording', 'spooled')", segment.spool_id)
     except Exception as exc:  # finalize's LOST_SEGMENT_S still catches it
         log.warning("could not mark segment %s lost: %s", segment.spool_id, exc)
@@ -312,7 +343,7 @@ class Uploader:
         await self.ctx.storage.put_file(segment.key(), path, content_type="video/webm")
         async with self.ctx.pool.acquire() as conn:
             updated = await conn.fetchval(
-                "UPDATE segments SET state = 'stored', end_s = $2, frames = $3, bytes = $4, sha256 = $5, "
+                f"UPDATE {segment.table} SET state = 'stored', end_s = $2, frames = $3, bytes = $4, sha256 = $5, "
                 "storage_key = $6, stored_at = now() WHERE spool_id = $1 AND state = ANY($7::text[]) RETURNING idx",
                 segment.spool_id, segment.end_s, segment.frames, size, sha256, segment.key(), list(_UPLOADABLE))
         if updated is None:
@@ -328,7 +359,8 @@ class Uploader:
             return
         # The file goes only after the upload and the commit both succeeded.
         self.spool.remove(segment)
-        await self._hint_merge(segment)
+        if segment.track == "webcam":  # screen segments are not merged: finalize joins them
+            await self._hint_merge(segment)
 
     async def _hint_merge(self, segment: SpoolSegment) -> None:
         try:
@@ -339,7 +371,7 @@ class Uploader:
 
     async def _row_state(self, segment: SpoolSegment) -> str | None:
         async with self.ctx.pool.acquire() as conn:
-            state = await conn.fetchval("SELECT state FROM segments WHERE spool_id = $1", segment.spool_id)
+            state = await conn.fetchval(f"SELECT state FROM {segment.table} WHERE spool_id = $1", segment.spool_id)
         return None if state is None else str(state)
 
     def stats(self) -> dict[str, Any]:

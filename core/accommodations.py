@@ -30,10 +30,11 @@ from core.checked import num as _num
 from core.checked import number as _number
 from core.checked import show as _show
 
-# core.events.FRAME_KINDS + BROWSER_KINDS: the kinds a detector or the page raises (tests/test_accommodations.py
-# checks they are the same).
+# core.events.FRAME_KINDS + BROWSER_KINDS + AUDIO_KINDS: the kinds a detector or the page raises
+# (tests/test_accommodations.py checks they are the same).
 DETECTOR_KINDS = ("no_face", "multiple_people", "looking_away", "identity_mismatch", "phone", "poor_image",
-                  "tab_hidden", "window_blur", "fullscreen_exit", "second_screen", "copy_paste")
+                  "tab_hidden", "window_blur", "fullscreen_exit", "second_screen", "copy_paste",
+                  "screen_share_stopped", "screen_changed", "talking", "audio_muted")
 MAX_DURATION_S = 600.0  # longer than this is "off" in disguise: say off
 MAX_WEIGHT = 100.0
 MAX_BREAKS = 10

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core.events import BROWSER_KINDS, FRAME_KINDS
+from core.events import AUDIO_KINDS, BROWSER_KINDS, FRAME_KINDS
 
 EPS = 1e-6
 UNNAMED_SOURCE = "default"  # how event details name the observations that came without a source
@@ -86,6 +86,16 @@ class RulesConfig:
             "fullscreen_exit": KindRule(1.0, 0.5, latched=True),
             "second_screen": KindRule(0.0, 0.0, latched=True),
             "copy_paste": KindRule(0.0, 0.0, instant=True, merge_within_s=10.0),
+            # Voice (analyzers/voice.py observes every 0.256 s): 8 voiced steps (~2 s of speech) within 4 s, the
+            # first at least 1.5 s before the confirming one, so a cough, a word or a laugh never flags while the
+            # pauses between a speaker's words do not reset it; a pause under 2 s does not end it.
+            "talking": KindRule(1.5, 2.0, votes=8, vote_window_s=4.0, max_gap_s=2.0),
+            # Muted or silent microphone (observed every 0.5 s, and while no audio comes at all).
+            "audio_muted": KindRule(30.0, 1.0, max_gap_s=3.0),
+            # Starts at once (the time the share stopped is what a reviewer seeks to); ends only when the media
+            # node sees screen frames again (screen_share_resumed is the node's, never the page's).
+            "screen_share_stopped": KindRule(0.0, 0.0, latched=True),
+            "screen_changed": KindRule(0.0, 0.0, instant=True, merge_within_s=10.0),
         })
 
     def with_timing(self, timing: str | Mapping[str, tuple[float, float]]) -> RulesConfig:
@@ -110,7 +120,7 @@ class RulesConfig:
 
 def parse_event_timing(raw: str) -> dict[str, tuple[float, float]]:
     """ "no_face=5/2, phone=1/3" -> {"no_face": (5.0, 2.0), "phone": (1.0, 3.0)}; ValueError names the bad part."""
-    known = set(FRAME_KINDS) | set(BROWSER_KINDS)
+    known = set(FRAME_KINDS) | set(BROWSER_KINDS) | set(AUDIO_KINDS)
     out: dict[str, tuple[float, float]] = {}
     for part in (p.strip() for p in raw.split(",")):
         if not part:
@@ -338,6 +348,8 @@ class EventRules:
         details: dict[str, Any] = {"signal": message.get("type")}
         if "screen_extended" in message:
             details["screen_extended"] = message["screen_extended"]
+        if isinstance(message.get("reason"), str):  # screen signals: why (ended, muted, no_frames, surface, ...)
+            details["reason"] = message["reason"][:40]
         return self.update(kind, active, 1.0, media_time_s, details)
 
     # --- the state machine -----------------------------------------------------------------------------
@@ -451,6 +463,9 @@ _BROWSER = {
     "copy": ("copy_paste", True),
     "cut": ("copy_paste", True),
     "paste": ("copy_paste", True),
+    "screen_share_stopped": ("screen_share_stopped", True),
+    "screen_share_resumed": ("screen_share_stopped", False),
+    "screen_changed": ("screen_changed", True),
 }
 
 

@@ -15,6 +15,11 @@ DEFAULT_WEIGHTS = {
     "looking_away": 2.0, "tab_hidden": 2.0, "copy_paste": 2.0, "window_blur": 1.0, "fullscreen_exit": 1.0,
     # A dark or blurred picture is mostly the room's fault, yet it also hides the candidate: a little weight.
     "poor_image": 0.5,
+    # The screen went unrecorded (often a mis-click that the page asks to fix), or the display set-up changed.
+    "screen_share_stopped": 2.0, "screen_changed": 2.0,
+    # Talking is often innocent (reading a question aloud, a sigh, a word to a pet): a little weight, a reviewer
+    # listens; a microphone muted for long hides the room.
+    "talking": 1.0, "audio_muted": 2.0,
     # The server's own events (the archive failed, staff replaced the reference photo) say nothing about the
     # candidate: they are on the timeline for the reviewer, never in the score.
     "recording_error": 0.0, "reference_replaced": 0.0,

@@ -16,6 +16,8 @@ JSON form (what the REST API takes and serves, and what the `sessions.sensitivit
     "strict"
     {"profile": "strict", "timing": {"phone": [1, 3]}, "thresholds": {"gaze_yaw_deg": 30}}
     {"timing": "phone=1/3,no_face=5/2"}        (EVENT_TIMING's syntax; no profile given: custom)
+    {"profile": "standard", "audio_flags": false}  (the exam's audio flags off: talking and audio_muted are never
+                                                    raised, the audio is still recorded)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from core.checked import kind_of as _kind_of
 from core.checked import num as _num
 from core.checked import number as _number
 from core.checked import show as _show
-from core.events import BROWSER_KINDS, FRAME_KINDS
+from core.events import AUDIO_KINDS, BROWSER_KINDS, FRAME_KINDS
 from core.rules import RulesConfig, parse_event_timing
 
 NAMED_PROFILES = ("strict", "standard", "lenient")
@@ -42,7 +44,7 @@ MAX_TIMING_TEXT = 1000
 # start and end at once, so a delay there would be accepted and silently mean nothing.
 _DEFAULT_RULES = RulesConfig.default().rules
 TIMED_KINDS = tuple(kind for kind, rule in _DEFAULT_RULES.items()
-                    if kind in (*FRAME_KINDS, *BROWSER_KINDS) and not rule.instant)
+                    if kind in (*FRAME_KINDS, *BROWSER_KINDS, *AUDIO_KINDS) and not rule.instant)
 INSTANT_KINDS = tuple(kind for kind, rule in _DEFAULT_RULES.items() if rule.instant)
 
 # Detector thresholds a session may set: proctor.settings field name -> (lowest, highest) accepted value.
@@ -113,6 +115,9 @@ class Sensitivity:
     profile: str = "standard"
     timing_overrides: tuple[tuple[str, float, float], ...] = ()  # (kind, start_after_s, end_after_s)
     threshold_overrides: tuple[tuple[str, float], ...] = ()  # (settings field, value)
+    # Off: the voice detector does not run for this exam (an oral exam, a language test, a noisy test centre);
+    # the microphone is still recorded with the video.
+    audio_flags: bool = True
 
     def timing(self) -> dict[str, tuple[float, float]]:
         """kind -> (start_after_s, end_after_s) to lay over the deployment's rules: the profile's, then the
@@ -130,12 +135,16 @@ class Sensitivity:
             out["timing"] = {kind: [start, end] for kind, start, end in self.timing_overrides}
         if self.threshold_overrides:
             out["thresholds"] = dict(self.threshold_overrides)
+        if not self.audio_flags:
+            out["audio_flags"] = False
         return out
 
     def describe(self) -> str:
         """One line for people: "strict", "lenient + phone 1/3 s, gaze_yaw_deg 30"."""
         parts = [f"{kind} {_num(start)}/{_num(end)} s" for kind, start, end in self.timing_overrides]
         parts += [f"{name} {_num(value)}" for name, value in self.threshold_overrides]
+        if not self.audio_flags:
+            parts.append("audio flags off")
         return self.profile + (" + " + ", ".join(parts) if parts else "")
 
     @classmethod
@@ -146,9 +155,13 @@ class Sensitivity:
         if not isinstance(value, dict):
             raise ValueError(f"expected a profile name ({', '.join(NAMED_PROFILES)}) or an object with "
                              f"\"profile\", \"timing\", \"thresholds\"; got {_kind_of(value)}")
-        unknown = [key for key in value if key not in ("profile", "timing", "thresholds")]
+        unknown = [key for key in value if key not in ("profile", "timing", "thresholds", "audio_flags")]
         if unknown:
-            raise ValueError(f"unknown field {_show(unknown[0])}; expected \"profile\", \"timing\", \"thresholds\"")
+            raise ValueError(f"unknown field {_show(unknown[0])}; expected \"profile\", \"timing\", \"thresholds\", "
+                             f"\"audio_flags\"")
+        audio_flags = value.get("audio_flags", True)
+        if not isinstance(audio_flags, bool):
+            raise ValueError(f"audio_flags: expected true or false, got {_kind_of(audio_flags)}")
         timing = _timing(value["timing"]) if "timing" in value else {}
         thresholds = _thresholds(value["thresholds"]) if "thresholds" in value else {}
         has_overrides = bool(timing or thresholds)
@@ -156,7 +169,8 @@ class Sensitivity:
             profile = _profile(value["profile"], has_overrides=has_overrides)
         else:
             profile = "custom" if has_overrides else "standard"
-        return cls(profile, tuple(sorted((k, s, e) for k, (s, e) in timing.items())), tuple(sorted(thresholds.items())))
+        return cls(profile, tuple(sorted((k, s, e) for k, (s, e) in timing.items())), tuple(sorted(thresholds.items())),
+                   audio_flags)
 
 
 STANDARD = Sensitivity()

@@ -40,6 +40,12 @@ aioice.ice
       call time; it leaves 127.0.0.1 out; `install_host_addresses` wraps it to add configured addresses.
   `Connection._protocols`  (reached as `RTCIceGatherer._connection`) the StunProtocols whose UDP sockets ICE
       gathered; `ice_udp_sockets`, to enlarge their receive buffers.
+  `Connection.get_component_candidates(component, addresses, timeout)`  binds one UDP socket per host address
+      with `asyncio.get_running_loop().create_datagram_endpoint(..., local_addr=(address, 0))` (port 0: any
+      port), and its TURN task (`turn.create_turn_endpoint`) one more with `remote_addr=(server)` and no local
+      address; `install_udp_port_range` wraps it so that, while it runs (a context variable), the running loop's
+      `create_datagram_endpoint` gets a socket bound inside the configured range instead (`sock=`). The loop
+      method is wrapped on the loop instance, once; it passes every other call through untouched.
 
 asyncio.selector_events._SelectorDatagramTransport
   `_read_ready`  the readiness callback, reading ONE datagram per wake; replaced by the standard body looped
@@ -49,7 +55,10 @@ asyncio.selector_events._SelectorDatagramTransport
 
 from __future__ import annotations
 
+import asyncio
 import asyncio.selector_events as selector_events
+import contextvars
+import errno
 import logging
 import queue
 import socket
@@ -61,6 +70,8 @@ from typing import Any
 import aioice.ice
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSctpTransport
 
+from core import vp8
+
 log = logging.getLogger(__name__)
 
 _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
@@ -71,27 +82,54 @@ _GUARD_MARK = "_proctor_guarded"
 
 # --- RTCRtpReceiver ---------------------------------------------------------------------------------------
 
-# codec name ("VP8", "opus"), clock rate, frame bytes, RTP timestamp (unwrapped, from 0 at the first frame)
-EncodedFrameSink = Callable[[str, int, bytes, int], None]
+# codec name ("VP8", "opus"), clock rate, frame bytes, RTP timestamp (unwrapped, from 0 at the first frame),
+# VP8 temporal layer (None: the sender marks none, or not VP8)
+EncodedFrameSink = Callable[[str, int, bytes, int, int | None], None]
 
 
 def tap_decoder_queue(receiver: RTCRtpReceiver, sink: EncodedFrameSink, *, decode: bool = True) -> None:
-    """Call `sink(codec, clock_rate, data, timestamp)` with each whole encoded frame the receiver hands its
-    decoder thread, on the event loop. With `decode=False` the frames stop here (the decoder thread never sees
-    them); the end-of-stream None still goes through so the thread and the track end as usual. The sink must
-    not raise (it runs inside aiortc's receive path)."""
+    """Call `sink(codec, clock_rate, data, timestamp, temporal_layer)` with each whole encoded frame the receiver
+    hands its decoder thread, on the event loop. With `decode=False` the frames stop here (the decoder thread
+    never sees them); the end-of-stream None still goes through so the thread and the track end as usual. The
+    sink must not raise (it runs inside aiortc's receive path).
+
+    aiortc strips the VP8 payload descriptor when it depayloads a packet, so the temporal layer is read from the
+    raw payload of the frame's first packet as the jitter buffer assembles it (`_stamp_temporal_layer`)."""
     decoder_queue: queue.Queue[Any] = getattr(receiver, _DECODER_QUEUE)
     original_put = decoder_queue.put
+    _stamp_temporal_layer(getattr(receiver, _JITTER_BUFFER))
 
     def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
         if item is not None:
             codec, frame = item
-            sink(codec.name, codec.clockRate, frame.data, frame.timestamp)
+            layer = getattr(frame, _LAYER_ATTR, None) if codec.name == "VP8" else None
+            sink(codec.name, codec.clockRate, frame.data, frame.timestamp, layer)
             if not decode:
                 return
         original_put(item, block, timeout)
 
     decoder_queue.put = put  # type: ignore[method-assign]
+
+
+_LAYER_ATTR = "proctor_temporal_layer"
+
+
+def _stamp_temporal_layer(jitter: Any) -> None:
+    """Give each JitterFrame the VP8 temporal layer of its first packet (None when the sender marks none).
+
+    `_remove_frame` builds the first whole frame starting at the buffer's origin, so the packet at the origin
+    before the call is that frame's first packet; every packet of a frame carries the same TID (RFC 7741)."""
+    original = jitter._remove_frame
+
+    def remove_frame(sequence_number: int) -> Any:
+        first = jitter._packets[jitter._origin % jitter._capacity] if jitter._origin is not None else None
+        frame = original(sequence_number)
+        if frame is not None:
+            payload = getattr(first, "payload", b"") if first is not None else b""
+            setattr(frame, _LAYER_ATTR, vp8.temporal_layer(payload) if payload else None)
+        return frame
+
+    jitter._remove_frame = remove_frame
 
 
 def on_jitter_loss(receiver: RTCRtpReceiver, callback: Callable[[], None]) -> None:
@@ -311,6 +349,137 @@ def ice_udp_sockets(pc: RTCPeerConnection) -> list[socket.socket]:
             if sock is not None and sock.type == socket.SOCK_DGRAM:
                 sockets[sock.fileno()] = sock
     return list(sockets.values())
+
+
+class PortRangeExhausted(RuntimeError):
+    """Every port of MEDIA_UDP_PORTS is taken on the address asked for: the node cannot take another peer
+    connection now. Not an OSError on purpose: aioice skips a host address whose bind fails with OSError and
+    would answer with no candidate at all; this one ends the gathering (and the offer: 503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPortRange:
+    first: int
+    last: int
+
+    def __len__(self) -> int:
+        return self.last - self.first + 1
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.first <= port <= self.last
+
+
+_port_range: UdpPortRange | None = None
+_port_cursor = 0  # where the next search starts: recently closed ports are reused last (stale packets)
+# The transports bound in range by the gathering that runs in this context; None outside a gathering.
+_range_binds: contextvars.ContextVar[list[asyncio.BaseTransport] | None] = contextvars.ContextVar(
+    "proctor_udp_range_binds", default=None)
+_LOOP_MARK = "_proctor_udp_range"
+_original_get_component_candidates = aioice.ice.Connection.get_component_candidates
+
+
+def bind_udp_in_range(host: str, ports: UdpPortRange, prefer: int | None = None) -> socket.socket:
+    """A UDP socket bound to `host` on a free port of `ports`: `prefer` if given and free, else searched from
+    after the last one handed out. Raises PortRangeExhausted when every port is taken on `host`, OSError when
+    `host` cannot be bound at all. A port is taken per address: (10.0.0.5, p) and (127.0.0.1, p) coexist."""
+    global _port_cursor
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    preferred = [prefer] if prefer is not None and prefer in ports else []
+    searched = [ports.first + (_port_cursor + i) % len(ports) for i in range(len(ports))]
+    try:
+        for port in preferred + searched:
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    continue
+                raise
+            if port not in preferred:
+                _port_cursor = port - ports.first + 1
+            sock.setblocking(False)
+            return sock
+    except BaseException:
+        sock.close()
+        raise
+    sock.close()
+    raise PortRangeExhausted(f"every UDP port in {ports.first}-{ports.last} is in use on {host}")
+
+
+async def _range_datagram_endpoint(loop: asyncio.AbstractEventLoop, original: Callable[..., Any],
+                                   protocol_factory: Callable[[], Any], local_addr: Any = None,
+                                   remote_addr: Any = None, **kwargs: Any) -> Any:
+    binds = _range_binds.get()
+    ports = _port_range
+    if binds is None or ports is None or kwargs.get("sock") is not None:
+        return await original(protocol_factory, local_addr=local_addr, remote_addr=remote_addr, **kwargs)
+    if local_addr is not None and remote_addr is None and local_addr[1] == 0:  # a host candidate's socket
+        # One port number for all of a connection's host addresses where free: the range then bounds peer
+        # connections, whatever the number of interfaces.
+        used = [t.get_extra_info("sockname")[1] for t in binds if t.get_extra_info("peername") is None]
+        sock = bind_udp_in_range(local_addr[0], ports, prefer=used[0] if used else None)
+    elif local_addr is None and remote_addr is not None:  # the TURN client's socket towards its server
+        infos = await loop.getaddrinfo(remote_addr[0], remote_addr[1], type=socket.SOCK_DGRAM,
+                                       family=kwargs.get("family", 0))
+        family, _, _, _, server = infos[0]
+        sock = bind_udp_in_range("::" if family == socket.AF_INET6 else "0.0.0.0", ports)
+        try:
+            sock.connect(server)  # UDP: no packet sent, only the peer fixed (TURN sends with no address)
+        except OSError:
+            sock.close()
+            raise
+    else:
+        return await original(protocol_factory, local_addr=local_addr, remote_addr=remote_addr, **kwargs)
+    try:
+        transport, protocol = await original(protocol_factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    binds.append(transport)
+    return transport, protocol
+
+
+def _install_on_loop(loop: asyncio.AbstractEventLoop) -> None:
+    if getattr(loop, _LOOP_MARK, False):
+        return
+    original = loop.create_datagram_endpoint
+
+    async def create_datagram_endpoint(protocol_factory: Callable[[], Any], local_addr: Any = None,
+                                       remote_addr: Any = None, **kwargs: Any) -> Any:
+        return await _range_datagram_endpoint(loop, original, protocol_factory, local_addr, remote_addr, **kwargs)
+
+    loop.create_datagram_endpoint = create_datagram_endpoint  # type: ignore[method-assign]
+    setattr(loop, _LOOP_MARK, True)
+
+
+async def _get_component_candidates(self: aioice.ice.Connection, component: int, addresses: list[str],
+                                    timeout: int = 5) -> list[aioice.Candidate]:  # noqa: ASYNC109 (aioice's signature)
+    if _port_range is None:
+        return await _original_get_component_candidates(self, component, addresses, timeout)
+    _install_on_loop(asyncio.get_running_loop())
+    binds: list[asyncio.BaseTransport] = []
+    token = _range_binds.set(binds)
+    try:
+        return await _original_get_component_candidates(self, component, addresses, timeout)
+    except PortRangeExhausted:
+        # aioice had not yet recorded what this call bound: close it here, or the ports stay taken.
+        for transport in binds:
+            transport.close()
+        raise
+    finally:
+        _range_binds.reset(token)
+
+
+def install_udp_port_range(ports: tuple[int, int] | None) -> None:
+    """Bind every UDP socket ICE gathers from now on in this process (host candidates, and the TURN client's
+    socket) inside `ports` (first, last inclusive); None: any port, as aioice does. Process-wide, idempotent."""
+    global _port_range
+    _port_range = UdpPortRange(*ports) if ports is not None else None
+    aioice.ice.Connection.get_component_candidates = _get_component_candidates  # type: ignore[method-assign]
+
+
+def udp_port_range() -> UdpPortRange | None:
+    return _port_range
 
 
 # --- asyncio -----------------------------------------------------------------------------------------------

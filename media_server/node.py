@@ -8,6 +8,9 @@ Every call to that API must be signed (proctor/nodeauth.py: HMAC with a key deri
 401; it binds to loopback unless MEDIA_NODE_HOST says otherwise. The node never carries more than
 MEDIA_NODE_CAPACITY streams: an offer takes its slot before the first await (503 when none is left), so
 concurrent offers cannot all pass one check.
+
+SIGTERM or `POST /drain` drains the node (media_server/drain.py): no new offer, candidates kept until they
+finish or DRAIN_TIMEOUT_S, then moved to other nodes; the process exits 0 after. SIGINT stops it at once.
 """
 
 from __future__ import annotations
@@ -32,14 +35,22 @@ from core.live import ConnectionState
 from core.nodes import NodeInfo
 from core.offers import OfferError
 from core.sessions import OPEN_STATUSES, parse_id
+from media_server.audio import AudioDecodePool
 from media_server.decode import DecodePool
-from media_server.ice import enlarge_receive_buffers, install_host_addresses, rtc_configuration
+from media_server.drain import Drain
+from media_server.ice import (
+    PortRangeExhausted,
+    enlarge_receive_buffers,
+    install_host_addresses,
+    install_udp_port_range,
+    node_rtc_configuration,
+)
 from media_server.intervention import InterventionError, Interventions
 from media_server.outlets import Plugin
 from media_server.sdp import screen_offer, tune_answer
 from media_server.stream import CandidateStream
 from media_server.udp import install_batched_reads
-from proctor import nodeauth
+from proctor import metrics, nodeauth
 from proctor.context import Context
 from proctor.http import error
 from proctor.redis import SESSION_CONTROL, SESSION_NODE
@@ -104,21 +115,33 @@ class MediaNode:
         self._key = nodeauth.node_key(self.settings)
         self.plugins: list[Plugin] = list(plugins or [])
         self.decode_pool = DecodePool()
+        self.audio_pool = AudioDecodePool()  # the voice detector's Opus decoding, one thread for all streams
         self._tasks: list[asyncio.Task[Any]] = []
         self._watchers: set[asyncio.Task[Any]] = set()
         self.loop_lag = LoopLag()
         self.interventions = Interventions(ctx)
+        # /metrics (proctor/metrics.py) reads the streams at scrape time; ended ones are retired into its totals.
+        self.metrics = metrics.NodeCollector(self, self.settings.media_node_capacity, self.loop_lag.summary,
+                                             lambda: self.drain.active)
+        # SIGTERM or a signed POST /drain: leave placement, keep the candidates a while, then move them.
+        self.drain = Drain(self, ctx.pool, ctx.redis, self.settings.drain_timeout_s,
+                           self.settings.drain_move_timeout_s)
+        self._process: Any = None  # psutil.Process, made by the first heartbeat
         install_host_addresses(self.settings.ice_host_addresses)
+        install_udp_port_range(self.settings.media_udp_ports)
         install_batched_reads()
 
     # --- internal API --------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_sdp_bytes + 8192,
-                              middlewares=[nodeauth.middleware(self._key)])
+                              middlewares=[nodeauth.middleware(self._key, unsigned=(metrics.PATH, "/healthz"))])
+        app.router.add_get("/healthz", self.handle_healthz)  # probes (Kubernetes, compose): unsigned, says little
         app.router.add_post("/offer", self.handle_offer)
         app.router.add_post("/sessions/{session_id}/close", self.handle_close)
         app.router.add_post("/sessions/{session_id}/intervene", self.handle_intervene)
         app.router.add_get("/stats", self.handle_stats)
+        app.router.add_get(metrics.PATH, metrics.handler(self.settings, metrics.node_registry(self.metrics)))
+        app.router.add_post("/drain", self.handle_drain)
         return app
 
     async def handle_offer(self, request: web.Request) -> web.Response:
@@ -133,6 +156,8 @@ class MediaNode:
         sdp = body.get("sdp")
         if session_id is None or not isinstance(sdp, str) or body.get("type") != "offer":
             raise error(web.HTTPBadRequest, "expected {session_id, sdp, type: offer}")
+        if self.drain.active:  # signaling skips a draining node; an offer sent before it saw the drain lands here
+            raise error(web.HTTPServiceUnavailable, "node is draining")
         # Admission: check and take the slot with no await in between. A session the node carries keeps its
         # slot for its new connection (a reload).
         if session_id in self._admitting:
@@ -166,9 +191,9 @@ class MediaNode:
             # The node that carried the stream died: it received up to one persist period more than it
             # wrote. Start after that (a short empty stretch) rather than give two frames the same time.
             base_s += min(max(0.0, time.time() - row["last_seen_at"].timestamp()), UNPERSISTED_MAX_S)
-        pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
+        pc = RTCPeerConnection(node_rtc_configuration(self.settings, session_id))
         stream = CandidateStream(session_id, pc, base_s=base_s, on_closed=self._on_closed,
-                                 decode_pool=self.decode_pool)
+                                 decode_pool=self.decode_pool, audio_pool=self.audio_pool)
         for plugin in self.plugins:
             plugin.attach(stream)
         stream.close_hooks.append(self.interventions.detach)
@@ -180,6 +205,10 @@ class MediaNode:
             log.warning("session %s: open pause or break not restored: %r", session_id, exc)
         try:
             answer = await asyncio.wait_for(stream.answer(sdp), ANSWER_TIMEOUT_S)
+        except PortRangeExhausted as exc:  # MEDIA_UDP_PORTS all taken: this node is full, another may not be
+            await pc.close()
+            log.warning("session %s: offer refused: %s", session_id, exc)
+            raise error(web.HTTPServiceUnavailable, f"node has no free media port: {exc}") from None
         except Exception as exc:  # aiortc raises many kinds on bad SDP; none may take the node down
             await pc.close()
             log.info("session %s: offer refused: %r", session_id, exc)
@@ -239,8 +268,33 @@ class MediaNode:
         except InterventionError as exc:
             raise error(web.HTTPConflict if exc.status == 409 else web.HTTPBadRequest, str(exc)) from None
 
+    async def handle_drain(self, request: web.Request) -> web.Response:
+        """Start draining (media_server/drain.py). Body: {} or {"timeout_s": seconds to keep the candidates
+        before moving them, 0-604800; default DRAIN_TIMEOUT_S}. 202 with the drain's state when this call started
+        it, 200 with it when the node was draining already (the first call's timeout holds)."""
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise error(web.HTTPBadRequest, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise error(web.HTTPBadRequest, "body must be a JSON object")
+        timeout = body.get("timeout_s")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 <= timeout <= 7 * 86400):
+            raise error(web.HTTPBadRequest, "timeout_s must be a number of seconds, 0 to 604800")
+        started = self.drain.start(None if timeout is None else float(timeout), reason="POST /drain")
+        return web.json_response(self.drain.summary(), status=202 if started else 200)
+
+    async def handle_healthz(self, request: web.Request) -> web.Response:
+        """Liveness and readiness: 200 while the loop answers, draining included (a draining node must not be
+        killed by its probe while its candidates finish); whether it drains, nothing more (unsigned)."""
+        return web.json_response({"status": "draining" if self.drain.active else "ok"},
+                                 headers={"Cache-Control": "no-store"})
+
     async def handle_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"node_id": self.node_id, "capacity": self.settings.media_node_capacity,
+                                  "drain": self.drain.summary(),
                                   "loop_lag_ms": self.loop_lag.summary(),
                                   # For the soak's leak check: these must come back down when streams end.
                                   "tasks": len(asyncio.all_tasks()), "threads": threading.active_count(),
@@ -248,6 +302,7 @@ class MediaNode:
                                   "peer_connections": sum(1 for s in self.streams.values()
                                                           if s.pc.connectionState != "closed"),
                                   "decode_queue": self.decode_pool.queued(),
+                                  "audio_decode_queue": self.audio_pool.queued(),
                                   "plugins": {type(p).__name__: p.stats() for p in self.plugins},
                                   "streams": [s.snapshot() for s in self.streams.values()]})
 
@@ -255,6 +310,7 @@ class MediaNode:
     async def _on_closed(self, stream: CandidateStream) -> None:
         if self.streams.get(stream.session_id) is stream:
             del self.streams[stream.session_id]
+        self.metrics.retire(stream)
         await self._persist([stream])
         await self._publish(stream.session_id, "disconnected")
 
@@ -273,17 +329,22 @@ class MediaNode:
         await live.publish_quietly(self.ctx.redis, ConnectionState(session_id=session_id, connection=connection,
                                                                    node=self.node_id))
 
-    async def _heartbeat(self) -> None:
+    async def beat(self) -> None:
+        """Register the node's state now (address, load, whether it drains); raises what Redis raises."""
         import psutil
 
-        process = psutil.Process()
-        process.cpu_percent(None)
+        if self._process is None:
+            self._process = psutil.Process()
+            self._process.cpu_percent(None)
+        carried = list(self.streams)
+        info = NodeInfo(self.node_id, self.url, len(carried), self.settings.media_node_capacity,
+                        self._process.cpu_percent(None), draining=self.drain.active)
+        await register(self.ctx.redis, info, carried)
+
+    async def _heartbeat(self) -> None:
         while True:
-            carried = list(self.streams)
-            info = NodeInfo(self.node_id, self.url, len(carried), self.settings.media_node_capacity,
-                            process.cpu_percent(None))
             try:
-                await register(self.ctx.redis, info, carried)
+                await self.beat()
             except Exception as exc:
                 log.warning("node heartbeat failed: %s", exc)
             streams = list(self.streams.values())
@@ -292,6 +353,8 @@ class MediaNode:
                 last = stream.stats.last_frame_wall
                 if last is not None and now - last > MEDIA_TIMEOUT_S:
                     asyncio.create_task(stream.close(f"no media for {MEDIA_TIMEOUT_S:.0f} s"))
+                elif stream.screen_offered:  # no screen frames: a PLI, then screen_share_stopped
+                    stream.screen.watch(now, stream.stats.first_frame_wall)
             await self._persist(streams)
             await asyncio.gather(*(s.refresh_receiver_stats() for s in streams), return_exceptions=True)
             await asyncio.sleep(PERSIST_PERIOD_S)
@@ -320,6 +383,7 @@ class MediaNode:
 
     async def start(self, host: str, port: int) -> web.AppRunner:
         self.decode_pool.start(asyncio.get_running_loop())
+        self.audio_pool.start(asyncio.get_running_loop())
         for plugin in self.plugins:
             await plugin.start(self.node_id)
         runner = web.AppRunner(self.app(), access_log=None)
@@ -335,15 +399,20 @@ class MediaNode:
         return runner
 
     async def stop(self) -> None:
+        await self.drain.stop()
         await asyncio.gather(*(s.close("node stopping") for s in list(self.streams.values())),
                              return_exceptions=True)
         for plugin in self.plugins:
+            began = time.monotonic()
             try:
                 await plugin.stop()
             except Exception:
                 log.exception("plugin %s failed to stop", type(plugin).__name__)
+            # What a stop grace (docs/deploy.md) must allow for after a drain: the archive's last uploads.
+            log.info("plugin %s stopped in %.1f s", type(plugin).__name__, time.monotonic() - began)
         await self.interventions.stop()
         await asyncio.to_thread(self.decode_pool.stop)
+        await asyncio.to_thread(self.audio_pool.stop)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -359,16 +428,26 @@ async def run(settings: Settings, plugins: Callable[[Context], list[Plugin]]) ->
     runner = await node.start(settings.media_node_host, settings.media_node_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_sigterm() -> None:  # drain (media_server/drain.py); a second SIGTERM stops at once
+        if not node.drain.start(reason="SIGTERM"):
+            stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    drained = asyncio.create_task(node.drain.finished.wait())
     try:
-        await stop.wait()
+        await asyncio.wait([asyncio.create_task(stop.wait()), drained], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        began = time.monotonic()
         await node.stop()
         await runner.cleanup()
         await ctx.close()
+        log.info("media node %s stopped in %.1f s", node.node_id, time.monotonic() - began)
 
 
 def main(settings: Settings, plugins: Callable[[Context], list[Plugin]]) -> int:
     asyncio.run(run(settings, plugins))
+    # asyncio.run waits for the default executor's threads (work handed off with to_thread) before it returns.
+    log.info("media node event loop closed; exiting")
     return 0

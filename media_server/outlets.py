@@ -5,6 +5,7 @@ change how it terminates WebRTC without the archive or the detectors noticing, a
 with a plain object. Three outlets per stream, and one way back to the page:
 - encoded: every whole encoded frame (VP8 video, Opus audio) with its session media time, on the event loop;
 - decoded: video frames decoded by the node, handed to each subscriber at the rate it asks for;
+- audio: the microphone decoded to 16 kHz mono in half-second windows, for subscribers that ask for it;
 - signals: the page's small JSON messages (tab hidden, blur, copy/paste) with the media time they arrived at;
 - notify_candidate: a small JSON message to the page (a notice it shows the candidate: "more light, please");
 - holds: a proctor's pause or the candidate's break holds monitoring (no flags; the recording goes on): each
@@ -27,6 +28,8 @@ class EncodedFrame:
     data: bytes
     timestamp: int  # RTP time, unwrapped, in clock_rate units
     clock_rate: int
+    # VP8 temporal layer (0 = base) when the sender encodes layers (the page asks for L1T3), else None.
+    temporal_layer: int | None = None
 
     @property
     def is_keyframe(self) -> bool:
@@ -52,6 +55,17 @@ class FrameSubscriber(Protocol):
 
 class DecodedOutlet(Protocol):
     def subscribe(self, subscriber: FrameSubscriber) -> None: ...
+
+
+class AudioSubscriber(Protocol):
+    """Receives the candidate's decoded audio (16 kHz mono float32) in windows, each with the session media time
+    of its first sample, in order, on the event loop; must not block (hand work to a thread)."""
+
+    def on_audio(self, windows: list[tuple[float, Any]]) -> None: ...
+
+
+class AudioOutletView(Protocol):
+    def subscribe(self, subscriber: AudioSubscriber) -> None: ...
 
 
 class Timeline(Protocol):
@@ -81,6 +95,11 @@ class Stream(Protocol):
 
     @property
     def sampler(self) -> DecodedOutlet: ...
+
+    @property
+    def audio(self) -> AudioOutletView:
+        """The microphone's audio, decoded by the node (media_server/audio.py) only when someone subscribes."""
+        ...
 
     @property
     def losses(self) -> int:

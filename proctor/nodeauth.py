@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import aiohttp
@@ -77,12 +77,15 @@ def signed_headers(key: bytes, method: str, url: str, body: bytes = b"") -> dict
     return {HEADER: sign(key, method, URL(url).raw_path_qs, body)}
 
 
-def middleware(key: bytes) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """A node app's middleware: every request must be signed with `key`, else 401 (before any handler runs)."""
+def middleware(key: bytes, unsigned: Collection[str] = ()) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """A node app's middleware: every request must be signed with `key`, else 401 (before any handler runs).
+    GET on a path in `unsigned` (/metrics: Prometheus cannot sign) skips it; that handler checks access itself."""
 
     @web.middleware
     async def check_signature(request: web.Request,
                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if request.method == "GET" and request.path in unsigned:
+            return await handler(request)
         header = request.headers.get(HEADER)
         try:
             if not header:

@@ -117,6 +117,29 @@ def _ice_servers(raw: str) -> tuple[dict[str, Any], ...]:
     return tuple(value)
 
 
+def _port_range(raw: str) -> tuple[int, int] | None:
+    """"FIRST-LAST" (inclusive, e.g. 50000-50999), or empty for none."""
+    value = raw.strip()
+    if not value:
+        return None
+    first, sep, last = value.partition("-")
+    try:
+        lo, hi = int(first), int(last if sep else first)
+    except ValueError:
+        raise ValueError(f"expected FIRST-LAST, e.g. 50000-50999, got {raw!r}") from None
+    if not 1024 <= lo <= hi <= 65535:
+        raise ValueError(f"expected 1024 <= FIRST <= LAST <= 65535, got {raw!r}")
+    return lo, hi
+
+
+def _turn_urls(raw: str) -> tuple[str, ...]:
+    urls = _csv(raw)
+    for url in urls:
+        if url.split(":", 1)[0] not in ("turn", "turns"):
+            raise ValueError(f"TURN URL must start with turn: or turns:, got {url!r}")
+    return urls
+
+
 def _event_timing(raw: str) -> str:
     parse_event_timing(raw)  # raises ValueError naming the bad entry
     return raw.strip()
@@ -125,6 +148,15 @@ def _event_timing(raw: str) -> str:
 def _score_weights(raw: str) -> str:
     parse_weights(raw)
     return raw.strip()
+
+
+def _metrics_token(raw: str) -> str:
+    value = raw.strip()
+    if value and len(value) < 16:
+        raise ValueError("must be at least 16 characters (or empty)")
+    if value.startswith("pt_"):  # the web process would take it for an API token (web/auth.py) and refuse it
+        raise ValueError("must not start with pt_ (that prefix marks API tokens)")
+    return value
 
 
 def _networks(raw: str) -> tuple[str, ...]:
@@ -217,6 +249,25 @@ class Settings:
         "Let a media node send ICE checks to loopback, link-local and private (RFC 1918, ULA) addresses an "
         "offer names. Off: those candidates are dropped (browsers still connect through their own checks); "
         "on for single-host or LAN setups and tests.")
+    media_udp_ports: tuple[int, int] | None = _setting(
+        "MEDIA_UDP_PORTS", "", _port_range,
+        "UDP port range a media node's ICE sockets bind in, FIRST-LAST (e.g. 50000-50999), for firewalls and "
+        "Kubernetes hostPorts; each candidate's connection takes one port (the same on every host address), one "
+        "more with TURN_URLS. Empty: any port.")
+    ice_transport_policy: str = _setting(
+        "ICE_TRANSPORT_POLICY", "all", _choice("all", "relay"),
+        "The candidate page's iceTransportPolicy: all, or relay (only TURN-relayed paths; needs TURN).")
+    turn_urls: tuple[str, ...] = _setting(
+        "TURN_URLS", "", _turn_urls,
+        "TURN servers (comma list of turn:/turns: URLs) given short-lived credentials derived from TURN_SECRET "
+        "(the TURN REST API scheme, coturn's --use-auth-secret), for the candidate page and the media node.")
+    turn_secret: str = _setting(
+        "TURN_SECRET", "", _str, "Shared secret of the TURN servers in TURN_URLS (coturn's static-auth-secret).",
+        secret=True)
+    turn_ttl_s: int = _setting(
+        "TURN_TTL_S", "86400", _int(60, 7 * 86400),
+        "How long a TURN credential stays valid; longer than the longest exam (a page keeps its credential "
+        "for reconnects).")
     media_node_host: str = _setting(
         "MEDIA_NODE_HOST", "127.0.0.1", _str, "Address a media node's internal API binds to and registers.")
     media_node_advertise_host: str = _setting(
@@ -232,8 +283,21 @@ class Settings:
     video_fps: int = _setting("VIDEO_FPS", "30", _int(5, 60), "Target camera frame rate.")
     video_bitrate_kbps: int = _setting(
         "VIDEO_BITRATE_KBPS", "1200", _int(100, 20000), "Start and cap bitrate asked of browsers, kbit/s.")
+    video_scalability_mode: str = _setting(
+        "VIDEO_SCALABILITY_MODE", "L1T3", _choice("L1T3", "L1T2", "L1T1", "off"),
+        "Temporal layers asked of the browser's VP8 encoder: the node decodes only the base layer (a quarter of "
+        "the frames with L1T3), the archive keeps every frame. off: no layers, every frame decoded.")
     disconnect_timeout_s: int = _setting(
         "DISCONNECT_TIMEOUT_S", "120", _int(5), "A session whose candidate stays disconnected this long ends.")
+    drain_timeout_s: int = _setting(
+        "DRAIN_TIMEOUT_S", "300", _int(0, 7 * 86400),
+        "A draining media node (SIGTERM, `proctor node drain`) keeps its candidates this long, seconds, for them to "
+        "finish, then asks each page to move to another node (a second-long pause, archive continuous). The longest "
+        "exam: no candidate moves; 0: move at once. A node's stop grace must exceed it plus DRAIN_MOVE_TIMEOUT_S.")
+    drain_move_timeout_s: int = _setting(
+        "DRAIN_MOVE_TIMEOUT_S", "30", _int(1, 3600),
+        "How long a draining node waits, after asking its pages to move, for each to stream on another node before "
+        "it closes what is left and exits.")
     # --- archive -----------------------------------------------------------------------------------
     segment_seconds: int = _setting(
         "SEGMENT_SECONDS", "20", _int(2, 600), "Length of archived WebM segments, seconds.")
@@ -254,8 +318,9 @@ class Settings:
         "YOLOv8/11 ONNX export for phone and person detection; wins over the one `proctor models fetch` installed. "
         "Empty: that one, else the bundled NanoDet-m 416 (weak: misses phones often).")
     analyzers_enabled: tuple[str, ...] = _setting(
-        "ANALYZERS", "faces,gaze,identity,phone", _csv,
-        "Detectors to run on every stream; one whose model is unavailable is skipped and reported.")
+        "ANALYZERS", "faces,gaze,identity,phone,voice", _csv,
+        "Detectors to run on every stream (voice: the microphone's audio); one whose model is unavailable is "
+        "skipped and reported.")
     faces_fps: float = _setting("FACES_FPS", "4", _float(0.1), "Frames per second analysed for face counting.")
     face_min_score: float = _setting(
         "FACE_MIN_SCORE", "0.6", _float(0.0), "Lowest detector score that counts as a face.")
@@ -327,6 +392,20 @@ class Settings:
         "WEBHOOK_RETRY_BASE_S", "60", _float(0.1),
         "Wait after a webhook's first failed attempt, seconds; each next wait is 3 times longer (with jitter, "
         "at most 12 h): 8 attempts span about 18 hours at 60.")
+    # --- metrics (proctor/metrics.py) ---------------------------------------------------------------
+    metrics_token: str = _setting(
+        "METRICS_TOKEN", "", _metrics_token,
+        "Bearer token Prometheus sends to scrape /metrics (web, media nodes, workers); at least 16 characters. "
+        "Empty: /metrics answers only loopback and METRICS_ALLOW addresses.", secret=True)
+    metrics_allow: tuple[str, ...] = _setting(
+        "METRICS_ALLOW", "", _networks,
+        "Networks (IPs or CIDRs, comma list) besides loopback that may scrape /metrics without METRICS_TOKEN, "
+        "e.g. the Prometheus server's 10.0.5.0/24. Ignored when METRICS_TOKEN is set.")
+    worker_metrics_host: str = _setting(
+        "WORKER_METRICS_HOST", "127.0.0.1", _str, "Address a worker's /metrics server binds to.")
+    worker_metrics_port: int = _setting(
+        "WORKER_METRICS_PORT", "9464", _int(0, 65535),
+        "Port of a worker's /metrics server (0: no metrics server). Taken: the worker runs on without one.")
     # --- misc --------------------------------------------------------------------------------------
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of every process.")
@@ -365,6 +444,8 @@ class Settings:
             raise SettingsError("S3_BUCKET: required when STORAGE_BACKEND=s3")
         if self.secret_key and len(self.secret_key) < 32:
             raise SettingsError("SECRET_KEY: must be at least 32 characters")
+        if self.turn_urls and not self.turn_secret:
+            raise SettingsError("TURN_SECRET: required when TURN_URLS is set")
 
     # --- derived values ----------------------------------------------------------------------------
     @property
@@ -377,6 +458,13 @@ class Settings:
     @property
     def local_storage_path(self) -> Path:
         return Path(self.storage_path).absolute() if self.storage_path else self.data_dir / "storage"
+
+    @property
+    def media_stop_grace_s(self) -> int:
+        """How long whoever stops a media node (`proctor up`, docker-compose's stop_grace_period, Kubernetes'
+        terminationGracePeriodSeconds) must wait after SIGTERM: the drain, the moves, then a clean stop (measured
+        under load: the process exited up to 26 s after its node had stopped, finishing the analyzers' queued work)."""
+        return self.drain_timeout_s + self.drain_move_timeout_s + 60
 
     @property
     def spool_dir(self) -> Path:

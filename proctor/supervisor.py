@@ -43,10 +43,10 @@ class Child:
         self.proc = subprocess.Popen([sys.executable, "-m", "proctor", *self.argv], env=self.env)
         self.started_at = time.monotonic()
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float, signum: int = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signum)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -104,11 +104,21 @@ def run_up(settings: Settings) -> int:
     from proctor import migrate
 
     stopping = False
+    # SIGTERM (a service manager, docker) drains the media node; SIGINT (Ctrl-C) stops it at once.
+    drain = True
+    children: list[Child] = []
 
     def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, drain
         if not stopping:
             log.info("stopping (signal %d)", signum)
+            drain = signum == signal.SIGTERM
+        else:
+            # Asked again while the media node drains: stop it now (SIGINT stops a node at once; a Ctrl-C at the
+            # terminal reaches the node itself, as every child shares the terminal's process group).
+            for child in children:
+                if child.name == "media" and child.proc is not None and child.proc.poll() is None:
+                    child.proc.send_signal(signal.SIGINT)
         stopping = True
 
     signal.signal(signal.SIGINT, request_stop)
@@ -123,7 +133,6 @@ def run_up(settings: Settings) -> int:
                HTTP_HOST=settings.http_host)
     postgres = EmbeddedPostgres(settings.data_dir / "postgres") if not settings.database_url else None
     redis = EmbeddedRedis(settings.data_dir / "redis") if not settings.redis_url else None
-    children: list[Child] = []
     try:
         if postgres is not None:
             env["DATABASE_URL"] = postgres.start()
@@ -133,7 +142,7 @@ def run_up(settings: Settings) -> int:
         migrate.upgrade(settings.database_url)
         install_bundled_weights(settings)
         password = _ensure_admin(settings)
-        children = [Child(name, argv, env=env) for name, argv in ROLES]
+        children[:] = [Child(name, argv, env=env) for name, argv in ROLES]
         for child in children:
             child.start()
         healthy = _wait_healthy(settings.base_url, 60, children)
@@ -141,11 +150,23 @@ def run_up(settings: Settings) -> int:
         while not stopping:
             for child in children:
                 _keep_alive(child)
+            if not healthy:
+                # A slow first start (models loading on a busy machine) or a child that was restarted: print the
+                # banner again once /healthz says a candidate can be taken.
+                healthy = _wait_healthy(settings.base_url, 1, children)
+                if healthy:
+                    _print_banner(settings, env, password, healthy)
             time.sleep(0.2)
         return 0
     finally:
+        # Web stops last, so a draining media node's candidates can still move to another node (one that shares
+        # this Redis); SIGTERM drains the node, which may take DRAIN_TIMEOUT_S + DRAIN_MOVE_TIMEOUT_S; after
+        # SIGINT the node stops at once (its candidates reconnect to another node as after a crash).
         for child in reversed(children):
-            child.stop(timeout=15)
+            if child.name == "media" and drain:
+                child.stop(timeout=settings.media_stop_grace_s)
+            else:
+                child.stop(timeout=15, signum=signal.SIGINT if child.name == "media" else signal.SIGTERM)
         if redis is not None:
             redis.stop()
         if postgres is not None:
@@ -173,6 +194,11 @@ def _keep_alive(child: Child) -> None:
     assert child.proc is not None
     code = child.proc.poll()
     if code is None:
+        return
+    if code == 0 and child.name == "media":  # drained (`proctor node drain`): start a fresh node at once
+        log.info("media node drained and exited; starting a new one")
+        child.restarts = 0
+        child.start()
         return
     quick = time.monotonic() - child.started_at < 10
     child.restarts = child.restarts + 1 if quick else 1
@@ -215,8 +241,10 @@ async def _run_worker(settings: Settings, roles: list[str]) -> None:
     from archiver.jobs import JobQueue, consumer_name
     from archiver.worker import consume
     from lifecycle.sweep import run_sweeper
+    from proctor import metrics
     from proctor.context import Context
-    from webhooks.worker import CONSUMERS
+    from proctor.redis import FINALIZE_STREAM, MERGE_STREAM
+    from webhooks.worker import CONSUMERS, WEBHOOK_STREAM
     from webhooks.worker import run as run_webhooks
 
     # The webhook consumers hold a connection only around each attempt's bookkeeping, never during the request.
@@ -231,10 +259,16 @@ async def _run_worker(settings: Settings, roles: list[str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # /metrics on WORKER_METRICS_PORT (proctor/metrics.py): every job queue, whichever roles this worker runs.
+    queues = metrics.QueueCollector(ctx.redis, {"merge": MERGE_STREAM, "finalize": FINALIZE_STREAM,
+                                                "webhooks": WEBHOOK_STREAM})
+    metrics_server = await metrics.serve(settings, metrics.worker_registry(queues), refresh=[queues])
     log.info("worker running roles: %s", ", ".join(roles))
     try:
         await stop.wait()
     finally:
+        if metrics_server is not None:
+            await metrics_server.cleanup()
         # The sweeper holds no job and never returns by itself: cancelled at once (waiting for it with the consumers
         # made every stop take the full 30 s). A consumer interrupts the job in hand once stop is set and leaves it
         # pending for another worker (archiver/jobs.py); every handler is idempotent, so the job is redone, not lost.

@@ -363,8 +363,10 @@ async def _relay(ctx: Context, session_id: str, sdp: str, kind: str) -> web.Resp
         while True:
             untried = [n for n in live if n.node_id not in tried]
             # The node the session is on comes first even when it reports full: the session holds a slot there
-            # (reserve says so atomically).
-            node = next((n for n in untried if n.node_id == previous), None) or nodes.choose(untried, prefer=previous)
+            # (reserve says so atomically). Not when it is draining: the page moves (a reload too), and the
+            # draining node lets go of the stream below, so the timeline continues from it.
+            node = next((n for n in untried if n.node_id == previous and not n.draining), None) \
+                or nodes.choose(untried, prefer=previous)
             if node is None:
                 raise error(web.HTTPServiceUnavailable, "no media node has room; retry shortly")
             tried.add(node.node_id)

@@ -16,7 +16,7 @@ import pytest
 
 from analyzers.base import Signal, rules_config
 from core.accommodations import DETECTOR_KINDS, MAX_NOTE, NONE, Accommodations
-from core.events import BROWSER_KINDS, FRAME_KINDS
+from core.events import AUDIO_KINDS, BROWSER_KINDS, FRAME_KINDS
 from core.rules import RulesConfig
 from proctor.context import Context
 from proctor.store import sessions
@@ -45,7 +45,7 @@ def test_parse_round_trip_and_describe() -> None:
 
 
 def test_the_kinds_are_core_events() -> None:
-    assert set(DETECTOR_KINDS) == set(FRAME_KINDS) | set(BROWSER_KINDS)
+    assert set(DETECTOR_KINDS) == set(FRAME_KINDS) | set(BROWSER_KINDS) | set(AUDIO_KINDS)
 
 
 @pytest.mark.parametrize(("value", "reason"), [

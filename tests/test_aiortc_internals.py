@@ -29,7 +29,7 @@ import pytest
 from aioice import Connection
 from aiortc import RTCDataChannel, RTCDataChannelParameters, RTCPeerConnection, RTCRtpReceiver, RTCSctpTransport
 from aiortc.codecs import get_encoder
-from aiortc.codecs.vpx import vp8_depayload
+from aiortc.codecs.vpx import VpxPayloadDescriptor, vp8_depayload
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
@@ -438,3 +438,49 @@ async def test_batched_reads_drain_queued_datagrams_in_one_callback() -> None:
         assert protocol.received == [f"p{i}".encode() for i in range(8)]
     finally:
         transport.close()
+
+
+# --- VP8 temporal layers (issue 14: decode only the base layer) ------------------------------------------------
+L1T3_PATTERN = [0, 2, 1, 2]  # the temporal layer of each frame in Chromium's L1T3 (libvpx), repeating
+
+
+def _with_layer(payload: bytes, layer: int, tl0: int) -> bytes:
+    """The same VP8 RTP payload with a descriptor marking its temporal layer (as a layering sender writes it)."""
+    descriptor, data = VpxPayloadDescriptor.parse(payload)
+    marked = VpxPayloadDescriptor(descriptor.partition_start, descriptor.partition_id, descriptor.picture_id,
+                                  tl0picidx=tl0 % 256, tid=(layer, 0))
+    return bytes(marked) + data
+
+
+@pytest.mark.parametrize("picture_id", [5, 300], ids=["7-bit", "15-bit"])
+def test_temporal_layer_read_from_the_descriptor_aiortc_writes(picture_id: int) -> None:
+    for layer in (0, 1, 2):
+        descriptor = VpxPayloadDescriptor(1, 0, picture_id, tl0picidx=9, tid=(layer, 1))
+        assert vp8.temporal_layer(bytes(descriptor) + b"\x10\x02") == layer
+    assert vp8.temporal_layer(bytes(VpxPayloadDescriptor(1, 0, picture_id)) + b"\x10") is None  # no layers
+    assert vp8.temporal_layer(b"\x10\x02\x00") is None  # no extension byte at all
+    assert vp8.temporal_layer(b"\x90\xe0\x81") is None  # cut short: never an IndexError from the network
+    assert vp8.temporal_layer(b"") is None
+
+
+async def test_encoded_tap_reports_each_frames_temporal_layer(frames: list[tuple[int, list[bytes]]]) -> None:
+    """aiortc strips the payload descriptor; the tap still gives each whole frame the layer its packets carried,
+    and None for a sender that marks no layers (the existing tests' frames)."""
+    layers = [L1T3_PATTERN[i % 4] for i in range(len(frames))]
+    layered = [(ts, [_with_layer(p, layers[i], i // 4) for p in payloads]) for i, (ts, payloads) in enumerate(frames)]
+    tapped: list[EncodedFrame] = []
+    async with _receiver() as (receiver, _):
+        tap_encoded(receiver, "video", tapped.append, decode=False)
+        await _start(receiver)
+        await _feed(receiver, _packets(layered))
+        await receiver.stop()
+    assert [f.temporal_layer for f in tapped] == layers[:-1]
+    # The frame bytes are the same whatever the descriptor said.
+    assert [f.data for f in tapped] == [b"".join(vp8_depayload(p) for p in payloads) for _, payloads in frames[:-1]]
+    plain: list[EncodedFrame] = []
+    async with _receiver() as (receiver, _):
+        tap_encoded(receiver, "video", plain.append, decode=False)
+        await _start(receiver)
+        await _feed(receiver, _packets(frames))
+        await receiver.stop()
+    assert plain and all(f.temporal_layer is None for f in plain)

@@ -17,14 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-SERVICES = {"postgres", "redis", "s3", "migrate", "app", "media", "worker"}
+SERVICES = {"postgres", "redis", "s3", "migrate", "app", "media", "worker", "coturn", "prometheus"}
+PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+TURN_SECRET, METRICS_TOKEN = "turn-secret-for-the-test", "metrics-token-for-the-test"
 
 
 def _compose_env(**extra: str) -> dict[str, str]:
     # A clean environment: settings exported in the caller's shell (STORAGE_BACKEND, S3_*, ...) must not change
     # what is checked.
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
-    env.update({"SECRET_KEY": "k" * 40, "POSTGRES_PASSWORD": "test-password", "REDIS_PASSWORD": "redis-password"})
+    env.update({"SECRET_KEY": "k" * 40, "POSTGRES_PASSWORD": "test-password", "REDIS_PASSWORD": "redis-password",
+                "TURN_SECRET": TURN_SECRET, "METRICS_TOKEN": METRICS_TOKEN})
     env.update(extra)
     return env
 
@@ -157,7 +160,8 @@ def test_r2_endpoint_reaches_every_role() -> None:
         assert services[role]["environment"]["S3_ENDPOINT_URL"] == r2, role
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD"])
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "TURN_SECRET",
+                                     "METRICS_TOKEN"])
 def test_required_secrets_are_enforced(missing: str) -> None:
     env = _compose_env()
     env.pop(missing)
@@ -184,3 +188,110 @@ def test_dockerfile() -> None:
 def test_dockerignore_keeps_secrets_and_venv_out() -> None:
     entries = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {".git", ".venv", ".env", ".data"} <= entries
+
+
+# --- issue 15: what the internet reaches, TURN, Prometheus ----------------------------------------------------
+
+def _host_ip(entry: Any) -> str:
+    return str(entry.get("host_ip", "")) if isinstance(entry, dict) else str(entry).split(":")[0]
+
+
+def test_nothing_but_the_app_is_published_and_only_on_loopback_by_default(rendered: dict[str, Any]) -> None:
+    """Published ports: loopback only (the app too, behind a TLS proxy, until APP_BIND says otherwise). What the
+    internet reaches directly is the host-networked media UDP range and coturn, and nothing else is on the host
+    network."""
+    services = rendered["services"]
+    for name, service in services.items():
+        for entry in service.get("ports", []):
+            assert _host_ip(entry) == "127.0.0.1", f"{name} published beyond loopback: {entry}"
+    assert {name for name, s in services.items() if s.get("network_mode") == "host"} == {"media", "coturn"}
+    public = _run_config(_compose_env(APP_BIND="0.0.0.0"))
+    assert public.returncode == 0, public.stderr
+    yaml = pytest.importorskip("yaml")
+    published = {name: [_host_ip(e) for e in s.get("ports", [])]
+                 for name, s in yaml.safe_load(public.stdout)["services"].items()}
+    assert {name for name, ips in published.items() if any(ip != "127.0.0.1" for ip in ips)} == {"app"}
+
+
+def _drain_budget(env: dict[str, Any]) -> int:
+    """The drain, the moves, then a clean stop: what whoever stops a node must wait (Settings.media_stop_grace_s)."""
+    from proctor.settings import Settings
+
+    return Settings.from_env({k: str(v) for k, v in env.items()}, env_file=None).media_stop_grace_s
+
+
+def _seconds(duration: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(h|m(?!s)|s)", duration))
+
+
+def test_media_nodes_bind_the_fixed_udp_range_and_outlast_a_drain(rendered: dict[str, Any]) -> None:
+    from proctor.settings import Settings
+
+    media = rendered["services"]["media"]
+    settings = Settings.from_env({k: str(v) for k, v in media["environment"].items()}, env_file=None)
+    assert settings.media_udp_ports == (50000, 50999)
+    first, last = settings.media_udp_ports
+    assert last - first + 1 >= 2 * 2 * settings.media_node_capacity, "room for a full node, TURN included"
+    assert _seconds(str(media["stop_grace_period"])) >= _drain_budget(media["environment"]), media["stop_grace_period"]
+    assert "50000-50999" in (ROOT / "docs" / "deploy.md").read_text(), "the port plan names the range"
+
+
+def test_coturn_hands_out_short_lived_credentials_and_guards_its_relay(rendered: dict[str, Any]) -> None:
+    services = rendered["services"]
+    coturn = services["coturn"]
+    assert coturn["image"].startswith("coturn/coturn:")
+    args = [str(a) for a in coturn["command"]]
+    assert "--use-auth-secret" in args and f"--static-auth-secret={TURN_SECRET}" in args
+    assert not any(a.startswith(("--user=", "--lt-cred-mech")) for a in args), "no static TURN password"
+    denied = {a.split("=", 1)[1] for a in args if a.startswith("--denied-peer-ip=")}
+    # The relay must not reach loopback, cloud metadata or Docker's networks (the internal API on docker0).
+    assert {"127.0.0.0-127.255.255.255", "169.254.0.0-169.254.255.255", "172.16.0.0-172.31.255.255"} <= denied
+    relay = [int(a.split("=", 1)[1]) for a in args if a.startswith(("--min-port=", "--max-port="))]
+    assert len(relay) == 2 and relay[0] <= relay[1]
+    assert relay[1] < 50000 or relay[0] > 50999, "TURN relays and media ICE ports are separate ranges"
+    for role in ("app", "media", "worker", "migrate"):
+        assert services[role]["environment"]["TURN_SECRET"] == TURN_SECRET, role
+
+
+def test_prometheus_scrapes_the_app_every_worker_and_every_media_node(rendered: dict[str, Any]) -> None:
+    yaml = pytest.importorskip("yaml")
+    from web.app import MEDIA_TARGETS_PATH
+
+    services = rendered["services"]
+    prometheus = services["prometheus"]
+    mounts = [str(v) if not isinstance(v, dict) else f"{v['source']}:{v['target']}" for v in prometheus["volumes"]]
+    assert any(m.startswith(f"{PROMETHEUS_FILE}:/etc/prometheus/prometheus.yml") for m in mounts), mounts
+    assert prometheus["environment"]["METRICS_TOKEN"] == METRICS_TOKEN
+    for role in ("app", "media", "worker"):
+        assert services[role]["environment"]["METRICS_TOKEN"] == METRICS_TOKEN, role
+    script = " ".join(str(part) for part in prometheus["entrypoint"])
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"proctor-web", "proctor-worker", "proctor-media"}
+    for job in jobs.values():
+        assert job["metrics_path"] == "/metrics"
+        auths = [job["authorization"]] + [sd["authorization"] for sd in job.get("http_sd_configs", [])]
+        for auth in auths:
+            assert auth["type"] == "Bearer"
+            # The file the entrypoint writes from METRICS_TOKEN, in the one place this container may write.
+            assert f"> {auth['credentials_file']}" in script and "/etc/prometheus/prometheus.yml" in script
+    app_port = services["app"]["environment"]["HTTP_PORT"]
+    assert jobs["proctor-web"]["static_configs"][0]["targets"] == [f"app:{app_port}"]
+    worker_env = services["worker"]["environment"]
+    assert worker_env["WORKER_METRICS_HOST"] == "0.0.0.0" and not services["worker"].get("ports")
+    (dns,) = jobs["proctor-worker"]["dns_sd_configs"]
+    assert dns["names"] == ["worker"] and str(dns["port"]) == str(worker_env["WORKER_METRICS_PORT"])
+    (http_sd,) = jobs["proctor-media"]["http_sd_configs"]
+    assert http_sd["url"] == f"http://app:{app_port}{MEDIA_TARGETS_PATH}"
+
+
+def test_every_environment_variable_is_a_real_setting(rendered: dict[str, Any]) -> None:
+    from dataclasses import fields
+
+    from proctor.settings import Settings
+
+    known = {f.metadata["env"] for f in fields(Settings)}
+    for role in ("migrate", "app", "media", "worker"):
+        unknown = set(rendered["services"][role]["environment"]) - known
+        assert not unknown, (role, unknown)

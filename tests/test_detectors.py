@@ -410,9 +410,9 @@ def test_phone_without_weights_is_unavailable(tmp_path: Path) -> None:
 def test_build_detectors_skips_unavailable_ones(models_home: Path, phone_model: Path) -> None:
     settings = Settings.defaults(deepface_home=str(models_home), phone_model_path="/nowhere/yolo.onnx", gaze_fps=4.0)
     detectors = build_detectors(settings)
-    assert [d.name for d in detectors] == ["faces", "gaze", "identity"]
+    assert [d.name for d in detectors] == ["faces", "gaze", "identity", "voice"]  # voice: audio, no frames
     assert "PHONE_MODEL_PATH" in detectors.unavailable["phone"]
-    assert [d.fps for d in detectors] == [4.0, 4.0, 0.2]
+    assert [d.fps for d in detectors] == [4.0, 4.0, 0.2, 0.0]
     status = detector_status(detectors)
     assert status["phone"]["ok"] is False and status["faces"]["ok"] is True
 

@@ -268,6 +268,7 @@ async def test_real_answers_validate_against_the_document(
     await c.call("GET", "/api/sessions/{session_id}/events/{event_id}/snapshot", 404, auth=proctor_token,
                  params={"session_id": sid, "event_id": no_snapshot})
     await c.call("GET", "/api/sessions/{session_id}/master", 404, params=p, auth=proctor_token)
+    await c.call("GET", "/api/sessions/{session_id}/screen", 404, params=p, auth=proctor_token)  # none shared
 
     # --- review and cases ---
     await c.call("POST", "/api/sessions/{session_id}/events/{event_id}/ack", 200, params=e, auth=proctor_token)
@@ -316,8 +317,12 @@ async def test_real_answers_validate_against_the_document(
                            "storage_key) VALUES ($1, 0, 0, 0, 2, 1, 'x', $2)", recorded, key)
         await conn.execute("INSERT INTO master_videos (session_id, storage_key, bytes, sha256, duration_s) "
                            "VALUES ($1, $2, 1, 'x', 2)", recorded, key)
+        await conn.execute("INSERT INTO screen_masters (session_id, storage_key, bytes, sha256, start_s, duration_s) "
+                           "VALUES ($1, $2, 1, 'x', 0, 2)", recorded, key)
     await c.call("GET", "/api/sessions/{session_id}/batches/{idx}", 200, params=r, auth=proctor_token)
     await c.call("GET", "/api/sessions/{session_id}/master", 200, params={"session_id": recorded},
+                 auth=proctor_token)
+    await c.call("GET", "/api/sessions/{session_id}/screen", 200, params={"session_id": recorded},
                  auth=proctor_token)
     await c.call("GET", "/api/sessions/{session_id}/preview", 200, params={"session_id": recorded},
                  auth=proctor_token)

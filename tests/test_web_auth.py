@@ -20,8 +20,11 @@ from tests.support.servers import RunningApp
 # /report/{token}: a candidate's evidence report through a signed link (tests/test_report.py checks it).
 # LTI 1.3 (lti/routes.py): what the LMS and the browser it sends call, each checked by its own proof (state cookie and
 # signed id_token, a single-use reference), and our public keys (tests/test_lti.py checks them).
-PUBLIC = {"/login", "/static", "/healthz", "/join/{token}", "/report/{token}", "/password/{token}",
-          "/lti/login", "/lti/launch", "/lti/deep-link", "/.well-known/jwks.json"}
+# /metrics: Prometheus scrapes, guarded by METRICS_TOKEN or loopback/METRICS_ALLOW (tests/test_metrics.py checks it).
+# /metrics/targets: Prometheus service discovery, guarded like /metrics (METRICS_TOKEN or loopback/METRICS_ALLOW;
+# tests/test_compose.py checks it).
+PUBLIC = {"/login", "/static", "/healthz", "/metrics", "/metrics/targets", "/join/{token}", "/report/{token}",
+          "/password/{token}", "/lti/login", "/lti/launch", "/lti/deep-link", "/.well-known/jwks.json"}
 CANDIDATE = {"consent", "precheck", "reference", "offer", "state", "end"}
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp_jinja2
 import jinja2
@@ -17,6 +18,7 @@ from analyzers.models import model_status
 from core.net import parse_networks
 from lti.routes import StaffPages
 from lti.routes import setup_routes as setup_lti
+from proctor import metrics
 from proctor.accounts import User
 from proctor.context import Context
 from proctor.db import DB_UNAVAILABLE
@@ -55,6 +57,8 @@ DEFAULT_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; frame-ance
 # before that by web/live.py, within its CLOSE_GRACE_S).
 SHUTDOWN_TIMEOUT_S = 5.0
 _CORE = ("database", "redis", "storage")
+# Where Prometheus discovers the media nodes to scrape (deploy/prometheus/prometheus.yml).
+MEDIA_TARGETS_PATH = "/metrics/targets"
 
 
 async def secure_defaults(request: web.BaseRequest, response: web.StreamResponse) -> None:
@@ -64,13 +68,17 @@ async def secure_defaults(request: web.BaseRequest, response: web.StreamResponse
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """The status of each component (database, Redis, storage, each detector) and overall: 200, or 503 when
-    a dependency is down. The detail (revision, timings, errors, model paths, media nodes) only for staff (a
-    login cookie or an API token): it maps the deployment for whoever asks."""
+    """The status of each component (database, Redis, storage, each detector) and overall: 200 when a candidate
+    can be taken, else 503 with `"ready": false` and the reason: a dependency is down (`status` "error"), or no
+    media node is live yet (`status` "starting": right after a start, an offer would get "no media node has
+    room"). Load balancers, `proctor up`'s banner and Kubernetes readiness wait on it. The detail (revision,
+    timings, errors, model paths, media nodes) only for staff (a login cookie or an API token): it maps the
+    deployment for whoever asks."""
     ctx = request.app[CTX]
     checks = await ctx.health()
     models = model_status(ctx.settings)
-    healthy = all(checks[name]["status"] == "ok" for name in _CORE)
+    down = [name for name in _CORE if checks[name]["status"] != "ok"]
+    nodes = await _media_nodes(ctx) if not down else []
     body: dict[str, Any]
     if request.get(USER) is None:
         body = {name: {"status": checks[name]["status"]} for name in _CORE}
@@ -78,9 +86,29 @@ async def healthz(request: web.Request) -> web.Response:
     else:
         body = dict(checks)
         body["models"] = models
-        body["media_nodes"] = await _media_nodes(ctx)
-    body["status"] = "ok" if healthy else "error"
-    return web.json_response(body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"})
+        body["media_nodes"] = nodes
+    ready = not down and bool(nodes)
+    body["ready"] = ready
+    if down:
+        body["status"], body["reason"] = "error", f"unavailable: {', '.join(down)}"
+    elif not nodes:
+        body["status"], body["reason"] = "starting", "no media node is live yet: candidates cannot join"
+    else:
+        body["status"] = "ok"
+    return web.json_response(body, status=200 if ready else 503, headers={"Cache-Control": "no-store"})
+
+
+async def media_targets(request: web.Request) -> web.Response:
+    """Prometheus HTTP service discovery (`http_sd_configs`): the live media nodes' internal API addresses,
+    where each serves /metrics. Nodes pick free ports and register them (MEDIA_NODE_PORT=0 when scaled), so no
+    static list can name them. Guarded as /metrics is (METRICS_TOKEN, or loopback and METRICS_ALLOW)."""
+    ctx = request.app[CTX]
+    refused = metrics.refusal(ctx.settings, request)
+    if refused is not None:
+        return refused
+    targets = sorted({urlsplit(node["url"]).netloc for node in await _media_nodes(ctx)} - {""})
+    groups = [{"targets": targets, "labels": {"role": "media"}}] if targets else []
+    return web.json_response(groups, headers={"Cache-Control": "no-store"})
 
 
 async def _media_nodes(ctx: Context) -> list[dict[str, Any]]:
@@ -125,6 +153,8 @@ def create_app(settings: Settings, ctx: Context | None = None) -> web.Applicatio
     app.cleanup_ctx.append(open_context)
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(WEB_DIR / "templates"), autoescape=True)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get(MEDIA_TARGETS_PATH, media_targets)
+    app.router.add_get(metrics.PATH, metrics.handler(settings, metrics.web_registry()))  # proctor/metrics.py
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     setup_signaling(app)
     setup_candidate(app)

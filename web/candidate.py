@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import io
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +19,7 @@ from aiohttp import BodyPartReader, web
 from PIL import Image, UnidentifiedImageError
 
 from analyzers.precheck import PrecheckResult, check_frame
-from core import tokens
+from core import tokens, turn
 from core.accommodations import Accommodations
 from core.live import EventAlert, Intervention
 from proctor import ratelimit
@@ -70,7 +71,11 @@ async def join_page(request: web.Request) -> web.Response:
         "exam": row["exam"],
         "video": {"width": settings.video_width, "height": settings.video_height, "fps": settings.video_fps},
         "bitrateKbps": settings.video_bitrate_kbps,
-        "iceServers": list(settings.ice_servers),
+        "scalabilityMode": settings.video_scalability_mode,
+        # TURN with a credential derived for this session and valid TURN_TTL_S: no static password in the page.
+        "iceServers": turn.ice_servers(settings.ice_servers, settings.turn_urls, settings.turn_secret,
+                                       str(row["id"]), time.time(), settings.turn_ttl_s),
+        "iceTransportPolicy": settings.ice_transport_policy,
         "segmentSeconds": settings.segment_seconds,
         "retentionDays": settings.retention_days,
     }

@@ -22,7 +22,7 @@ import asyncpg
 from aiohttp import web
 from yarl import URL
 
-from proctor import accounts
+from proctor import accounts, metrics
 from proctor.http import CTX, USER, ascii_only, read_form, unstorable
 from proctor.settings import Settings
 from web import cookies, login_throttle
@@ -137,6 +137,7 @@ async def login_post(request: web.Request) -> web.Response:
     slot = await _take_slot(request, name, account)
     if isinstance(slot, login_throttle.Refused):
         log.info("login throttled (%s) for %r from %s", slot.rule, name, client)
+        metrics.login_failed("throttled")
         response = await login_form(request, f"Too many failed attempts; try again in {slot.retry_after_s} s.",
                                     429, name, next_path)
         response.headers["Retry-After"] = str(slot.retry_after_s)
@@ -144,6 +145,7 @@ async def login_post(request: web.Request) -> web.Response:
     # No database connection is held while Argon2 runs (on the hashing threads).
     user = await accounts.check_login(ctx.pool, account, password)
     if user is None:
+        metrics.login_failed("wrong_password")
         async with ctx.pool.acquire() as conn:
             await accounts.audit(conn, name or "?", "login.failed", f"user:{name}", {"ip": client})
         return await login_form(request, "Wrong name or password.", 401, name, next_path)

@@ -23,6 +23,19 @@ async def master_video(request: web.Request) -> web.StreamResponse:
     return await serve_video(ctx, key)
 
 
+async def screen_video(request: web.Request) -> web.StreamResponse:
+    """The shared screen's master (issue 18): on the same session timeline as the webcam's master, so the review
+    page plays both with one clock. 404 when the session has none (no screen shared, or not finalized yet)."""
+    require_user(request)
+    ctx = request.app[CTX]
+    session_id = path_session_id(request)
+    async with ctx.pool.acquire() as conn:
+        key = await conn.fetchval("SELECT storage_key FROM screen_masters WHERE session_id = $1", session_id)
+    if key is None:
+        raise error(web.HTTPNotFound, "no screen recording for this session")
+    return await serve_video(ctx, key)
+
+
 async def serve_video(ctx: Context, key: str) -> web.StreamResponse:
     """A stored WebM for the browser: a short-lived presigned URL on S3/R2, the file itself on local storage."""
     url = await ctx.storage.presigned_url(key, ctx.settings.presign_seconds)
@@ -64,4 +77,5 @@ async def thumbnail(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/sessions/{session_id}/thumbnail", thumbnail)
     app.router.add_get("/api/sessions/{session_id}/master", master_video)
+    app.router.add_get("/api/sessions/{session_id}/screen", screen_video)
     app.router.add_get("/api/sessions/{session_id}/events/{event_id}/snapshot", event_snapshot)

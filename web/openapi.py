@@ -275,6 +275,10 @@ def _ops_media() -> list[Op]:
            errors={404: "the stream is not live"}),
         Op("GET", f"{sid}/master", "The master video (Range requests; 302 to a presigned URL on S3/R2)", "staff",
            (200, "video/webm"), errors={302: "redirect to a short-lived presigned URL", 404: "no master video yet"}),
+        Op("GET", f"{sid}/screen", "The shared screen's master video, on the same session timeline as the webcam's "
+           "(Range requests; 302 to a presigned URL on S3/R2)", "staff", (200, "video/webm"),
+           errors={302: "redirect to a short-lived presigned URL",
+                   404: "no screen recording (none shared, or not finalized yet)"}),
         Op("GET", f"{sid}/events/{{event_id}}/snapshot", "An event's evidence snapshot", "staff",
            (200, "image/jpeg"), errors={404: "no snapshot for this event"}),
     ]

@@ -10,6 +10,11 @@ reservation lasts until the node's heartbeat reports the session among its own (
 the same transaction that raises the count), until `release` (the offer failed) or for RESERVATION_TTL_S (the
 relay died). A session the node already carries (a page reload) needs no second slot. The node also refuses
 beyond capacity by itself (media_server/node.py).
+
+A draining node (media_server/drain.py) says so in its hash: `reserve` refuses it (even for a session it carries:
+a reload must go elsewhere) in the same script, so no signaling process can place an offer on it after the beat
+that announced the drain. `live_nodes` still lists it (with `draining` set): the streams it carries are live,
+interventions must find it and a session it carries is not "on a dead node".
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ RESERVATION_TTL_S = 30
 RESERVED, CARRIED, REFUSED = "reserved", "carried", "refused"
 
 # KEYS: node hash, reservations, carried set. ARGV: session, ttl seconds, "1" to check capacity.
-# Returns 1 (reserved), 2 (the node carries it already), 0 (no room, or the node is gone).
+# Returns 1 (reserved), 2 (the node carries it already), 0 (no room, draining, or the node is gone).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local node = redis.call('HMGET', KEYS[1], 'streams', 'capacity')
+local node = redis.call('HMGET', KEYS[1], 'streams', 'capacity', 'draining')
 if not node[1] or not node[2] then return 0 end
+if node[3] == 'True' then return 0 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 2 end
 local ttl = tonumber(ARGV[2])
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) and ARGV[3] == '1' then
@@ -84,7 +90,7 @@ async def _reserve(redis: aioredis.Redis, node_id: str, member: str, ttl_s: floa
 async def reserve(redis: aioredis.Redis, node_id: str, session_id: str,
                   ttl_s: float = RESERVATION_TTL_S) -> str:
     """Hold a slot on the node for an offer about to be relayed: RESERVED, CARRIED (the node has the session
-    already: no second slot) or REFUSED (full, or gone). Atomic across every signaling process."""
+    already: no second slot) or REFUSED (full, draining, or gone). Atomic across every signaling process."""
     return await _reserve(redis, node_id, session_id, ttl_s, check=True)
 
 
@@ -96,13 +102,15 @@ async def release(redis: aioredis.Redis, node_id: str, session_id: str) -> None:
 def _parse(data: dict[str, str]) -> NodeInfo | None:
     try:
         return NodeInfo(data["node_id"], data["url"], int(data["streams"]), int(data["capacity"]),
-                        float(data.get("cpu", 0)), float(data.get("heartbeat_at", 0)))
+                        float(data.get("cpu", 0)), float(data.get("heartbeat_at", 0)),
+                        draining=data.get("draining") == "True")
     except (KeyError, ValueError):
         return None
 
 
 async def live_nodes(redis: aioredis.Redis) -> list[NodeInfo]:
-    """Live nodes, each with its reported streams plus its current reservations."""
+    """Live nodes, each with its reported streams plus its current reservations; draining ones too (with
+    `draining` set: core.nodes.choose skips them)."""
     nodes = []
     async for key in redis.scan_iter(match=NODE_PATTERN, count=100):
         node = _parse(cast(dict[str, str], await redis.hgetall(key)))  # decode_responses: str

@@ -134,12 +134,22 @@
     // Keep 640x480 rather than trading resolution for frame rate, and let the encoder use the bitrate.
     for (const sender of pc.getSenders()) {
       if (!sender.track || sender.track.kind !== "video") continue;
+      if (screenTransceiver && sender === screenTransceiver.sender) { tuneScreen(sender); continue; }
       const params = sender.getParameters();
       params.encodings = params.encodings && params.encodings.length ? params.encodings : [{}];
       params.encodings[0].maxBitrate = cfg.bitrateKbps * 1000;
       params.encodings[0].maxFramerate = cfg.video.fps;
       params.degradationPreference = "maintain-resolution";
-      try { await sender.setParameters(params); } catch (err) { console.warn("setParameters", err); }
+      // Temporal layers (L1T3): the node decodes only the base layer; a browser that refuses streams without.
+      const layered = cfg.scalabilityMode && cfg.scalabilityMode !== "off";
+      if (layered) params.encodings[0].scalabilityMode = cfg.scalabilityMode;
+      try { await sender.setParameters(params); } catch (err) {
+        console.warn("setParameters", err);
+        if (layered) {
+          delete params.encodings[0].scalabilityMode;
+          try { await sender.setParameters(params); } catch (err2) { console.warn("setParameters", err2); }
+        }
+      }
     }
   }
 
@@ -147,10 +157,12 @@
     clearTimeout(reconnectTimer);
     if (state.finished) return;
     hideNotices();  // the new connection's node tells again what still holds
-    setConnection(state.connects ? "reconnecting" : "connecting");
-    const pc = new RTCPeerConnection({ iceServers: cfg.iceServers });
+    if (!state.moving) setConnection(state.connects ? "reconnecting" : "connecting");
+    // iceTransportPolicy "relay": only TURN-relayed paths (ICE_TRANSPORT_POLICY), for networks that must hide host IPs.
+    const pc = new RTCPeerConnection({ iceServers: cfg.iceServers, iceTransportPolicy: cfg.iceTransportPolicy || "all" });
     state.pc = pc;
     for (const track of media.getTracks()) pc.addTrack(track, media);
+    addScreen(pc);  // after the camera: the second video m-line is the screen
     channel = pc.createDataChannel("signals", { ordered: true });
     channel.onopen = () => { state.lastPong = Date.now(); sendSignal("hello", { screen_extended: screenExtended() }); };
     channel.onmessage = (event) => {
@@ -161,6 +173,7 @@
       else if (message.type === "notice") showNotice(message);
       else if (message.type === "proctor") showProctorMessage(message);
       else if (message.type === "hold") showHold(message);
+      else if (message.type === "move") moveNow();
     };
     pc.onconnectionstatechange = () => onState(pc);
     try {
@@ -180,14 +193,46 @@
       await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
     } catch (err) {
       console.warn("connect failed", err);
+      if (state.moving && state.pc === pc) return moveFailed(pc);
       scheduleReconnect(pc);
     }
+  }
+
+  // A draining media node asks the page to move ({"type": "move"}): connect again at once. Signaling places the
+  // new connection on another node and has the old one let go first, so the session's timeline and archive
+  // continue; the old connection streams until then. Not a lost connection: no alarm, no backoff.
+  function moveNow() {
+    if (state.finished || state.moving || !state.pc) return;
+    clearTimeout(reconnectTimer);
+    state.moving = { pc: state.pc, channel };
+    state.moves = (state.moves || 0) + 1;
+    hint("exam-msg", "Switching to another server; your exam continues.", "");
+    connect();
+  }
+
+  function moveDone() {
+    const old = state.moving;
+    state.moving = null;
+    if (old && old.pc) { try { old.pc.close(); } catch (err) { /* already closed */ } }
+    hint("exam-msg", "", "");
+  }
+
+  // No node could take the page yet: keep the old connection (its node still streams it) and try again shortly.
+  function moveFailed(pc) {
+    const old = state.moving;
+    state.moving = null;
+    try { pc.close(); } catch (err) { /* already closed */ }
+    state.pc = old.pc;
+    channel = old.channel;
+    if (["closed", "failed"].includes(old.pc.connectionState)) return scheduleReconnect(old.pc);
+    reconnectTimer = setTimeout(moveNow, 2000);
   }
 
   function onState(pc) {
     if (state.pc !== pc) return;
     const s = pc.connectionState;
     if (s === "connected") {
+      if (state.moving) moveDone();
       clearTimeout(disconnectTimer);
       state.attempts = 0;
       state.connects += 1;
@@ -208,6 +253,7 @@
 
   function scheduleReconnect(pc) {
     if (state.finished || (pc && state.pc !== pc)) return;
+    if (state.moving) moveDone();  // the move's new connection failed after its answer: reconnect as usual
     if (pc) { try { pc.close(); } catch (err) { /* already closed */ } }
     state.pc = null;
     setConnection("reconnecting");
@@ -368,9 +414,114 @@
 
   $("start-btn").addEventListener("click", async () => {
     $("start-btn").disabled = true;
+    // The entire screen is recorded from the start: no exam without it (asked here, in the click: browsers
+    // only offer screen capture in answer to a gesture).
+    if (!screenLive() && !(await shareScreen())) { $("start-btn").disabled = false; return; }
     save({ started: true });
     await connect();
   });
+
+  // --- the shared screen: the entire screen, as a second video track of the same connection -----------------
+  // The node tells the webcam from the screen by m-line order (media_server/screen.py): camera tracks first,
+  // then always one screen transceiver, with no track until the candidate shares.
+  const SCREEN_MAX_KBPS = 600;  // 1-2 fps of a mostly still desktop (media_server/sdp.py adds it to the answer)
+  let screenTransceiver = null;
+  state.screen = { sharing: false, label: null, surface: null, stops: 0, refused: 0 };
+
+  function screenLive() { return !!(state.screenTrack && state.screenTrack.readyState === "live"); }
+
+  async function shareScreen() {
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getDisplayMedia({
+        video: { displaySurface: "monitor", frameRate: { max: 2 }, width: { max: 1920 }, height: { max: 1080 } },
+        audio: false, selfBrowserSurface: "exclude", monitorTypeSurfaces: "include",
+      });
+    } catch (err) {
+      hint("screen-msg", `Screen sharing is needed for this exam (${err.name}). Choose "Entire screen" and ` +
+        "allow it.", "bad");
+      $("screen-box").hidden = false;
+      return false;
+    }
+    const track = stream.getVideoTracks()[0];
+    const surface = track ? track.getSettings().displaySurface : undefined;
+    if (!track || surface !== "monitor") {
+      // A window or a tab hides everything else on the screen: refuse it and ask again.
+      for (const t of stream.getTracks()) t.stop();
+      state.screen.refused += 1;
+      hint("screen-msg", "Please share your entire screen, not a window or a browser tab: choose " +
+        "\"Entire screen\" and try again.", "bad");
+      $("screen-box").hidden = false;
+      return false;
+    }
+    track.contentHint = "detail";  // text: keep resolution, drop frames
+    const previous = state.screen.label;
+    state.screenTrack = track;
+    Object.assign(state.screen, { sharing: true, label: track.label, surface });
+    track.addEventListener("ended", () => screenLost(track, "ended"));
+    track.addEventListener("mute", () => screenLost(track, "muted"));
+    track.addEventListener("unmute", () => { if (state.screenTrack === track) screenBack(); });
+    if (screenTransceiver) {
+      try { await screenTransceiver.sender.replaceTrack(track); } catch (err) { console.warn("replaceTrack", err); }
+      tuneScreen(screenTransceiver.sender);
+    }
+    if (previous && previous !== track.label) sendSignal("screen_changed", { reason: "surface" });
+    screenBack();
+    return true;
+  }
+
+  function screenBack() {
+    state.screen.sharing = true;
+    $("screen-box").hidden = true;
+    hint("screen-msg", "", "");
+    sendSignal("screen_share_started");  // for the log: only the node's frames end the flag
+  }
+
+  function screenLost(track, reason) {
+    if (state.screenTrack !== track || state.finished) return;
+    if (reason === "ended") state.screenTrack = null;
+    state.screen.sharing = false;
+    state.screen.stops += 1;
+    sendSignal("screen_share_stopped", { reason });
+    hint("screen-msg", "Your screen is no longer being shared. Share your screen again to continue the exam.",
+      "bad");
+    $("screen-box").hidden = false;
+    $("screen-btn").focus();
+  }
+
+  $("screen-btn").addEventListener("click", async () => {
+    $("screen-btn").disabled = true;
+    try {
+      if (state.screenTrack) state.screenTrack.stop();  // muted: take a fresh capture
+      state.screenTrack = null;
+      await shareScreen();
+    } finally {
+      $("screen-btn").disabled = false;
+    }
+  });
+
+  function addScreen(pc) {
+    const track = screenLive() ? state.screenTrack : null;
+    screenTransceiver = pc.addTransceiver(track || "video", {
+      // The webcam comes first when bandwidth is short: the screen's share of it is the smallest.
+      direction: "sendonly", sendEncodings: [{ maxBitrate: SCREEN_MAX_KBPS * 1000, maxFramerate: 2,
+                                              priority: "very-low", networkPriority: "very-low" }],
+    });
+    if (!track && !state.finished) {
+      // A reload cannot ask for the screen without a click: say so at once (the node flags it meanwhile).
+      hint("screen-msg", "Share your screen again to continue the exam.", "bad");
+      $("screen-box").hidden = false;
+    }
+  }
+
+  async function tuneScreen(sender) {
+    const params = sender.getParameters();
+    params.encodings = params.encodings && params.encodings.length ? params.encodings : [{}];
+    params.encodings[0].maxBitrate = SCREEN_MAX_KBPS * 1000;
+    params.encodings[0].maxFramerate = 2;
+    params.degradationPreference = "maintain-resolution";
+    try { await sender.setParameters(params); } catch (err) { console.warn("setParameters (screen)", err); }
+  }
 
   $("finish-btn").addEventListener("click", async () => {
     if (!confirm("Finish the exam and submit your recording?")) return;
@@ -391,9 +542,12 @@
     state.finished = true;
     clearTimeout(reconnectTimer);
     clearTimeout(precheckTimer);
+    if (state.moving) moveDone();
     if (state.pc) state.pc.close();
     state.pc = null;
     if (media) for (const t of media.getTracks()) t.stop();
+    if (state.screenTrack) state.screenTrack.stop();
+    $("screen-box").hidden = true;
     setConnection("ended", "ended");
     $("done-msg").textContent = message;
     show("step-done");
@@ -417,7 +571,10 @@
   });
   for (const kind of ["copy", "cut", "paste"]) document.addEventListener(kind, () => sendSignal(kind));
   if (window.screen && "onchange" in window.screen) {
-    window.screen.addEventListener("change", () => sendSignal("screen_change", { screen_extended: screenExtended() }));
+    window.screen.addEventListener("change", () => {
+      sendSignal("screen_change", { screen_extended: screenExtended() });  // second_screen: on while extended
+      sendSignal("screen_changed", { reason: "display", screen_extended: screenExtended() });
+    });
   }
 
   // --- resume: a reload continues the same session ------------------------------------------------

@@ -81,6 +81,7 @@
   function seekTo(index) {
     if (index < 0 || index >= state.events.length) return;
     state.current = index;
+    state.playUntil = null; // another flag: a flag's play that was on stops where the reviewer left it
     const ev = state.events[index];
     seekSession(ev.start_s);
     render();
@@ -414,6 +415,32 @@
     if (!(state.masterLoaded || state.pieceLoaded)) return;
     if (video.paused) video.play().catch(() => {}); else video.pause();
   }
+  // Play the current flag from its start to its end, with sound: a talking flag is judged by listening (the master
+  // carries the microphone's audio on the same timeline). Unmutes, and drops a speed above 4x (Chromium mutes
+  // audio there); pauses at the flag's end (an open or instant flag: 5 s).
+  state.playUntil = null;
+  function playFlag() {
+    const ev = state.events[state.current];
+    if (!ev || !(state.masterLoaded || state.pieceLoaded)) return;
+    video.muted = false;
+    if (video.volume === 0) video.volume = 1;
+    if ((state.speed || 1) > 4) setSpeed(1);
+    state.playUntil = ev.end_s !== null && ev.end_s > ev.start_s ? ev.end_s : ev.start_s + 5;
+    state.flagPlays = (state.flagPlays || 0) + 1;
+    if (state.mode === "preview") {
+      const piece = pieceFor(ev.start_s);
+      if (piece && !samePiece(piece, state.playing)) { loadPiece(piece, ev.start_s - piece.start_s, true); return; }
+    }
+    seekSession(ev.start_s);
+    video.play().catch(() => {});
+  }
+  video.addEventListener("timeupdate", () => {
+    if (state.playUntil !== null && sessionTime() >= state.playUntil - 0.05) {
+      video.pause();
+      state.playUntil = null;
+    }
+  });
+  document.getElementById("play-flag").addEventListener("click", playFlag);
   function nextFlag() { seekTo(Math.min(state.events.length - 1, state.current + 1)); }
   function previousFlag() { seekTo(Math.max(0, state.current - 1)); }
   function skip(seconds) {
@@ -529,8 +556,45 @@
 
   // --- loading and polling --------------------------------------------------------------------------------
 
+  // --- the shared screen: a second video beside the webcam's, following its clock ---------------------------
+  // Both masters are on the session media timeline, so the screen's time is the webcam's time: the webcam video
+  // is the clock (its controls, keys and flag seeks drive it) and the screen follows its seeks, play, pause and
+  // rate, and is put back in step when it drifts more than SCREEN_DRIFT_S while playing.
+  const screen = document.getElementById("screen");
+  const SCREEN_DRIFT_S = 0.2;
+  state.screen = { loaded: false, missing: false, resyncs: 0 };
+  function followMaster() {
+    if (!state.screen.loaded) return;
+    if (Math.abs(screen.currentTime - video.currentTime) > 0.001) screen.currentTime = video.currentTime;
+  }
+  function loadScreen() {
+    state.screen = { loaded: false, missing: false, resyncs: 0 };
+    screen.src = `${base}/screen`;
+  }
+  screen.addEventListener("loadedmetadata", () => {
+    state.screen.loaded = true;
+    screen.hidden = false;
+    screen.playbackRate = video.playbackRate;
+    followMaster();
+    if (!video.paused) screen.play().catch(() => {});
+  });
+  screen.addEventListener("error", () => { state.screen.missing = true; screen.hidden = true; });  // none (404)
+  video.addEventListener("seeking", followMaster);
+  video.addEventListener("seeked", followMaster);
+  video.addEventListener("play", () => { if (state.screen.loaded) screen.play().catch(() => {}); });
+  video.addEventListener("pause", () => { if (state.screen.loaded) { screen.pause(); followMaster(); } });
+  video.addEventListener("ratechange", () => { screen.playbackRate = video.playbackRate; });
+  video.addEventListener("timeupdate", () => {
+    if (!state.screen.loaded || screen.seeking || video.seeking) return;
+    if (Math.abs(screen.currentTime - video.currentTime) > SCREEN_DRIFT_S) {
+      state.screen.resyncs += 1;
+      screen.currentTime = video.currentTime;
+    }
+  });
+
   function switchToMaster(url) {
     if (state.mode === "master") return;
+    loadScreen();
     let at = state.current >= 0 ? state.events[state.current].start_s : null;
     let play = false;
     if (state.mode === "preview" && state.playing) { at = sessionTime(); play = !video.paused; }
