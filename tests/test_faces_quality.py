@@ -503,6 +503,10 @@ window.__channels = [];
 class FakePeer {
   constructor() { this.iceGatheringState = "complete"; this.connectionState = "new"; this.localDescription = {}; }
   addTrack() {} getSenders() { return []; } addEventListener() {} removeEventListener() {} close() {}
+  addTransceiver() {  // the screen's slot (candidate.js addScreen)
+    return {sender: {track: null, async replaceTrack() {}, getParameters() { return {encodings: [{}]}; },
+                     async setParameters() {}}};
+  }
   createDataChannel() { const ch = {readyState: "open", send() {}}; window.__channels.push(ch); return ch; }
   async createOffer() { return {type: "offer", sdp: ""}; }
   async setLocalDescription() {}
