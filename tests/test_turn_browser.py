@@ -120,7 +120,11 @@ async def rig(settings: Settings, ctx: Context, **overrides: Any) -> AsyncIterat
         yield Rig(f"http://127.0.0.1:{port}", node, frames, rig_ctx)
     finally:
         await runner.cleanup()
-        await node.stop()
+        try:  # a stop that hung once in a full-suite run: say where, in 2 minutes rather than the test's 10
+            await asyncio.wait_for(node.stop(), 120)
+        except TimeoutError:
+            stacks = "\n".join(f"{task.get_name()}: {task.get_stack(limit=8)}" for task in asyncio.all_tasks())
+            raise AssertionError(f"the media node did not stop within 120 s; tasks:\n{stacks}") from None
         await node_runner.cleanup()
         # Later nodes of the run pick any port again.
         from media_server.aiortc_compat import install_udp_port_range
