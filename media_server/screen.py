@@ -32,7 +32,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver
 from core import vp8
 from media_server import aiortc_compat
 from media_server.outlets import EncodedFrame, EncodedSink, HoldSink, SignalSink
-from media_server.taps import tap_encoded, tap_loss
+from media_server.taps import request_keyframe, tap_encoded, tap_loss
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +185,7 @@ class ScreenTrack:
 
     async def request_keyframe(self) -> bool:
         receiver = self.receiver
-        if receiver is None:
-            return False
-        media = aiortc_compat.media_ssrcs(receiver)
-        if not media:
-            return False
-        await aiortc_compat.send_pli(receiver, media[0])
-        return True
+        return receiver is not None and await request_keyframe(receiver)
 
     # --- media -------------------------------------------------------------------------------------------------
     def attach(self, receiver: RTCRtpReceiver, max_gap_wait_s: float) -> None:

@@ -20,7 +20,7 @@ from media_server.audio import AudioDecodePool, AudioOutlet
 from media_server.decode import DecodePool, FrameSampler
 from media_server.outlets import EncodedFrame, EncodedSink, HoldSink, SignalSink
 from media_server.screen import NODE_ONLY_SIGNALS, ScreenTrack, rebundle, share_bandwidth_estimate
-from media_server.taps import tap_encoded, tap_loss
+from media_server.taps import request_keyframe, tap_encoded, tap_loss
 
 log = logging.getLogger(__name__)
 
@@ -508,15 +508,7 @@ class CandidateStream:
     async def request_keyframe(self) -> bool:
         """Send an RTCP PLI to the browser; Chromium answers with a keyframe 50-70 ms later."""
         receiver = self.video_receiver
-        if receiver is None:
-            return False
-        # Chromium also sends RTX (retransmissions, bandwidth probing padding) on a second SSRC; a PLI must
-        # name the media SSRC or it is ignored.
-        media = aiortc_compat.media_ssrcs(receiver)
-        if not media:
-            return False
-        await aiortc_compat.send_pli(receiver, media[0])
-        return True
+        return receiver is not None and await request_keyframe(receiver)
 
     async def refresh_receiver_stats(self) -> None:
         """Packet counts and loss of the video stream, from aiortc's RTCP receiver statistics.

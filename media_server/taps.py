@@ -50,3 +50,14 @@ def tap_encoded(receiver: RTCRtpReceiver, kind: str, sink: FrameSink, decode: bo
 def tap_loss(receiver: RTCRtpReceiver, on_loss: Callable[[], None]) -> None:
     """Call `on_loss` whenever the receiver's jitter buffer throws data away (overflow or misorder reset)."""
     aiortc_compat.on_jitter_loss(receiver, on_loss)
+
+
+async def request_keyframe(receiver: RTCRtpReceiver) -> bool:
+    """Send an RTCP PLI to the browser for this receiver's media; Chromium answers with a keyframe 50-70 ms later.
+    False when nothing has arrived yet to name. Chromium also sends RTX (retransmissions, probing padding) on a
+    second SSRC; a PLI must name the media SSRC or it is ignored."""
+    media = aiortc_compat.media_ssrcs(receiver)
+    if not media:
+        return False
+    await aiortc_compat.send_pli(receiver, media[0])
+    return True

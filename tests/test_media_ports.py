@@ -32,7 +32,7 @@ from media_server.aiortc_compat import PortRangeExhausted, UdpPortRange
 from proctor import nodeauth
 from proctor.redis import connect as connect_redis
 from proctor.settings import Settings
-from tests.support.net import free_port
+from tests.support.net import free_port, redis_url_with_db
 from tests.support.servers import RunningApp
 from tests.support.sessions import create_session
 from tests.support.udp_ports import free_udp_range, port_range
@@ -172,12 +172,6 @@ def test_the_setting_parses_a_range_and_refuses_nonsense() -> None:
 # --- a real media node process -----------------------------------------------------------------------------------
 
 
-def _with_db(url: str, db: int) -> str:
-    if url.startswith("unix://"):
-        return f"{url}{'&' if '?' in url else '?'}db={db}"
-    return re.sub(r"(/\d+)?$", f"/{db}", url, count=1)
-
-
 @dataclass
 class NodeProcess:
     process: subprocess.Popen[bytes]
@@ -217,7 +211,7 @@ REDIS_DB = 13  # the node's own registry: no signaling of the suite places offer
 async def node_process(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NodeProcess]:
     ports = free_udp_range(30)
     api_port = free_port()
-    redis_url = _with_db(settings.redis_url, REDIS_DB)
+    redis_url = redis_url_with_db(settings.redis_url, REDIS_DB)
     redis = connect_redis(redis_url)
     await redis.flushdb()
     log = tmp_path_factory.mktemp("node") / "node.log"

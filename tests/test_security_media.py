@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +33,7 @@ from proctor.context import Context
 from proctor.redis import connect as connect_redis
 from proctor.settings import Settings
 from tests.support.media import face_canvas
-from tests.support.net import free_port
+from tests.support.net import free_port, redis_url_with_db
 from tests.support.sessions import create_session
 from tests.support.waiting import wait_for
 
@@ -42,12 +41,6 @@ NO_ROOM = "no media node has room"
 
 
 # --- a web app and a media node of their own -------------------------------------------------------------------
-
-def _with_db(url: str, db: int) -> str:
-    if url.startswith("unix://"):
-        return f"{url}{'&' if '?' in url else '?'}db={db}"
-    return re.sub(r"(/\d+)?$", f"/{db}", url, count=1)
-
 
 @dataclass
 class Rig:
@@ -64,7 +57,7 @@ async def rig(settings: Settings, ctx: Context, db: int, **overrides: Any) -> As
     from web.app import create_app
 
     port = free_port()
-    rig_settings = replace(settings, redis_url=_with_db(settings.redis_url, db), http_port=port,
+    rig_settings = replace(settings, redis_url=redis_url_with_db(settings.redis_url, db), http_port=port,
                            public_base_url=f"http://127.0.0.1:{port}", **overrides)
     redis = connect_redis(rig_settings.redis_url)
     await redis.flushdb()

@@ -26,7 +26,7 @@ from proctor.redis import connect as connect_redis
 from proctor.settings import Settings
 from tests.support.browser import have_chromium, join_and_start
 from tests.support.coturn import Coturn, have_coturn
-from tests.support.net import free_port
+from tests.support.net import free_port, redis_url_with_db
 from tests.support.servers import FrameLog
 from tests.support.sessions import create_session
 from tests.support.udp_ports import free_udp_range
@@ -72,12 +72,6 @@ async () => {
 """
 
 
-def _with_db(url: str, db: int) -> str:
-    if url.startswith("unix://"):
-        return f"{url}{'&' if '?' in url else '?'}db={db}"
-    return re.sub(r"(/\d+)?$", f"/{db}", url, count=1)
-
-
 @dataclass
 class Rig:
     url: str
@@ -100,7 +94,7 @@ async def rig(settings: Settings, ctx: Context, **overrides: Any) -> AsyncIterat
     from web.app import create_app
 
     port = free_port()
-    rig_settings = replace(settings, redis_url=_with_db(settings.redis_url, REDIS_DB), http_port=port,
+    rig_settings = replace(settings, redis_url=redis_url_with_db(settings.redis_url, REDIS_DB), http_port=port,
                            public_base_url=f"http://127.0.0.1:{port}", **overrides)
     redis = connect_redis(rig_settings.redis_url)
     await redis.flushdb()

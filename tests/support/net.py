@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 
@@ -23,3 +24,10 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    """The same Redis server, database `db` (a rig's own node registry): TCP URLs end in /N, unix ones take ?db=N."""
+    if url.startswith("unix://"):
+        return f"{url}{'&' if '?' in url else '?'}db={db}"
+    return re.sub(r"(/\d+)?$", f"/{db}", url, count=1)
