@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ def _remember_node_key(env: dict[str, str]) -> None:
 def start_system(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(PROCTOR_DATA_DIR=str(data_dir), ICE_HOST_ADDRESSES="127.0.0.1", ICE_ALLOW_PRIVATE_CANDIDATES="true",
-               MEDIA_NODE_PORT="0", MEDIA_NODE_CAPACITY="500", LOG_LEVEL="WARNING")
+               MEDIA_NODE_PORT="0", MEDIA_NODE_CAPACITY="500", LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     _remember_node_key(env)
     proc = subprocess.Popen([sys.executable, "-m", "proctor", "up", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -73,7 +74,17 @@ def start_system(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict
             break
     if proc.poll() is not None or len(urls) < 2:
         raise RuntimeError("proctor up did not start")
+    # Keep reading its output (into the data dir's up.log): a full pipe would block every process of the system
+    # at its next log line, and an overloaded node logs.
+    threading.Thread(target=_drain_output, args=(proc.stdout, data_dir / "up.log"), daemon=True).start()
     return proc, urls
+
+
+def _drain_output(stream: Any, path: Path) -> None:
+    with path.open("a") as log:
+        for line in stream:
+            log.write(line)
+            log.flush()
 
 
 def admin_token(urls: dict[str, str]) -> str:
@@ -177,7 +188,7 @@ async def page_loads(base: str, token: str, node_urls: list[str], reloads: int) 
 
 
 async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: list[int], hold: float,
-                     profile_s: float = 0.0) -> list[dict]:
+                     profile_s: float = 0.0, layers: bool = True, every_step: bool = False) -> list[dict]:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
     from tests.support.media import empty_room, face_canvas
@@ -193,7 +204,9 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
     # 12 s with a moving, noisy face, then 6 s with nobody: every stream raises and clears a no_face alert
     # each 18 s, so the alert figure is measured under the load, not at rest.
     empty = empty_room()
-    clip = encode_clip([moving[i % 90] for i in range(CLIP_FACE_S * 30)] + [empty] * (CLIP_EMPTY_S * 30))
+    # Layered as Chromium sends it by default (VIDEO_SCALABILITY_MODE=L1T3), unless --layers off.
+    clip = encode_clip([moving[i % 90] for i in range(CLIP_FACE_S * 30)] + [empty] * (CLIP_EMPTY_S * 30),
+                       temporal_layers=layers)
     node_procs = [psutil.Process(node["pid"]) for node in nodes]
     loader = psutil.Process()
     results = []
@@ -262,7 +275,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                 if s["fps"] < 25:  # what a stalled stream looked like, for the record
                     print("slow stream:", json.dumps(s), flush=True)
             results.append(row)
-            if not ok:
+            if not ok and not every_step:
                 break
         if profile_s:  # at the last step's load: where the node's CPU goes
             await profile_node(nodes[0]["pid"], profile_s, len(pcs))
@@ -389,7 +402,7 @@ async def _run(args: argparse.Namespace, base: str, data_dir: Path, urls: dict[s
         urls_ = [node["url"] for node in nodes]
         loads = await page_loads(base, token, urls_, args.reloads) if args.reloads else []
         steps = await load_steps(base, token, nodes, [int(s) for s in args.steps.split(",")], args.hold,
-                                 args.profile)
+                                 args.profile, args.layers == "on", args.every_step)
         write_results(loads, steps, args)
     finally:
         for media in extra:
@@ -433,6 +446,9 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=15.0)
     parser.add_argument("--reloads", type=int, default=10)
     parser.add_argument("--nodes", type=int, default=1, help="media node processes (2: ingest-2nodes.md/json)")
+    parser.add_argument("--every-step", action="store_true", help="go on past a step that fails")
+    parser.add_argument("--layers", choices=("on", "off"), default="on",
+                        help="senders mark VP8 temporal layers (L1T3, as Chromium by default) or send none")
     parser.add_argument("--profile", type=float, default=0.0,
                         help="seconds of py-spy sampling at the last step (bench/results/profile-ingest.md)")
     asyncio.run(main_async(parser.parse_args()))

@@ -3,6 +3,14 @@ the sender side, so a load test measures the server, not the load generator.
 
 The clip is a face (offline test photo) with grain and motion, encoded once with libvpx at the target bitrate
 and a keyframe every `gop` frames; each sender replays the packets in a loop at real time.
+
+With `temporal_layers=True` the clip is encoded as Chromium encodes VP8 under `scalabilityMode: "L1T3"`: three
+temporal layers in the repeating pattern 0, 2, 1, 2, each frame told by libvpx's per-frame reference flags what
+it may reference and update (WebRTC's pattern: the base layer references and updates only LAST; layer 1 references
+LAST and updates GOLDEN; layer 2 references both and updates nothing; no layer above 0 updates the entropy
+context), so the base-layer frames decode on their own. FFmpeg's libvpx wrapper takes the flags from the frame's
+`vp8-flags` metadata, which PyAV can only set through a filter (`metadata=mode=add`). The senders then mark each
+frame's TID and TL0PICIDX in the VP8 payload descriptor (RFC 7741), as Chromium does (`install_layered_packetizer`).
 """
 
 from __future__ import annotations
@@ -14,11 +22,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
+import av.filter
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs import vpx
 
 VIDEO_TB = fractions.Fraction(1, 90_000)
 AUDIO_TB = fractions.Fraction(1, 48_000)
+
+
+# libvpx vp8cx.h encoder flags (VP8_EFLAG_*)
+_NO_REF_GF, _NO_UPD_LAST, _NO_UPD_ENTROPY, _NO_REF_ARF, _NO_UPD_GF, _NO_UPD_ARF = (
+    1 << 17, 1 << 18, 1 << 20, 1 << 21, 1 << 22, 1 << 23)
+# L1T3: the layer of frame i is L1T3_PATTERN[i % 4]; the flags of each position (see the module doc).
+L1T3_PATTERN = (0, 2, 1, 2)
+_L1T3_FLAGS = (
+    _NO_REF_GF | _NO_REF_ARF | _NO_UPD_GF | _NO_UPD_ARF,
+    _NO_REF_GF | _NO_REF_ARF | _NO_UPD_LAST | _NO_UPD_GF | _NO_UPD_ARF | _NO_UPD_ENTROPY,
+    _NO_REF_GF | _NO_REF_ARF | _NO_UPD_LAST | _NO_UPD_ARF | _NO_UPD_ENTROPY,
+    _NO_REF_ARF | _NO_UPD_LAST | _NO_UPD_GF | _NO_UPD_ARF | _NO_UPD_ENTROPY,
+)
 
 
 @dataclass
@@ -26,9 +49,22 @@ class EncodedClip:
     video: list[tuple[bytes, bool]]  # (VP8 frame, is keyframe)
     audio: list[bytes]  # 20 ms Opus packets
     fps: int
+    layers: list[int] | None = None  # each video frame's temporal layer; None: no layers
 
 
-def encode_clip(frames: list[np.ndarray], fps: int = 30, bitrate: int = 1_000_000, gop: int = 60) -> EncodedClip:
+def _flag_graph(width: int, height: int, fps: int, flags: int) -> av.filter.Graph:
+    graph = av.filter.Graph()
+    source = graph.add_buffer(width=width, height=height, format="yuv420p", time_base=fractions.Fraction(1, fps))
+    tag = graph.add("metadata", f"mode=add:key=vp8-flags:value={flags}")
+    sink = graph.add("buffersink")
+    source.link_to(tag)
+    tag.link_to(sink)
+    graph.configure()
+    return graph
+
+
+def encode_clip(frames: list[np.ndarray], fps: int = 30, bitrate: int = 1_000_000, gop: int = 60,
+                temporal_layers: bool = False) -> EncodedClip:
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height = frames[0].shape[1], frames[0].shape[0]
     codec.pix_fmt = "yuv420p"
@@ -36,14 +72,24 @@ def encode_clip(frames: list[np.ndarray], fps: int = 30, bitrate: int = 1_000_00
     codec.bit_rate = bitrate
     codec.gop_size = gop
     codec.options = {"deadline": "good", "cpu-used": "5", "lag-in-frames": "0"}
+    graphs = ([_flag_graph(codec.width, codec.height, fps, flags) for flags in _L1T3_FLAGS]
+              if temporal_layers else [])
     video: list[tuple[bytes, bool]] = []
     for i, rgb in enumerate(frames):
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
         frame.pts = i
+        frame.time_base = codec.time_base
+        if graphs:
+            graphs[i % 4].push(frame)
+            frame = graphs[i % 4].pull()
+        # lag-in-frames 0: one packet per frame, in order, so packet i is frame i
         video += [(bytes(p), bool(p.is_keyframe)) for p in codec.encode(frame)]
     video += [(bytes(p), bool(p.is_keyframe)) for p in codec.encode(None)]
     audio = _opus_tone(seconds=len(frames) / fps)
-    return EncodedClip(video, audio, fps)
+    # A keyframe (libvpx may place one anywhere) refreshes every reference: it belongs to the base layer.
+    layers = ([0 if key else L1T3_PATTERN[i % 4] for i, (_, key) in enumerate(video)]
+              if temporal_layers else None)
+    return EncodedClip(video, audio, fps, layers)
 
 
 def _opus_tone(seconds: float) -> list[bytes]:
@@ -68,10 +114,11 @@ class ReplayTrack(MediaStreamTrack):
     """Replays encoded packets at real time; aiortc packetizes av.Packet without re-encoding."""
 
     def __init__(self, kind: str, packets: list[bytes], period_s: float, step: int, time_base: fractions.Fraction,
-                 start_index: int = 0) -> None:
+                 start_index: int = 0, layers: list[int] | None = None) -> None:
         super().__init__()
         self.kind = kind
         self._packets = packets
+        self._layers = layers
         self._period = period_s
         self._step = step
         self._tb = time_base
@@ -88,6 +135,8 @@ class ReplayTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         data = self._packets[self._index % len(self._packets)]
         packet = av.Packet(data)
+        if self._layers is not None:  # read by the layered packetizer
+            packet.opaque = self._layers[self._index % len(self._layers)]
         packet.pts = self._count * self._step
         packet.time_base = self._tb
         self._index += 1
@@ -107,7 +156,10 @@ async def connect_sender(clip: EncodedClip, offer_url: str, token: str, http: An
     `start_keyframe` picks where in the clip it starts, so many senders are not in lockstep."""
     pc = RTCPeerConnection()
     start = _video_start(clip, start_keyframe)
-    pc.addTrack(ReplayTrack("video", [d for d, _ in clip.video], 1 / clip.fps, 90_000 // clip.fps, VIDEO_TB, start))
+    if clip.layers is not None:
+        install_layered_packetizer()
+    pc.addTrack(ReplayTrack("video", [d for d, _ in clip.video], 1 / clip.fps, 90_000 // clip.fps, VIDEO_TB, start,
+                            clip.layers))
     pc.addTrack(ReplayTrack("audio", clip.audio, 0.02, 960, AUDIO_TB))
     pc.createDataChannel("signals")
     await pc.setLocalDescription(await pc.createOffer())
@@ -119,3 +171,37 @@ async def connect_sender(clip: EncodedClip, offer_url: str, token: str, http: An
             raise RuntimeError(f"offer refused: {response.status} {body}")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
     return pc
+
+
+_ORIGINAL_PACK = vpx.Vp8Encoder.pack
+
+
+def _pack_layered(self: vpx.Vp8Encoder, packet: av.Packet) -> tuple[list[bytes], int]:
+    """aiortc's Vp8Encoder.pack, with the frame's TID and TL0PICIDX in every packet's payload descriptor (as
+    Chromium sends L1T3) when the packet carries its layer in `opaque`."""
+    layer = packet.opaque
+    if not isinstance(layer, int):
+        return _ORIGINAL_PACK(self, packet)
+    tl0 = getattr(self, "_bench_tl0picidx", 0)
+    if layer == 0:
+        tl0 = (tl0 + 1) % 256
+        self._bench_tl0picidx = tl0  # type: ignore[attr-defined]
+    buffer = bytes(packet)
+    descriptor = vpx.VpxPayloadDescriptor(partition_start=1, partition_id=0, picture_id=self.picture_id,
+                                          tl0picidx=tl0, tid=(layer, 0))
+    payloads = []
+    pos = 0
+    while pos < len(buffer):
+        head = bytes(descriptor)
+        size = min(len(buffer) - pos, vpx.PACKET_MAX - len(head))
+        payloads.append(head + buffer[pos:pos + size])
+        descriptor.partition_start = 0
+        pos += size
+    timestamp = vpx.convert_timebase(packet.pts, packet.time_base, vpx.VIDEO_TIME_BASE)
+    self.picture_id = (self.picture_id + 1) % (1 << 15)
+    return payloads, timestamp
+
+
+def install_layered_packetizer() -> None:
+    """Senders in this process mark temporal layers (a bench/test load generator only; the node never sends)."""
+    vpx.Vp8Encoder.pack = _pack_layered  # type: ignore[method-assign]
