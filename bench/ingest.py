@@ -57,10 +57,12 @@ def _remember_node_key(env: dict[str, str]) -> None:
     _NODE_KEY["key"] = node_key(Settings.from_env(env, env_file=ROOT / ".env"))
 
 
-def start_system(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start_system(data_dir: Path, port: int, settings: dict[str, str] | None = None,
+                 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(PROCTOR_DATA_DIR=str(data_dir), ICE_HOST_ADDRESSES="127.0.0.1", ICE_ALLOW_PRIVATE_CANDIDATES="true",
                MEDIA_NODE_PORT="0", MEDIA_NODE_CAPACITY="500", LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+    env.update(settings or {})  # --set: the levers a run turns on or off
     _remember_node_key(env)
     proc = subprocess.Popen([sys.executable, "-m", "proctor", "up", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -214,15 +216,25 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
     ours: set[str] = set()
     async with aiohttp.ClientSession() as http:
         for target in steps:
-            while len(pcs) < target:
+            refused = ""
+            while len(pcs) < target and not refused:
                 session_id, join_url = await new_session(http, base, token, f"synthetic-{len(pcs)}")
                 join_token = join_url.rsplit("/", 1)[1]
                 # Enrolled, as every real candidate is: the identity detector compares each face with it.
                 await upload_reference(http, base, session_id, join_token, base_frame)
-                ours.add(session_id)
                 # Each sender starts at another keyframe: candidates do not all look away at the same instant.
-                pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer", join_token, http,
-                                                start_keyframe=len(pcs)))
+                try:
+                    pcs.append(await connect_sender(clip, f"{base}/api/sessions/{session_id}/offer", join_token,
+                                                    http, start_keyframe=len(pcs)))
+                except RuntimeError as exc:  # admission by load said no (503): the step measures what it took
+                    if "offer refused: 503" not in str(exc):
+                        raise
+                    refused = str(exc)
+                    print(f"step {target}: admission refused stream {len(pcs) + 1}: {refused}", flush=True)
+                    break
+                ours.add(session_id)
+            if refused:
+                target = len(pcs)
             await asyncio.sleep(3)  # let every stream settle
             cpu_before = [tree_cpu_s(proc) for proc in node_procs]
             wall_before = time.monotonic()
@@ -262,7 +274,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
             # responsive (p99 wake-up lag < 50 ms on every node).
             ok = (len(snap) == target and min(fps) >= 25 and max(loss) < 1 and dropped == 0 and analysed >= 90
                   and alert_p95 < 1000 and lag_p99 < 50)
-            row = {"streams": target, "carried": len(snap), "node_cpu_pct": round(cpu, 1),
+            row = {"streams": target, "refused": bool(refused), "carried": len(snap), "node_cpu_pct": round(cpu, 1),
                    "cpu_pct_per_stream": round(cpu / target, 2), "min_fps": min(fps),
                    "archive_dropped_frames": dropped, "analysed_pct_of_default_rate": analysed,
                    "alert_publish_p95_ms": alert_p95,
@@ -275,7 +287,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                 if s["fps"] < 25:  # what a stalled stream looked like, for the record
                     print("slow stream:", json.dumps(s), flush=True)
             results.append(row)
-            if not ok and not every_step:
+            if refused or (not ok and not every_step):
                 break
         if profile_s:  # at the last step's load: where the node's CPU goes
             await profile_node(nodes[0]["pid"], profile_s, len(pcs))
@@ -287,7 +299,7 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
     RESULTS.mkdir(parents=True, exist_ok=True)
     carried = max((s["streams"] for s in steps if s["ok"]), default=0)
     nodes = args.nodes
-    suffix = "" if nodes == 1 else f"-{nodes}nodes"
+    suffix = f"-{args.out}" if args.out else ("" if nodes == 1 else f"-{nodes}nodes")
     summary = {
         "page_load_to_first_frame_s": {"median": round(statistics.median(loads), 3) if loads else None,
                                        "p95": round(sorted(loads)[int(0.95 * (len(loads) - 1))], 3) if loads else None,
@@ -295,16 +307,20 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
         ("streams_one_node_carried" if nodes == 1 else f"streams_{nodes}_nodes_carried"): carried,
         "nodes": nodes,
         "steps": steps,
-        "machine": {"cpus": os.cpu_count(), "hold_s": args.hold},
+        "machine": {"cpus": os.cpu_count(), "hold_s": args.hold, **cpu_model()},
+        "layers": args.layers, "settings": _settings(args.set),
     }
     (RESULTS / f"ingest{suffix}.json").write_text(json.dumps(summary, indent=2))
+    extra = "".join(f" --set {pair}" for pair in args.set) + (f" --out {args.out}" if args.out else "")
     command = (f"`.venv/bin/python -m bench.ingest --nodes {nodes} --steps {args.steps} --hold {args.hold:g} "
-               f"--reloads {args.reloads}`")
+               f"--reloads {args.reloads} --layers {args.layers}{extra}`")
+    machine = cpu_model()
     loads_s = summary["page_load_to_first_frame_s"]
     lines = [
         f"# Ingest benchmark, {nodes} media node{'s' if nodes > 1 else ''}", "",
         f"Command: {command}. {nodes} media node process{'es' if nodes > 1 else ''} on this machine "
-        f"({os.cpu_count()} CPUs, the synthetic senders too), each with the archiver and every available analyzer "
+        f"({os.cpu_count()} CPUs, {machine['model']}, AVX-512: {'yes' if machine['avx512'] else 'no'}; the "
+        "synthetic senders run on it too), each with the archiver and every available analyzer "
         "on every stream at its default rate; signaling places each stream on the least loaded node. Each step "
         f"adds senders (pre-encoded 640x480@30 VP8 + Opus: {CLIP_FACE_S} s of a moving face, then {CLIP_EMPTY_S} s "
         f"with nobody, looped, so no_face alerts come and go), waits 3 s, then measures over {args.hold:g} s. "
@@ -373,13 +389,13 @@ class System:
 
 
 @contextlib.contextmanager
-def running_system(prefix: str = "bench-") -> Iterator[System]:
+def running_system(prefix: str = "bench-", settings: dict[str, str] | None = None) -> Iterator[System]:
     """`proctor up` on a scratch data dir with an admin API token; stopped (SIGINT) on exit."""
     from tests.support.net import free_port
 
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix=prefix))
-    proc, urls = start_system(data_dir, port)
+    proc, urls = start_system(data_dir, port, settings)
     try:
         yield System(f"http://127.0.0.1:{port}", data_dir, urls, admin_token(urls))
     finally:
@@ -388,8 +404,27 @@ def running_system(prefix: str = "bench-") -> Iterator[System]:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    with running_system() as system:
+    with running_system(settings=_settings(args.set)) as system:
         await _run(args, system.base, system.data_dir, system.urls, system.token)
+
+
+def cpu_model() -> dict[str, Any]:
+    """The CPU the figures were measured on: model name and whether it has AVX-512 (XNNPACK and libvpx run
+    about twice as fast with it)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"model": model, "avx512": any(f.startswith("avx512") for f in flags), "avx2": "avx2" in flags}
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isupper():
+            raise SystemExit(f"--set wants SETTING=value, got {pair!r}")
+        out[key] = value
+    return out
 
 
 async def _run(args: argparse.Namespace, base: str, data_dir: Path, urls: dict[str, str], token: str) -> None:
@@ -446,6 +481,9 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=15.0)
     parser.add_argument("--reloads", type=int, default=10)
     parser.add_argument("--nodes", type=int, default=1, help="media node processes (2: ingest-2nodes.md/json)")
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                        help="a setting for the system under test (repeatable), e.g. PHONE_ADAPTIVE=false")
+    parser.add_argument("--out", default="", help="results go to bench/results/ingest-OUT.md/json")
     parser.add_argument("--every-step", action="store_true", help="go on past a step that fails")
     parser.add_argument("--layers", choices=("on", "off"), default="on",
                         help="senders mark VP8 temporal layers (L1T3, as Chromium by default) or send none")
