@@ -25,7 +25,17 @@ import aiohttp
 import numpy as np
 import psutil
 
-from bench.ingest import RESULTS, new_session, node_info, running_system, stats, tree_rss, upload_reference
+from bench.ingest import (
+    RESULTS,
+    _settings,
+    cpu_model,
+    new_session,
+    node_info,
+    running_system,
+    stats,
+    tree_rss,
+    upload_reference,
+)
 
 WARMUP_S = 20
 WARM_S = 120
@@ -41,13 +51,14 @@ async def soak(args: argparse.Namespace) -> dict:
 
     install_host_addresses(("127.0.0.1",))
     samples = []
-    with running_system("soak-") as system:
+    with running_system("soak-", _settings(args.set)) as system:
         base, token = system.base, system.token
         face = face_canvas()
         none = np.full_like(face, 90)
         # Scenes change every 10 s so events start and end all along (exercising the event path too).
         frames = [face] * 300 + [none] * 300
-        clip = await asyncio.to_thread(encode_clip, frames, 30, 800_000, 60)
+        # Temporal layers as Chromium sends them by default (the node decodes the base layer only).
+        clip = await asyncio.to_thread(encode_clip, frames, 30, 800_000, 60, True)
         async with aiohttp.ClientSession() as http:
             node = await node_info(http, base, token)
             node_proc = psutil.Process(node["pid"])
@@ -153,13 +164,19 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--every", type=float, default=30)
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                        help="a setting for the system under test (repeatable)")
     parser.add_argument("--check", action="store_true", help="exit 1 on a leak, a growing queue or memory growth")
     args = parser.parse_args()
     result = asyncio.run(soak(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(result, indent=2))
+    machine = cpu_model()
+    extra = "".join(f" --set {pair}" for pair in args.set)
     lines = ["# Soak", "", f"Command: `.venv/bin/python -m bench.soak --streams {result['streams']} --minutes "
-             f"{result['minutes']}` (one media node, archiver and all analyzers on).", "",
+             f"{result['minutes']}{extra}` (one media node, archiver and all analyzers on; senders with VP8 temporal "
+             f"layers as Chromium sends them). CPU: {machine['model']}, {psutil.cpu_count()} CPUs, AVX-512: "
+             f"{'yes' if machine['avx512'] else 'no'}.", "",
              f"RSS trend after the first {result['trend_from_s']} s: **{result['rss_slope_mb_per_min']} "
              f"+- {result['rss_slope_se']} MB/min** (least squares, +- one standard error)", "",
              "Leak check (before the streams / after they all hung up): "
