@@ -182,8 +182,10 @@ class StreamRecorder:
         asyncio.ensure_future(self.stream.request_keyframe())
 
     def _submit(self, fn: Any, current: _Open, *args: Any) -> None:
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(self.archive.executor, self._guard, loop, fn, current, args)
+        # Straight to the archive thread's queue (one thread: writes run in order). Not run_in_executor: its
+        # asyncio future would wake the event loop once per archived frame (~80/s per stream) for a result
+        # nobody awaits; failures come back through _guard.
+        self.archive.executor.submit(self._guard, asyncio.get_running_loop(), fn, current, args)
 
     def _guard(self, loop: asyncio.AbstractEventLoop, fn: Any, current: _Open, args: tuple[Any, ...]) -> None:
         try:
