@@ -28,6 +28,7 @@ import av.error
 
 from core import vp8
 from media_server.outlets import FrameSubscriber
+from proctor import priority
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class DecodePool:
 
     # --- the decoding thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
+        priority.lower_this_thread()  # decoding feeds only the analyzers: the loop carrying RTP comes first
         while True:
             first = self._queue.get()
             batch = [first]
