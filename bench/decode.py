@@ -1,0 +1,85 @@
+"""VP8 decoding cost per stream on a media node: every frame vs the base temporal layer only (issue 14).
+
+    .venv/bin/python -m bench.decode [--seconds 20]
+
+Encodes the ingest benchmark's clip (640x480@30, a moving noisy face; bench/ingest.py) once with temporal layers
+(L1T3, as Chromium sends by default) and decodes it with PyAV/libvpx as the node's decoding thread does
+(media_server/decode.py): (a) every frame, as a node must for a browser that sends no layers, and (b) only the
+base-layer frames (a quarter), as the node does with layers. CPU is the decoding thread's own CPU time
+(time.thread_time), so other load on the machine changes it little. Prints a markdown table and writes
+bench/results/decode.md and decode.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import av
+import numpy as np
+
+from bench.ingest import RESULTS, cpu_model
+from bench.synthetic import encode_clip
+from tests.support.media import face_canvas
+
+
+def clip_frames(seconds: int, fps: int = 30) -> list[np.ndarray]:
+    base = face_canvas()
+    rng = np.random.default_rng(1)
+    frames = []
+    for i in range(seconds * fps):
+        noisy = base.astype(np.int16) + rng.integers(-10, 11, base.shape, dtype=np.int16)
+        frames.append(np.clip(np.roll(noisy, int(4 * np.sin(i / 14)), axis=1), 0, 255).astype(np.uint8))
+    return frames
+
+
+def decode_cpu_s(packets: list[bytes], repeat: int) -> tuple[float, int]:
+    """Thread CPU seconds to decode `packets` `repeat` times (a new decoder each time, as a new stream), and how
+    many pictures came out."""
+    pictures = 0
+    start = time.thread_time()
+    for _ in range(repeat):
+        codec = av.CodecContext.create("libvpx", "r")
+        for data in packets:
+            pictures += len(codec.decode(av.Packet(data)))
+    return time.thread_time() - start, pictures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=20, help="clip length (decoded 3 times)")
+    args = parser.parse_args()
+    clip = encode_clip(clip_frames(args.seconds), fps=30, bitrate=1_000_000, gop=60, temporal_layers=True)
+    assert clip.layers is not None
+    every = [data for data, _ in clip.video]
+    base = [data for (data, _), layer in zip(clip.video, clip.layers, strict=True) if layer == 0]
+    repeat = 3
+    media_s = args.seconds * repeat
+    rows = []
+    for name, packets in (("every frame (no layers)", every), ("base layer only (L1T3)", base)):
+        cpu_s, pictures = decode_cpu_s(packets, repeat)
+        rows.append({"decoded": name, "frames_per_s": round(pictures / media_s, 2),
+                     "ms_cpu_per_stream_s": round(1000 * cpu_s / media_s, 2),
+                     "pct_of_a_core": round(100 * cpu_s / media_s, 2),
+                     "ms_per_frame": round(1000 * cpu_s / max(pictures, 1), 3)})
+    machine = cpu_model()
+    ratio = rows[0]["ms_cpu_per_stream_s"] / max(rows[1]["ms_cpu_per_stream_s"], 1e-9)
+    result = {"rows": rows, "ratio": round(ratio, 2), "machine": machine, "seconds": media_s}
+    lines = ["# VP8 decoding cost per stream", "",
+             f"Command: `.venv/bin/python -m bench.decode --seconds {args.seconds}` ({media_s} s of 640x480@30 "
+             f"VP8 at 1 Mbit/s, decoded by PyAV/libvpx on one thread; thread CPU time). CPU: {machine['model']}, "
+             f"AVX-512: {'yes' if machine['avx512'] else 'no'}.", "",
+             "| decoded | frames/s | ms CPU per stream-second | % of a core | ms per frame |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['decoded']} | {r['frames_per_s']} | {r['ms_cpu_per_stream_s']} | {r['pct_of_a_core']} | "
+              f"{r['ms_per_frame']} |" for r in rows]
+    lines += ["", f"Decoding the base layer only costs {ratio:.1f}x less per stream."]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "decode.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "decode.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
