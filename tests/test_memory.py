@@ -39,7 +39,8 @@ def test_trim_hands_freed_heap_pages_back_to_the_kernel() -> None:
 
 def test_the_arena_limit_applies_on_glibc() -> None:
     probe = "from proctor import memory; print(memory.limit_arenas(2))"
-    assert subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.strip() == "True"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "True"
 
 
 def test_trimming_runs_on_its_own_thread_and_stops() -> None:
