@@ -11,14 +11,26 @@ LAST and updates GOLDEN; layer 2 references both and updates nothing; no layer a
 context), so the base-layer frames decode on their own. FFmpeg's libvpx wrapper takes the flags from the frame's
 `vp8-flags` metadata, which PyAV can only set through a filter (`metadata=mode=add`). The senders then mark each
 frame's TID and TL0PICIDX in the VP8 payload descriptor (RFC 7741), as Chromium does (`install_layered_packetizer`).
+
+The audio is an exam room, not a test tone (`exam_room_audio`): EXAM_ROOM_S of a quiet room (deterministic noise
+around -60 dBFS) with espeak-ng speech at a microphone's level for ~10 % of it, so the voice detector's energy gate
+skips the quiet part as in a real exam while the benchmark still runs the model and raises a talking flag now and
+then. It loops on its own (its length is not the video clip's); each sender starts at another point of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fractions
+import functools
+import logging
+import shutil
+import subprocess
+import tempfile
 import time
+import wave
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import av
@@ -29,6 +41,7 @@ from aiortc.codecs import vpx
 
 VIDEO_TB = fractions.Fraction(1, 90_000)
 AUDIO_TB = fractions.Fraction(1, 48_000)
+log = logging.getLogger(__name__)
 
 
 # libvpx vp8cx.h encoder flags (VP8_EFLAG_*)
@@ -85,29 +98,95 @@ def encode_clip(frames: list[np.ndarray], fps: int = 30, bitrate: int = 1_000_00
         # lag-in-frames 0: one packet per frame, in order, so packet i is frame i
         video += [(bytes(p), bool(p.is_keyframe)) for p in codec.encode(frame)]
     video += [(bytes(p), bool(p.is_keyframe)) for p in codec.encode(None)]
-    audio = _opus_tone(seconds=len(frames) / fps)
+    audio = exam_room_audio()
     # A keyframe (libvpx may place one anywhere) refreshes every reference: it belongs to the base layer.
     layers = ([0 if key else L1T3_PATTERN[i % 4] for i, (_, key) in enumerate(video)]
               if temporal_layers else None)
     return EncodedClip(video, audio, fps, layers)
 
 
-def _opus_tone(seconds: float) -> list[bytes]:
+# The exam-room track: EXAM_ROOM_S seconds, speech from EXAM_ROOM_SPEECH_AT_S (about 10 % of the track: one
+# remark long enough for a talking flag, ~2 s of speech, at most once per loop per sender).
+EXAM_ROOM_S = 40.0
+EXAM_ROOM_SPEECH_AT_S = 20.0
+EXAM_ROOM_NOISE_DBFS = -60.0
+EXAM_ROOM_SPEECH = "Can you tell me the answer to question four? I think it is B."  # 3.7 s: ~9 % of the track
+EXAM_ROOM_SPEECH_RMS_DBFS = -28.0  # speech at a laptop microphone after the browser's gain control
+
+
+def _espeak(text: str, rate: int = 48_000) -> np.ndarray | None:
+    """espeak-ng's speech of `text` at `rate` (float32, silence trimmed), or None without espeak-ng."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speech.wav"
+        subprocess.run([espeak, "-v", "en", "-s", "160", "-w", str(path), text], check=True, capture_output=True,
+                       timeout=60)
+        with wave.open(str(path)) as w:
+            source_rate = w.getframerate()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768
+    n = int(round(len(pcm) * rate / source_rate))
+    pcm = np.interp(np.arange(n) * source_rate / rate, np.arange(len(pcm)), pcm)
+    loud = np.flatnonzero(np.abs(pcm) > 0.01)
+    return pcm[loud[0]:loud[-1] + 1].astype(np.float32) if len(loud) else None
+
+
+def exam_room_pcm(rate: int = 48_000) -> np.ndarray:
+    """EXAM_ROOM_S of a quiet exam room at `rate`, mono float32: room noise (deterministic: white plus a low
+    rumble, about EXAM_ROOM_NOISE_DBFS RMS) and one spoken remark at EXAM_ROOM_SPEECH_AT_S (without espeak-ng,
+    the room alone, with a warning)."""
+    rng = np.random.default_rng(20_260_214)
+    n = int(EXAM_ROOM_S * rate)
+    white = rng.standard_normal(n)
+    rumble = np.cumsum(rng.standard_normal(n))
+    rumble -= _moving_average(rumble, 2401)  # a fan's rumble, no DC drift
+    rumble /= np.sqrt(np.mean(rumble ** 2))
+    room = (white * 0.6 + rumble * 0.8) * 10 ** (EXAM_ROOM_NOISE_DBFS / 20)  # RMS: 1.0 x the room level
+    speech = _espeak(EXAM_ROOM_SPEECH, rate)
+    if speech is None:
+        log.warning("espeak-ng is not installed: the synthetic candidates' audio is a quiet room without speech")
+    else:
+        speech = speech * 10 ** (EXAM_ROOM_SPEECH_RMS_DBFS / 20) / np.sqrt(np.mean(speech.astype(np.float64) ** 2))
+        at = int(EXAM_ROOM_SPEECH_AT_S * rate)
+        room[at:at + len(speech)] += speech[:n - at]
+    return room.astype(np.float32)
+
+
+def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average (edges over what exists), by cumulative sums: O(n), not np.convolve's O(n * width)."""
+    sums = np.concatenate([[0.0], np.cumsum(x)])
+    hi = np.minimum(np.arange(len(x)) + width // 2 + 1, len(x))
+    lo = np.maximum(np.arange(len(x)) - width // 2, 0)
+    return (sums[hi] - sums[lo]) / (hi - lo)
+
+
+@functools.lru_cache(maxsize=1)
+def _exam_room_packets() -> tuple[bytes, ...]:
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate = 48_000
     codec.layout = "mono"
     codec.format = "s16"
     codec.bit_rate = 32_000
+    pcm = (np.clip(exam_room_pcm(), -1, 1) * 32767).astype(np.int16)
     packets: list[bytes] = []
     samples = 960  # 20 ms
-    for i in range(int(seconds * 50)):
-        t = (np.arange(samples) + i * samples) / 48_000
-        pcm = (3000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+    for i in range(len(pcm) // samples):
+        frame = av.AudioFrame.from_ndarray(pcm[None, i * samples:(i + 1) * samples], format="s16", layout="mono")
         frame.sample_rate = 48_000
         frame.pts = i * samples
         packets += [bytes(p) for p in codec.encode(frame)]
-    return packets
+    return tuple(packets)
+
+
+def exam_room_audio() -> list[bytes]:
+    """The exam-room track as 20-ms Opus packets (module doc); built once per process (~1 s), then copied."""
+    return list(_exam_room_packets())
+
+
+def _audio_start(clip: EncodedClip, nth: int) -> int:
+    """Where the nth sender starts in the audio loop: 7.3 s apart, so the senders do not all talk at once."""
+    return (nth * 365) % max(1, len(clip.audio))
 
 
 class ReplayTrack(MediaStreamTrack):
@@ -160,7 +239,7 @@ async def connect_sender(clip: EncodedClip, offer_url: str, token: str, http: An
         install_layered_packetizer()
     pc.addTrack(ReplayTrack("video", [d for d, _ in clip.video], 1 / clip.fps, 90_000 // clip.fps, VIDEO_TB, start,
                             clip.layers))
-    pc.addTrack(ReplayTrack("audio", clip.audio, 0.02, 960, AUDIO_TB))
+    pc.addTrack(ReplayTrack("audio", clip.audio, 0.02, 960, AUDIO_TB, _audio_start(clip, start_keyframe)))
     pc.createDataChannel("signals")
     await pc.setLocalDescription(await pc.createOffer())
     async with http.post(offer_url, json={"sdp": pc.localDescription.sdp, "type": "offer"},

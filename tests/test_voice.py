@@ -20,11 +20,11 @@ import pytest
 
 from analyzers.base import Signal
 from analyzers.registry import build_detectors
-from analyzers.voice import AudioSlot, VoiceDetector, model_path
+from analyzers.voice import CHUNK, AudioSlot, VoiceConfig, VoiceDetector, model_path
 from core.rules import EventRules, RulesConfig
 from core.sensitivity import Sensitivity
 from media_server.audio import WINDOW_SAMPLES, AudioDecodePool, AudioOutlet
-from proctor.settings import Settings
+from proctor.settings import Settings, SettingsError
 from tests.support import voice_audio as va
 
 pytestmark = pytest.mark.skipif(not va.have_espeak(), reason="espeak-ng not installed (Makefile SYSTEM_PACKAGES)")
@@ -34,15 +34,19 @@ pytestmark = pytest.mark.skipif(not va.have_espeak(), reason="espeak-ng not inst
 TOLERANCE_S = 0.5
 
 
-def detector() -> VoiceDetector:
-    d = VoiceDetector(Settings.defaults())
+GATE = Settings.defaults().voice_gate_dbfs  # the energy gate's default
+
+
+def detector(config: VoiceConfig | None = None) -> VoiceDetector:
+    d = VoiceDetector(Settings.defaults(), config)
     d.load()
     return d
 
 
-def events(pcm: np.ndarray, kind: str = "talking", rules: RulesConfig | None = None) -> list[tuple[float, float]]:
+def events(pcm: np.ndarray, kind: str = "talking", rules: RulesConfig | None = None,
+           config: VoiceConfig | None = None) -> list[tuple[float, float]]:
     """The (start_s, end_s) of every `kind` event the detector and the default rules make of `pcm` (file time)."""
-    d, r = detector(), EventRules(rules or RulesConfig.default())
+    d, r = detector(config), EventRules(rules or RulesConfig.default())
     spans: dict[int, list[float]] = {}
     changes = []
     for i in range(0, len(pcm), WINDOW_SAMPLES):
@@ -221,3 +225,118 @@ def test_slot_drops_the_oldest_windows_when_far_behind() -> None:
     slot.on_audio([(i * 0.5, np.zeros(WINDOW_SAMPLES, np.float32)) for i in range(20)])
     assert len(slot.waiting) == AudioSlot.MAX_WAITING and slot.dropped == 20 - AudioSlot.MAX_WAITING
     assert slot.waiting[0][0] == (20 - AudioSlot.MAX_WAITING) * 0.5  # the newest are kept
+
+
+# --- the energy gate (VOICE_GATE_DBFS) ---------------------------------------------------------------------------
+OFF = VoiceConfig(gate_dbfs=None)
+STEP_S = 8 * CHUNK / va.RATE  # one talking observation (0.256 s)
+
+
+def assert_same_flags(gated: list[tuple[float, float]], ungated: list[tuple[float, float]]) -> None:
+    """The gate keeps every flag; a start or end may move by one talking step (the model's recurrent state after a
+    gated stretch is not exactly what the quiet chunks would have made it: analyzers/voice.py)."""
+    assert_flags_match(gated, ungated, STEP_S + 1e-6)
+
+
+def chunk_dbfs(pcm: np.ndarray) -> np.ndarray:
+    n = len(pcm) // CHUNK
+    x = pcm[:n * CHUNK].reshape(n, CHUNK).astype(np.float64)
+    return 10 * np.log10(np.mean(x * x, axis=1) + 1e-20)
+
+
+def room(seconds: float, dbfs: float = -60.0) -> np.ndarray:
+    """A quiet exam room: a microphone's hiss and a fan's rumble, about `dbfs` RMS."""
+    return (va.white_noise(seconds, dbfs - 3, seed=5) + va.brown_noise(seconds, dbfs - 3, seed=6)).astype(np.float32)
+
+
+def test_the_gate_is_on_by_default_and_the_setting_parses() -> None:
+    assert GATE == -55.0 and detector().config.gate_dbfs == -55.0
+    assert Settings.from_env({"VOICE_GATE_DBFS": "off"}, env_file=None).voice_gate_dbfs is None
+    assert Settings.from_env({"VOICE_GATE_DBFS": " -62.5 "}, env_file=None).voice_gate_dbfs == -62.5
+    for bad in ("loud", "nan", "-inf", "-500", "3", "-55\x00"):
+        with pytest.raises(SettingsError, match="VOICE_GATE_DBFS"):
+            Settings.from_env({"VOICE_GATE_DBFS": bad}, env_file=None)
+
+
+def test_silence_and_quiet_rooms_never_reach_the_model_and_audio_muted_still_works() -> None:
+    for pcm, muted in ((va.silence(35), True), (room(35), False), (va.white_noise(35, -62), False),
+                       (va.brown_noise(35, -60), False)):
+        d = detector()
+        assert d.model is not None
+        signals = [s for i in range(0, len(pcm), WINDOW_SAMPLES)
+                   for _, s in d.analyze_audio(i / va.RATE, pcm[i:i + WINDOW_SAMPLES])]
+        assert d.model.runs == 0 and d.gated() == 1.0  # not one chunk ran the model
+        assert not any(s.active for s in signals if s.kind == "talking")
+        # audio_muted needs the level, not the model: digital silence is muted, a quiet room is not
+        assert {s.active for s in signals if s.kind == "audio_muted"} == {muted}
+    assert events(va.silence(35), "audio_muted") != [] and events(room(35), "audio_muted") == []
+    # Typing in a quiet room: the clicks open the gate for a moment, the room between them does not.
+    d = detector()
+    pcm = va.clicks(30) + room(30)
+    for i in range(0, len(pcm), WINDOW_SAMPLES):
+        d.analyze_audio(i / va.RATE, pcm[i:i + WINDOW_SAMPLES])
+    assert d.model is not None and 0 < d.model.runs < d.model.chunks * 0.5
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.1, 0.05])  # 0.05: the whisper-level voice of the noise test above
+def test_speech_at_low_levels_reaches_the_model_and_is_flagged(gain: float) -> None:
+    """Every chunk of speech above the gate runs the model, and so do the quiet chunks inside the speech while the
+    model hears it: the talking flags are where the speech is, as with the gate off."""
+    tl = va.timeline([("silence", 3.0), ("speech", va.speech(va.SENTENCES[3], "en-us") * gain), ("silence", 4.0),
+                      ("speech", va.speech(va.SENTENCES[1], "en+f3") * gain), ("silence", 4.0)])
+    pcm = tl.pcm + room(len(tl.pcm) / va.RATE)[:len(tl.pcm)]
+    d = detector()
+    assert d.model is not None
+    ran, levels = [], chunk_dbfs(pcm)
+    for i in range(0, len(pcm), 8 * CHUNK):  # windows of whole chunks, so ran[] lines up with the chunks
+        d.analyze_audio(i / va.RATE, pcm[i:i + 8 * CHUNK])
+        ran.append(d.model.ran)
+    mask = np.concatenate(ran)[:len(levels)]
+    assert mask[levels >= GATE].all()  # nothing above the gate is ever skipped
+    assert not mask[:int(2.5 * va.RATE) // CHUNK].any()  # the room before the first word is
+    for start, end in tl.speech:  # inside the speech, the model runs almost throughout
+        inside = mask[int(start * va.RATE) // CHUNK:int(end * va.RATE) // CHUNK]
+        assert inside.mean() > 0.9, (gain, inside.mean())
+    found = events(pcm)
+    assert_flags_match(found, tl.speech, TOLERANCE_S)
+    assert_same_flags(found, events(pcm, config=OFF))
+
+
+def test_flags_are_the_same_with_the_gate_on_and_off_on_the_labelled_set() -> None:
+    cases: list[np.ndarray] = []
+    for voice in ("en", "en-us+m3", "en+f3", "de", "fr+f2", "es"):  # the voices of the first test
+        first = va.speech(va.SENTENCES[0], voice, speed=150)
+        second = va.speech(va.SENTENCES[4], voice, speed=190)
+        tl = va.timeline([("silence", 3.0), ("speech", first), ("silence", 6.0), ("speech", second),
+                          ("silence", 5.0)])
+        cases += [tl.pcm, tl.pcm + room(len(tl.pcm) / va.RATE)[:len(tl.pcm)]]
+    tl = va.timeline([("silence", 3.0), ("speech", va.speech(va.SENTENCES[3], "en-us")), ("silence", 5.0)])
+    seconds = len(tl.pcm) / va.RATE
+    cases += [tl.pcm + va.white_noise(seconds, -35)[:len(tl.pcm)], tl.pcm + va.brown_noise(seconds, -30)[:len(tl.pcm)],
+              tl.pcm + va.clicks(seconds)[:len(tl.pcm)], tl.pcm * 0.05 + va.white_noise(seconds, -50)[:len(tl.pcm)],
+              tl.pcm * 0.05 + room(seconds)[:len(tl.pcm)]]  # the whisper, in a quiet room this time
+    phrases = [va.speech(w, v) for w in ("hmm, no", "oh well, fine") for v in ("en", "en+f3")]
+    cases += [_spaced(phrases, 1.5).pcm, _spaced(phrases, 4.5).pcm, va.clicks(30) + room(30)]
+    identical = 0
+    for pcm in cases:
+        assert events(pcm, "audio_muted") == events(pcm, "audio_muted", config=OFF)  # the level, never the model
+        gated, ungated = events(pcm), events(pcm, config=OFF)
+        assert_same_flags(gated, ungated)
+        identical += gated == ungated
+    assert identical >= len(cases) * 2 // 3, (identical, len(cases))  # most are identical to the millisecond
+
+
+def test_the_recurrent_state_is_carried_across_a_gated_stretch() -> None:
+    """Measured (analyzers/voice.py): carrying the state over a gated stretch keeps the model's output closer to
+    the ungated run than resetting it. So a gated chunk leaves the state alone and only moves the context on."""
+    d = detector()
+    assert d.model is not None
+    speech = va.speech(va.SENTENCES[2]) + room(10)[:len(va.speech(va.SENTENCES[2]))]
+    d.model.probabilities(speech[:len(speech) // CHUNK * CHUNK], GATE)
+    d.model.probabilities(room(3)[:CHUNK * 40], GATE)  # the model's hangover runs, then the gate closes
+    state = d.model.state.copy()
+    quiet = room(2, -70)[:CHUNK * 30]
+    d.model.probabilities(quiet, GATE)
+    assert not d.model.ran.any()
+    assert np.array_equal(d.model.state, state)  # carried, not reset
+    assert np.array_equal(d.model.input[0, :64], quiet[-64:])  # the next chunk sees its real context
