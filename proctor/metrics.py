@@ -162,6 +162,8 @@ class NodeCollector(Collector):
     capacity: int
     loop_lag_ms: Callable[[], dict[str, float]] | None = None
     draining: Callable[[], bool] | None = None
+    # The node's latest load estimate (media_server/admission.py via the node), None before its first heartbeat.
+    admission: Callable[[], dict[str, float] | None] | None = None
     _retired: dict[str, float] = field(default_factory=dict)
     _retired_streams: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
@@ -186,6 +188,7 @@ class NodeCollector(Collector):
         if self.draining is not None:
             yield GaugeMetricFamily("proctor_node_draining", "1 while the node drains (takes no new candidates).",
                                     value=1.0 if self.draining() else 0.0)
+        yield from self._admission()
         states = GaugeMetricFamily("proctor_peer_connections", "Peer connections by connection state.",
                                    labels=["state"])
         counts = dict.fromkeys(PEER_STATES, 0)
@@ -216,6 +219,27 @@ class NodeCollector(Collector):
                 lag.add_metric([quantile], float(summary.get(key, 0.0)) / 1000)
             yield lag
         yield from self._archive()
+
+    def _admission(self) -> Iterator[Metric]:
+        """Admission by load: what the node measured at its last heartbeat."""
+        figures = self.admission() if self.admission is not None else None
+        if not figures:
+            return
+        yield GaugeMetricFamily("proctor_node_admission_by_load", "1 when the node admits by measured load "
+                                "(ADMISSION=load), 0 when by count only.", value=figures.get("by_load", 0.0))
+        yield GaugeMetricFamily("proctor_node_headroom_streams", "Streams more the node takes now: its measured "
+                                "headroom (ADMISSION=load) or what is left of MEDIA_NODE_CAPACITY (count).",
+                                value=figures.get("headroom", 0.0))
+        yield GaugeMetricFamily("proctor_node_cpus", "CPUs the node may use (affinity, cgroup quota or "
+                                "ADMISSION_CPUS).", value=figures.get("cpus", 0.0))
+        yield GaugeMetricFamily("proctor_node_cpu_utilisation", "Share of its CPUs the node's process tree used "
+                                "over its measuring window (1 = all).", value=figures.get("cpu_util", 0.0))
+        yield GaugeMetricFamily("proctor_node_stream_cpu_cost_cores", "Estimated CPU cost of one stream, cores "
+                                "(measured and smoothed; ADMISSION_STREAM_COST until measured).",
+                                value=figures.get("stream_cost", 0.0))
+        yield GaugeMetricFamily("proctor_node_analysis_rate", "Frames the detectors analysed over those due in the "
+                                "window (1 = every one; -1: too few to judge).",
+                                value=figures.get("analysis_rate", -1.0))
 
     def _archive(self) -> Iterator[Metric]:
         """The archive plugin's uploader (archiver/segmenter.py stats()["uploader"]), when the node has one."""

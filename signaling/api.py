@@ -6,6 +6,7 @@ Candidate calls carry the session's join token as `Authorization: Bearer <token>
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 from urllib.parse import urlencode
@@ -368,7 +369,7 @@ async def _relay(ctx: Context, session_id: str, sdp: str, kind: str) -> web.Resp
             node = next((n for n in untried if n.node_id == previous and not n.draining), None) \
                 or nodes.choose(untried, prefer=previous)
             if node is None:
-                raise error(web.HTTPServiceUnavailable, "no media node has room; retry shortly")
+                raise no_room(ctx, session_id, live)
             tried.add(node.node_id)
             # Take a slot before relaying, atomically across signaling processes: a burst of offers cannot
             # all see the same free room.
@@ -407,6 +408,21 @@ async def _relay(ctx: Context, session_id: str, sdp: str, kind: str) -> web.Resp
             finally:
                 if not placed and slot == RESERVED:
                     await release(ctx.redis, node.node_id, session_id)
+
+
+def no_room(ctx: Context, session_id: str, live: list[nodes.NodeInfo]) -> web.HTTPException:
+    """503 with Retry-After (ADMISSION_RETRY_AFTER_S) when no media node takes the stream: none running, or every
+    one full by its measured load (media_server/admission.py) or its capacity, or draining. The candidate page
+    waits and retries; the session is kept. Why each node refused goes to the log, not to the candidate."""
+    retry = ctx.settings.admission_retry_after_s
+    reason = "no_media_node" if not live else "no_capacity"
+    log.warning("session %s: no media node takes it (%s); told to retry in %d s", session_id,
+                nodes.refusals(live), retry)
+    message = "no media node has room: " + ("none is running" if not live else
+                                            f"all {len(live)} are busy" if len(live) > 1 else "it is busy")
+    return web.HTTPServiceUnavailable(
+        text=json.dumps({"error": f"{message}; retry in {retry} s", "reason": reason, "retry_after_s": retry}),
+        content_type="application/json", headers={"Retry-After": str(retry), "Cache-Control": "no-store"})
 
 
 async def end_session_candidate(request: web.Request) -> web.Response:

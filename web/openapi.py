@@ -245,7 +245,9 @@ def _ops_signaling() -> list[Op]:
            (200, ref("Answer")), body=ref("Offer"),
            errors={400: "not an acceptable offer", 403: "join token of another session",
                    409: "the session is over, or another offer is being answered", 413: "offer too large",
-                   429: "too many offers for this session", 503: "no media node has room"}),
+                   429: "too many offers for this session",
+                   503: "no media node has room (busy by measured load, full, or none running): retry after "
+                        "Retry-After"}),
     ]
 
 

@@ -11,6 +11,12 @@ the same transaction that raises the count), until `release` (the offer failed) 
 relay died). A session the node already carries (a page reload) needs no second slot. The node also refuses
 beyond capacity by itself (media_server/node.py).
 
+A node that admits by load (ADMISSION=load, media_server/admission.py) also reports its `headroom`: how many more
+streams its latest measurement says it can analyse, already net of the streams it carries (those not yet in its
+measurement counted at its estimated cost). The same script refuses once the reservations not yet reported reach
+that headroom, so a burst of offers between two heartbeats cannot take more than the node measured; the heartbeat
+that reports a reserved session carries a headroom that counts it.
+
 A draining node (media_server/drain.py) says so in its hash: `reserve` refuses it (even for a session it carries:
 a reload must go elsewhere) in the same script, so no signaling process can place an offer on it after the beat
 that announced the drain. `live_nodes` still lists it (with `draining` set): the streams it carries are live,
@@ -37,19 +43,21 @@ RESERVATION_TTL_S = 30
 
 RESERVED, CARRIED, REFUSED = "reserved", "carried", "refused"
 
-# KEYS: node hash, reservations, carried set. ARGV: session, ttl seconds, "1" to check capacity.
-# Returns 1 (reserved), 2 (the node carries it already), 0 (no room, draining, or the node is gone).
+# KEYS: node hash, reservations, carried set. ARGV: session, ttl seconds, "1" to check capacity (and headroom).
+# Returns 1 (reserved), 2 (the node carries it already), 0 (no room, no headroom, draining, or the node is gone).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local node = redis.call('HMGET', KEYS[1], 'streams', 'capacity', 'draining')
+local node = redis.call('HMGET', KEYS[1], 'streams', 'capacity', 'draining', 'admission', 'headroom')
 if not node[1] or not node[2] then return 0 end
 if node[3] == 'True' then return 0 end
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 2 end
 local ttl = tonumber(ARGV[2])
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) and ARGV[3] == '1' then
-  if tonumber(node[1]) + redis.call('ZCARD', KEYS[2]) >= tonumber(node[2]) then return 0 end
+  local reserved = redis.call('ZCARD', KEYS[2])
+  if tonumber(node[1]) + reserved >= tonumber(node[2]) then return 0 end
+  if node[4] == 'load' and reserved >= (tonumber(node[5]) or 0) then return 0 end
 end
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 if redis.call('TTL', KEYS[2]) < ttl + 1 then redis.call('EXPIRE', KEYS[2], math.ceil(ttl) + 1) end
@@ -101,20 +109,27 @@ async def release(redis: aioredis.Redis, node_id: str, session_id: str) -> None:
 
 def _parse(data: dict[str, str]) -> NodeInfo | None:
     try:
+        rate = data.get("analysis_rate", "None")
         return NodeInfo(data["node_id"], data["url"], int(data["streams"]), int(data["capacity"]),
                         float(data.get("cpu", 0)), float(data.get("heartbeat_at", 0)),
-                        draining=data.get("draining") == "True")
+                        draining=data.get("draining") == "True",
+                        # A node from before issue 14 reports none of these: it admits by count.
+                        admission=data.get("admission", "count"), headroom=int(data.get("headroom", 0)),
+                        cpus=float(data.get("cpus", 0)), cpu_util=float(data.get("cpu_util", 0)),
+                        stream_cost=float(data.get("stream_cost", 0)), lag_p99_ms=float(data.get("lag_p99_ms", 0)),
+                        analysis_rate=None if rate == "None" else float(rate), reason=data.get("reason", ""))
     except (KeyError, ValueError):
         return None
 
 
 async def live_nodes(redis: aioredis.Redis) -> list[NodeInfo]:
-    """Live nodes, each with its reported streams plus its current reservations; draining ones too (with
-    `draining` set: core.nodes.choose skips them)."""
+    """Live nodes, each with its reported streams plus its current reservations (and its headroom less them);
+    draining ones too (with `draining` set: core.nodes.choose skips them)."""
     nodes = []
     async for key in redis.scan_iter(match=NODE_PATTERN, count=100):
         node = _parse(cast(dict[str, str], await redis.hgetall(key)))  # decode_responses: str
         if node is not None:
             reserved = int(await redis.zcount(RESERVED_KEY.format(node_id=node.node_id), time.time(), "+inf"))
-            nodes.append(replace(node, streams=node.streams + reserved) if reserved else node)
+            nodes.append(replace(node, streams=node.streams + reserved, headroom=max(0, node.headroom - reserved))
+                         if reserved else node)
     return sorted(nodes, key=lambda n: n.node_id)

@@ -155,6 +155,7 @@
 
   async function connect() {
     clearTimeout(reconnectTimer);
+    clearInterval(busyTimer);
     if (state.finished) return;
     hideNotices();  // the new connection's node tells again what still holds
     if (!state.moving) setConnection(state.connects ? "reconnecting" : "connecting");
@@ -183,10 +184,12 @@
         method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
       });
-      const body = await r.json();
+      const body = await r.json().catch(() => ({}));  // a proxy's own 502/503 page is not JSON
       if (!r.ok) {
         if (r.status === 409 && body.status) return ended(`The session is ${body.status}.`);
         if (r.status === 401 || r.status === 403) return ended(body.error || "This link is no longer valid.");
+        // No server has room yet (a move keeps its old connection instead: moveFailed below).
+        if (r.status === 503 && !state.moving) return waitForServer(pc, r, body);
         throw new Error(body.error || `offer refused (${r.status})`);
       }
       if (state.pc !== pc) return;  // superseded while waiting
@@ -196,6 +199,42 @@
       if (state.moving && state.pc === pc) return moveFailed(pc);
       scheduleReconnect(pc);
     }
+  }
+
+  // No media server has room (503: every node is busy by its measured load, or none runs): wait at least as long as
+  // Retry-After says, tell the candidate plainly with a countdown, then offer again, as often as it takes. The
+  // session and everything done so far are kept and the candidate has nothing to do: not a lost connection, no alarm.
+  let busyTimer = null;
+
+  function retryAfterMs(r, fallbackMs) {
+    const raw = r.headers.get("Retry-After");
+    const seconds = raw === null || raw.trim() === "" ? NaN : Number(raw);
+    return Number.isFinite(seconds) && seconds >= 0 ? Math.min(seconds, 600) * 1000 : fallbackMs;
+  }
+
+  function waitForServer(pc, r, body) {
+    if (state.finished || state.pc !== pc) return;
+    try { pc.close(); } catch (err) { /* already closed */ }
+    state.pc = null;
+    state.busy = (state.busy || 0) + 1;
+    const backoff = Math.min(30000, 2000 * 2 ** Math.min(state.busy - 1, 4));
+    // Never sooner than the server asks; up to a fifth later at random, so a room of waiting pages does not come
+    // back in one burst when a server frees.
+    const wait = retryAfterMs(r, backoff) * (1 + Math.random() * 0.2);
+    const until = Date.now() + wait;
+    const busy = body.reason === "no_capacity" || body.reason === "no_media_node";
+    state.retryInMs = wait;
+    setConnection(state.connects ? "reconnecting" : "connecting", "waiting for a server");
+    const tell = () => {
+      if (state.finished) return clearInterval(busyTimer);
+      const left = Math.max(1, Math.ceil((until - Date.now()) / 1000));
+      hint("exam-msg", busy ? `All proctoring servers are busy; retrying in ${left} s, keep this page open.`
+        : `The proctoring server is briefly unavailable; retrying in ${left} s, keep this page open.`, "");
+    };
+    tell();
+    clearInterval(busyTimer);
+    busyTimer = setInterval(tell, 1000);
+    reconnectTimer = setTimeout(connect, wait);
   }
 
   // A draining media node asks the page to move ({"type": "move"}): connect again at once. Signaling places the
@@ -234,6 +273,8 @@
     if (s === "connected") {
       if (state.moving) moveDone();
       clearTimeout(disconnectTimer);
+      if (state.busy) hint("exam-msg", "", "");  // the "servers are busy" countdown is over
+      state.busy = 0;
       state.attempts = 0;
       state.connects += 1;
       setConnection("connected");
@@ -541,6 +582,7 @@
   function ended(message) {
     state.finished = true;
     clearTimeout(reconnectTimer);
+    clearInterval(busyTimer);
     clearTimeout(precheckTimer);
     if (state.moving) moveDone();
     if (state.pc) state.pc.close();
