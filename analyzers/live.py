@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -73,8 +74,14 @@ class _DetectorSlot:
         self.analysed = 0
         self.replaced = 0
         self.ms: deque[float] = deque(maxlen=200)
+        # A detector with a cadence of its own (the phone's, analyzers/phone.py PhoneCadence) picks which of the
+        # frames delivered at its fps it analyses, and hears the stream's other detectors' signals as hints.
+        self.wants: Callable[[float], bool] | None = getattr(detector, "wants", None)
+        self.hint: Callable[[Signal, float], None] | None = getattr(detector, "hint", None)
 
     def on_frame(self, media_time_s: float, frame: Any) -> None:
+        if self.wants is not None and not self.wants(media_time_s):
+            return  # not this one: nothing converted, nothing queued
         item = _Frame(media_time_s, frame, time.time())
         if self.busy:
             if self.waiting is not None:
@@ -107,6 +114,7 @@ class _DetectorSlot:
             log.exception("detector %s failed on session %s", self.detector.name, self.owner.session_id)
             signals, rgb = [], None
         if not self.owner.closed:
+            self.owner.hint_others(self, signals, item.media_time)
             for signal in signals:
                 self.owner.observe(signal, item, rgb)
             if rgb is not None:
@@ -226,6 +234,13 @@ class StreamAnalysis:
             rgb.flags.writeable = False
             self._last_rgb = (item.media_time, rgb)
             return rgb
+
+    def hint_others(self, source: _DetectorSlot, signals: list[Signal], media_time_s: float) -> None:
+        """One detector's signals, passed to this stream's other detectors that take hints (never across streams)."""
+        for slot in self.slots:
+            if slot is not source and slot.hint is not None:
+                for signal in signals:
+                    slot.hint(signal, media_time_s)
 
     def observe(self, signal: Signal, item: _Frame, rgb: np.ndarray | None) -> None:
         if self.held or signal.kind in self.accommodations.off_kinds:
@@ -478,8 +493,16 @@ class StreamAnalysis:
 
     def stats(self) -> dict[str, Any]:
         return {slot.detector.name: {"analysed": slot.analysed, "replaced": slot.replaced, "fps": slot.fps,
-                                     "ms_p50": _percentile(slot.ms, 50)} for slot in self.slots} | \
+                                     "ms_p50": _percentile(slot.ms, 50), **_cadence_stats(slot)}
+                for slot in self.slots} | \
             {slot.detector.name: slot.stats() for slot in self.audio_slots}
+
+
+def _cadence_stats(slot: _DetectorSlot) -> dict[str, Any]:
+    """{"cadence": {"scans", ...}} for a detector that picks its own frames (`wants`): admission by load compares
+    the frames analysed with the scans it chose, not with its fps (media_server/admission.py analysis_rate)."""
+    stats = getattr(getattr(slot.detector, "cadence", None), "stats", None)
+    return {"cadence": stats()} if slot.wants is not None and callable(stats) else {}
 
 
 def _percentile(values: Any, q: float) -> float | None:

@@ -78,6 +78,11 @@ class RulesConfig:
                                           max_gap_s=max(3.0, 3.5 * identity_interval_s)),
             # A weak per-frame detector (the bundled NanoDet misses phones and sees phone-shaped objects now and
             # then): 3 positive samples within 5 s (of 5 at PHONE_FPS 1) start it, a lone hit or two never do.
+            # With the adaptive cadence (analyzers/phone.py) a stream is scanned every ~3 s, but the first positive
+            # scan starts a burst at PHONE_FPS that lasts while the phone is seen, so the votes come at that rate
+            # and start_s is still the first positive frame; a lone scan's vote expires with its window. Between
+            # clear scans the gaps exceed max_gap_s, which breaks nothing: no vote is pending and no event open
+            # then (the burst outlasts the vote window and, at this end_after_s, the end).
             "phone": KindRule(1.0, 2.0, votes=3, vote_window_s=5.0),
             # A dark, blurred or covered picture: told to the candidate at once, flagged when it lasts.
             "poor_image": KindRule(5.0, 2.0),
