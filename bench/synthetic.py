@@ -132,7 +132,7 @@ def _espeak(text: str, rate: int = 48_000) -> np.ndarray | None:
     return pcm[loud[0]:loud[-1] + 1].astype(np.float32) if len(loud) else None
 
 
-def exam_room_pcm(rate: int = 48_000) -> np.ndarray:
+def exam_room_pcm(rate: int = 48_000, speech: bool = True) -> np.ndarray:
     """EXAM_ROOM_S of a quiet exam room at `rate`, mono float32: room noise (deterministic: white plus a low
     rumble, about EXAM_ROOM_NOISE_DBFS RMS) and one spoken remark at EXAM_ROOM_SPEECH_AT_S (without espeak-ng,
     the room alone, with a warning)."""
@@ -143,13 +143,15 @@ def exam_room_pcm(rate: int = 48_000) -> np.ndarray:
     rumble -= _moving_average(rumble, 2401)  # a fan's rumble, no DC drift
     rumble /= np.sqrt(np.mean(rumble ** 2))
     room = (white * 0.6 + rumble * 0.8) * 10 ** (EXAM_ROOM_NOISE_DBFS / 20)  # RMS: 1.0 x the room level
-    speech = _espeak(EXAM_ROOM_SPEECH, rate)
-    if speech is None:
+    if not speech:  # a candidate who says nothing
+        return room.astype(np.float32)
+    remark = _espeak(EXAM_ROOM_SPEECH, rate)
+    if remark is None:
         log.warning("espeak-ng is not installed: the synthetic candidates' audio is a quiet room without speech")
     else:
-        speech = speech * 10 ** (EXAM_ROOM_SPEECH_RMS_DBFS / 20) / np.sqrt(np.mean(speech.astype(np.float64) ** 2))
+        remark = remark * 10 ** (EXAM_ROOM_SPEECH_RMS_DBFS / 20) / np.sqrt(np.mean(remark.astype(np.float64) ** 2))
         at = int(EXAM_ROOM_SPEECH_AT_S * rate)
-        room[at:at + len(speech)] += speech[:n - at]
+        room[at:at + len(remark)] += remark[:n - at]
     return room.astype(np.float32)
 
 
@@ -161,14 +163,14 @@ def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
     return (sums[hi] - sums[lo]) / (hi - lo)
 
 
-@functools.lru_cache(maxsize=1)
-def _exam_room_packets() -> tuple[bytes, ...]:
+@functools.lru_cache(maxsize=2)
+def _exam_room_packets(speech: bool = True) -> tuple[bytes, ...]:
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate = 48_000
     codec.layout = "mono"
     codec.format = "s16"
     codec.bit_rate = 32_000
-    pcm = (np.clip(exam_room_pcm(), -1, 1) * 32767).astype(np.int16)
+    pcm = (np.clip(exam_room_pcm(speech=speech), -1, 1) * 32767).astype(np.int16)
     packets: list[bytes] = []
     samples = 960  # 20 ms
     for i in range(len(pcm) // samples):
@@ -179,9 +181,10 @@ def _exam_room_packets() -> tuple[bytes, ...]:
     return tuple(packets)
 
 
-def exam_room_audio() -> list[bytes]:
-    """The exam-room track as 20-ms Opus packets (module doc); built once per process (~1 s), then copied."""
-    return list(_exam_room_packets())
+def exam_room_audio(speech: bool = True) -> list[bytes]:
+    """The exam-room track as 20-ms Opus packets (module doc); built once per process (~1 s), then copied.
+    speech=False: the room alone (a candidate who says nothing)."""
+    return list(_exam_room_packets(speech))
 
 
 def _audio_start(clip: EncodedClip, nth: int) -> int:

@@ -11,7 +11,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from bench.synthetic import connect_sender, encode_clip
+from bench.synthetic import connect_sender, encode_clip, exam_room_audio
 from media_server.node import MediaNode
 from proctor.context import Context
 from proctor.redis import LIVE_CHANNEL
@@ -60,6 +60,7 @@ async def test_scripted_video_produces_exactly_the_expected_events(
     scenes = _scenes()
     frames = [scenes[what] for start, end, what in SCRIPT for _ in range(int((end - start) * FPS))]
     clip = await asyncio.to_thread(encode_clip, frames, FPS, 400_000, FPS)
+    clip.audio = exam_room_audio(speech=False)  # the script is visual: this candidate says nothing
 
     session = await create_session(web_server.url, admin_token, candidate="Scripted Candidate")
     sid, token = session["id"], session["join_url"].rsplit("/", 1)[1]
