@@ -23,11 +23,26 @@ Measured false faces at that minimum: 2 of 131 face-free frames as before (both 
 
 The graphs are shared by every stream of the process through one small pool per model (a mediapipe graph is
 not thread-safe); the identity detector and the pre-check use `detect_faces` too.
+
+Cadence of the full-range model on a live stream (FACES_FULL_RANGE_INTERVAL_S, 1 s by default; 0: both models on
+every frame). The full-range model is two thirds of a frame's cost, and on most frames of an exam the short-range
+model already sees the candidate, so `FullRangeCadence` (one per stream: a FaceDetector is built per stream) runs it
+only where it can change the answer: when the short-range model finds no face (no_face is confirmed by both), when it
+finds two or more (multiple_people is decided on both models' merged faces, which may drop a part of a face) or one
+and a weaker detection under the minimum (often a small face the full-range model scores well), when
+the last full-range pass found a face the short-range one did not (a small face in view: both models on every frame
+while it lasts), on a poor picture (its retry on the enhanced copy runs both, as before), and otherwise once per
+interval, each drawn at random from 0.5x-1.5x of it, so a small second face appearing in the background is seen
+within 1.5 s, before the multiple_people rule (2 s) could have started anyway. `detect_faces` and
+`detect_faces_in` (single pictures: identity, the pre-check, bench/quality) always run both models: a photo has no
+history.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -61,6 +76,10 @@ PART_AREA = 0.25
 # Normal frames never pay for it; a poor one pays a second pass of both models (~10-15 ms at 640x480).
 RETRY_CLAHE_CLIP = 4.0
 RETRY_CLAHE_TILES = 4
+# Live streams (FullRangeCadence): each interval between periodic full-range passes is drawn uniformly from
+# (1 - JITTER) to (1 + JITTER) times FACES_FULL_RANGE_INTERVAL_S.
+JITTER = 0.5
+EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -221,6 +240,67 @@ def detect_faces_in(rgb: np.ndarray, quality: ImageQuality | None = None) -> lis
     return faces
 
 
+def _entropy_rng() -> random.Random:
+    return random.Random(os.urandom(16))
+
+
+@dataclass
+class FullRangeCadence:
+    """Which of one stream's frames the full-range model runs on too (see the module doc). A stream's faces detector
+    has one frame in flight at a time, so the state is only ever touched by one analysis thread at a time."""
+
+    interval_s: float  # 0: every frame
+    fps: float  # the detector's frame rate: a periodic pass takes the frame nearest its due time
+    rng: random.Random = field(default_factory=_entropy_rng)
+    next_full: float | None = None  # None: the next frame gets it (a stream's first frame has no history)
+    last_t: float | None = None
+    small_face: bool = False  # the last full-range pass found a face the short-range model did not
+    frames: int = 0
+    full_runs: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # why the full-range model ran, and how often
+
+    def why_full(self, t: float, short: list[Face], min_score: float) -> str | None:
+        """Why the frame at media time t needs the full-range model as well, given the short-range model's faces
+        (None: the short-range model's answer stands)."""
+        seen = sum(1 for face in short if face.score >= min_score)
+        if self.interval_s <= 0:
+            return "every_frame"
+        if seen == 0:
+            return "no_face"  # nobody, or a face only the full-range model finds: no_face needs both
+        if seen >= 2:
+            return "several_faces"  # multiple_people is decided on both models' merged faces
+        if len(short) > seen:
+            # A second detection under the minimum: often a small face the full-range model scores well (a group
+            # photo's second face: 0.54 short-range, 0.88 full-range).
+            return "weak_face"
+        if self.small_face:
+            return "small_face"  # a face only the full-range model sees is in view: keep looking at it
+        if self.next_full is None or self.last_t is None or t < self.last_t:
+            return "interval"  # first frame, or the timeline restarted
+        if t + 0.5 / max(self.fps, 0.01) + EPS >= self.next_full:
+            return "interval"
+        return None
+
+    def ran(self, t: float, why: str | None, faces: list[Face], short_seen: int | None, min_score: float) -> None:
+        """The frame's result: `why` (None: the short-range model alone ran), the faces found, and how many of them
+        the short-range model saw on its own (None: not known, on a poor picture's retry)."""
+        self.frames += 1
+        self.last_t = t
+        if why is None:
+            return
+        self.full_runs += 1
+        self.reasons[why] = self.reasons.get(why, 0) + 1
+        # The full-range model changed the count: a face only it sees at the minimum score (one the short-range
+        # model saw weakly, below the minimum, counts too: the merged face takes the better score).
+        seen = sum(1 for face in faces if face.score >= min_score)
+        self.small_face = seen != short_seen if short_seen is not None else \
+            any(face.model.startswith("full") and face.score >= min_score for face in faces)
+        self.next_full = t + self.interval_s * self.rng.uniform(1.0 - JITTER, 1.0 + JITTER)
+
+    def stats(self) -> dict[str, Any]:
+        return {"frames": self.frames, "full_range": self.full_runs, "reasons": dict(self.reasons)}
+
+
 def quality_signal(quality: ImageQuality) -> Signal:
     details = {"problem": quality.problem, "brightness": quality.brightness, "contrast": quality.contrast,
                "sharpness": quality.sharpness, "message": quality.message}
@@ -233,6 +313,7 @@ class FaceDetector(Detector):
     def __init__(self, settings: Settings) -> None:
         self.fps = settings.faces_fps
         self.min_score = settings.face_min_score
+        self.cadence = FullRangeCadence(settings.faces_full_range_interval_s, settings.faces_fps)
         self._error: str | None = None
 
     def load(self) -> None:
@@ -250,9 +331,27 @@ class FaceDetector(Detector):
     def count(self, rgb: np.ndarray) -> list[Face]:
         return [face for face in detect_faces_in(rgb) if face.score >= self.min_score]
 
+    def faces(self, rgb: np.ndarray, quality: ImageQuality, media_time_s: float) -> list[Face]:
+        """Every face found in a live frame (best first), the full-range model run as `cadence` says: a poor
+        picture gets both models and the retry (`detect_faces_in`), any other frame the short-range model, and the
+        full-range one too when it can change the answer."""
+        rgb = np.ascontiguousarray(rgb)
+        short_seen: int | None = None
+        if quality.poor:
+            why: str | None = "poor_image"
+            found = detect_faces_in(rgb, quality)
+        else:
+            short = _detect(rgb, SHORT_RANGE)
+            short_seen = sum(1 for face in short if face.score >= self.min_score)
+            why = self.cadence.why_full(media_time_s, short, self.min_score)
+            found = _merge(short, _detect(rgb, FULL_RANGE) if why is not None else [])
+            found.sort(key=lambda face: face.score, reverse=True)
+        self.cadence.ran(media_time_s, why, found, short_seen, self.min_score)
+        return found
+
     def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
         quality = assess(rgb)
-        found = detect_faces_in(rgb, quality)
+        found = self.faces(rgb, quality, media_time_s)
         faces = [face for face in found if face.score >= self.min_score]
         scores = [round(face.score, 3) for face in faces]
         boxes = [[round(v, 1) for v in face.box] for face in faces]

@@ -32,6 +32,19 @@ The threshold (IDENTITY_THRESHOLD, 0 by default) is `CALIBRATED` for the model a
 bench/quality's labelled set with the policy of `bench.quality.metrics.calibrate`; DeepFace's tuned value for
 any other pair.
 
+Cadence (IDENTITY_STABLE_INTERVAL_S, 30 s by default; at most IDENTITY_INTERVAL_S: a check every
+IDENTITY_INTERVAL_S as before). A check costs ~240 ms of CPU (both face models and the embedding), so a candidate
+who keeps matching is checked rarely, and one who may have changed at once. `IdentityCadence` checks every
+IDENTITY_INTERVAL_S during the enrolment window, after a failed check (core/rules.py starts identity_mismatch on
+two failed checks in a row: the second comes as fast as before), after a check that gave no answer (no face, a
+poor picture, a face too small) and until two checks in a row matched with one face in view; then every
+IDENTITY_STABLE_INTERVAL_S, each interval drawn at random from 0.5x-1.5x of it. The faces detector's signals on the
+same stream (analyzers/live.py passes them to `hint`) bring the next check forward to the next frame: the face
+coming back after none was seen, the number of faces changing, the face moving or changing size beyond what
+sitting still explains (JUMP_SHIFT, JUMP_SCALE), a poor picture ending. A hinted check never comes sooner than
+IDENTITY_INTERVAL_S after the last check, so a flickering face count cannot check more often than before; while the
+faces detector sees nobody there is nothing to check and none is made (the return brings one).
+
 Offline rules: the weights file is checked *before* DeepFace builds the model (otherwise DeepFace tries to
 download it), and the embedding process sets $DEEPFACE_HOME before it imports deepface (it creates its folders
 at import and reads the variable again whenever it looks for weights).
@@ -41,6 +54,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import random
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -199,6 +214,148 @@ def is_frontal(face: Face) -> bool:
     return abs(roll) <= MAX_ROLL_DEG and abs(side) <= MAX_NOSE_OFFSET and drop >= MIN_NOSE_DROP
 
 
+# The adaptive cadence (IdentityCadence).
+CADENCE_JITTER = 0.5  # each stable interval is drawn uniformly from (1 - JITTER) to (1 + JITTER) times its mean
+STABLE_AFTER_MATCHES = 2  # consecutive matches before checks become rare (the rule ends a mismatch on two)
+# Frames offered per second while adaptive, of which `wants` picks the ones to check: a hinted check waits at most
+# one such frame. Offering a frame that is not wanted costs a call on the event loop and nothing else.
+WAKE_FPS = 2.0
+# The face moved: its centre more than this many face widths from the last checked face's, or its width changed by
+# more than this factor. Sitting and leaning stay within it most of the time; a person sitting down in another's
+# place rarely does.
+JUMP_SHIFT = 0.5
+JUMP_SCALE = 1.5
+CADENCE_EPS = 1e-6
+Box = tuple[float, float, float, float]
+
+
+def _entropy_rng() -> random.Random:
+    return random.Random(os.urandom(16))
+
+
+def _jumped(box: Box, last: Box) -> bool:
+    width, last_width = box[2] - box[0], last[2] - last[0]
+    if width <= 0 or last_width <= 0:
+        return True
+    shift = math.hypot((box[0] + box[2] - last[0] - last[2]) / 2, (box[1] + box[3] - last[1] - last[3]) / 2)
+    return shift > JUMP_SHIFT * last_width or not 1 / JUMP_SCALE <= width / last_width <= JUMP_SCALE
+
+
+@dataclass
+class IdentityCadence:
+    """When one stream's identity is checked (media times; see the module doc). `due` and `hint` run on the event
+    loop, `checked` on an analysis thread, hence the lock."""
+
+    interval_s: float  # IDENTITY_INTERVAL_S
+    stable_s: float  # IDENTITY_STABLE_INTERVAL_S
+    fps: float  # the frames offered per second
+    rng: random.Random = field(default_factory=_entropy_rng)
+    next_check: float | None = None  # None: the next frame offered
+    hinted_at: float | None = None  # a hint's time, until a check of a later frame covers it
+    hint_due: float | None = None
+    last_check: float | None = None  # the last frame taken
+    face_box: Box | None = None  # the last checked face's box, in frame coordinates
+    matches: int = 0  # consecutive matched checks (checks without an answer leave it)
+    stable: bool = False  # the next check is a rare one
+    faces_seen: int | None = None  # the faces detector's latest count (None: it has said nothing)
+    poor: bool = False  # the faces detector's latest poor_image state
+    checks: int = 0
+    hinted: int = 0  # checks a hint brought forward
+    rare: int = 0  # checks made at the stable cadence
+    intervals: list[float] = field(default_factory=list)  # the last drawn intervals (tests, stats)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.stable_s > self.interval_s
+
+    def due(self, t: float) -> bool:
+        """Whether to check the frame at media time t (if so, it is taken: counted, and nothing else is due until its
+        result is in, unless a hint comes meanwhile)."""
+        if not self.adaptive:
+            with self._lock:
+                self.checks += 1
+            return True  # the sampler offers one frame per IDENTITY_INTERVAL_S: each is checked, as before
+        half = 0.5 / max(self.fps, 0.01)  # scheduled checks take the frame nearest their time, so the mean holds
+        with self._lock:
+            if self.last_check is not None and t <= self.last_check + CADENCE_EPS:
+                return False
+            if self.faces_seen == 0:
+                return False  # nobody in view (the faces detector flags that); the face coming back is a hint
+            hinted = self.hint_due is not None and t + CADENCE_EPS >= self.hint_due
+            scheduled = self.next_check is None or t + half + CADENCE_EPS >= self.next_check
+            if not (hinted or scheduled):
+                return False
+            self.checks += 1
+            if hinted and not scheduled:
+                self.hinted += 1
+            elif self.stable:
+                self.rare += 1
+            self.last_check = t
+            if self.hinted_at is not None and t + CADENCE_EPS >= self.hinted_at:
+                self.hinted_at = self.hint_due = None  # a frame after the hint: this check answers it
+            self.next_check = t + self.interval_s  # until `checked` sets it from the result
+            return True
+
+    def checked(self, t: float, outcome: str, box: Box | None, faces: int, enrolling: bool) -> None:
+        """A check's result: `outcome` is an IdentityStats field name (or "no_reference"), `box` the checked face's
+        box, `faces` how many faces the check saw, `enrolling` whether it fell in the enrolment window."""
+        with self._lock:
+            if outcome == "matched":
+                self.matches += 1
+            elif outcome == "mismatched":
+                self.matches = 0
+            if box is not None:
+                self.face_box = box
+            self.stable = self.adaptive and outcome == "matched" and self.matches >= STABLE_AFTER_MATCHES \
+                and faces == 1 and not enrolling
+            if self.stable:
+                interval = self.stable_s * self.rng.uniform(1.0 - CADENCE_JITTER, 1.0 + CADENCE_JITTER)
+                self.intervals = [*self.intervals[-49:], interval]
+            else:
+                interval = self.interval_s
+            self.next_check = t + interval
+
+    def hint(self, kind: str, active: bool, details: dict[str, Any], t: float) -> None:
+        """The faces detector's signal on this stream: a reason to check at once (see the module doc)?"""
+        if not self.adaptive:
+            return
+        with self._lock:
+            why = False
+            if kind == "poor_image":
+                why = self.poor and not active  # a poor picture ended: who is there now?
+                self.poor = active
+            elif kind == "no_face" and isinstance(details.get("faces"), int):
+                count = int(details["faces"])
+                # The face came back, or a face came or went with others in view; a face leaving alone is nothing
+                # to check (nobody is there).
+                why = self.faces_seen is not None and count != self.faces_seen and count > 0
+                self.faces_seen = count
+                boxes = [b for b in details.get("boxes") or [] if isinstance(b, list | tuple) and len(b) == 4]
+                if not why and boxes and self.face_box is not None and count == 1:
+                    largest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+                    why = _jumped((float(largest[0]), float(largest[1]), float(largest[2]), float(largest[3])),
+                                  self.face_box)
+            if not why:
+                return
+            # Never sooner than IDENTITY_INTERVAL_S after the last check (while nobody is in view none is made, so
+            # that is the last one before the face left): a flickering face count cannot check more often than before.
+            soonest = t if self.last_check is None else max(t, self.last_check + self.interval_s)
+            self.hint_due = soonest if self.hint_due is None else min(self.hint_due, soonest)
+            self.hinted_at = t if self.hinted_at is None else max(self.hinted_at, t)
+
+    def reset(self) -> None:
+        """A new reference photo: check the next frame, and confirm the candidate anew."""
+        with self._lock:
+            self.next_check, self.matches, self.stable = None, 0, False
+
+    def stats(self) -> dict[str, int]:
+        """`scans`: the frames chosen for a check, which media_server/node.py reports as the frames due (the slot is
+        offered WAKE_FPS frames a second and analyses only these)."""
+        with self._lock:
+            return {"scans": self.checks, "hinted": self.hinted, "rare": self.rare}
+
+
 @dataclass(frozen=True)
 class Reference:
     embedding: np.ndarray
@@ -252,7 +409,12 @@ class IdentityDetector(Detector):
     def __init__(self, settings: Settings) -> None:
         self.model_name = settings.identity_model
         self.metric = settings.identity_metric
+        self.cadence = IdentityCadence(settings.identity_interval_s, settings.identity_stable_interval_s, WAKE_FPS)
+        # The sampler's rate: one frame per check without the adaptive cadence (as before); with it, WAKE_FPS
+        # frames a second, of which `wants` picks the ones to check.
         self.fps = 1.0 / max(settings.identity_interval_s, 0.1)
+        if self.cadence.adaptive:
+            self.fps = max(self.fps, WAKE_FPS)
         self.threshold = settings.identity_threshold  # 0: `calibrated_threshold`, looked up in load()
         self.min_face_score = settings.face_min_score
         self.models_home = settings.models_home  # DeepFace's home
@@ -405,6 +567,7 @@ class IdentityDetector(Detector):
         with self._lock:
             self._state = _State(photo_given=True, references=references, generation=self._state.generation + 1,
                                  stats=self._state.stats)
+        self.cadence.reset()
         return found is not None
 
     def compare(self, rgb: np.ndarray) -> float | None:
@@ -428,25 +591,49 @@ class IdentityDetector(Detector):
             stats.checks += 1
             setattr(stats, outcome, getattr(stats, outcome) + 1)
 
+    # --- cadence (IdentityCadence): the frame slot's protocol (analyzers/live.py) ----------------------
+    def wants(self, media_time_s: float) -> bool:
+        """Whether the frame offered at this media time is to be checked (the caller then calls analyze)."""
+        return self.cadence.due(media_time_s)
+
+    def hint(self, signal: Signal, media_time_s: float) -> None:
+        """Another detector's signal on this stream (the faces detector's no_face details carry its count and
+        boxes)."""
+        self.cadence.hint(signal.kind, signal.active, signal.details, media_time_s)
+
     def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
+        signals, outcome, found = self._check(rgb, media_time_s)
+        with self._lock:
+            start = self._state.enrol_from
+        enrolling = start is None or media_time_s - start <= ENROL_WINDOW_S
+        box: Box | None = None
+        if found is not None and found.face is not None:
+            height, width = rgb.shape[:2]
+            x1, y1, x2, y2 = found.face.box
+            box = (max(0.0, x1), max(0.0, y1), min(x2, float(width)), min(y2, float(height)))
+        self.cadence.checked(media_time_s, outcome, box, len(found.faces) if found is not None else 0, enrolling)
+        return signals
+
+    def _check(self, rgb: np.ndarray, media_time_s: float) -> tuple[list[Signal], str, Look | None]:
+        """One check: its signals, its outcome (an IdentityStats field, or "no_reference") and what it saw."""
         with self._lock:
             state = self._state
             if state.photo_given and state.references and state.enrol_from is None:
                 state.enrol_from = media_time_s
             given, references, generation = state.photo_given, state.references, state.generation
         if not given:
-            return []  # nothing to check against yet: not counted
+            return [], "no_reference", None  # nothing to check against yet: not counted
         if self.skips(rgb):
             # Not evidence either way (and never enrolled): the faces detector raises poor_image for it.
             self._count("poor_image")
-            return []
+            return [], "poor_image", None
         found = self.look(rgb)
         if found.face is None:
             self._count("no_face")
-            return []  # the faces detector reports that
+            return [], "no_face", found  # the faces detector reports that
         if not found.usable or not references:
             self._count("unembeddable")
-            return []  # not evidence either way: neither a mismatch nor a match
+            return [], "unembeddable", found  # not evidence either way: neither a mismatch nor a match
         embedding = self.embed_face(rgb, found.face)
         dist, index = best_distance([r.embedding for r in references], embedding, self.metric)
         mismatch = dist > self.threshold
@@ -463,7 +650,8 @@ class IdentityDetector(Detector):
         x1, y1, x2, y2 = found.face.box  # whole: it may reach outside the frame, the evidence box may not
         box = [round(max(0.0, x1), 1), round(max(0.0, y1), 1), round(min(x2, width), 1), round(min(y2, height), 1)]
         # 0.5 at the threshold, 1.0 at twice the threshold.
-        return [Signal("identity_mismatch", mismatch, clamp01(dist / (2 * self.threshold)), details, box=box)]
+        signal = Signal("identity_mismatch", mismatch, clamp01(dist / (2 * self.threshold)), details, box=box)
+        return [signal], "mismatched" if mismatch else "matched", found
 
     # --- enrolment ---------------------------------------------------------------------------------
     def enrol_reason(self, found: Look, photo_distance: float, media_time_s: float) -> str | None:

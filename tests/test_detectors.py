@@ -412,7 +412,8 @@ def test_build_detectors_skips_unavailable_ones(models_home: Path, phone_model: 
     detectors = build_detectors(settings)
     assert [d.name for d in detectors] == ["faces", "gaze", "identity", "voice"]  # voice: audio, no frames
     assert "PHONE_MODEL_PATH" in detectors.unavailable["phone"]
-    assert [d.fps for d in detectors] == [4.0, 4.0, 0.2, 0.0]
+    # identity: the frames offered to its adaptive cadence (analyzers/identity.py WAKE_FPS), which checks few of them
+    assert [d.fps for d in detectors] == [4.0, 4.0, 2.0, 0.0]
     status = detector_status(detectors)
     assert status["phone"]["ok"] is False and status["faces"]["ok"] is True
 
@@ -432,7 +433,8 @@ def test_detectors_and_rules_read_the_settings(tmp_path: Path) -> None:
     new = replace(defaults, identity_model="Facenet", phone_model_path="/m.onnx", analyzers_enabled=("faces",),
                   faces_fps=2.0, gaze_yaw_deg=25.0, identity_interval_s=10.0, event_timing="no_face=5/1")
     identity, gaze, phone = IdentityDetector(new), GazeDetector(new), PhoneDetector(new)
-    assert (identity.model_name, identity.fps, identity.weights_dir) == ("Facenet", 0.1, new.deepface_weights_dir)
+    assert (identity.model_name, identity.cadence.interval_s, identity.weights_dir) == \
+        ("Facenet", 10.0, new.deepface_weights_dir)
     assert (gaze.yaw_threshold, phone.path) == (25.0, "/m.onnx")
     [faces] = build_detectors(new)
     assert (faces.name, faces.fps) == ("faces", 2.0)

@@ -89,9 +89,13 @@ def guarded(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 # --- faces and poor image ---------------------------------------------------------------------------------------
 def run_faces(photos: list[Photo], settings: Any) -> dict[str, Any]:
+    from dataclasses import replace
+
     from analyzers.faces import FaceDetector
 
-    detector = FaceDetector(settings)
+    # Each photo is a picture of its own, not the next frame of one stream: both face models on every one, as on a
+    # stream's first frame (a live stream's full-range cadence is measured by tests/test_faces_cadence.py).
+    detector = FaceDetector(replace(settings, faces_full_range_interval_s=0.0))
     detector.load()
     per_image = []
     for i, photo in enumerate(photos):
