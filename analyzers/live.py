@@ -33,7 +33,7 @@ from core.live import EventAlert
 from core.rules import EventChange, EventRules, browser_signal_to_condition
 from core.sensitivity import STANDARD, Sensitivity
 from media_server.outlets import Stream
-from proctor import metrics
+from proctor import metrics, priority
 from proctor.context import Context
 from proctor.db import DB_UNAVAILABLE
 from proctor.redis import THUMBNAIL_KEY
@@ -548,11 +548,13 @@ class Analysis:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.executor = ThreadPoolExecutor(max_workers=ANALYSIS_THREADS, thread_name_prefix="analyze")
+        self.executor = ThreadPoolExecutor(max_workers=ANALYSIS_THREADS, thread_name_prefix="analyze",
+                                           initializer=priority.lower_this_thread)
         # Heavy detectors (identity, phone) apart: with both cores busy, identity's wait on its niced embedding
         # process held one of the two analysis threads for seconds and the faces alerts of a scripted candidate
         # came 3.5 s late at p95 (tests/test_analysis_pipeline.py under `make test-under-load`).
-        self.heavy_executor = ThreadPoolExecutor(max_workers=HEAVY_THREADS, thread_name_prefix="analyze-heavy")
+        self.heavy_executor = ThreadPoolExecutor(max_workers=HEAVY_THREADS, thread_name_prefix="analyze-heavy",
+                                                 initializer=priority.lower_this_thread)
         self.streams: dict[str, StreamAnalysis] = {}
         self.unavailable: dict[str, str] = {}
         self.latency_ms: deque[float] = deque(maxlen=2000)

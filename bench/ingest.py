@@ -61,7 +61,10 @@ def start_system(data_dir: Path, port: int, settings: dict[str, str] | None = No
                  ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(PROCTOR_DATA_DIR=str(data_dir), ICE_HOST_ADDRESSES="127.0.0.1", ICE_ALLOW_PRIVATE_CANDIDATES="true",
-               MEDIA_NODE_PORT="0", MEDIA_NODE_CAPACITY="500", LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+               MEDIA_NODE_PORT="0", MEDIA_NODE_CAPACITY="500", LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+               # The benchmark finds what a node carries: admission by load would refuse the streams past its
+               # headroom (--set ADMISSION=load to see where it stops).
+               ADMISSION="count")
     env.update(settings or {})  # --set: the levers a run turns on or off
     _remember_node_key(env)
     proc = subprocess.Popen([sys.executable, "-m", "proctor", "up", "--port", str(port)], cwd=ROOT, env=env,
@@ -96,11 +99,14 @@ def admin_token(urls: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def start_media_node(data_dir: Path, urls: dict[str, str]) -> subprocess.Popen[str]:
+def start_media_node(data_dir: Path, urls: dict[str, str], settings: dict[str, str] | None = None,
+                     ) -> subprocess.Popen[str]:
     """One more media node beside the one `proctor up` runs, on the same Postgres, Redis and data dir."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(urls, PROCTOR_DATA_DIR=str(data_dir), ICE_HOST_ADDRESSES="127.0.0.1",
-               ICE_ALLOW_PRIVATE_CANDIDATES="true", MEDIA_NODE_PORT="0", MEDIA_NODE_CAPACITY="500", LOG_LEVEL="WARNING")
+               ICE_ALLOW_PRIVATE_CANDIDATES="true", MEDIA_NODE_PORT="0", MEDIA_NODE_CAPACITY="500", LOG_LEVEL="WARNING",
+               ADMISSION="count")
+    env.update(settings or {})  # the same --set as the first node
     return subprocess.Popen([sys.executable, "-m", "proctor", "media"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -432,7 +438,7 @@ async def _run(args: argparse.Namespace, base: str, data_dir: Path, urls: dict[s
     try:
         async with aiohttp.ClientSession() as http:
             await nodes_info(http, base, token)  # the first node is up: the schema and storage exist
-            extra = [start_media_node(data_dir, urls) for _ in range(args.nodes - 1)]
+            extra = [start_media_node(data_dir, urls, _settings(args.set)) for _ in range(args.nodes - 1)]
             nodes = await nodes_info(http, base, token, args.nodes)
         urls_ = [node["url"] for node in nodes]
         loads = await page_loads(base, token, urls_, args.reloads) if args.reloads else []

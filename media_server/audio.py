@@ -44,6 +44,7 @@ import av.error
 import numpy as np
 
 from media_server.outlets import AudioSubscriber
+from proctor import priority
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class AudioDecodePool:
 
     # --- the decoding thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
+        priority.lower_this_thread()  # audio decoding feeds only the voice detector: RTP comes first
         while True:
             batch = [self._queue.get()]
             while len(batch) < BATCH:

@@ -7,7 +7,9 @@ session's media time so a reconnect on any node continues the same timeline.
 Every call to that API must be signed (proctor/nodeauth.py: HMAC with a key derived from SECRET_KEY), else
 401; it binds to loopback unless MEDIA_NODE_HOST says otherwise. The node never carries more than
 MEDIA_NODE_CAPACITY streams: an offer takes its slot before the first await (503 when none is left), so
-concurrent offers cannot all pass one check.
+concurrent offers cannot all pass one check. With ADMISSION=load (the default) it also measures its load at every
+heartbeat (media_server/admission.py: CPU of its process tree, event-loop lag, analysis rate achieved), reports its
+headroom in streams, and refuses an offer with 503 when its latest measurement leaves none.
 
 SIGTERM or `POST /drain` drains the node (media_server/drain.py): no new offer, candidates kept until they
 finish or DRAIN_TIMEOUT_S, then moved to other nodes; the process exits 0 after. SIGINT stops it at once.
@@ -26,6 +28,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +38,7 @@ from core.live import ConnectionState
 from core.nodes import NodeInfo
 from core.offers import OfferError
 from core.sessions import OPEN_STATUSES, parse_id
+from media_server.admission import FLOWING_S, Counter, Limits, Meter, Sample, TreeCpu, lag_p99, usable_cpus
 from media_server.audio import AudioDecodePool
 from media_server.decode import DecodePool
 from media_server.drain import Drain
@@ -49,7 +53,7 @@ from media_server.intervention import InterventionError, Interventions
 from media_server.outlets import Plugin
 from media_server.sdp import screen_offer, tune_answer
 from media_server.stream import CandidateStream
-from media_server.udp import install_batched_reads
+from media_server.udp import install_batched_reads, install_rtp_fast_path
 from proctor import metrics, nodeauth
 from proctor.context import Context
 from proctor.http import error
@@ -97,6 +101,11 @@ class LoopLag:
             await asyncio.sleep(0.05)
             self.samples.append(max(0.0, loop.time() - started - 0.05) * 1000)
 
+    def p99_recent(self, seconds: float) -> float:
+        """p99 of the wake-ups of about the last `seconds` (admission's window; the summary's is ~10 s)."""
+        count = max(1, int(seconds / 0.05))
+        return lag_p99(list(self.samples)[-count:])
+
     def summary(self) -> dict[str, float]:
         ordered = sorted(self.samples)
         if not ordered:
@@ -117,21 +126,25 @@ class MediaNode:
         self._key = nodeauth.node_key(self.settings)
         self.plugins: list[Plugin] = list(plugins or [])
         self.decode_pool = DecodePool()
-        self.audio_pool = AudioDecodePool()  # the voice detector's Opus decoding, one thread for all streams
+        # The voice detector's Opus decoding, one thread for all streams.
+        self.audio_pool = AudioDecodePool(self.settings.audio_decoder)
         self._tasks: list[asyncio.Task[Any]] = []
         self._watchers: set[asyncio.Task[Any]] = set()
         self.loop_lag = LoopLag()
         self.interventions = Interventions(ctx)
+        # Admission by measured load (media_server/admission.py): a sample at every heartbeat.
+        self.meter = Meter(Limits.from_settings(self.settings), usable_cpus(self.settings.admission_cpus))
+        self._tree_cpu: TreeCpu | None = None  # made by the first heartbeat
         # /metrics (proctor/metrics.py) reads the streams at scrape time; ended ones are retired into its totals.
         self.metrics = metrics.NodeCollector(self, self.settings.media_node_capacity, self.loop_lag.summary,
-                                             lambda: self.drain.active)
+                                             lambda: self.drain.active, admission=self._admission_figures)
         # SIGTERM or a signed POST /drain: leave placement, keep the candidates a while, then move them.
         self.drain = Drain(self, ctx.pool, ctx.redis, self.settings.drain_timeout_s,
                            self.settings.drain_move_timeout_s)
-        self._process: Any = None  # psutil.Process, made by the first heartbeat
         install_host_addresses(self.settings.ice_host_addresses)
         install_udp_port_range(self.settings.media_udp_ports)
         install_batched_reads()
+        install_rtp_fast_path(self.settings.rtp_fast_path)  # RTP_FAST_PATH (issue 14)
 
     # --- internal API --------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -164,9 +177,16 @@ class MediaNode:
         # slot for its new connection (a reload).
         if session_id in self._admitting:
             raise error(web.HTTPConflict, "another offer for this session is being answered")
-        if session_id not in self.streams and \
-                len(self.streams.keys() | self._admitting) >= self.settings.media_node_capacity:
-            raise error(web.HTTPServiceUnavailable, "node is full")
+        if session_id not in self.streams:
+            if len(self.streams.keys() | self._admitting) >= self.settings.media_node_capacity:
+                raise error(web.HTTPServiceUnavailable, "node is full")
+            # Signaling placed it on the headroom of the last heartbeat; the node's own latest estimate (and the
+            # streams it admitted since) has the last word.
+            estimate = self.meter.last
+            if self.meter.limits.mode == "load" and estimate is not None:
+                admits, why = estimate.admits(self.streams.keys() | self._admitting)
+                if not admits:
+                    raise error(web.HTTPServiceUnavailable, f"node is full: {why}")
         self._admitting.add(session_id)
         try:
             return await self._admit(session_id, sdp, previous_lost=body.get("previous_lost") is True)
@@ -295,8 +315,10 @@ class MediaNode:
                                  headers={"Cache-Control": "no-store"})
 
     async def handle_stats(self, request: web.Request) -> web.Response:
+        estimate = self.meter.last
         return web.json_response({"node_id": self.node_id, "capacity": self.settings.media_node_capacity,
                                   "drain": self.drain.summary(),
+                                  "admission": estimate.public() if estimate else None,
                                   "loop_lag_ms": self.loop_lag.summary(),
                                   # For the soak's leak check: these must come back down when streams end.
                                   "tasks": len(asyncio.all_tasks()), "threads": threading.active_count(),
@@ -331,16 +353,67 @@ class MediaNode:
         await live.publish_quietly(self.ctx.redis, ConnectionState(session_id=session_id, connection=connection,
                                                                    node=self.node_id))
 
-    async def beat(self) -> None:
-        """Register the node's state now (address, load, whether it drains); raises what Redis raises."""
-        import psutil
+    def measure(self) -> None:
+        """Add a load sample (CPU of the process tree, streams with media, detector counters) and estimate the
+        headroom from the window (media_server/admission.py)."""
+        if self._tree_cpu is None:
+            self._tree_cpu = TreeCpu()
+        now, wall = time.monotonic(), time.time()
+        flowing = frozenset(sid for sid, s in self.streams.items()
+                            if s.stats.last_frame_wall is not None and wall - s.stats.last_frame_wall < FLOWING_S)
+        self.meter.add(Sample(now, self._tree_cpu.seconds(now), frozenset(self.streams), flowing,
+                              self._analysis_counters(flowing)))
+        self.meter.estimate(self.loop_lag.p99_recent(self.meter.limits.window_s), self._admitting)
 
-        if self._process is None:
-            self._process = psutil.Process()
-            self._process.cpu_percent(None)
+    def _analysis_counters(self, flowing: frozenset[str]) -> dict[tuple[str, str], Counter]:
+        """Frames analysed so far and the rate, per (session, detector), of the streams with media: read from the
+        analysis plugin's stats (analyzers/live.py: {"streams": {session: {detector: {"analysed", "fps",
+        "cadence": {"scans"} for a detector that picks its own frames}}}})."""
+        counters: dict[tuple[str, str], Counter] = {}
+        for plugin in self.plugins:
+            try:
+                streams = plugin.stats().get("streams")
+            except Exception:  # a plugin's stats must never stop the heartbeat
+                continue
+            if not isinstance(streams, dict):
+                continue
+            for sid, detectors in streams.items():
+                if sid not in flowing or not isinstance(detectors, dict):
+                    continue
+                for name, figures in detectors.items():
+                    if isinstance(figures, dict) and isinstance(figures.get("analysed"), int) \
+                            and isinstance(figures.get("fps"), (int, float)):
+                        cadence = figures.get("cadence")
+                        scans = cadence.get("scans") if isinstance(cadence, dict) else None
+                        counters[(sid, str(name))] = Counter(figures["analysed"], float(figures["fps"]),
+                                                             scans if isinstance(scans, int) else None)
+        return counters
+
+    def _admission_figures(self) -> dict[str, float] | None:
+        estimate = self.meter.last
+        if estimate is None:
+            return None
+        return {"headroom": estimate.headroom, "cpu_util": estimate.cpu_util, "cpus": estimate.cpus,
+                "stream_cost": estimate.stream_cost, "lag_p99_ms": estimate.lag_p99_ms,
+                "analysis_rate": -1.0 if estimate.analysis_rate is None else estimate.analysis_rate,
+                "by_load": 1.0 if estimate.mode == "load" else 0.0}
+
+    async def beat(self) -> None:
+        """Register the node's state now (address, load, headroom, whether it drains); raises what Redis raises."""
         carried = list(self.streams)
+        try:
+            self.measure()
+        except Exception:  # a measurement failing must not stop the heartbeat: the last estimate stands
+            log.exception("load measurement failed")
+        estimate = self.meter.last
         info = NodeInfo(self.node_id, self.url, len(carried), self.settings.media_node_capacity,
-                        self._process.cpu_percent(None), draining=self.drain.active)
+                        round(100 * estimate.cores, 1) if estimate else 0.0, draining=self.drain.active,
+                        admission=self.meter.limits.mode)
+        if estimate is not None:
+            info = replace(info, headroom=estimate.headroom, cpus=round(estimate.cpus, 2),
+                           cpu_util=round(estimate.cpu_util, 3), stream_cost=round(estimate.stream_cost, 4),
+                           lag_p99_ms=estimate.lag_p99_ms, reason=estimate.reason,
+                           analysis_rate=None if estimate.analysis_rate is None else round(estimate.analysis_rate, 3))
         await register(self.ctx.redis, info, carried)
 
     async def _heartbeat(self) -> None:
@@ -396,8 +469,8 @@ class MediaNode:
         self.url = f"http://{self.settings.media_node_advertise_host or host}:{bound}"
         self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._control()),
                        asyncio.create_task(self.loop_lag.run())]
-        log.info("media node %s serving %s (capacity %d)", self.node_id, self.url,
-                 self.settings.media_node_capacity)
+        log.info("media node %s serving %s (capacity %d, admission by %s, %.2g CPUs)", self.node_id, self.url,
+                 self.settings.media_node_capacity, self.meter.limits.mode, self.meter.cpus)
         return runner
 
     async def stop(self) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from proctor import memory, priority
 from proctor.settings import Settings, SettingsError, example_env, settings_table
 
 if TYPE_CHECKING:  # types only: each room is imported when its sub-command runs
@@ -125,6 +126,10 @@ def cmd_media(args: argparse.Namespace) -> int:
 
     overrides = {"MEDIA_NODE_PORT": str(args.port)} if args.port is not None else {}
     settings = _load_settings(overrides)
+    priority.configure(settings.analysis_nice)
+    if settings.media_malloc_arenas:  # before the node starts its threads
+        memory.limit_arenas(settings.media_malloc_arenas)
+        memory.start_trimming()
     try:
         return media(settings, media_plugins)
     except OSError as exc:
@@ -335,7 +340,11 @@ async def _node_command(settings: Settings, args: argparse.Namespace) -> int:
         nodes = await live_nodes(redis)
         if args.node_command == "list":
             for n in nodes:
-                print(f"{n.node_id}\t{n.url}\t{n.streams}/{n.capacity}\t{'draining' if n.draining else 'serving'}")
+                room = (f"headroom {n.spare} (CPU {100 * n.cpu_util:.0f} % of {n.cpus:g}, "
+                        f"~{100 * n.stream_cost:.0f} % of a core per stream)" if n.by_load else f"room {n.spare}")
+                full = "" if n.draining or n.has_room else f"\tfull: {n.reason or 'at capacity'}"
+                print(f"{n.node_id}\t{n.url}\t{n.streams}/{n.capacity}\t{'draining' if n.draining else 'serving'}"
+                      f"\t{room}{full}")
             return 0
         node = next((n for n in nodes if n.node_id == args.node_id), None)
         if node is None:
@@ -512,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = sub.add_parser("node", help="media nodes: list them; drain one (before an upgrade or a scale-down)")
     node_sub = node.add_subparsers(dest="node_command", required=True)
-    node_sub.add_parser("list", help="live media nodes: id, internal URL, streams/capacity, serving or draining")
+    node_sub.add_parser("list", help="live media nodes: id, internal URL, streams/capacity, headroom, serving, full "
+                                     "or draining")
     drain = node_sub.add_parser(
         "drain", help="stop placing candidates on a node, keep its candidates until they finish or the timeout, "
                       "then move them to other nodes; the node exits when done")

@@ -18,8 +18,10 @@ import threading
 log = logging.getLogger(__name__)
 
 # Nice value of analysis threads (0: no change). 10 gives a nice-0 thread ~10x their share of a contended core.
+# Applied once `configure` is called with the ANALYSIS_NICE setting (`proctor media` does, proctor/cli.py): a
+# program that embeds a node without it (the tests' in-process nodes) keeps every thread at its priority.
 ANALYSIS_NICE = 10
-_nice = ANALYSIS_NICE
+_nice = 0
 
 
 def configure(nice: int) -> None:

@@ -55,6 +55,13 @@ def _float(lo: float | None = None) -> Callable[[str], float]:
     return parse
 
 
+def _fraction(raw: str) -> float:
+    value = _float(0.0)(raw)
+    if not 0 < value <= 1:
+        raise ValueError(f"must be more than 0 and at most 1, got {value}")
+    return value
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -93,6 +100,20 @@ def _url(*schemes: str, empty_ok: bool = True) -> Callable[[str], str]:
 
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _gate_dbfs(raw: str) -> float | None:
+    """A level in dBFS (-120 to 0), or `off` (None): the voice detector's energy gate."""
+    value = raw.strip().lower()
+    if value in ("off", "none", ""):
+        return None
+    try:
+        level = float(value)
+    except ValueError:
+        raise ValueError(f"expected a level in dBFS (e.g. -55) or off, got {raw!r}") from None
+    if not -120.0 <= level <= 0.0:  # also refuses nan and inf
+        raise ValueError(f"expected a level between -120 and 0 dBFS (or off), got {raw!r}")
+    return level
 
 
 def _ice_servers(raw: str) -> tuple[dict[str, Any], ...]:
@@ -254,6 +275,11 @@ class Settings:
         "UDP port range a media node's ICE sockets bind in, FIRST-LAST (e.g. 50000-50999), for firewalls and "
         "Kubernetes hostPorts; each candidate's connection takes one port (the same on every host address), one "
         "more with TURN_URLS. Empty: any port.")
+    rtp_fast_path: bool = _setting(
+        "RTP_FAST_PATH", "true", _bool,
+        "A media node receives RTP through leaner replacements of aiortc's per-packet methods (the same frames, "
+        "statistics and RTCP, checked against aiortc 1.16.0; refused on another version); false: aiortc's own, "
+        "for before/after measurements (python -m bench.rtp_path).")
     ice_transport_policy: str = _setting(
         "ICE_TRANSPORT_POLICY", "all", _choice("all", "relay"),
         "The candidate page's iceTransportPolicy: all, or relay (only TURN-relayed paths; needs TURN).")
@@ -276,8 +302,43 @@ class Settings:
         "Empty: MEDIA_NODE_HOST.")
     media_node_port: int = _setting(
         "MEDIA_NODE_PORT", "8090", _int(0, 65535), "Port of a media node's internal API (0: any free port).")
+    analysis_nice: int = _setting(
+        "ANALYSIS_NICE", "10", _int(0, 19),
+        "Scheduling niceness of a media node's analysis threads (decoding for the detectors, detectors, audio "
+        "analysis): on an overloaded machine the event loop carrying RTP and the archive keep the CPU and analysis "
+        "gives way, seen as a lower analysis rate (proctor/priority.py). 0: same priority as the media.")
+    media_malloc_arenas: int = _setting(
+        "MEDIA_MALLOC_ARENAS", "2", _int(0, 64),
+        "glibc malloc arenas a media node may use, and a malloc_trim every 30 s, so its memory stays flat over a "
+        "day of streams (proctor/memory.py). 0: glibc's defaults, no trimming.")
     media_node_capacity: int = _setting(
-        "MEDIA_NODE_CAPACITY", "24", _int(1), "Streams one media node accepts before signaling skips it.")
+        "MEDIA_NODE_CAPACITY", "24", _int(1),
+        "Most streams one media node accepts: a ceiling; with ADMISSION=load it admits by measured load below it.")
+    admission: str = _setting(
+        "ADMISSION", "load", _choice("load", "count"),
+        "How a media node admits streams: load (its measured CPU, event-loop lag and analysis rate leave room: "
+        "media_server/admission.py) or count (up to MEDIA_NODE_CAPACITY only, the behaviour before issue 14).")
+    admission_cpu_target: float = _setting(
+        "ADMISSION_CPU_TARGET", "0.8", _fraction,
+        "ADMISSION=load: share of its CPUs (affinity, cgroup quota or ADMISSION_CPUS) a media node fills, 0-1.")
+    admission_cpus: float = _setting(
+        "ADMISSION_CPUS", "0", _float(0.0),
+        "CPUs one media node may count as its own; 0: its CPU affinity, lowered by a cgroup cpu.max quota. Set it "
+        "when several nodes share a machine (e.g. 1 each for two nodes on 2 cores).")
+    admission_max_loop_lag_ms: float = _setting(
+        "ADMISSION_MAX_LOOP_LAG_MS", "100", _float(1.0),
+        "ADMISSION=load: a node carrying streams whose event-loop lag p99 exceeds this, ms, takes no new one.")
+    admission_min_analysis_rate: float = _setting(
+        "ADMISSION_MIN_ANALYSIS_RATE", "0.9", _fraction,
+        "ADMISSION=load: a node whose detectors analyse less than this share of the frames due takes no new stream.")
+    admission_stream_cost: float = _setting(
+        "ADMISSION_STREAM_COST", "0.25", _float(0.01),
+        "ADMISSION=load: CPU cost of one stream, in cores, assumed until the node has measured its own.")
+    admission_window_s: float = _setting(
+        "ADMISSION_WINDOW_S", "10", _float(2.0), "Window over which a media node measures its load, seconds.")
+    admission_retry_after_s: int = _setting(
+        "ADMISSION_RETRY_AFTER_S", "10", _int(1, 600),
+        "Retry-After of signaling's 503 when no media node has room; the candidate page retries after it.")
     video_width: int = _setting("VIDEO_WIDTH", "640", _int(160, 3840), "Target camera width asked of browsers.")
     video_height: int = _setting("VIDEO_HEIGHT", "480", _int(120, 2160), "Target camera height.")
     video_fps: int = _setting("VIDEO_FPS", "30", _int(5, 60), "Target camera frame rate.")
@@ -321,9 +382,24 @@ class Settings:
         "ANALYZERS", "faces,gaze,identity,phone,voice", _csv,
         "Detectors to run on every stream (voice: the microphone's audio); one whose model is unavailable is "
         "skipped and reported.")
+    # -55: 5 dB above a quiet room (-60), below the whispered speech of tests/test_voice.py; flags identical with the
+    # gate on and off on the labelled speech set (bench/results/summary.md "Audio").
+    voice_gate_dbfs: float | None = _setting(
+        "VOICE_GATE_DBFS", "-55", _gate_dbfs,
+        "Energy gate of the voice detector: 32-ms chunks quieter than this (dBFS RMS), while the model hears no "
+        "speech, skip the model (a quiet room costs almost nothing). off: every chunk runs the model.")
+    audio_decoder: str = _setting(
+        "AUDIO_DECODER", "opus16k", _choice("opus16k", "pyav"),
+        "How a media node decodes Opus for the voice detector: opus16k, libopus straight to 16 kHz mono (ctypes, "
+        "no resampler, ~3x cheaper); pyav, FFmpeg's decoder at 48 kHz stereo and a resampler.")
     faces_fps: float = _setting("FACES_FPS", "4", _float(0.1), "Frames per second analysed for face counting.")
     face_min_score: float = _setting(
         "FACE_MIN_SCORE", "0.6", _float(0.0), "Lowest detector score that counts as a face.")
+    faces_full_range_interval_s: float = _setting(
+        "FACES_FULL_RANGE_INTERVAL_S", "1", _float(0.0),
+        "Live streams: the full-range face model (small, distant faces) runs on a frame only when the short-range "
+        "one sees no face or several, while a face only it found is in view, and otherwise once per this many "
+        "seconds on average (randomly jittered 0.5x-1.5x; analyzers/faces.py FullRangeCadence). 0: on every frame.")
     # 2, not 4: looking_away needs 4 s of evidence (8 samples at 2 fps), and FaceMesh with iris is the costliest
     # analyzer (~3 ms a frame): half its rate is ~0.6 % of a core per stream, measured in bench/results/.
     gaze_fps: float = _setting("GAZE_FPS", "2", _float(0.1), "Frames per second analysed for head pose and iris.")
@@ -339,7 +415,15 @@ class Settings:
         "GAZE_BASELINE_S", "3", _float(0.5),
         "Seconds of first frames with a face whose median is the gaze baseline when the reference photo has none.")
     identity_interval_s: float = _setting(
-        "IDENTITY_INTERVAL_S", "5", _float(1.0), "Seconds between identity checks against the reference photo.")
+        "IDENTITY_INTERVAL_S", "5", _float(1.0),
+        "Seconds between identity checks against the reference photo during the enrolment window (the first "
+        "minute), after a failed check, and at most this long after a hint that the person may have changed.")
+    identity_stable_interval_s: float = _setting(
+        "IDENTITY_STABLE_INTERVAL_S", "30", _float(1.0),
+        "Mean seconds between identity checks (randomly jittered 0.5x-1.5x) while the last two matched and one face "
+        "stays in view; the face leaving and coming back, the face count changing, the face moving or a poor "
+        "picture ending bring the next check forward (analyzers/identity.py IdentityCadence). At most "
+        "IDENTITY_INTERVAL_S: every IDENTITY_INTERVAL_S, as before.")
     identity_metric: str = _setting(
         "IDENTITY_METRIC", "cosine", _choice("cosine", "euclidean", "euclidean_l2", "angular"),
         "Distance DeepFace compares embeddings with.")
@@ -347,7 +431,26 @@ class Settings:
         "IDENTITY_THRESHOLD", "0", _float(0.0),
         "Distance above which the live face is another person; 0: the value calibrated with bench/quality for "
         "Dlib+FaceRes/cosine (0.1301) and Dlib/cosine (0.0479), DeepFace's tuned value for other models and metrics.")
-    phone_fps: float = _setting("PHONE_FPS", "1", _float(0.1), "Frames per second analysed for phones.")
+    phone_fps: float = _setting(
+        "PHONE_FPS", "1", _float(0.1),
+        "Frames per second analysed for phones: always without PHONE_ADAPTIVE, during a burst with it.")
+    phone_adaptive: bool = _setting(
+        "PHONE_ADAPTIVE", "true", _bool,
+        "Scan for phones every PHONE_INTERVAL_S on average (randomly jittered) and at PHONE_FPS only after a hint "
+        "(analyzers/phone.py PhoneCadence). false: every stream at PHONE_FPS all the time (3x the CPU).")
+    phone_interval_s: float = _setting(
+        "PHONE_INTERVAL_S", "3", _float(0.5),
+        "PHONE_ADAPTIVE: mean seconds between phone scans while nothing hints at one; each interval is drawn "
+        "uniformly from 0.5x-1.5x of it, so a candidate cannot learn the schedule.")
+    phone_burst_s: float = _setting(
+        "PHONE_BURST_S", "5", _float(1.0),
+        "PHONE_ADAPTIVE: seconds of scans at PHONE_FPS after a scan saw a phone box (one under PHONE_CONF too) or "
+        "two persons, so the phone rule's votes confirm as fast as at a fixed PHONE_FPS. Another detector losing "
+        "the face or seeing the candidate look away brings the next scan forward.")
+    phone_hint_ratio: float = _setting(
+        "PHONE_HINT_RATIO", "0.7", _float(0.1),
+        "PHONE_ADAPTIVE: a phone box scoring at least this fraction of PHONE_CONF (below it: no vote) starts a "
+        "burst; 1 or more: only boxes that count do.")
     phone_conf: float = _setting("PHONE_CONF", "0.35", _float(0.01), "Lowest \"cell phone\" score that counts.")
     phone_iou: float = _setting("PHONE_IOU", "0.45", _float(0.01), "Box overlap above which detections merge (NMS).")
     # 0.45: no single-person photo (252, with darkened, noisy and JPEG q25 copies) had a second "person" above 0.41

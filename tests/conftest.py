@@ -7,6 +7,7 @@ Only fixtures and hooks live here: helpers that test files (and bench/) import a
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import uuid
@@ -32,6 +33,14 @@ from tests.support.paths import ARTIFACTS
 from tests.support.seaweed import SeaweedS3, weed_binary
 from tests.support.servers import FrameLog, RunningApp
 
+# Media nodes of the suite admit by count: an in-process node would measure the whole test process (Chromium
+# included) as its load, and on a busy shared machine a real node's measured lag would refuse the streams other
+# tests place. Admission by load is tested on purpose in tests/test_admission*.py (ADMISSION=load there).
+os.environ.setdefault("ADMISSION", "count")
+# `proctor media` processes the tests start keep their analysis at normal priority: under `make test-under-load`
+# the harness's own CPU burners run at nice 0 and would starve a niced analysis that in production yields only to
+# the node's own media (tests/test_priority.py proves the niceness applies).
+os.environ.setdefault("ANALYSIS_NICE", "0")
 
 @pytest.fixture(scope="session")
 def data_dir() -> Iterator[Path]:
@@ -68,6 +77,7 @@ def settings(servers: dict[str, str], data_dir: Path) -> Settings:
         "DISCONNECT_TIMEOUT_S": "5",
         "SEGMENT_SECONDS": "2",
         "MERGE_BATCH_SEGMENTS": "3",
+        "ADMISSION": "count",
         **servers,
     }
     return Settings.from_env(env, env_file=None)

@@ -33,7 +33,7 @@ def test_configured_niceness_applies_and_zero_changes_nothing() -> None:
         with ThreadPoolExecutor(max_workers=1, initializer=priority.lower_this_thread) as pool:
             assert pool.submit(_own_nice).result() == _own_nice()
     finally:
-        priority.configure(priority.ANALYSIS_NICE)
+        priority.configure(0)
 
 
 def test_it_never_raises_priority() -> None:
