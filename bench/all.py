@@ -136,19 +136,35 @@ def figures() -> list[dict[str, Any]]:
     return rows
 
 
+# Everything after this line in summary.md is written by hand (per-lever figures, per-stage costs, audio, screen)
+# and kept when the table above it is rebuilt.
+NOTES_MARK = "<!-- notes below: kept when bench.all rebuilds the table -->"
+
+
+def _notes() -> str:
+    path = RESULTS / "summary.md"
+    text = path.read_text() if path.exists() else ""
+    return text[text.index(NOTES_MARK):] if NOTES_MARK in text else NOTES_MARK + "\n"
+
+
 def write_summary(durations: dict[str, float]) -> str:
+    from bench.ingest import cpu_model
+
     rows = figures()
     cpus = os.cpu_count()
+    machine = cpu_model()
     lines = ["# Benchmark summary", "",
-             f"Command: `make bench` (`.venv/bin/python -m bench.all`). Machine: {cpus} CPUs, shared; the load "
-             "generator runs on the same machine. Each row's file has the full table and method.", "",
+             f"Command: `make bench` (`.venv/bin/python -m bench.all`). Machine: {cpus} CPUs ({machine['model']}, "
+             f"AVX2: {'yes' if machine['avx2'] else 'no'}, AVX-512: {'yes' if machine['avx512'] else 'no'}), "
+             "shared; the load generator runs on the same machine. Each row's file has the full table, method and "
+             "the CPU it was measured on.", "",
              "| figure | measured | target | met | method |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['figure']} | {r['measured']} | {r['target']} | {met} | {r['method']} |")
     if durations:
         lines += ["", "Run time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in durations.items()) + "."]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n\n" + _notes()
     (RESULTS / "summary.md").write_text(text)
     (RESULTS / "summary.json").write_text(json.dumps({"cpus": cpus, "figures": rows, "durations_s": durations},
                                                      indent=2))

@@ -259,7 +259,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                 mine = [s for s in node_stats["streams"] if s["session_id"] in ours]
                 snap += mine
                 now = plugin_counts(node_stats, ours)
-                expected = sum(rate * hold for rate in now["rates"]) or 1
+                expected = sum(rate * hold for rate in now["rates"]) + now["scans"] - earlier["scans"] or 1
                 per_node.append({"pid": node["pid"], "streams": len(mine), "cpu_pct": round(cpu, 1),
                                  "min_fps": min((s["fps"] for s in mine), default=None),
                                  "max_loss_pct": max((s["loss_pct"] for s in mine), default=None),
@@ -364,14 +364,18 @@ def plugin_counts(node_stats: dict[str, Any], ours: set[str]) -> dict[str, Any]:
     analysis = plugins.get("Analysis", {})
     dropped = sum(r.get("dropped_frames", 0) for sid, r in recorders.items() if sid in ours)
     errors = sum(r.get("write_errors", 0) for sid, r in recorders.items() if sid in ours)
-    analysed = 0
+    analysed = scans = 0
     rates: list[float] = []
     for sid, detectors in analysis.get("streams", {}).items():
         if sid in ours:
             for det in detectors.values():
                 analysed += det.get("analysed", 0)
-                rates.append(det.get("fps", 0.0))
-    return {"dropped": dropped, "write_errors": errors, "analysed": analysed, "rates": rates,
+                cadence = det.get("cadence")
+                if isinstance(cadence, dict) and isinstance(cadence.get("scans"), int):
+                    scans += cadence["scans"]  # a detector that picks its own frames: due = what it picked
+                else:
+                    rates.append(det.get("fps", 0.0))
+    return {"dropped": dropped, "write_errors": errors, "analysed": analysed, "rates": rates, "scans": scans,
             "alert_p95_ms": (analysis.get("latency_ms") or {}).get("p95")}
 
 
