@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 
 from analyzers.voice import VoiceConfig, VoiceDetector
@@ -30,21 +29,6 @@ from proctor.settings import Settings
 from tests.support import voice_audio as va
 
 GATE_ON = Settings.defaults().voice_gate_dbfs
-
-
-def opus_packets(pcm16k: np.ndarray) -> list[bytes]:
-    """Encode like a browser: 48 kHz stereo Opus, 20 ms packets, 32 kbit/s."""
-    codec = av.CodecContext.create("libopus", "w")
-    codec.sample_rate, codec.layout, codec.format, codec.bit_rate = 48_000, "stereo", "s16", 32_000
-    pcm48 = va.resample(pcm16k, va.RATE, 48_000)
-    pcm48 = np.pad(pcm48, (0, -len(pcm48) % 960))
-    out: list[bytes] = []
-    for i in range(0, len(pcm48), 960):
-        mono = (np.clip(pcm48[i:i + 960], -1, 1) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate, frame.pts = 48_000, i
-        out += [bytes(p) for p in codec.encode(frame)]
-    return out
 
 
 def cpu_model() -> str:
@@ -72,8 +56,8 @@ def tracks() -> list[Track]:
     speech = va.timeline(parts).pcm
     speech = speech + np.resize(quiet, len(speech))  # the same room behind the speaker
     exam = synthetic.exam_room_audio()
-    return [Track("speech", opus_packets(speech), len(speech) / va.RATE),
-            Track("quiet room (-60 dBFS)", opus_packets(np.tile(quiet, 3)), 3 * len(quiet) / va.RATE),
+    return [Track("speech", va.opus_packets(speech), len(speech) / va.RATE),
+            Track("quiet room (-60 dBFS)", va.opus_packets(np.tile(quiet, 3)), 3 * len(quiet) / va.RATE),
             Track("exam room (bench/synthetic.py)", exam, len(exam) * 0.02)]
 
 

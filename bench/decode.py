@@ -19,19 +19,15 @@ import time
 import av
 import numpy as np
 
-from bench.ingest import RESULTS, cpu_model
+from bench.ingest import RESULTS, cpu_model, moving_face
 from bench.synthetic import encode_clip
 from tests.support.media import face_canvas
 
 
 def clip_frames(seconds: int, fps: int = 30) -> list[np.ndarray]:
-    base = face_canvas()
-    rng = np.random.default_rng(1)
-    frames = []
-    for i in range(seconds * fps):
-        noisy = base.astype(np.int16) + rng.integers(-10, 11, base.shape, dtype=np.int16)
-        frames.append(np.clip(np.roll(noisy, int(4 * np.sin(i / 14)), axis=1), 0, 255).astype(np.uint8))
-    return frames
+    """The ingest benchmark's moving face (bench.ingest.moving_face), looped for `seconds`."""
+    moving = moving_face(face_canvas())
+    return [moving[i % len(moving)] for i in range(seconds * fps)]
 
 
 def decode_cpu_s(packets: list[bytes], repeat: int) -> tuple[float, int]:

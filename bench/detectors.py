@@ -42,7 +42,7 @@ from analyzers.objects import (
     nanodet_blob,
 )
 from analyzers.phone import PhoneDetector
-from bench.ingest import CLIP_EMPTY_S, CLIP_FACE_S, RESULTS, cpu_model
+from bench.ingest import CLIP_EMPTY_S, CLIP_FACE_S, RESULTS, cpu_model, moving_face
 from proctor.settings import Settings
 from tests.support.media import empty_room, face_canvas
 
@@ -52,14 +52,9 @@ LATE_S = ENROL_WINDOW_S  # identity checks at IDENTITY_INTERVAL_S during its enr
 
 def clip_frames() -> tuple[list[np.ndarray], np.ndarray]:
     """90 moving noisy face frames (as bench/ingest.py builds them) and the empty room."""
-    base = face_canvas()
-    rng = np.random.default_rng(1)
-    moving = []
-    for i in range(90):
-        noisy = base.astype(np.int16) + rng.integers(-10, 11, base.shape, dtype=np.int16)
-        frame = np.clip(np.roll(noisy, int(4 * np.sin(i / 14)), axis=1), 0, 255).astype(np.uint8)
+    moving = moving_face(face_canvas())
+    for frame in moving:
         frame.flags.writeable = False
-        moving.append(frame)
     empty = empty_room()
     empty.flags.writeable = False
     return moving, empty

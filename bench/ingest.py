@@ -195,6 +195,17 @@ async def page_loads(base: str, token: str, node_urls: list[str], reloads: int) 
     return samples
 
 
+def moving_face(base: np.ndarray, count: int = 90) -> list[np.ndarray]:
+    """The senders' face: `count` frames of `base` with grain and a slow side-to-side sway (seeded: every run,
+    and bench.detectors / bench.decode, see the same pixels)."""
+    rng = np.random.default_rng(1)
+    frames = []
+    for i in range(count):
+        noisy = base.astype(np.int16) + rng.integers(-10, 11, base.shape, dtype=np.int16)
+        frames.append(np.clip(np.roll(noisy, int(4 * np.sin(i / 14)), axis=1), 0, 255).astype(np.uint8))
+    return frames
+
+
 async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: list[int], hold: float,
                      profile_s: float = 0.0, layers: bool = True, every_step: bool = False) -> list[dict]:
     from bench.synthetic import connect_sender, encode_clip
@@ -203,12 +214,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
 
     install_host_addresses(("127.0.0.1",))
     base_frame = face_canvas()
-    rng = np.random.default_rng(1)
-    moving = []
-    for i in range(90):
-        noisy = base_frame.astype(np.int16) + rng.integers(-10, 11, base_frame.shape, dtype=np.int16)
-        frame = np.clip(np.roll(noisy, int(4 * np.sin(i / 14)), axis=1), 0, 255).astype(np.uint8)
-        moving.append(frame)
+    moving = moving_face(base_frame)
     # 12 s with a moving, noisy face, then 6 s with nobody: every stream raises and clears a no_face alert
     # each 18 s, so the alert figure is measured under the load, not at rest.
     empty = empty_room()

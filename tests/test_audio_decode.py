@@ -29,21 +29,6 @@ from tests.support import voice_audio as va
 pytestmark = pytest.mark.skipif(not va.have_espeak(), reason="espeak-ng not installed (Makefile SYSTEM_PACKAGES)")
 
 
-def opus_packets(pcm16k: np.ndarray) -> list[bytes]:
-    """Encode like a browser: 48 kHz stereo Opus, 20 ms packets."""
-    codec = av.CodecContext.create("libopus", "w")
-    codec.sample_rate, codec.layout, codec.format, codec.bit_rate = 48_000, "stereo", "s16", 32_000
-    pcm48 = va.resample(pcm16k, va.RATE, 48_000)
-    pcm48 = np.pad(pcm48, (0, -len(pcm48) % 960))
-    out: list[bytes] = []
-    for i in range(0, len(pcm48), 960):
-        mono = (np.clip(pcm48[i:i + 960], -1, 1) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate, frame.pts = 48_000, i
-        out += [bytes(p) for p in codec.encode(frame)]
-    return out
-
-
 def decode(packets: list[tuple[bytes, float]], decoder: str) -> tuple[list[Window], AudioStreamDecoder]:
     pool = AudioDecodePool(decoder)
     stream = AudioStreamDecoder(lambda windows: None)
@@ -64,7 +49,7 @@ def level(pcm: np.ndarray) -> float:
 
 def test_both_decoders_give_the_same_windows_at_the_same_times() -> None:
     pcm = speech_in_a_room()
-    packets = [(p, 7.0 + i * 0.02) for i, p in enumerate(opus_packets(pcm))]
+    packets = [(p, 7.0 + i * 0.02) for i, p in enumerate(va.opus_packets(pcm))]
     direct, d_stream = decode(packets, "opus16k")
     pyav, p_stream = decode(packets, "pyav")
     assert d_stream.packets_decoded == p_stream.packets_decoded == len(packets) and d_stream.decode_errors == 0
@@ -89,7 +74,7 @@ def test_both_decoders_give_the_same_windows_at_the_same_times() -> None:
 
 def test_each_window_is_its_own_array() -> None:
     """A window handed to the detector is never written again (the decoder fills a fresh buffer after it)."""
-    packets = [(p, i * 0.02) for i, p in enumerate(opus_packets(speech_in_a_room()))]
+    packets = [(p, i * 0.02) for i, p in enumerate(va.opus_packets(speech_in_a_room()))]
     windows, _ = decode(packets, "opus16k")
     copies = [w.copy() for _, w in windows]
     windows += decode(packets, "opus16k")[0]
@@ -100,7 +85,7 @@ def test_each_window_is_its_own_array() -> None:
 
 @pytest.mark.parametrize("decoder", ["opus16k", "pyav"])
 def test_a_gap_ends_the_window_and_a_short_rest_is_dropped(decoder: str) -> None:
-    packets = opus_packets(speech_in_a_room())
+    packets = va.opus_packets(speech_in_a_room())
     # 0.3 s of packets, a gap, 0.04 s (too short for a window of its own), a gap, then 1.2 s
     timed = [(packets[i], 1.0 + i * 0.02) for i in range(15)]
     timed += [(packets[15 + i], 2.0 + i * 0.02) for i in range(2)]
@@ -117,7 +102,7 @@ def test_a_gap_ends_the_window_and_a_short_rest_is_dropped(decoder: str) -> None
 
 @pytest.mark.parametrize("decoder", ["opus16k", "pyav"])
 def test_bad_packets_are_counted_and_the_stream_goes_on(decoder: str) -> None:
-    good = opus_packets(speech_in_a_room())[:50]
+    good = va.opus_packets(speech_in_a_room())[:50]
     bad = [b"", b"\xff", b"\x03\xff", b"\x00" * 2000]  # empty, truncated, a bad frame count, too long
     timed = [(p, i * 0.02) for i, p in enumerate(good[:25])]
     timed += [(p, 0.5) for p in bad]
@@ -151,7 +136,7 @@ def test_libopus_is_found_and_the_wheels_copy_works_too() -> None:
     try:
         audio._libopus = lib
         decoder = Opus16k()
-        pcm = np.concatenate([decoder.decode(p).copy() for p in opus_packets(speech_in_a_room())[:60]])
+        pcm = np.concatenate([decoder.decode(p).copy() for p in va.opus_packets(speech_in_a_room())[:60]])
     finally:
         audio._libopus = original
     assert len(pcm) == 60 * 320 and level(pcm) > -60

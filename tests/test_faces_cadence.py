@@ -23,22 +23,10 @@ from analyzers.faces import FULL_RANGE, JITTER, SHORT_RANGE, FaceDetector, _dete
 from analyzers.image_quality import assess
 from core.rules import EventRules
 from proctor.settings import Settings
-from tests.support.media import empty_room, face_canvas, other_person_canvas
+from tests.support.media import empty_room, face_canvas, noisy_copies, other_person_canvas
 
 DATA = Path(__file__).resolve().parent.parent / "bench" / "quality" / "data"
 SMALL_FACE_H = 180  # the inset's height: a face only the full-range model finds (see the module doc)
-
-
-def _noisy(image: np.ndarray, count: int = 4, seed: int = 0) -> list[np.ndarray]:
-    """A few noisy, slightly moved copies, so the models never see the same pixels twice in a row."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        moved = np.roll(image.astype(np.int16), int(3 * np.sin(i)), axis=1)
-        frame = np.clip(moved + rng.integers(-8, 9, image.shape), 0, 255).astype(np.uint8)
-        frame.flags.writeable = False
-        out.append(frame)
-    return out
 
 
 def _with_small_face(base: np.ndarray) -> np.ndarray:
@@ -52,8 +40,8 @@ def _with_small_face(base: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def scenes() -> dict[str, list[np.ndarray]]:
     face = face_canvas()
-    return {"face": _noisy(face), "empty": _noisy(empty_room(), seed=1),
-            "small": _noisy(_with_small_face(face), seed=2)}
+    return {"face": noisy_copies(face), "empty": noisy_copies(empty_room(), seed=1),
+            "small": noisy_copies(_with_small_face(face), seed=2)}
 
 
 def _detector(interval_s: float = 1.0, seed: int = 0) -> FaceDetector:
@@ -214,7 +202,7 @@ def test_a_second_person_joining_a_labelled_group_photo_is_seen_on_the_first_fra
     from bench.quality.clips import letterbox
 
     def photo(name: str) -> list[np.ndarray]:
-        return _noisy(letterbox(cv2.cvtColor(cv2.imread(str(DATA / name)), cv2.COLOR_BGR2RGB)))
+        return noisy_copies(letterbox(cv2.cvtColor(cv2.imread(str(DATA / name)), cv2.COLOR_BGR2RGB)))
 
     scenes = {"alone": photo("ski_astronaut.jpg"), "group": photo("dlib_2009_004587.jpg")}
     for seed in range(3):

@@ -22,7 +22,7 @@ from analyzers.faces import FaceDetector
 from analyzers.identity import CADENCE_JITTER, ENROL_WINDOW_S, WAKE_FPS, IdentityDetector
 from core.rules import EventChange, EventRules
 from proctor.settings import Settings
-from tests.support.media import empty_room, face_canvas, other_person_canvas
+from tests.support.media import empty_room, face_canvas, noisy_copies, other_person_canvas
 
 BASE_FPS = 7.5
 GRID = 1 / BASE_FPS
@@ -32,23 +32,13 @@ STABLE = 30.0  # IDENTITY_STABLE_INTERVAL_S's default
 SLACK = 1 / WAKE_FPS + GRID
 
 
-def _noisy(image: np.ndarray, count: int = 4, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        moved = np.roll(image.astype(np.int16), int(3 * np.sin(i)), axis=1)
-        frame = np.clip(moved + rng.integers(-8, 9, image.shape), 0, 255).astype(np.uint8)
-        frame.flags.writeable = False
-        out.append(frame)
-    return out
-
-
 @pytest.fixture(scope="module")
 def scenes() -> dict[str, list[np.ndarray]]:
     face = face_canvas()
     dark = np.ascontiguousarray((face.astype(np.float32) * 0.12).astype(np.uint8))
-    return {"A": _noisy(face), "B": _noisy(other_person_canvas(), seed=1), "empty": _noisy(empty_room(), seed=2),
-            "A moved": _noisy(np.roll(face, 170, axis=1), seed=3), "dark": _noisy(dark, seed=4)}
+    return {"A": noisy_copies(face), "B": noisy_copies(other_person_canvas(), seed=1),
+            "empty": noisy_copies(empty_room(), seed=2),
+            "A moved": noisy_copies(np.roll(face, 170, axis=1), seed=3), "dark": noisy_copies(dark, seed=4)}
 
 
 @pytest.fixture(scope="module")

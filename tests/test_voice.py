@@ -14,7 +14,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 
@@ -134,28 +133,13 @@ def test_digital_silence_is_audio_muted_after_30_s_a_quiet_room_is_not() -> None
     assert events(va.white_noise(40, -60), "audio_muted") == []  # a real microphone's noise floor: not muted
 
 
-def _opus_packets(pcm16k: np.ndarray) -> list[bytes]:
-    """Encode like a browser: 48 kHz stereo Opus, 20 ms packets."""
-    codec = av.CodecContext.create("libopus", "w")
-    codec.sample_rate, codec.layout, codec.format, codec.bit_rate = 48_000, "stereo", "s16", 32_000
-    pcm48 = va.resample(pcm16k, va.RATE, 48_000)
-    pcm48 = np.pad(pcm48, (0, -len(pcm48) % 960))
-    out: list[bytes] = []
-    for i in range(0, len(pcm48), 960):
-        mono = (np.clip(pcm48[i:i + 960], -1, 1) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate, frame.pts = 48_000, i
-        out += [bytes(p) for p in codec.encode(frame)]
-    return out
-
-
 async def test_opus_through_the_node_decoder_and_the_slot_finds_the_speech_and_the_stopped_microphone() -> None:
     """Opus packets as the encoded tap hands them over (with a media time each, 0.5 s of them missing, as when
     packets stop), decoded by the node's audio thread into windows, analysed by the slot in a pool: talking
     where the speech is; the microphone that then stops sending is reported absent."""
     first, second = va.speech(va.SENTENCES[0], "en"), va.speech(va.SENTENCES[5], "en+f3")
     tl = va.timeline([("silence", 3.0), ("speech", first), ("silence", 6.0), ("speech", second), ("silence", 4.0)])
-    packets = _opus_packets(tl.pcm)
+    packets = va.opus_packets(tl.pcm)
     pool = AudioDecodePool()
     pool.start(asyncio.get_running_loop())
     executor = ThreadPoolExecutor(max_workers=1)

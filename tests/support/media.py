@@ -54,6 +54,18 @@ def empty_room(width: int = 640, height: int = 480) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(data.coffee(), (width, height), interpolation=cv2.INTER_AREA))
 
 
+def noisy_copies(image: np.ndarray, count: int = 4, seed: int = 0) -> list[np.ndarray]:
+    """A few noisy, slightly moved read-only copies, so models never see the same pixels twice in a row."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        moved = np.roll(image.astype(np.int16), int(3 * np.sin(i)), axis=1)
+        frame = np.clip(moved + rng.integers(-8, 9, image.shape), 0, 255).astype(np.uint8)
+        frame.flags.writeable = False
+        out.append(frame)
+    return out
+
+
 def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 30) -> Path:
     height, width = frames[0].shape[:2]
     with open(path, "wb") as out:
