@@ -241,7 +241,8 @@ class MediaNode:
             await sessions.mark_live(conn, session_id, self.node_id)
         await self.ctx.redis.set(SESSION_NODE.format(session_id=session_id), self.node_id, ex=7 * 86400)
         self._watch(stream, reconnect=row["connections"] > 0, last_seen=row["last_seen_at"])
-        return web.json_response({"sdp": tune_answer(answer.sdp, self.settings.video_bitrate_kbps),
+        return web.json_response({"sdp": tune_answer(answer.sdp, self.settings.video_bitrate_kbps,
+                                                         self.settings.audio_ptime_ms),
                                   "type": answer.type})
 
     def _watch(self, stream: CandidateStream, *, reconnect: bool, last_seen: Any) -> None:

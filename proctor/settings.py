@@ -362,6 +362,16 @@ class Settings:
     # --- archive -----------------------------------------------------------------------------------
     segment_seconds: int = _setting(
         "SEGMENT_SECONDS", "20", _int(2, 600), "Length of archived WebM segments, seconds.")
+    archive_batch_ms: int = _setting(
+        "ARCHIVE_BATCH_MS", "100", _int(0, 1000),
+        "The media node hands the frames to archive to its archive thread in one batch this often, milliseconds, "
+        "instead of one hand-off per frame (~80 a second per stream); 0: one per frame. Frames are written in the "
+        "same order and none is lost on a clean stop; a killed process loses this much more of its last segment.")
+    archive_late_audio_ms: int = _setting(
+        "ARCHIVE_LATE_AUDIO_MS", "500", _int(0, 5000),
+        "At a segment cut the previous segment stays open this long (video time) for audio from before the cut "
+        "that arrives after the cut's keyframe (a 60-ms Opus packet is sent after its 60 ms); 0: closed at the cut, "
+        "that audio dropped (~0.2 s per cut with 60-ms packets).")
     merge_batch_segments: int = _setting(
         "MERGE_BATCH_SEGMENTS", "15", _int(2, 1000), "Consecutive segments merged into one batch object.")
     retention_days: int = _setting(
@@ -392,6 +402,10 @@ class Settings:
         "AUDIO_DECODER", "opus16k", _choice("opus16k", "pyav"),
         "How a media node decodes Opus for the voice detector: opus16k, libopus straight to 16 kHz mono (ctypes, "
         "no resampler, ~3x cheaper); pyav, FFmpeg's decoder at 48 kHz stereo and a resampler.")
+    audio_ptime_ms: int = _setting(
+        "AUDIO_PTIME_MS", "60", lambda raw: int(_choice("10", "20", "40", "60", "120")(raw)),
+        "Opus frame length asked of browsers (a=ptime in the answer), ms: 60 sends ~17 audio packets a second "
+        "instead of 50, each costing the node's event loop alike; 20: what browsers send unasked (answer unchanged).")
     faces_fps: float = _setting("FACES_FPS", "4", _float(0.1), "Frames per second analysed for face counting.")
     face_min_score: float = _setting(
         "FACE_MIN_SCORE", "0.6", _float(0.0), "Lowest detector score that counts as a face.")
@@ -424,6 +438,12 @@ class Settings:
         "stays in view; the face leaving and coming back, the face count changing, the face moving or a poor "
         "picture ending bring the next check forward (analyzers/identity.py IdentityCadence). At most "
         "IDENTITY_INTERVAL_S: every IDENTITY_INTERVAL_S, as before.")
+    identity_fast_until_enrolled: bool = _setting(
+        "IDENTITY_FAST_UNTIL_ENROLLED", "false", _bool,
+        "true: the enrolment window's checks every IDENTITY_INTERVAL_S end once the reference set is full (the photo "
+        "and four frames, ~15-25 s in), then the stable cadence as after the window: identity costs ~1.6x less in a "
+        "stream's first minute, but a seat swap then without the face moving waits for the next rare check (off by "
+        "default: bench/quality's identity_swap clip loses its second flag).")
     identity_metric: str = _setting(
         "IDENTITY_METRIC", "cosine", _choice("cosine", "euclidean", "euclidean_l2", "angular"),
         "Distance DeepFace compares embeddings with.")
@@ -431,6 +451,11 @@ class Settings:
         "IDENTITY_THRESHOLD", "0", _float(0.0),
         "Distance above which the live face is another person; 0: the value calibrated with bench/quality for "
         "Dlib+FaceRes/cosine (0.1301) and Dlib/cosine (0.0479), DeepFace's tuned value for other models and metrics.")
+    identity_mirror: str = _setting(
+        "IDENTITY_MIRROR", "band", _choice("always", "band"),
+        "Live identity checks embed the face and its mirror image and average them: always, or band: the mirror "
+        "pass only when the face alone lands near the threshold (analyzers/identity.py MIRROR_BAND; half the "
+        "embedding's CPU otherwise, same decisions on bench/quality). References are always mirror-averaged.")
     phone_fps: float = _setting(
         "PHONE_FPS", "1", _float(0.1),
         "Frames per second analysed for phones: always without PHONE_ADAPTIVE, during a burst with it.")
