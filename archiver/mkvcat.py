@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from core import opus
+
 EBML = 0x1A45DFA3
 SEGMENT = 0x18538067
 SEEK_HEAD = 0x114D9B74
@@ -319,24 +321,6 @@ def cluster_blocks(data: bytes) -> tuple[int, list[Block]]:
     return timestamp, blocks
 
 
-def opus_duration_ms(packet: bytes) -> float:
-    """Duration of one Opus packet from its TOC byte (RFC 6716 3.1)."""
-    if not packet:
-        return 0.0
-    toc = packet[0]
-    config = toc >> 3
-    frame: float  # ms: CELT's shortest frames are 2.5 ms
-    if config < 12:
-        frame = (10, 20, 40, 60)[config % 4]
-    elif config < 16:
-        frame = (10, 20)[config % 2]
-    else:
-        frame = (2.5, 5, 10, 20)[config % 4]
-    code = toc & 3
-    frames = 1 if code == 0 else 2 if code in (1, 2) else (packet[1] & 0x3F if len(packet) > 1 else 1)
-    return frame * frames
-
-
 def _payload(block: Block) -> bytes:
     data = block.raw
     (eid, s, e), = elements(data)
@@ -447,7 +431,7 @@ def concat_clusters(paths: list[Path], output: Path, starts_ms: list[int] | None
                                 if block.time >= end or block.time + offset < last_audio_end:
                                     dropped += 1
                                     continue
-                                last_audio_end = block.time + offset + max(opus_duration_ms(_payload(block)), 1)
+                                last_audio_end = block.time + offset + max(opus.packet_duration_ms(_payload(block)), 1)
                             elif block.time >= end:
                                 raise Unsupported("video past the input's end")
                             kept.append(block.raw)

@@ -16,6 +16,10 @@ The audio is an exam room, not a test tone (`exam_room_audio`): EXAM_ROOM_S of a
 around -60 dBFS) with espeak-ng speech at a microphone's level for ~10 % of it, so the voice detector's energy gate
 skips the quiet part as in a real exam while the benchmark still runs the model and raises a talking flag now and
 then. It loops on its own (its length is not the video clip's); each sender starts at another point of it.
+
+Audio packets as long as the answer asks (AUDIO_PTIME_MS): like Chromium, a sender reads the answer's `a=ptime` and
+sends Opus frames of the next supported length up (core.opus.browser_frame_ms), the clip's track encoded again
+once per length (`EncodedClip.audio_packets`); without one, 20-ms frames (`EncodedClip.audio`), as before.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import subprocess
 import tempfile
 import time
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,8 @@ import av.filter
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import vpx
+
+from core import opus
 
 VIDEO_TB = fractions.Fraction(1, 90_000)
 AUDIO_TB = fractions.Fraction(1, 48_000)
@@ -60,9 +66,23 @@ _L1T3_FLAGS = (
 @dataclass
 class EncodedClip:
     video: list[tuple[bytes, bool]]  # (VP8 frame, is keyframe)
-    audio: list[bytes]  # 20 ms Opus packets
+    audio: list[bytes]  # 20 ms Opus packets of the exam-room track
     fps: int
     layers: list[int] | None = None  # each video frame's temporal layer; None: no layers
+
+    # frame length -> (the `audio` list it was made from, its packets in that length)
+    _reframed: dict[int, tuple[list[bytes], list[bytes]]] = field(default_factory=dict, repr=False, compare=False)
+
+    def audio_packets(self, frame_ms: int) -> list[bytes]:
+        """The clip's audio in Opus packets of frame_ms (20: `audio` itself; else re-encoded from it once, whatever
+        track a caller put in `audio`)."""
+        if frame_ms == opus.BROWSER_DEFAULT_MS:
+            return self.audio
+        source, packets = self._reframed.get(frame_ms, (None, []))
+        if source is not self.audio:
+            packets = reframe_opus(self.audio, frame_ms)
+            self._reframed[frame_ms] = (self.audio, packets)
+        return packets
 
 
 def _flag_graph(width: int, height: int, fps: int, flags: int) -> av.filter.Graph:
@@ -163,33 +183,67 @@ def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
     return (sums[hi] - sums[lo]) / (hi - lo)
 
 
-@functools.lru_cache(maxsize=2)
-def _exam_room_packets(speech: bool = True) -> tuple[bytes, ...]:
+def encode_opus(pcm48k: np.ndarray, frame_ms: int = 20, channels: int = 1, bitrate: int = 32_000) -> list[bytes]:
+    """Mono float PCM at 48 kHz (-1..1) as Opus packets of frame_ms (one of core.opus.FRAME_LENGTHS_MS), with
+    libopus through PyAV (its `frame_duration`); channels=2 sends the mono signal as stereo, as a browser does.
+    A partial last frame is left out."""
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate = 48_000
-    codec.layout = "mono"
+    codec.layout = "stereo" if channels == 2 else "mono"
     codec.format = "s16"
-    codec.bit_rate = 32_000
-    pcm = (np.clip(exam_room_pcm(speech=speech), -1, 1) * 32767).astype(np.int16)
+    codec.bit_rate = bitrate
+    codec.options = {"frame_duration": str(frame_ms)}
+    samples = 48 * frame_ms
+    pcm = (np.clip(pcm48k, -1, 1) * 32767).astype(np.int16)
     packets: list[bytes] = []
-    samples = 960  # 20 ms
     for i in range(len(pcm) // samples):
-        frame = av.AudioFrame.from_ndarray(pcm[None, i * samples:(i + 1) * samples], format="s16", layout="mono")
+        chunk = pcm[i * samples:(i + 1) * samples]
+        if channels == 2:
+            chunk = np.repeat(chunk, 2)  # interleaved L R
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout=codec.layout.name)
         frame.sample_rate = 48_000
         frame.pts = i * samples
         packets += [bytes(p) for p in codec.encode(frame)]
-    return tuple(packets)
+    return packets
+
+
+def reframe_opus(packets: list[bytes], frame_ms: int) -> list[bytes]:
+    """Opus packets (any lengths) decoded and encoded again in packets of frame_ms: mono, 32 kbit/s."""
+    codec = av.CodecContext.create("opus", "r")
+    codec.sample_rate = 48_000
+    codec.layout = "stereo"  # what WebRTC negotiates; a mono packet decodes alike
+    pcm = [frame.to_ndarray().reshape(-1, 2).mean(axis=1) if frame.format.is_packed
+           else frame.to_ndarray().mean(axis=0)
+           for packet in packets for frame in codec.decode(av.Packet(packet))]
+    return encode_opus(np.concatenate(pcm) if pcm else np.zeros(0, np.float32), frame_ms)
+
+
+@functools.lru_cache(maxsize=2)
+def _exam_room_packets(speech: bool = True) -> tuple[bytes, ...]:
+    return tuple(encode_opus(exam_room_pcm(speech=speech)))
 
 
 def exam_room_audio(speech: bool = True) -> list[bytes]:
     """The exam-room track as 20-ms Opus packets (module doc); built once per process (~1 s), then copied.
-    speech=False: the room alone (a candidate who says nothing)."""
+    speech=False: the room alone (a candidate who says nothing). Other lengths: EncodedClip.audio_packets."""
     return list(_exam_room_packets(speech))
 
 
-def _audio_start(clip: EncodedClip, nth: int) -> int:
+def _audio_start(clip: EncodedClip, nth: int, frame_ms: int = 20) -> int:
     """Where the nth sender starts in the audio loop: 7.3 s apart, so the senders do not all talk at once."""
-    return (nth * 365) % max(1, len(clip.audio))
+    return (nth * 7300 // frame_ms) % max(1, len(clip.audio_packets(frame_ms)))
+
+
+def answer_frame_ms(sdp: str) -> int:
+    """The Opus frame length Chromium sends for this answer: its audio m-section's `a=ptime`, rounded up to a
+    supported length (core.opus.browser_frame_ms); 20 without one."""
+    audio = False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            audio = line.startswith("m=audio")
+        elif audio and line.startswith("a=ptime:"):
+            return opus.browser_frame_ms(int(line[len("a=ptime:"):].strip()))
+    return opus.BROWSER_DEFAULT_MS
 
 
 class ReplayTrack(MediaStreamTrack):
@@ -207,6 +261,11 @@ class ReplayTrack(MediaStreamTrack):
         self._index = start_index
         self._start: float | None = None
         self._count = 0
+
+    def retime(self, packets: list[bytes], period_s: float, step: int, start_index: int = 0) -> None:
+        """Other packets before the track starts (the answer asked for another audio frame length)."""
+        assert self._start is None, "the track already started"
+        self._packets, self._period, self._step, self._index = packets, period_s, step, start_index
 
     async def recv(self) -> av.Packet:
         if self._start is None:
@@ -242,7 +301,8 @@ async def connect_sender(clip: EncodedClip, offer_url: str, token: str, http: An
         install_layered_packetizer()
     pc.addTrack(ReplayTrack("video", [d for d, _ in clip.video], 1 / clip.fps, 90_000 // clip.fps, VIDEO_TB, start,
                             clip.layers))
-    pc.addTrack(ReplayTrack("audio", clip.audio, 0.02, 960, AUDIO_TB, _audio_start(clip, start_keyframe)))
+    audio = ReplayTrack("audio", clip.audio, 0.02, 960, AUDIO_TB, _audio_start(clip, start_keyframe))
+    pc.addTrack(audio)
     pc.createDataChannel("signals")
     await pc.setLocalDescription(await pc.createOffer())
     async with http.post(offer_url, json={"sdp": pc.localDescription.sdp, "type": "offer"},
@@ -251,6 +311,10 @@ async def connect_sender(clip: EncodedClip, offer_url: str, token: str, http: An
         if response.status != 200:
             await pc.close()
             raise RuntimeError(f"offer refused: {response.status} {body}")
+    frame_ms = answer_frame_ms(body["sdp"])
+    if frame_ms != opus.BROWSER_DEFAULT_MS:  # before the remote description: that starts the senders
+        audio.retime(clip.audio_packets(frame_ms), frame_ms / 1000, 48 * frame_ms,
+                     _audio_start(clip, start_keyframe, frame_ms))
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
     return pc
 

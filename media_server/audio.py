@@ -1,11 +1,12 @@
 """One audio decoding thread for every stream on a media node: Opus -> 16 kHz mono float PCM, in half-second
 windows, for the voice detector (analyzers/voice.py).
 
-The encoded tap (media_server/taps.py) hands every Opus packet to the event loop (50 a second per stream) with its
-session media time; a stream whose audio someone subscribed to puts them on one queue, and one thread (like the
-VP8 thread of media_server/decode.py, never one per stream, never a decode on the loop) decodes them to what the
-VAD model takes (16 kHz mono) and wakes the loop once per pass with the whole windows that are ready, not once per
-packet. Nobody subscribed: nothing is decoded (the archive copies the encoded Opus).
+The encoded tap (media_server/taps.py) hands every Opus packet to the event loop (17 a second per stream with the
+default AUDIO_PTIME_MS=60, 50 with 20-ms packets) with its session media time; a stream whose audio someone
+subscribed to puts them on one queue, and one thread (like the VP8 thread of media_server/decode.py, never one per
+stream, never a decode on the loop) decodes them to what the VAD model takes (16 kHz mono) and wakes the loop once
+per pass with the whole windows that are ready, not once per packet. Nobody subscribed: nothing is decoded (the
+archive copies the encoded Opus).
 
 Two decoders (AUDIO_DECODER): `opus16k` (default) calls libopus through ctypes with a decoder created at 16 kHz
 mono, so libopus itself skips the upper band and downmixes, and each packet's samples go straight into the window
@@ -23,6 +24,9 @@ A gap in the media time of the packets (packets lost, the browser stopped sendin
 window being filled: a window never spans a gap, so the detector sees silence as silence and absence as absence.
 A stream that falls seconds behind (an overloaded machine) drops its backlog: a late audio window is worth less
 than a current one, and the archive does not depend on this path.
+
+Nothing here assumes a packet length: each packet's samples are whatever libopus (or FFmpeg) decodes from it, 10 to
+120 ms (the TOC byte says which, core.opus), and the backlog is counted in seconds of audio, not in packets.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import av
 import av.error
 import numpy as np
 
+from core import opus
 from media_server.outlets import AudioSubscriber
 from proctor import priority
 
@@ -51,13 +56,14 @@ log = logging.getLogger(__name__)
 AUDIO_RATE = 16_000  # what the VAD model takes
 WINDOW_S = 0.5
 WINDOW_SAMPLES = int(AUDIO_RATE * WINDOW_S)
-# A packet this far from where the previous one ended starts a new window (Opus packets are 20 ms; jitter in the
-# mapping onto the video timeline is far below this).
+# A packet this far from where the previous one ended starts a new window (one lost 20- or 60-ms packet does not;
+# jitter in the mapping onto the video timeline is far below this).
 GAP_S = 0.1
 # A partial window shorter than this is not worth a model call at a gap: dropped.
 MIN_PARTIAL_SAMPLES = AUDIO_RATE // 10
-# Packets of one stream waiting beyond this (5 s at 50 packets/s) are dropped: see the module doc.
-MAX_BACKLOG_PACKETS = 250
+# Audio of one stream waiting beyond this is dropped (see the module doc): seconds, not packets, so that the bound
+# is the same whatever packet length the browser sends.
+MAX_BACKLOG_S = 5.0
 # Packets taken from the queue per pass: bounds how long one pass runs before the windows go out.
 BATCH = 128
 
@@ -140,12 +146,12 @@ class Opus16k:
 
 @dataclass(eq=False)
 class AudioStreamDecoder:
-    """One stream's decoding state; touched only by the decoding thread, except `closed` and `backlog`."""
+    """One stream's decoding state; touched only by the decoding thread, except `closed` and `backlog_s`."""
 
     deliver: Callable[[list[Window]], None]  # event loop: hand over whole windows
     codec: Any = None  # Opus16k, or PyAV's codec context (pyav)
     resampler: Any = None  # pyav only
-    backlog: int = 0
+    backlog_s: float = 0.0  # audio queued for the thread, by the packets' TOC
     closed: bool = False
     # The window being filled: samples go straight into it; a full one is handed over and a fresh one allocated.
     window: np.ndarray = field(default_factory=lambda: np.empty(WINDOW_SAMPLES, np.float32))
@@ -166,7 +172,8 @@ class AudioDecodePool:
         if decoder not in DECODERS:
             raise ValueError(f"audio decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         self.decoder = decoder
-        self._queue: queue.SimpleQueue[tuple[AudioStreamDecoder, bytes, float] | None] = queue.SimpleQueue()
+        # (stream, packet, its media time, its duration in s)
+        self._queue: queue.SimpleQueue[tuple[AudioStreamDecoder, bytes, float, float] | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -191,11 +198,12 @@ class AudioDecodePool:
     def submit(self, decoder: AudioStreamDecoder, data: bytes, media_time_s: float) -> None:
         if decoder.closed:
             return
-        if decoder.backlog >= MAX_BACKLOG_PACKETS:
+        if decoder.backlog_s >= MAX_BACKLOG_S:
             decoder.packets_dropped += 1
             return
-        decoder.backlog += 1
-        self._queue.put((decoder, data, media_time_s))
+        seconds = max(opus.packet_duration_ms(data), 2.5) / 1000  # a malformed packet still counts
+        decoder.backlog_s += seconds
+        self._queue.put((decoder, data, media_time_s, seconds))
 
     # --- the decoding thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -212,8 +220,8 @@ class AudioDecodePool:
                 if item is None:
                     self._flush(ready)
                     return
-                decoder, data, media_time = item
-                decoder.backlog -= 1
+                decoder, data, media_time, seconds = item
+                decoder.backlog_s -= seconds
                 try:
                     windows = self._decode(decoder, data, media_time)
                 except Exception:  # one stream's bad packet must never stop the others' audio

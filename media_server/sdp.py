@@ -8,6 +8,13 @@ Against aiortc (REMB only) Chromium starts from a low bandwidth estimate and sit
 Chromium reads `x-google-start-bitrate` / `x-google-min-bitrate` / `x-google-max-bitrate` from the remote
 description's video codec parameters, and `b=AS` as the session cap; setting them in our answer makes it
 start at the target bitrate, so it encodes 640x480 at once.
+
+Audio packets (AUDIO_PTIME_MS): a browser sends 20-ms Opus frames, 50 packets a second, unless the remote
+description says otherwise: libwebrtc's SDP parser copies an audio m-section's `a=ptime:N` into every audio
+codec's parameters, and its Opus encoder takes its frame length from that (audio_encoder_opus.cc GetFrameSizeMs:
+the next supported length up, core.opus.FRAME_LENGTHS_MS). `a=ptime:60` in the answer makes it send ~17 packets a
+second: each packet costs the node's event loop the same (ICE demux, SRTP, RTP parsing, the jitter buffer, the
+archive hand-off, one decoder call) whatever audio it holds.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import re
 
 from core.offers import check_offer, mdns_names, screen_candidates
+from core.opus import BROWSER_DEFAULT_MS
 from media_server.ice import resolve_mdns
 
 log = logging.getLogger(__name__)
@@ -43,9 +51,11 @@ SCREEN_FLOOR_KBPS = 300  # the screen's share of the connection's minimum and st
 SCREEN_MAX_KBPS = 600  # candidate.js caps the screen's sender at this
 
 
-def tune_answer(sdp: str, bitrate_kbps: int) -> str:
+def tune_answer(sdp: str, bitrate_kbps: int, ptime_ms: int = BROWSER_DEFAULT_MS) -> str:
     """The start/min/max bitrates and the b=AS cap on every video m-line (webcam and screen alike), for the webcam
-    alone or the webcam plus the screen when the answer has a second video m-line."""
+    alone or the webcam plus the screen when the answer has a second video m-line; `a=ptime:ptime_ms` on every
+    audio m-line unless ptime_ms is what browsers send anyway (20: the answer stays as aiortc wrote it, the off
+    switch's exact old behaviour)."""
     screen = sdp.count("\nm=video") + sdp.startswith("m=video") >= 2
     start, floor, cap = bitrate_kbps, max(100, bitrate_kbps // 2), bitrate_kbps
     if screen:
@@ -58,7 +68,11 @@ def tune_answer(sdp: str, bitrate_kbps: int) -> str:
         sections[-1].append(line)
     out: list[str] = list(sections[0])
     for section in sections[1:]:
-        out += _tune_video(section, params, cap) if section[0].startswith("m=video") else section
+        if section[0].startswith("m=video"):
+            section = _tune_video(section, params, cap)
+        elif section[0].startswith("m=audio") and ptime_ms != BROWSER_DEFAULT_MS:
+            section = [line for line in section if not line.startswith("a=ptime:")] + [f"a=ptime:{ptime_ms}"]
+        out += section
     return "\r\n".join(out) + "\r\n"
 
 

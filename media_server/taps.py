@@ -34,7 +34,8 @@ def tap_encoded(receiver: RTCRtpReceiver, kind: str, sink: FrameSink, decode: bo
     """Call `sink` with each whole encoded frame the receiver passes to its decoder (on the event loop).
 
     With `decode=False` the frames stop here: aiortc's decoder thread per receiver would wake the loop for each of
-    50 Opus packets a second per stream; the node decodes what the voice detector needs in one thread instead.
+    the 17-50 Opus packets a second per stream (AUDIO_PTIME_MS); the node decodes what the voice detector needs in
+    one thread instead.
     The end of the stream still goes through, so the decoder thread and the track end as usual.
     """
 

@@ -116,6 +116,24 @@ def test_answer_tunes_both_video_mlines_alike() -> None:
     assert tune_answer(tuned, 1200) == tuned  # idempotent
 
 
+def test_answer_asks_for_the_audio_ptime_on_the_audio_mline_only() -> None:
+    """AUDIO_PTIME_MS: `a=ptime:N` on each audio m-line (Chromium's Opus encoder takes its frame length from it),
+    nothing on video; 20, what browsers send unasked, leaves the answer as it was."""
+    from media_server.sdp import tune_answer
+
+    answer = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n"
+              "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
+              "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=rtpmap:96 VP8/90000\r\n")
+    tuned = tune_answer(answer, 1200, 60)
+    audio, video = tuned.split("m=video")
+    assert audio.count("a=ptime:") == 1 and "a=ptime:60\r\n" in audio and "a=ptime" not in video
+    assert "a=fmtp:111 minptime=10;useinbandfec=1\r\n" in audio  # the codec's own parameters untouched
+    assert tune_answer(tuned, 1200, 60) == tuned  # idempotent
+    assert tune_answer(tuned, 1200, 40).count("a=ptime:") == 1 and "a=ptime:40" in tune_answer(tuned, 1200, 40)
+    assert "a=ptime" not in tune_answer(answer, 1200, 20) and "a=ptime" not in tune_answer(answer, 1200)
+    assert tune_answer(answer, 1200, 20) == tune_answer(answer, 1200)
+
+
 # --- the screen's clock ------------------------------------------------------------------------------------------
 def test_screen_clock_anchors_to_the_webcam_and_never_goes_back() -> None:
     now: list[float | None] = [None]

@@ -156,7 +156,7 @@ async def test_opus_through_the_node_decoder_and_the_slot_finds_the_speech_and_t
             # Faster than real time, yet never so far ahead that the overload guards drop anything (they are
             # tested on their own): a real browser sends 50 packets a second.
             for _ in range(1000):
-                if outlet.decoder.backlog <= 50 and len(slot.waiting) <= 4:
+                if outlet.decoder.backlog_s <= 1.0 and len(slot.waiting) <= 4:
                     break
                 await asyncio.sleep(0.01)
         for _ in range(200):

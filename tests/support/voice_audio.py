@@ -60,21 +60,14 @@ def resample(pcm: np.ndarray, rate: int, to: int) -> np.ndarray:
     return np.interp(np.arange(n) * rate / to, np.arange(len(pcm)), pcm).astype(np.float32)
 
 
-def opus_packets(pcm16k: np.ndarray) -> list[bytes]:
-    """Encode like a browser: 48 kHz stereo Opus, 20 ms packets, 32 kbit/s."""
-    import av
+def opus_packets(pcm16k: np.ndarray, frame_ms: int = 20) -> list[bytes]:
+    """Encode like a browser: 48 kHz stereo Opus, frame_ms packets (20 unless the answer asks for another
+    ptime), 32 kbit/s; the last frame padded with silence."""
+    from bench.synthetic import encode_opus
 
-    codec = av.CodecContext.create("libopus", "w")
-    codec.sample_rate, codec.layout, codec.format, codec.bit_rate = 48_000, "stereo", "s16", 32_000
     pcm48 = resample(pcm16k, RATE, 48_000)
-    pcm48 = np.pad(pcm48, (0, -len(pcm48) % 960))
-    out: list[bytes] = []
-    for i in range(0, len(pcm48), 960):
-        mono = (np.clip(pcm48[i:i + 960], -1, 1) * 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate, frame.pts = 48_000, i
-        out += [bytes(p) for p in codec.encode(frame)]
-    return out
+    pcm48 = np.pad(pcm48, (0, -len(pcm48) % (48 * frame_ms)))
+    return encode_opus(pcm48, frame_ms, channels=2)
 
 
 def silence(seconds: float) -> np.ndarray:
