@@ -6,7 +6,17 @@ one shows how long it lasted, so consecutive segments tile the session timeline 
 the jitter buffer may hand over corrupt frames: they are dropped until the next keyframe (and a PLI asks for
 one), the last good frame holding the picture meanwhile.
 
-All file writing happens on one archive thread per media process, in order; the event loop only decides.
+Audio from before a cut that arrives after the cut's keyframe (Chromium sends an Opus packet after its 20 or 60 ms
+have been captured, so up to ~0.2 s of it trails the keyframe) still goes into the segment it belongs to: that
+segment is held open ARCHIVE_LATE_AUDIO_MS of video time, or until the audio reaches the cut, before it is closed
+(measured in real Chromium with 60-ms packets: 170-210 ms of each segment's audio dropped without it).
+
+All file writing happens on one archive thread per media process, in order; the event loop only decides. The
+writes are handed to that thread in batches, every ARCHIVE_BATCH_MS for all streams of the node, not one hand-off
+per frame: a thread hand-off (executor.submit, the worker's wake-up, the GIL passing back and forth) cost more
+than muxing the frame (bench/handoff.py). A batch still pending is handed over at once when a stream closes and
+when the archive stops, so a clean stop loses no frame; a killed process loses at most one batch more than the
+muxer holds (see archiver/webm.py).
 
 The shared screen (media_server/screen.py) is recorded by a second recorder of its own on the same timeline:
 track "screen", its own segments (no audio), rows in screen_segments, its own master (archiver/assemble.py).
@@ -18,13 +28,14 @@ import asyncio
 import errno
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from archiver.spool import Spool, SpoolSegment, Uploader, mark_lost
 from archiver.webm import WebmWriter
-from core import vp8
+from core import opus, vp8
 from core.live import EventAlert
 from media_server.outlets import EncodedFrame, Stream
 from proctor import metrics
@@ -39,7 +50,6 @@ ALERT_EVERY_S = 60.0
 # After the spool refused a write: how long to drop frames (and send no PLI) before trying a new segment.
 RETRY_OPEN_S = 2.0
 NOMINAL_FRAME_S = 1 / 30
-AUDIO_FRAME_MS = 20
 
 
 @dataclass
@@ -80,6 +90,10 @@ class StreamRecorder:
         self._last_alert = -ALERT_EVERY_S
         self._retry_open_at = 0.0  # monotonic; while the spool is failing, no segment is opened before it
         self._closed = False
+        # The segment before the last cut, held open for its late audio: (it, where it ends). Webcam only: the
+        # screen's segments have no audio.
+        self._held: tuple[_Open, float] | None = None
+        self._late_audio_s = archive.ctx.settings.archive_late_audio_ms / 1000 if track == "webcam" else 0.0
         stream.encoded_sinks.append(self.on_frame)
         stream.close_hooks.append(self.on_close)
 
@@ -94,6 +108,8 @@ class StreamRecorder:
 
     def _video(self, frame: EncodedFrame, t: float) -> None:
         keyframe = frame.is_keyframe
+        if self._held is not None and t >= self._held[1] + self._late_audio_s:
+            self._close_held()
         if self.stream.losses != self.seen_losses:
             self.seen_losses = self.stream.losses
             self.stats.losses += 1
@@ -115,7 +131,7 @@ class StreamRecorder:
         boundary = current.segment.start_s + self.segment_s
         if keyframe and t >= boundary - NOMINAL_FRAME_S / 2:
             self._flush_pending(current, until=t)
-            self._close(current, end_s=t)
+            self._hold_or_close(current, end_s=t)
             self._open(frame, t)
             return
         if t >= boundary - PLI_LEAD_S:
@@ -126,12 +142,41 @@ class StreamRecorder:
         current.pending = (frame.data, t, keyframe)
 
     def _audio(self, frame: EncodedFrame, t: float) -> None:
+        if self._held is not None:
+            held, end_s = self._held
+            if t < end_s:  # from before the cut: the held segment's, if it is not older still
+                if t >= held.segment.start_s:
+                    self._submit_audio(held, frame.data, t)
+                else:
+                    self.stats.audio_dropped += 1
+                return
+            self._close_held()  # the audio has reached the cut: nothing more comes for it
         current = self.current
         if current is None or t < current.segment.start_s:
             self.stats.audio_dropped += 1  # before the first keyframe, or straddling a cut
             return
+        self._submit_audio(current, frame.data, t)
+
+    def _submit_audio(self, current: _Open, data: bytes, t: float) -> None:
         pts = round((t - current.segment.start_s) * 1000)
-        self._submit(_write_audio, current, frame.data, pts)
+        # Each packet's own length (20 ms unasked, 60 with AUDIO_PTIME_MS=60): a fixed 20 would make a player
+        # see 40 ms of silence after every 60-ms packet's first 20, and cut the master's audio short at a seam.
+        duration = max(1, round(opus.packet_duration_ms(data)))
+        self._submit(_write_audio, current, data, pts, duration)
+
+    def _hold_or_close(self, current: _Open, end_s: float) -> None:
+        """At a cut: close the segment that ends here once its late audio is in (module doc), or at once."""
+        self._close_held()
+        if self._late_audio_s > 0:
+            self._held = (current, end_s)
+        else:
+            self._close(current, end_s=end_s)
+
+    def _close_held(self) -> None:
+        if self._held is not None:
+            held, end_s = self._held
+            self._held = None
+            self._close(held, end_s=end_s)
 
     def _flush_pending(self, current: _Open, until: float) -> None:
         if current.pending is None:
@@ -167,11 +212,9 @@ class StreamRecorder:
         current.segment.frames = current.frames
         metrics.segment_written()
         self._submit(_close_writer, current, self.archive.spool)
-        loop = asyncio.get_running_loop()
-        # Upload once the archive thread has closed the file (it runs the queue in order).
-        fut = loop.run_in_executor(self.archive.executor, lambda: None)
-        segment = current.segment
-        fut.add_done_callback(lambda _f: self.archive.uploader.submit(segment))
+        # Upload once the archive thread has closed the file (it runs the writes in order): the next write after
+        # the close hands the segment back to the loop.
+        self.archive.write(_hand_to_uploader, asyncio.get_running_loop(), self.archive, current.segment)
 
     def _ask_keyframe(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -182,10 +225,10 @@ class StreamRecorder:
         asyncio.ensure_future(self.stream.request_keyframe())
 
     def _submit(self, fn: Any, current: _Open, *args: Any) -> None:
-        # Straight to the archive thread's queue (one thread: writes run in order). Not run_in_executor: its
-        # asyncio future would wake the event loop once per archived frame (~80/s per stream) for a result
-        # nobody awaits; failures come back through _guard.
-        self.archive.executor.submit(self._guard, asyncio.get_running_loop(), fn, current, args)
+        # To the archive thread, in order (Archive.write). Not run_in_executor: its asyncio future would wake the
+        # event loop once per archived frame (~80/s per stream) for a result nobody awaits; failures come back
+        # through _guard.
+        self.archive.write(self._guard, asyncio.get_running_loop(), fn, current, args)
 
     def _guard(self, loop: asyncio.AbstractEventLoop, fn: Any, current: _Open, args: tuple[Any, ...]) -> None:
         try:
@@ -233,6 +276,7 @@ class StreamRecorder:
         self._closed = True
         if self._registry.get(stream.session_id) is self:
             del self._registry[stream.session_id]
+        self._close_held()
         current = self.current
         self.current = None
         if current is None:
@@ -241,10 +285,25 @@ class StreamRecorder:
         self._flush_pending(current, until=end)
         self._close(current, end_s=end)
         # Wait until the archive thread has written and closed this stream's last file.
-        await asyncio.get_running_loop().run_in_executor(self.archive.executor, lambda: None)
+        await self.archive.drain()
 
 
 # --- archive thread --------------------------------------------------------------------------------------
+def _run_batch(batch: list[tuple[Callable[..., None], tuple[Any, ...]]]) -> None:
+    for fn, args in batch:
+        try:
+            fn(*args)
+        except Exception:  # _guard catches the writes' own failures; this is a bug, and must not stop the rest
+            log.exception("archive write failed")
+
+
+def _hand_to_uploader(loop: asyncio.AbstractEventLoop, archive: Archive, segment: SpoolSegment) -> None:
+    try:
+        loop.call_soon_threadsafe(archive.uploader.submit, segment)
+    except RuntimeError:  # the loop is closed: the spool keeps the segment, uploaded at the next start
+        log.warning("segment %s left in the spool: the event loop is closed", segment.spool_id)
+
+
 def _open_writer(current: _Open, spool: Spool, size: tuple[int, int], with_audio: bool) -> None:
     width, height = size
     current.writer = WebmWriter(current.segment.path(spool.root), width or 640, height or 480, with_audio)
@@ -255,9 +314,9 @@ def _write_video(current: _Open, data: bytes, pts: int, duration: int, keyframe:
         current.writer.write_video(data, pts, duration, keyframe)
 
 
-def _write_audio(current: _Open, data: bytes, pts: int) -> None:
+def _write_audio(current: _Open, data: bytes, pts: int, duration: int) -> None:
     if current.writer is not None and not current.broken:
-        current.writer.write_audio(data, pts, AUDIO_FRAME_MS)
+        current.writer.write_audio(data, pts, duration)
 
 
 def _close_writer(current: _Open, spool: Spool) -> None:
@@ -283,6 +342,9 @@ class Archive:
         self.spool = Spool(ctx.settings.spool_dir, node_id="")
         self.uploader = Uploader(ctx, self.spool)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
+        self.batch_s = ctx.settings.archive_batch_ms / 1000
+        self._batch: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._batch_handle: asyncio.TimerHandle | None = None
         self.recorders: dict[str, StreamRecorder] = {}
         self.screen_recorders: dict[str, StreamRecorder] = {}  # the shared screens' (same session keys)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -293,6 +355,29 @@ class Archive:
         screen = getattr(stream, "screen", None)
         if screen is not None:
             self.screen_recorders[stream.session_id] = StreamRecorder(self, screen, track="screen")
+
+    def write(self, fn: Callable[..., None], *args: Any) -> None:
+        """Event loop: run `fn(*args)` on the archive thread, after every write asked for before it."""
+        if self.batch_s <= 0:
+            self.executor.submit(fn, *args)
+            return
+        self._batch.append((fn, args))
+        if self._batch_handle is None:
+            self._batch_handle = asyncio.get_running_loop().call_later(self.batch_s, self.flush)
+
+    def flush(self) -> None:
+        """Event loop: hand the writes waiting for the batch window to the archive thread now."""
+        if self._batch_handle is not None:
+            self._batch_handle.cancel()
+            self._batch_handle = None
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self.executor.submit(_run_batch, batch)
+
+    async def drain(self) -> None:
+        """Until every write asked for so far has run on the archive thread."""
+        self.flush()
+        await asyncio.get_running_loop().run_in_executor(self.executor, lambda: None)
 
     async def alert(self, session_id: str, media_time: float, message: str) -> None:
         try:
@@ -329,7 +414,7 @@ class Archive:
                 await mark_lost(self.ctx, orphan)
 
     async def stop(self, within_s: float = 20.0) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.executor, lambda: None)
+        await self.drain()
         if not await self.uploader.drain(within_s):
             log.warning("%d segments left in the spool; they upload at the next start", self.uploader.queue.qsize())
         await self.uploader.stop()

@@ -6,6 +6,7 @@ recovered and uploaded."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import uuid
@@ -78,11 +79,16 @@ async def _session(ctx: Context) -> str:
 
 
 async def _stream(archive: Archive, clip: EncodedClip, session_id: str, seconds: float, base_s: float = 0.0,
-                  lose_at: float | None = None, pace: float = 0.0) -> FakeStream:
+                  lose_at: float | None = None, pace: float = 0.0, audio_ms: int = 20,
+                  audio_lag_s: float = 0.0) -> FakeStream:
+    """`audio_lag_s`: each audio packet arrives this much after the video frame of its media time (a browser sends
+    an Opus packet once its 20 or 60 ms are captured and encoded); what is left arrives before the close."""
     stream = FakeStream(session_id)
     archive.attach(stream)  # type: ignore[arg-type]
     n_video = int(seconds * FPS)
     audio_i = 0
+    audio = clip.audio_packets(audio_ms)  # Opus packets of audio_ms (AUDIO_PTIME_MS)
+    step = audio_ms / 1000
     for i in range(n_video):
         t = base_s + i / FPS
         data, _ = clip.video[i % len(clip.video)]
@@ -90,12 +96,16 @@ async def _stream(archive: Archive, clip: EncodedClip, session_id: str, seconds:
             stream.losses += 1  # the jitter buffer threw packets away before this frame
         stream.clock.end_s = t  # as the node's clock advances with each frame
         stream.feed(EncodedFrame("video", "VP8", data, i * 3000, 90_000), t)
-        while base_s + audio_i * 0.02 <= t:
-            stream.feed(EncodedFrame("audio", "opus", clip.audio[audio_i % len(clip.audio)], audio_i * 960, 48_000),
-                        base_s + audio_i * 0.02)
+        while base_s + audio_i * step <= t - audio_lag_s:
+            stream.feed(EncodedFrame("audio", "opus", audio[audio_i % len(audio)], audio_i * 48 * audio_ms, 48_000),
+                        base_s + audio_i * step)
             audio_i += 1
         if pace and i % 10 == 0:
             await asyncio.sleep(pace)
+    while audio_lag_s and base_s + audio_i * step < base_s + n_video / FPS:
+        stream.feed(EncodedFrame("audio", "opus", audio[audio_i % len(audio)], audio_i * 48 * audio_ms, 48_000),
+                    base_s + audio_i * step)
+        audio_i += 1
     stream.clock.end_s = base_s + n_video / FPS
     await stream.close()
     return stream
@@ -138,6 +148,33 @@ async def test_segments_tile_the_timeline(ctx: Context, archive: Archive, clip: 
     assert sum(r["frames"] for r in rows) == seconds * FPS
     assert stream.plis >= 3  # asked for a keyframe before each boundary
     assert list(archive.spool.root.glob("*/*")) == []  # spool emptied only after upload + commit
+
+
+@pytest.mark.parametrize("audio_ms", [20, 60])
+async def test_audio_keeps_each_packets_own_duration(ctx: Context, archive: Archive, clip: EncodedClip,
+                                                     tmp_path: Path, audio_ms: int) -> None:
+    """AUDIO_PTIME_MS: each archived Opus packet lasts what its TOC says (60-ms packets 60 ms, not a fixed 20), so
+    a segment's audio runs back to back to its end, as long as its video within a packet, and decodes to as much;
+    audio arriving 0.2 s after its video (as Chromium's 60-ms packets do) still lands in its own segment
+    (ARCHIVE_LATE_AUDIO_MS)."""
+    import av
+
+    session_id = await _session(ctx)
+    await _stream(archive, clip, session_id, 4.0, audio_ms=audio_ms, audio_lag_s=0.2)
+    rows = await wait_for(lambda: _stored(ctx, session_id, 2), within=30)
+    for row in rows:
+        path = tmp_path / f"{audio_ms}-{row['idx']}.webm"
+        await ctx.storage.download(row["storage_key"], path)
+        with av.open(str(path)) as container:
+            packets = [p for p in container.demux(container.streams.audio[0]) if p.pts is not None]
+        assert len(packets) > 10 and all(p.duration == audio_ms for p in packets), {p.duration for p in packets}
+        assert all(b.pts - a.pts == audio_ms for a, b in itertools.pairwise(packets))  # back to back, no holes
+        video_s = row["end_s"] - row["start_s"]
+        audio_end_s = (packets[-1].pts + packets[-1].duration) / 1000
+        assert abs(audio_end_s - video_s) <= audio_ms / 1000 + 1e-9, (audio_end_s, video_s)
+        with av.open(str(path)) as container:
+            decoded_s = sum(f.samples for f in container.decode(audio=0)) / 48_000
+        assert decoded_s == pytest.approx((packets[-1].pts - packets[0].pts) / 1000 + audio_ms / 1000, abs=0.001)
 
 
 async def test_loss_drops_until_keyframe(ctx: Context, archive: Archive, clip: EncodedClip, tmp_path: Path) -> None:
@@ -383,3 +420,26 @@ async def test_real_disk_full_alerts_keeps_what_was_written_and_resumes(
     print(f"\n[disk full] hole {hole_start:.2f}-{hole_end:.2f} s ({hole_end - hole_start:.2f} s not recorded), "
           f"last segment before it {before[-1]['frames']} frames, segments lost {len(rows) - len(stored)}, "
           f"master {info.duration_s:.2f} s with {info.video_frames} frames, 0 decode errors")
+
+
+async def test_without_the_hold_late_audio_before_a_cut_is_dropped(ctx: Context, clip: EncodedClip,
+                                                                   tmp_path: Path) -> None:
+    """ARCHIVE_LATE_AUDIO_MS=0 (the old behaviour): the segment closes at the cut's keyframe and the audio from
+    before the cut that arrives after it is dropped: the first segment's audio ends ~0.2 s before its video."""
+    import av
+
+    settings = replace(ctx.settings, segment_seconds=2, data_dir=tmp_path, archive_late_audio_ms=0)
+    archive = Archive(Context(settings, ctx.pool, ctx.redis, ctx.storage))
+    await archive.start(f"test-{uuid.uuid4().hex[:6]}")
+    try:
+        session_id = await _session(ctx)
+        await _stream(archive, clip, session_id, 4.0, audio_ms=60, audio_lag_s=0.2)
+        rows = await wait_for(lambda: _stored(ctx, session_id, 2), within=30)
+    finally:
+        await archive.stop()
+    path = tmp_path / "first.webm"
+    await ctx.storage.download(rows[0]["storage_key"], path)
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(container.streams.audio[0]) if p.pts is not None]
+    audio_end_s = (packets[-1].pts + packets[-1].duration) / 1000
+    assert 0.1 < rows[0]["end_s"] - rows[0]["start_s"] - audio_end_s < 0.3
