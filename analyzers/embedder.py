@@ -17,7 +17,9 @@ set (Dlib, cosine, 2026-12-01, the same 407 same-person and 9057 different-perso
 against the best of 3 references 4/432 -> 2/432, against one 36/407 -> 28/407. It costs a second inference:
 `_worker_embed` took 144 -> 279 ms median (p10 104 -> 207 ms) on 40 of the set's crops, at this worker's nice
 level on the 2 shared CPUs here. One batch of two costs what two calls cost (dlib runs a batch image by image)
-but is one round trip.
+but is one round trip. `embed_parts` runs one view alone (the crop, or its mirror image) and `combine` averages two
+such answers exactly as one mirrored call does: analyzers/identity.py (IDENTITY_MIRROR=band) asks for the mirror
+view only when the crop alone lands near the threshold.
 """
 
 from __future__ import annotations
@@ -172,6 +174,29 @@ def _worker_embed(bgr: np.ndarray, mirror: bool = MIRROR) -> np.ndarray:
     return fuse(dlib, _faceres_embed(bgr, mirror))
 
 
+def _worker_parts(bgr: np.ndarray, mirrored: bool) -> list[np.ndarray]:
+    """One pass of each network over the crop (or, `mirrored`, its mirror image): the raw embeddings, which
+    `combine` turns into what `_worker_embed` returns. Two such calls (plain, then mirrored) give exactly the
+    mirror-averaged embedding, so a check can stop after the first when its answer is clear (IDENTITY_MIRROR)."""
+    image = np.ascontiguousarray(bgr[:, ::-1]) if mirrored else bgr
+    parts = [_deepface_embed(image, mirror=False)]
+    if _model_name == FUSED_MODEL:
+        session = _faceres_session()
+        features = session.run([FACERES_OUTPUT], {session.get_inputs()[0].name: faceres_input(image)[None]})[0]
+        parts.append(np.asarray(features[0], dtype=np.float64))
+    return parts
+
+
+def combine(model_name: str, parts: list[np.ndarray], mirrored: list[np.ndarray] | None = None) -> np.ndarray:
+    """The embedding from `_worker_parts`' raw embeddings: each network's, averaged with its mirror image's
+    (`mirrored`, when given) as `_worker_embed` averages them, then fused for the fused model."""
+    if mirrored is not None:
+        parts = [mirrored_mean(a, b) for a, b in zip(parts, mirrored, strict=True)]
+    if model_name == FUSED_MODEL:
+        return fuse(parts[0], parts[1])
+    return np.asarray(parts[0], dtype=np.float64)
+
+
 def _deepface_embed(bgr: np.ndarray, mirror: bool) -> np.ndarray:
     from deepface import DeepFace
 
@@ -226,6 +251,12 @@ def embed(model_name: str, models_home: str, bgr: np.ndarray, mirror: bool = MIR
     normalised mean with its mirror image's, in the same round trip."""
     return np.asarray(_call(model_name, models_home, _worker_embed, np.ascontiguousarray(bgr), mirror),
                       dtype=np.float64)
+
+
+def embed_parts(model_name: str, models_home: str, bgr: np.ndarray, mirrored: bool = False) -> list[np.ndarray]:
+    """One pass of each network over the crop or (`mirrored`) its mirror image: see `_worker_parts`, `combine`."""
+    parts = _call(model_name, models_home, _worker_parts, np.ascontiguousarray(bgr), mirrored)
+    return [np.asarray(part, dtype=np.float64) for part in parts]
 
 
 def shutdown() -> None:

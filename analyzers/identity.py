@@ -33,17 +33,42 @@ bench/quality's labelled set with the policy of `bench.quality.metrics.calibrate
 any other pair.
 
 Cadence (IDENTITY_STABLE_INTERVAL_S, 30 s by default; at most IDENTITY_INTERVAL_S: a check every
-IDENTITY_INTERVAL_S as before). A check costs ~240 ms of CPU (both face models and the embedding), so a candidate
-who keeps matching is checked rarely, and one who may have changed at once. `IdentityCadence` checks every
-IDENTITY_INTERVAL_S during the enrolment window, after a failed check (core/rules.py starts identity_mismatch on
-two failed checks in a row: the second comes as fast as before), after a check that gave no answer (no face, a
-poor picture, a face too small) and until two checks in a row matched with one face in view; then every
-IDENTITY_STABLE_INTERVAL_S, each interval drawn at random from 0.5x-1.5x of it. The faces detector's signals on the
+IDENTITY_INTERVAL_S as before). A check costs ~240 ms of CPU (both face models and the embedding; ~120 ms less
+outside the mirror band, below), so a candidate who keeps matching is checked rarely, and one who may have changed
+at once. `IdentityCadence` checks every IDENTITY_INTERVAL_S during the enrolment window until the reference set is
+full (the photo and ENROL_MAX_FRAMES frames, typically ~15-25 s in: a later check of the window could enrol
+nothing, with IDENTITY_FAST_UNTIL_ENROLLED=true; off by default, see below), after a failed check (core/rules.py starts
+identity_mismatch on two failed checks in a row: the second comes as fast as before), after a check that gave no
+answer (no face, a poor picture, a face too small) and until two checks in a row matched with one face in view;
+then every IDENTITY_STABLE_INTERVAL_S, each interval drawn at random from 0.5x-1.5x of it. The faces detector's
+signals on the
 same stream (analyzers/live.py passes them to `hint`) bring the next check forward to the next frame: the face
 coming back after none was seen, the number of faces changing, the face moving or changing size beyond what
 sitting still explains (JUMP_SHIFT, JUMP_SCALE), a poor picture ending. A hinted check never comes sooner than
 IDENTITY_INTERVAL_S after the last check, so a flickering face count cannot check more often than before; while the
-faces detector sees nobody there is nothing to check and none is made (the return brings one).
+faces detector sees nobody there is nothing to check and none is made (the return brings one). What ending the
+window's pace early costs: a seat swap in the first minute after the set is full, with the new face where the old
+one was (no hint), waits for the next rare check, as in any later minute. bench/quality's identity_swap clip (hard
+cuts to someone else at 8 s and 31 s) flags only the first swap with it, both with IDENTITY_FAST_UNTIL_ENROLLED=false
+(2026-12-02; IDENTITY_MIRROR=band changed no clip event). So it is off by default: a physical swap makes the face
+leave or jump (a hint), but a fed video can cut, and the first minute is when the reference set is still young.
+
+Mirror pass in a band (IDENTITY_MIRROR=band, the default): the embedding averages the crop and its mirror image
+(analyzers/embedder.py), two passes of each network. A live check embeds the crop alone first and adds the mirror
+pass only when that best distance lies within MIRROR_BAND of the threshold T, or when the frame may be enrolled
+(every reference, the photo included, stays mirror-averaged). Measured on bench/quality's labelled set (2026-12-02, AMD
+EPYC with AVX-512, 2 cores; `python -m bench.identity_cost --band`), Dlib+FaceRes/cosine, single-pass probe
+against mirror-averaged references: 30651 comparisons (every pair of different photographs both ways, best of 3,
+camera-like variants of the 15 closest impostor pairs); at T = 0.1301 the single-pass distance lay at most 0.0293
+(0.225 T) from the averaged one (p99 0.111 T; near the threshold, the impostor variants: 0.158 T); every single-pass
+distance below 0.9994 T was an averaged match and every one above 1.095 T an averaged mismatch. The band, T +-
+0.065 (0.5-1.5 T), is more than twice the largest shift on each side (a distance, so it holds for another
+IDENTITY_THRESHOLD): outside it no decision changed (0 of 26356); inside it fell 4295
+comparisons, most of them impostor variants and same-person pairs of different photographs, while a live candidate
+against references enrolled from the same webcam sits far below it. One pass costs about half of two: embedding
+process CPU per check, median 120 against 230 ms (mean 119 / 235) on 40 of the set's crops, the two passes of a check
+in the band 240 ms (`python -m bench.identity_cost --passes`, same run). Models and metrics without a measured band
+always pay both passes.
 
 Offline rules: the weights file is checked *before* DeepFace builds the model (otherwise DeepFace tries to
 download it), and the embedding process sets $DEEPFACE_HOME before it imports deepface (it creates its folders
@@ -107,6 +132,13 @@ MIN_NOSE_DROP = 0.2  # the nose tip below the eye line, in eye distances (rules 
 # came down to 0.13015. At 0.1301: no false match (0/9135 best of 3, 0/8920 one reference); false mismatch 0/432
 # against the best of 3 references, 14/407 (3.4 %) against one.
 CALIBRATED: dict[tuple[str, str], float] = {("Dlib", "cosine"): 0.0479, ("Dlib+FaceRes", "cosine"): 0.1301}
+
+# IDENTITY_MIRROR=band: a check embeds the crop alone first (one pass of each network) and pays the mirror pass only
+# when that single-pass best distance lies within this distance of the threshold, where the mirror can change the
+# decision. Measured per (model, metric) with `python -m bench.identity_cost --band` (module doc: the single-pass
+# distance lay at most 0.0293 from the averaged one on 30651 comparisons; the band is twice that and more); a pair not
+# listed always pays both passes (Dlib alone: shifts up to 0.83 T, 0.28 T near it; not worth a band).
+MIRROR_BAND: dict[tuple[str, str], float] = {("Dlib+FaceRes", "cosine"): 0.065}
 
 
 def deepface_threshold(model_name: str, metric: str) -> float:
@@ -299,7 +331,8 @@ class IdentityCadence:
 
     def checked(self, t: float, outcome: str, box: Box | None, faces: int, enrolling: bool) -> None:
         """A check's result: `outcome` is an IdentityStats field name (or "no_reference"), `box` the checked face's
-        box, `faces` how many faces the check saw, `enrolling` whether it fell in the enrolment window."""
+        box, `faces` how many faces the check saw, `enrolling` whether enrolment goes on (IdentityDetector.analyze: in
+        the enrolment window, and the reference set not yet full)."""
         with self._lock:
             if outcome == "matched":
                 self.matches += 1
@@ -416,6 +449,14 @@ class IdentityDetector(Detector):
         if self.cadence.adaptive:
             self.fps = max(self.fps, WAKE_FPS)
         self.threshold = settings.identity_threshold  # 0: `calibrated_threshold`, looked up in load()
+        # IDENTITY_MIRROR=band: the mirror pass only where it can change the decision (MIRROR_BAND); None: always.
+        self.mirror_band = MIRROR_BAND.get((self.model_name, self.metric)) if settings.identity_mirror == "band" \
+            else None
+        # IDENTITY_FAST_UNTIL_ENROLLED: once the reference set is full, the enrolment window's fast pace has nothing
+        # left to enrol, so checks go rare on the same terms as after the window (module doc). False: the whole
+        # window at IDENTITY_INTERVAL_S (before).
+        self.fast_until_full = settings.identity_fast_until_enrolled
+        self.passes = {"single": 0, "mirrored": 0}  # live checks embedded with one pass / with the mirror pass too
         self.min_face_score = settings.face_min_score
         self.models_home = settings.models_home  # DeepFace's home
         self.weights_dir = settings.deepface_weights_dir
@@ -509,14 +550,34 @@ class IdentityDetector(Detector):
             return asdict(self._state.stats)
 
     # --- embeddings --------------------------------------------------------------------------------
-    def embed_face(self, rgb: np.ndarray, face: Face) -> np.ndarray:
+    def _crop_bgr(self, rgb: np.ndarray, face: Face) -> np.ndarray:
         if self._model is None:
             self.load()
         crop = face_crop(rgb, face, CROP_MARGIN)
         # DeepFace's "skip" path takes BGR; scaled to 0..1 like its own detectors' crops, which every model
         # (Dlib included) expects.
-        bgr = np.ascontiguousarray(crop[:, :, ::-1], dtype=np.float32) / 255.0
-        return embedder.embed(self.model_name, str(self.models_home), bgr)
+        return np.ascontiguousarray(crop[:, :, ::-1], dtype=np.float32) / 255.0
+
+    def embed_face(self, rgb: np.ndarray, face: Face) -> np.ndarray:
+        """The mirror-averaged embedding (references are always this one: enrolment pays both passes)."""
+        return embedder.embed(self.model_name, str(self.models_home), self._crop_bgr(rgb, face))
+
+    def _check_embedding(self, rgb: np.ndarray, found: Look, references: Sequence[np.ndarray],
+                         media_time_s: float) -> tuple[np.ndarray, bool]:
+        """A live check's embedding of the face, and whether it is mirror-averaged. With a mirror band, the crop
+        alone first: a best distance outside the band gives the decision the averaged one would (measured, see
+        MIRROR_BAND), so the mirror pass is skipped; inside it, or for a frame that may be enrolled (references
+        are always averaged), the mirror pass too, which makes it exactly `embed_face`'s embedding."""
+        assert found.face is not None
+        if self.mirror_band is None or self.enrol_reason(found, 0.0, media_time_s) is None:
+            return self.embed_face(rgb, found.face), True
+        home, bgr = str(self.models_home), self._crop_bgr(rgb, found.face)
+        plain = embedder.embed_parts(self.model_name, home, bgr)
+        single = embedder.combine(self.model_name, plain)
+        if abs(best_distance(references, single, self.metric)[0] - self.threshold) > self.mirror_band:
+            return single, False
+        mirrored = embedder.embed_parts(self.model_name, home, bgr, mirrored=True)
+        return embedder.combine(self.model_name, plain, mirrored), True
 
     def _scored(self, faces: list[Face]) -> list[Face]:
         return [face for face in faces if face.score >= self.min_face_score]
@@ -604,8 +665,10 @@ class IdentityDetector(Detector):
     def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
         signals, outcome, found = self._check(rgb, media_time_s)
         with self._lock:
-            start = self._state.enrol_from
-        enrolling = start is None or media_time_s - start <= ENROL_WINDOW_S
+            start, references = self._state.enrol_from, self._state.references
+        # The fast pace serves enrolment: over once the window is, or (fast_until_full) once the set is full.
+        full = self.fast_until_full and len(references) > ENROL_MAX_FRAMES  # the photo and ENROL_MAX_FRAMES frames
+        enrolling = start is None or (media_time_s - start <= ENROL_WINDOW_S and not full)
         box: Box | None = None
         if found is not None and found.face is not None:
             height, width = rgb.shape[:2]
@@ -634,7 +697,9 @@ class IdentityDetector(Detector):
         if not found.usable or not references:
             self._count("unembeddable")
             return [], "unembeddable", found  # not evidence either way: neither a mismatch nor a match
-        embedding = self.embed_face(rgb, found.face)
+        embedding, mirrored = self._check_embedding(rgb, found, [r.embedding for r in references], media_time_s)
+        with self._lock:
+            self.passes["mirrored" if mirrored else "single"] += 1
         dist, index = best_distance([r.embedding for r in references], embedding, self.metric)
         mismatch = dist > self.threshold
         self._count("mismatched" if mismatch else "matched")
@@ -643,8 +708,8 @@ class IdentityDetector(Detector):
             "distance": round(dist, 4),  # the best over the references
             "reference": references[index].label, "references": len(references),
             "photo_distance": round(photo_dist, 4),
-            "threshold": self.threshold, "metric": self.metric, "model": self.model_name}
-        details["enrolled"] = self.enrol_reason(found, photo_dist, media_time_s) is None and self._enrol(
+            "threshold": self.threshold, "metric": self.metric, "model": self.model_name, "mirrored": mirrored}
+        details["enrolled"] = mirrored and self.enrol_reason(found, photo_dist, media_time_s) is None and self._enrol(
             Reference(embedding, f"frame@{media_time_s:g}", media_time_s), generation)
         height, width = rgb.shape[:2]
         x1, y1, x2, y2 = found.face.box  # whole: it may reach outside the frame, the evidence box may not

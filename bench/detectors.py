@@ -8,7 +8,10 @@ is built as a media node builds it (the bundled models, the identity reference s
 as the node's sampler gives them (media_server/decode.py FrameSampler._due at the detector's fps), with the
 other detectors' signals passed to the phone's cadence as analyzers/live.py does. The phone detector runs twice
 over the same frames in the same run: at a fixed PHONE_FPS (PHONE_ADAPTIVE=false, the old behaviour) and with
-its adaptive cadence (the default).
+its adaptive cadence (the default). Identity runs three more times (IDENTITY_LEVER_ROWS and a fixed interval): with
+the mirror pass always, with the full set ending the window's pace, and without the adaptive cadence; its figures
+are split at the end
+of the enrolment window (the first 60 s).
 
 CPU is the process's CPU time (all its threads: mediapipe runs its own) plus its children's (the identity
 embedding process) around each call, calls one at a time, so other load on the machine changes it little but
@@ -47,7 +50,11 @@ from proctor.settings import Settings
 from tests.support.media import empty_room, face_canvas
 
 BASE_FPS = 7.5  # the frames a node decodes with temporal layers (a quarter of 30 fps)
-LATE_S = ENROL_WINDOW_S  # identity checks at IDENTITY_INTERVAL_S during its enrolment window, whatever the cadence
+LATE_S = ENROL_WINDOW_S  # identity's enrolment window: checks at IDENTITY_INTERVAL_S
+# Identity's levers at exam start (the enrolment window), in rows of their own over the same frames:
+# IDENTITY_MIRROR=band (the default) switched off, and the full reference set ending the fast pace
+# (IDENTITY_FAST_UNTIL_ENROLLED, off by default: analyzers/identity.py says why) switched on.
+IDENTITY_LEVER_ROWS = ("identity, IDENTITY_MIRROR=always (before)", "identity, IDENTITY_FAST_UNTIL_ENROLLED=true")
 
 
 def clip_frames() -> tuple[list[np.ndarray], np.ndarray]:
@@ -177,10 +184,39 @@ def build(settings: Settings) -> list[Slot]:
     identity_fixed.set_reference(face)
     for detector in (faces_every, identity_fixed):
         detector.analyze(face, 0.0)
-    return [Slot("faces", faces), Slot("gaze", gaze), Slot("identity", identity),
+    slots = [Slot("faces", faces), Slot("gaze", gaze), Slot("identity", identity),
             Slot("phone, fixed PHONE_FPS", fixed), Slot("phone, adaptive", adaptive),
             Slot("faces, full range every frame", faces_every, hints=False),
-            Slot("identity, fixed IDENTITY_INTERVAL_S", identity_fixed)]
+            Slot("identity, fixed IDENTITY_INTERVAL_S", identity_fixed),
+            *identity_levers_off(settings, face)]
+    for slot in slots:  # the warm-up's embeddings are not part of the figure
+        if isinstance(slot.detector, IdentityDetector):
+            slot.detector.passes = {"single": 0, "mirrored": 0}
+    return slots
+
+
+def identity_levers_off(settings: Settings, face: np.ndarray) -> list[Slot]:
+    """IDENTITY_LEVER_ROWS: identity with the mirror pass always (what every stream paid before), and with the full
+    set ending the window's pace."""
+    slots = []
+    for name, fast, mirror in zip(IDENTITY_LEVER_ROWS, (False, True), ("always", "band"), strict=True):
+        detector = IdentityDetector(replace(settings, identity_mirror=mirror, identity_fast_until_enrolled=fast))
+        detector.load()
+        detector.set_reference(face)
+        for _ in range(2):  # the identity row's warm-up, which enrols its first frame at 0 s: the same start
+            detector.analyze(face, 0.0)
+        slots.append(Slot(name, detector))
+    return slots
+
+
+def identity_split(slot: Slot, seconds: float) -> dict[str, Any]:
+    """One identity row's CPU in and after the enrolment window, its checks, and its embedding passes."""
+    assert isinstance(slot.detector, IdentityDetector)
+    window_s, late_s = min(seconds, LATE_S), max(seconds - LATE_S, 1e-9)
+    return {"window_ms_per_stream_s": round(1000 * (slot.cpu_s - slot.late_cpu_s) / window_s, 1),
+            "after_ms_per_stream_s": round(1000 * slot.late_cpu_s / late_s, 1),
+            "whole_ms_per_stream_s": round(1000 * slot.cpu_s / seconds, 1), "checks": slot.analysed,
+            "passes": dict(slot.detector.passes), "cadence": slot.detector.cadence.stats()}
 
 
 def row(slot: Slot, seconds: float) -> dict[str, Any]:
@@ -209,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = fixed["ms_cpu_per_stream_s"] / max(adaptive["ms_cpu_per_stream_s"], 1e-9)
     cadence = slots[4].detector.cadence if isinstance(slots[4].detector, PhoneDetector) else None
     machine = cpu_model()
-    before = ("phone, fixed PHONE_FPS", "faces, full range every frame", "identity, fixed IDENTITY_INTERVAL_S")
+    before = ("phone, fixed PHONE_FPS", "faces, full range every frame", "identity, fixed IDENTITY_INTERVAL_S",
+              *IDENTITY_LEVER_ROWS)
     all_on = sum(r["ms_cpu_per_stream_s"] for r in rows if r["detector"] not in before)
     by_name = {slot.name: slot for slot in slots}
     faces_detector, identity_detector = by_name["faces"].detector, by_name["identity"].detector
@@ -221,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                   name: round(1000 * by_name[name].late_cpu_s / late_s, 1)
                   for name in ("identity", "identity, fixed IDENTITY_INTERVAL_S")},
               "faces_cadence": faces_detector.cadence.stats(),
-              "identity_cadence": identity_detector.cadence.stats()}
+              "identity_cadence": identity_detector.cadence.stats(),
+              "identity_levers": {name: identity_split(by_name[name], args.seconds)
+                                  for name in ("identity", *IDENTITY_LEVER_ROWS)}}
     result = {"machine": machine, "seconds": args.seconds, "rows": rows, "phone_ratio": round(ratio, 2),
               "nanodet_blob": blobs,
               "phone_cadence": cadence.stats() if cadence else None,
@@ -232,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                            "phone_interval_s": settings.phone_interval_s, "phone_burst_s": settings.phone_burst_s,
                            "phone_hint_ratio": settings.phone_hint_ratio,
                            "faces_full_range_interval_s": settings.faces_full_range_interval_s,
-                           "identity_stable_interval_s": settings.identity_stable_interval_s},
+                           "identity_stable_interval_s": settings.identity_stable_interval_s,
+                           "identity_mirror": settings.identity_mirror,
+                           "identity_fast_until_enrolled": settings.identity_fast_until_enrolled},
               "run_s": round(time.perf_counter() - started, 1)}
     flags = "AVX-512" if machine["avx512"] else ("AVX2, no AVX-512" if machine["avx2"] else "no AVX2")
     lines = ["# Detector cost per stream", "",
@@ -256,10 +297,20 @@ def main(argv: list[str] | None = None) -> int:
               f"on every frame (frames, full-range passes and why: {levers['faces_cadence']}). Identity: the "
               f"adaptive cadence (IDENTITY_STABLE_INTERVAL_S {settings.identity_stable_interval_s:g}) costs "
               f"{levers['identity_ratio']:.1f}x less over the whole run, whose first {LATE_S:g} s are the enrolment "
-              f"window (checks every IDENTITY_INTERVAL_S either way); after it, ms CPU per stream-second: "
-              f"{levers['identity_after_enrolment_ms_per_stream_s']} (checks as scans, hinted, rare: "
+              f"window (checks every IDENTITY_INTERVAL_S); after it, ms CPU per "
+              f"stream-second: {levers['identity_after_enrolment_ms_per_stream_s']} (checks as scans, hinted, rare: "
               f"{levers['identity_cadence']}; the clip's face leaves every {CLIP_FACE_S:g} s and each return is "
               f"checked at once).", "",
+              "Identity at exam start (the enrolment window, every stream in it at once), over the same frames: the "
+              "default (IDENTITY_MIRROR=band: the mirror pass only near the threshold), the mirror pass always "
+              "(before), and IDENTITY_FAST_UNTIL_ENROLLED=true (off by default: a full reference set ends the "
+              "window's fast pace):", "",
+              "| identity | ms CPU per stream-second, first 60 s | after | whole run | checks | passes "
+              "(single, mirrored) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {v['window_ms_per_stream_s']} | {v['after_ms_per_stream_s']} | "
+              f"{v['whole_ms_per_stream_s']} | {v['checks']} | {v['passes']['single']}, {v['passes']['mirrored']} |"
+              for name, v in levers["identity_levers"].items()]
+    lines += ["",
               "NanoDet's input (letterbox, BGR, normalise, NCHW) for one 640x480 frame, thread CPU, same run (the "
               "phone rows above use the new one):", "",
               "| blob | ms CPU per frame |", "| --- | --- |"]

@@ -21,6 +21,7 @@ from analyzers.identity import (
     ENROL_MAX_FRAMES,
     ENROL_WINDOW_S,
     MIN_FACE_PX,
+    MIRROR_BAND,
     IdentityDetector,
     best_distance,
     distance,
@@ -151,6 +152,7 @@ def test_enrolment_refuses_other_people_two_faces_and_bad_frames(fresh: Fresh) -
 
 def test_checks_take_the_best_reference(fresh: Fresh) -> None:
     detector = fresh(astronaut())
+    detector.mirror_band = None  # IDENTITY_MIRROR=always: the checks' embeddings are `embed`'s, compared below
     webcam = jpeg(brighter(np.roll(astronaut(), 40, axis=1)), 60)
     [enrolling] = detector.analyze(webcam, 0.0)
     assert enrolling.details["enrolled"] and enrolling.details["reference"] == "photo"
@@ -269,6 +271,53 @@ def test_mirror_averaged_embedding_is_symmetric(fresh: Fresh) -> None:
     assert distance(averaged, plain / np.linalg.norm(plain) + plain_flipped / np.linalg.norm(plain_flipped),
                     "cosine") < 1e-9
     assert np.linalg.norm(averaged) == pytest.approx((np.linalg.norm(plain) + np.linalg.norm(plain_flipped)) / 2)
+
+
+def test_two_single_passes_combine_to_the_mirror_averaged_embedding(fresh: Fresh) -> None:
+    """IDENTITY_MIRROR=band embeds the crop alone, then (in the band) its mirror image: together exactly what one
+    mirror-averaged call gives, so a check in the band decides as IDENTITY_MIRROR=always does."""
+    detector = fresh(astronaut())
+    rgb = astronaut()
+    [face] = [f for f in detect_faces(rgb) if f.score >= detector.min_face_score]
+    bgr = np.ascontiguousarray(face_crop(rgb, face)[:, :, ::-1], dtype=np.float32) / 255.0
+    home = str(detector.models_home)
+    for model in (detector.model_name, "Dlib"):
+        plain = embedder.embed_parts(model, home, bgr)
+        mirrored = embedder.embed_parts(model, home, bgr, mirrored=True)
+        assert len(plain) == (2 if model == detector.model_name else 1)
+        assert distance(embedder.combine(model, plain, mirrored), embedder.embed(model, home, bgr), "cosine") < 1e-6
+        assert distance(embedder.combine(model, plain), embedder.embed(model, home, bgr, mirror=False),
+                        "cosine") < 1e-6
+
+
+def _after_enrolment(fresh: Fresh, mirror: str) -> IdentityDetector:
+    """A detector whose reference set is full (frames of the photo itself), with IDENTITY_MIRROR=`mirror`."""
+    detector = fresh(astronaut())
+    detector.mirror_band = MIRROR_BAND[(detector.model_name, detector.metric)] if mirror == "band" else None
+    for i in range(ENROL_MAX_FRAMES):
+        [signal] = detector.analyze(same_person_frames()[i], i * 5.0)
+        assert signal.details["enrolled"] and signal.details["mirrored"]  # references always pay both passes
+    return detector
+
+
+def test_mirror_pass_only_in_the_band(fresh: Fresh) -> None:
+    band = _after_enrolment(fresh, "band")
+    always = _after_enrolment(fresh, "always")
+    width = MIRROR_BAND[(band.model_name, band.metric)]
+    frames = [*same_person_frames(), grace_hopper()]  # the candidate and someone else
+    for i, frame in enumerate(frames):
+        t = 30.0 + 5 * i  # in the window, the set full: nothing left to enrol
+        [fast], [full] = band.analyze(frame, t), always.analyze(frame, t)
+        assert full.details["mirrored"] and not full.details["enrolled"]
+        assert fast.active == full.active  # the same decision
+        if fast.details["mirrored"]:  # in the band: the averaged distance itself
+            assert fast.details["distance"] == full.details["distance"]
+        else:  # far from the threshold: decided on the crop alone
+            assert abs(fast.details["distance"] - band.threshold) > width
+    assert band.passes["single"] >= 1 and always.passes == {"single": 0, "mirrored": len(frames) + ENROL_MAX_FRAMES}
+    assert Settings.defaults().identity_mirror == "band"
+    assert IdentityDetector(Settings.defaults(identity_mirror="always")).mirror_band is None
+    assert IdentityDetector(Settings.defaults(identity_model="ArcFace")).mirror_band is None  # not measured: always
 
 
 def test_mirrored_mean_of_plain_vectors() -> None:

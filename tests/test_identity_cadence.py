@@ -19,7 +19,7 @@ import pytest
 
 from analyzers.base import Detector, Signal, rules_config
 from analyzers.faces import FaceDetector
-from analyzers.identity import CADENCE_JITTER, ENROL_WINDOW_S, WAKE_FPS, IdentityDetector
+from analyzers.identity import CADENCE_JITTER, ENROL_MAX_FRAMES, ENROL_WINDOW_S, WAKE_FPS, IdentityDetector
 from core.rules import EventChange, EventRules
 from proctor.settings import Settings
 from tests.support.media import empty_room, face_canvas, noisy_copies, other_person_canvas
@@ -114,7 +114,7 @@ def test_a_stable_matched_candidate_is_checked_rarely(settings: Settings,
     run = stream(identity, faces, [(seconds, "A")], scenes)
     assert all(outcome is False for outcome in run.outcomes)  # every check matched
     assert run.changes == []
-    # The enrolment window keeps the old cadence: a check every IDENTITY_INTERVAL_S.
+    # The enrolment window keeps the old cadence (IDENTITY_FAST_UNTIL_ENROLLED off): a check every IDENTITY_INTERVAL_S.
     early = run.checks_in(0.0, ENROL_WINDOW_S)
     assert len(early) >= ENROL_WINDOW_S / INTERVAL - 1
     assert np.diff(early).max() <= INTERVAL + SLACK
@@ -130,6 +130,48 @@ def test_a_stable_matched_candidate_is_checked_rarely(settings: Settings,
     # What a media node reports as the identity slot's frames due (admission by load: analysed / due).
     assert identity.cadence.stats()["scans"] == len(run.checks) and run.offered > 5 * len(run.checks)
     print("checks at", [round(t, 1) for t in run.checks], identity.cadence.stats())
+
+
+def _full_at(identity: IdentityDetector) -> float:
+    """Media time of the check that filled the reference set (the photo and ENROL_MAX_FRAMES frames)."""
+    frames = [r.media_time_s for r in identity.references[1:] if r.media_time_s is not None]
+    assert len(frames) == ENROL_MAX_FRAMES, identity.references
+    return max(frames)
+
+
+def test_a_full_reference_set_ends_the_fast_pace_of_the_enrolment_window(
+        settings: Settings, scenes: dict[str, list[np.ndarray]]) -> None:
+    identity, faces = _pair(settings, seed=5, identity_fast_until_enrolled=True)
+    run = stream(identity, faces, [(ENROL_WINDOW_S + 10.0, "A")], scenes)
+    full = _full_at(identity)
+    assert full < ENROL_WINDOW_S / 2  # one frame enrolled per check: the set fills long before the window ends
+    # After the check that filled it, the next comes at the stable cadence, not IDENTITY_INTERVAL_S later.
+    after = run.checks_in(full + 1e-6, ENROL_WINDOW_S + 10.0)
+    assert after and after[0] - full >= (1 - CADENCE_JITTER) * STABLE - SLACK, run.checks
+    assert len(run.checks_in(0.0, ENROL_WINDOW_S)) <= ENROL_MAX_FRAMES + 3, run.checks
+    assert identity.cadence.stats()["rare"] >= 1
+
+    # Switched off (the default: see analyzers/identity.py): the whole window at IDENTITY_INTERVAL_S, as before.
+    assert not Settings.defaults().identity_fast_until_enrolled
+    before, faces = _pair(settings, seed=5)
+    old = stream(before, faces, [(ENROL_WINDOW_S + 10.0, "A")], scenes)
+    window = old.checks_in(0.0, ENROL_WINDOW_S)
+    assert len(window) >= ENROL_WINDOW_S / INTERVAL - 1 and np.diff(window).max() <= INTERVAL + SLACK
+
+
+def test_in_the_window_a_full_set_still_confirms_a_swap_at_the_old_pace(
+        settings: Settings, scenes: dict[str, list[np.ndarray]]) -> None:
+    identity, faces = _pair(settings, seed=6, identity_fast_until_enrolled=True)
+    leaves, back = 30.0, 36.0  # inside the enrolment window, the set already full
+    run = stream(identity, faces, [(leaves, "A"), (back - leaves, "empty"), (20.0, "B")], scenes)
+    assert _full_at(identity) < leaves
+    after = run.checks_in(back, back + 20.0)
+    assert after and after[0] <= back + 1 / settings.faces_fps + SLACK, after  # the return brings a check
+    assert run.outcomes[run.checks.index(after[0])] is True
+    assert np.diff(after).max() <= INTERVAL + SLACK  # failing checks keep IDENTITY_INTERVAL_S
+    starts = [c for c in run.changes if c.type == "start" and c.kind == "identity_mismatch"]
+    assert len(starts) == 1 and starts[0].start_s == after[0]
+    assert len(identity.references) == 1 + ENROL_MAX_FRAMES  # the impostor was never enrolled
 
 
 def test_a_swap_after_leaving_the_frame_is_checked_at_once_and_confirmed_at_the_old_pace(
