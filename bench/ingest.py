@@ -207,7 +207,8 @@ def moving_face(base: np.ndarray, count: int = 90) -> list[np.ndarray]:
 
 
 async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: list[int], hold: float,
-                     profile_s: float = 0.0, layers: bool = True, every_step: bool = False) -> list[dict]:
+                     profile_s: float = 0.0, layers: bool = True, every_step: bool = False,
+                     settle: float = 3.0) -> list[dict]:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
     from tests.support.media import empty_room, face_canvas
@@ -247,7 +248,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                 ours.add(session_id)
             if refused:
                 target = len(pcs)
-            await asyncio.sleep(3)  # let every stream settle
+            await asyncio.sleep(settle)  # let every stream settle (--settle 65: past identity's enrolment minute)
             cpu_before = [tree_cpu_s(proc) for proc in node_procs]
             wall_before = time.monotonic()
             loader.cpu_percent(None)
@@ -319,12 +320,13 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
         ("streams_one_node_carried" if nodes == 1 else f"streams_{nodes}_nodes_carried"): carried,
         "nodes": nodes,
         "steps": steps,
-        "machine": {"cpus": os.cpu_count(), "hold_s": args.hold, **cpu_model()},
+        "machine": {"cpus": os.cpu_count(), "hold_s": args.hold, "settle_s": args.settle, **cpu_model()},
         "layers": args.layers, "settings": _settings(args.set),
     }
     (RESULTS / f"ingest{suffix}.json").write_text(json.dumps(summary, indent=2))
     extra = "".join(f" --set {pair}" for pair in args.set) + (f" --out {args.out}" if args.out else "")
-    command = (f"`.venv/bin/python -m bench.ingest --nodes {nodes} --steps {args.steps} --hold {args.hold:g} "
+    settle = f" --settle {args.settle:g}" if args.settle != 3.0 else ""
+    command = (f"`.venv/bin/python -m bench.ingest --nodes {nodes} --steps {args.steps} --hold {args.hold:g}{settle} "
                f"--reloads {args.reloads} --layers {args.layers}{extra}`")
     machine = cpu_model()
     loads_s = summary["page_load_to_first_frame_s"]
@@ -335,7 +337,8 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
         "synthetic senders run on it too), each with the archiver and every available analyzer "
         "on every stream at its default rate; signaling places each stream on the least loaded node. Each step "
         f"adds senders (pre-encoded 640x480@30 VP8 + Opus: {CLIP_FACE_S} s of a moving face, then {CLIP_EMPTY_S} s "
-        f"with nobody, looped, so no_face alerts come and go), waits 3 s, then measures over {args.hold:g} s. "
+        f"with nobody, looped, so no_face alerts come and go), waits {args.settle:g} s, then measures over "
+        f"{args.hold:g} s. "
         "Node CPU and RSS include the node's child process (the identity embedder's worker).", "",
         f"Page reload -> first frame at the server (real Chromium, {len(loads)} reloads): median "
         f"{loads_s['median']} s, p95 {loads_s['p95']} s.", "",
@@ -453,7 +456,7 @@ async def _run(args: argparse.Namespace, base: str, data_dir: Path, urls: dict[s
         urls_ = [node["url"] for node in nodes]
         loads = await page_loads(base, token, urls_, args.reloads) if args.reloads else []
         steps = await load_steps(base, token, nodes, [int(s) for s in args.steps.split(",")], args.hold,
-                                 args.profile, args.layers == "on", args.every_step)
+                                 args.profile, args.layers == "on", args.every_step, args.settle)
         write_results(loads, steps, args)
     finally:
         for media in extra:
@@ -495,6 +498,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", default="4,8,16,24,32")
     parser.add_argument("--hold", type=float, default=15.0)
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds between adding a step's senders and measuring; the first 60 s of a stream are "
+                             "identity's enrolment window (a check every 5 s): 65 measures streams past it")
     parser.add_argument("--reloads", type=int, default=10)
     parser.add_argument("--nodes", type=int, default=1, help="media node processes (2: ingest-2nodes.md/json)")
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
