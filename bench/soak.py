@@ -1,6 +1,6 @@
 """Soak: many synthetic candidates for a while at load; is the media node's memory flat, do queues stay bounded?
 
-    .venv/bin/python -m bench.soak [--streams 8] [--minutes 10] [--every 30]
+    .venv/bin/python -m bench.soak [--streams 8] [--minutes 10] [--every 10]
 
 Starts `proctor up` (one media node with the archiver and all analyzers), connects `--streams` synthetic
 candidates (pre-encoded 640x480@30 VP8 + Opus), samples the node's RSS, stream count, fps, event-loop lag,
@@ -163,7 +163,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--every", type=float, default=30)
+    # Not 30: the node hands free heap pages back every 30 s (proctor/memory.py TRIM_EVERY_S), which moves its RSS by
+    # ~20 MB; sampled at that same period, the slowly drifting phase between the two read as a trend (2026-12-02, 14
+    # streams: -1.49 +- 0.74 MB/min from samples at 760 and 780 MB in runs of minutes). At 10 s each trim cycle is
+    # seen at three phases.
+    parser.add_argument("--every", type=float, default=10)
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                         help="a setting for the system under test (repeatable)")
     parser.add_argument("--check", action="store_true", help="exit 1 on a leak, a growing queue or memory growth")
@@ -174,8 +178,9 @@ def main() -> None:
     machine = cpu_model()
     extra = "".join(f" --set {pair}" for pair in args.set)
     lines = ["# Soak", "", f"Command: `.venv/bin/python -m bench.soak --streams {result['streams']} --minutes "
-             f"{result['minutes']}{extra}` (one media node, archiver and all analyzers on; senders with VP8 temporal "
-             f"layers as Chromium sends them). CPU: {machine['model']}, {psutil.cpu_count()} CPUs, AVX-512: "
+             f"{result['minutes']} --every {args.every:g}{extra}` (a sample every {args.every:g} s; the table shows "
+             "one per ~30 s, soak.json all of them; one media node, archiver and all analyzers on; senders with VP8 "
+             f"temporal layers as Chromium sends them). CPU: {machine['model']}, {psutil.cpu_count()} CPUs, AVX-512: "
              f"{'yes' if machine['avx512'] else 'no'}.", "",
              f"RSS trend after the first {result['trend_from_s']} s: **{result['rss_slope_mb_per_min']} "
              f"+- {result['rss_slope_se']} MB/min** (least squares, +- one standard error)", "",
@@ -185,7 +190,8 @@ def main() -> None:
              "", "Problems: " + ("; ".join(result["problems"]) or "none") + ".", "",
              "| t (s) | node RSS MB | streams | min fps | loop lag p99 ms | threads | fds | tasks | decode queue "
              "| upload queue |", "| " + "--- | " * 10]
-    for s in result["samples"]:
+    shown = max(1, round(30 / max(args.every, 1e-9)))  # the table lists one sample per ~30 s; soak.json has all
+    for s in result["samples"][::shown]:
         lines.append(f"| {s['t_s']} | {s['rss_mb']} | {s['streams']} | {s['min_fps']} | {s['loop_lag_p99_ms']} | "
                      f"{s['threads']} | {s['fds']} | {s['tasks']} | {s['decode_queue']} | {s['upload_queue']} |")
     (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
