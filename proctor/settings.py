@@ -404,7 +404,7 @@ class Settings:
         "How a media node decodes Opus for the voice detector: opus16k, libopus straight to 16 kHz mono (ctypes, "
         "no resampler, ~3x cheaper); pyav, FFmpeg's decoder at 48 kHz stereo and a resampler.")
     audio_ptime_ms: int = _setting(
-        "AUDIO_PTIME_MS", "60", lambda raw: int(_choice("10", "20", "40", "60", "120")(raw)),
+        "AUDIO_PTIME_MS", "20", lambda raw: int(_choice("10", "20", "40", "60", "120")(raw)),
         "Opus frame length asked of browsers (a=ptime in the answer), ms: 60 sends ~17 audio packets a second "
         "instead of 50, each costing the node's event loop alike; 20: what browsers send unasked (answer unchanged).")
     faces_fps: float = _setting("FACES_FPS", "4", _float(0.1), "Frames per second analysed for face counting.")

@@ -80,8 +80,12 @@ async def _check_archive(ctx: Context, media_node: MediaNode, sid: str, tmp_path
 async def test_chromium_sends_60ms_opus_and_the_archive_plays_it_for_as_long(
         web_server: RunningApp, media_node: MediaNode, browser: Any, admin_token: str, ctx: Context,
         tmp_path: Path) -> None:
-    assert media_node.settings.audio_ptime_ms == 60  # the default
-    sid, record = await _candidate(web_server, media_node, browser, admin_token, "Sixty Ms")
+    full = media_node.settings
+    media_node.settings = replace(full, audio_ptime_ms=60)
+    try:
+        sid, record = await _candidate(web_server, media_node, browser, admin_token, "Sixty Ms")
+    finally:
+        media_node.settings = full
     assert record.packets_per_second() < 25
     assert record.durations_ms() == {60: len(record.frames)}  # every packet: 60 ms by its TOC
 
