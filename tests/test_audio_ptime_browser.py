@@ -25,10 +25,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not have_chromium(), reaso
 
 
 async def _candidate(web_server: RunningApp, media_node: MediaNode, browser: Any, admin_token: str,
-                     name: str) -> tuple[str, AudioRecord]:
-    """A candidate who joins and streams until 4 s of their audio (RTP time) reached the node's encoded outlet."""
+                     name: str, ptime_ms: int) -> tuple[str, AudioRecord]:
+    """A candidate who joins a node answering with AUDIO_PTIME_MS=ptime_ms and streams until 4 s of their audio (RTP
+    time) reached the node's encoded outlet."""
     session = await create_session(web_server.url, admin_token, candidate=name)
     sid = session["id"]
+    full = media_node.settings
+    media_node.settings = replace(full, audio_ptime_ms=ptime_ms)
     page = await browser.new_page()
     try:
         await join_and_start(page, session["join_url"])
@@ -40,6 +43,7 @@ async def _candidate(web_server: RunningApp, media_node: MediaNode, browser: Any
         record = await record_audio(stream, seconds=4.0, within=60)
     finally:
         await page.close()
+        media_node.settings = full
     print(f"{name}: {len(record.frames)} packets in {record.seconds():.2f} s of audio, "
           f"{record.packets_per_second():.1f}/s, TOC durations {record.durations_ms()}")
     return sid, record
@@ -80,12 +84,7 @@ async def _check_archive(ctx: Context, media_node: MediaNode, sid: str, tmp_path
 async def test_chromium_sends_60ms_opus_and_the_archive_plays_it_for_as_long(
         web_server: RunningApp, media_node: MediaNode, browser: Any, admin_token: str, ctx: Context,
         tmp_path: Path) -> None:
-    full = media_node.settings
-    media_node.settings = replace(full, audio_ptime_ms=60)
-    try:
-        sid, record = await _candidate(web_server, media_node, browser, admin_token, "Sixty Ms")
-    finally:
-        media_node.settings = full
+    sid, record = await _candidate(web_server, media_node, browser, admin_token, "Sixty Ms", 60)
     assert record.packets_per_second() < 25
     assert record.durations_ms() == {60: len(record.frames)}  # every packet: 60 ms by its TOC
 
@@ -95,12 +94,7 @@ async def test_chromium_sends_60ms_opus_and_the_archive_plays_it_for_as_long(
 async def test_with_ptime_20_chromium_sends_50_packets_a_second_as_before(
         web_server: RunningApp, media_node: MediaNode, browser: Any, admin_token: str, ctx: Context,
         tmp_path: Path) -> None:
-    full = media_node.settings
-    media_node.settings = replace(full, audio_ptime_ms=20)
-    try:
-        sid, record = await _candidate(web_server, media_node, browser, admin_token, "Twenty Ms")
-    finally:
-        media_node.settings = full
+    sid, record = await _candidate(web_server, media_node, browser, admin_token, "Twenty Ms", 20)
     assert 40 < record.packets_per_second() < 55
     assert record.durations_ms() == {20: len(record.frames)}
     await _check_archive(ctx, media_node, sid, tmp_path, 20)
