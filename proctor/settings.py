@@ -368,11 +368,10 @@ class Settings:
         "instead of one hand-off per frame (~80 a second per stream); 0: one per frame. Frames are written in the "
         "same order and none is lost on a clean stop; a killed process loses this much more of its last segment.")
     archive_late_audio_ms: int = _setting(
-        "ARCHIVE_LATE_AUDIO_MS", "0", _int(0, 5000),
+        "ARCHIVE_LATE_AUDIO_MS", "500", _int(0, 5000),
         "At a segment cut the previous segment stays open this long (video time) for audio from before the cut "
-        "that arrives after the cut's keyframe (a 60-ms Opus packet is sent after its 60 ms); 0 (default until a "
-        "failover bug with ARCHIVE_BATCH_MS is found: tests/test_node_failover.py orphaned a segment): closed at the "
-        "cut, that audio dropped (~0.2 s per cut with 60-ms packets).")
+        "that arrives after the cut's keyframe (a 60-ms Opus packet is sent after its 60 ms), or until the audio "
+        "reaches the cut; 0: closed at the cut, that audio dropped (~0.2 s of silence per cut with 60-ms packets).")
     merge_batch_segments: int = _setting(
         "MERGE_BATCH_SEGMENTS", "15", _int(2, 1000), "Consecutive segments merged into one batch object.")
     retention_days: int = _setting(
@@ -404,7 +403,7 @@ class Settings:
         "How a media node decodes Opus for the voice detector: opus16k, libopus straight to 16 kHz mono (ctypes, "
         "no resampler, ~3x cheaper); pyav, FFmpeg's decoder at 48 kHz stereo and a resampler.")
     audio_ptime_ms: int = _setting(
-        "AUDIO_PTIME_MS", "20", lambda raw: int(_choice("10", "20", "40", "60", "120")(raw)),
+        "AUDIO_PTIME_MS", "60", lambda raw: int(_choice("10", "20", "40", "60", "120")(raw)),
         "Opus frame length asked of browsers (a=ptime in the answer), ms: 60 sends ~17 audio packets a second "
         "instead of 50, each costing the node's event loop alike; 20: what browsers send unasked (answer unchanged).")
     faces_fps: float = _setting("FACES_FPS", "4", _float(0.1), "Frames per second analysed for face counting.")

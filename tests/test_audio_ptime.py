@@ -63,7 +63,7 @@ def test_chromium_rounds_a_ptime_up_to_a_frame_length() -> None:
 
 
 def test_the_setting_takes_opus_frame_lengths_only() -> None:
-    assert Settings.defaults().audio_ptime_ms == 20  # off until the failover bug is found
+    assert Settings.defaults().audio_ptime_ms == 60
     for value in opus.FRAME_LENGTHS_MS:
         assert Settings.from_env({"AUDIO_PTIME_MS": str(value)}, env_file=None).audio_ptime_ms == value
     for bad in ("30", "0", "sixty"):

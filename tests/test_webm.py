@@ -22,7 +22,7 @@ import av
 import numpy as np
 import pytest
 
-from archiver.webm import WebmWriter, concat, frame_at, opus_head, probe, recover_partial
+from archiver.webm import CLUSTER_MS, WebmWriter, concat, frame_at, opus_head, probe, recover_partial
 from tests.support.browser import CHROMIUM, have_chromium
 from tests.support.webm import GOP, Clip, encode_tone, encode_video, frame_ms, read_number, write_segment
 
@@ -205,6 +205,34 @@ def test_on_disk_while_audio_never_comes(synth: Clip, tmp_path: Path) -> None:
     assert result is not None and result.duration_ms >= frame_ms(240) - 2000
     assert result.audio_packets == 0 and result.first_is_keyframe
     assert probe(path).duration_ms == frame_ms(240)
+
+
+@pytest.mark.parametrize("kill_ms", [700, 1000, 1300, 1600, 1900])
+def test_on_disk_at_a_kill_while_audio_trails(synth: Clip, tmp_path: Path, kill_ms: int) -> None:
+    """As a node writes live: each audio packet reaches the muxer AUDIO_LAG_MS after the video of its time (60-ms
+    Opus packets trail the video so). Killed at any moment, the file on disk holds all but the open cluster and
+    the audio's lag: CLUSTER_MS + lag + one packet, never the whole segment so far."""
+    lag_ms = 200
+    path = tmp_path / "live.webm"
+    writer = WebmWriter(path, 640, 480, with_audio=True)
+    audio = iter(enumerate(synth.audio))
+    next_audio = next(audio)
+    n = 0
+    while frame_ms(n) <= kill_ms:
+        data, key = synth.video[n]
+        writer.write_video(data, frame_ms(n), frame_ms(n + 1) - frame_ms(n), key)
+        while next_audio[0] * 20 + lag_ms <= frame_ms(n):
+            writer.write_audio(next_audio[1], next_audio[0] * 20, 20)
+            next_audio = next(audio)
+        n += 1
+    snapshot = tmp_path / "snapshot.webm"
+    snapshot.write_bytes(path.read_bytes())  # what a SIGKILL leaves: no close(), no Cues
+    writer.close()
+    result = recover_partial(snapshot, tmp_path / "fixed.webm")
+    kept = result.duration_ms if result is not None else 0
+    assert kept >= kill_ms - CLUSTER_MS - lag_ms - 40, (kill_ms, kept)
+    if kill_ms >= CLUSTER_MS + lag_ms + 40:
+        assert result is not None and result.first_is_keyframe and result.audio_packets > 0
 
 
 def test_recover_cut_inside_a_cluster_and_nothing_usable(synth: Clip, tmp_path: Path) -> None:
