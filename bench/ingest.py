@@ -42,6 +42,8 @@ import aiohttp
 import numpy as np
 import psutil
 
+from media_server.admission import Sample, analysis_counters, analysis_rate
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CLIP_FACE_S, CLIP_EMPTY_S = 12, 6
@@ -266,14 +268,13 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                 mine = [s for s in node_stats["streams"] if s["session_id"] in ours]
                 snap += mine
                 now = plugin_counts(node_stats, ours)
-                expected = sum(rate * hold for rate in now["rates"]) + now["scans"] - earlier["scans"] or 1
                 per_node.append({"pid": node["pid"], "streams": len(mine), "cpu_pct": round(cpu, 1),
                                  "min_fps": min((s["fps"] for s in mine), default=None),
                                  "max_loss_pct": max((s["loss_pct"] for s in mine), default=None),
                                  "loop_lag_p99_ms": node_stats["loop_lag_ms"]["p99"], "rss_mb": round(rss / 2**20),
                                  "archive_dropped": now["dropped"] - earlier["dropped"],
                                  "archive_write_errors": now["write_errors"],
-                                 "analysed_pct": round(100 * (now["analysed"] - earlier["analysed"]) / expected, 1),
+                                 "analysed_pct": analysed_pct(earlier, now),
                                  "alert_p95_ms": now["alert_p95_ms"]})
             cpu = sum(cpus)
             fps = [s["fps"] for s in snap] or [0.0]
@@ -373,19 +374,18 @@ def plugin_counts(node_stats: dict[str, Any], ours: set[str]) -> dict[str, Any]:
     analysis = plugins.get("Analysis", {})
     dropped = sum(r.get("dropped_frames", 0) for sid, r in recorders.items() if sid in ours)
     errors = sum(r.get("write_errors", 0) for sid, r in recorders.items() if sid in ours)
-    analysed = scans = 0
-    rates: list[float] = []
-    for sid, detectors in analysis.get("streams", {}).items():
-        if sid in ours:
-            for det in detectors.values():
-                analysed += det.get("analysed", 0)
-                cadence = det.get("cadence")
-                if isinstance(cadence, dict) and isinstance(cadence.get("scans"), int):
-                    scans += cadence["scans"]  # a detector that picks its own frames: due = what it picked
-                else:
-                    rates.append(det.get("fps", 0.0))
-    return {"dropped": dropped, "write_errors": errors, "analysed": analysed, "rates": rates, "scans": scans,
+    # Read as the node's admission reads them, so "analysed % of rate" is its analysis_rate, not a second rule.
+    return {"dropped": dropped, "write_errors": errors, "at": time.monotonic(),
+            "counters": analysis_counters(analysis.get("streams"), ours),
             "alert_p95_ms": (analysis.get("latency_ms") or {}).get("p95")}
+
+
+def analysed_pct(earlier: dict[str, Any], now: dict[str, Any]) -> float:
+    """Frames analysed over frames due between two plugin_counts, in % (media_server/admission.py analysis_rate:
+    a detector with a cadence of its own is due the frames it picked); 0 when too few were due to judge."""
+    rate = analysis_rate(Sample(earlier["at"], 0.0, frozenset(), frozenset(), earlier["counters"]),
+                         Sample(now["at"], 0.0, frozenset(), frozenset(), now["counters"]))
+    return round(100 * rate, 1) if rate is not None else 0.0
 
 
 async def profile_node(pid: int, seconds: float, streams: int) -> None:

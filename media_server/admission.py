@@ -235,6 +235,26 @@ def stream_seconds(samples: list[Sample]) -> float:
     return sum((len(a.flowing) + len(b.flowing)) / 2 * (b.at - a.at) for a, b in pairs)
 
 
+def analysis_counters(streams: Any, flowing: Collection[str]) -> dict[tuple[str, str], Counter]:
+    """Frames analysed so far and the rate, per (session, detector) of the `flowing` streams, from the analysis
+    plugin's stats (analyzers/live.py: {session: {detector: {"analysed", "fps", "cadence": {"scans"} for a
+    detector that picks its own frames}}}); anything malformed is left out."""
+    counters: dict[tuple[str, str], Counter] = {}
+    if not isinstance(streams, dict):
+        return counters
+    for sid, detectors in streams.items():
+        if sid not in flowing or not isinstance(detectors, dict):
+            continue
+        for name, figures in detectors.items():
+            if isinstance(figures, dict) and isinstance(figures.get("analysed"), int) \
+                    and isinstance(figures.get("fps"), (int, float)):
+                cadence = figures.get("cadence")
+                scans = cadence.get("scans") if isinstance(cadence, dict) else None
+                counters[(sid, str(name))] = Counter(figures["analysed"], float(figures["fps"]),
+                                                     scans if isinstance(scans, int) else None)
+    return counters
+
+
 def analysis_rate(first: Sample, last: Sample) -> float | None:
     """Frames analysed over frames due (rate x time, or the scans a detector with its own cadence chose) by the
     detectors of the streams that had media at both ends of the window; None when too few were due to judge (a

@@ -38,7 +38,17 @@ from core.live import ConnectionState
 from core.nodes import NodeInfo
 from core.offers import OfferError
 from core.sessions import OPEN_STATUSES, parse_id
-from media_server.admission import FLOWING_S, Counter, Limits, Meter, Sample, TreeCpu, lag_p99, usable_cpus
+from media_server.admission import (
+    FLOWING_S,
+    Counter,
+    Limits,
+    Meter,
+    Sample,
+    TreeCpu,
+    analysis_counters,
+    lag_p99,
+    usable_cpus,
+)
 from media_server.audio import AudioDecodePool
 from media_server.decode import DecodePool
 from media_server.drain import Drain
@@ -368,26 +378,14 @@ class MediaNode:
 
     def _analysis_counters(self, flowing: frozenset[str]) -> dict[tuple[str, str], Counter]:
         """Frames analysed so far and the rate, per (session, detector), of the streams with media: read from the
-        analysis plugin's stats (analyzers/live.py: {"streams": {session: {detector: {"analysed", "fps",
-        "cadence": {"scans"} for a detector that picks its own frames}}}})."""
+        analysis plugin's stats (media_server/admission.py analysis_counters)."""
         counters: dict[tuple[str, str], Counter] = {}
         for plugin in self.plugins:
             try:
                 streams = plugin.stats().get("streams")
             except Exception:  # a plugin's stats must never stop the heartbeat
                 continue
-            if not isinstance(streams, dict):
-                continue
-            for sid, detectors in streams.items():
-                if sid not in flowing or not isinstance(detectors, dict):
-                    continue
-                for name, figures in detectors.items():
-                    if isinstance(figures, dict) and isinstance(figures.get("analysed"), int) \
-                            and isinstance(figures.get("fps"), (int, float)):
-                        cadence = figures.get("cadence")
-                        scans = cadence.get("scans") if isinstance(cadence, dict) else None
-                        counters[(sid, str(name))] = Counter(figures["analysed"], float(figures["fps"]),
-                                                             scans if isinstance(scans, int) else None)
+            counters.update(analysis_counters(streams, flowing))
         return counters
 
     def _admission_figures(self) -> dict[str, float] | None:

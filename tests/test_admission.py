@@ -38,6 +38,7 @@ from media_server.admission import (
     Meter,
     Sample,
     TreeCpu,
+    analysis_counters,
     analysis_rate,
     cgroup_cpu_limit,
     parse_cpu_max,
@@ -221,6 +222,21 @@ def test_analysis_rate_leaves_out_reloaded_streams_and_quiet_windows() -> None:
     phone_first = replace(first, analysed={("a", "faces"): Counter(100, 4.0), ("a", "phone"): Counter(7, 1.0, 7)})
     phone_last = replace(last, analysed={("a", "faces"): Counter(140, 4.0), ("a", "phone"): Counter(10, 1.0, 11)})
     assert analysis_rate(phone_first, phone_last) == pytest.approx((40 + 3) / (40 + 4))
+
+
+def test_analysis_counters_read_the_plugin_stats_and_leave_out_what_is_malformed() -> None:
+    """What the node's heartbeat and bench.ingest both read (analyzers/live.py's stats): flowing streams only, a
+    detector's own cadence as its scans (the faces detector's pace too), nothing that is not a count."""
+    streams = {
+        "a": {"faces": {"analysed": 40, "fps": 4.0, "cadence": {"scans": 41, "settled_skips": 30}},
+              "gaze": {"analysed": 20, "fps": 2}, "phone": {"analysed": 3, "fps": 1.0, "cadence": {"scans": "3"}},
+              "voice": {"windows": 9}, "bad": {"analysed": 1.5, "fps": 4.0}, "worse": [1, 2]},
+        "b": {"faces": {"analysed": 7, "fps": 4.0}},  # not flowing
+        "c": "nonsense",
+    }
+    assert analysis_counters(streams, {"a", "c"}) == {
+        ("a", "faces"): Counter(40, 4.0, 41), ("a", "gaze"): Counter(20, 2.0), ("a", "phone"): Counter(3, 1.0)}
+    assert analysis_counters(None, {"a"}) == {} and analysis_counters(["a"], {"a"}) == {}
 
 
 def test_tree_cpu_counts_the_children_and_keeps_what_exited_ones_used() -> None:

@@ -16,7 +16,7 @@ import pytest
 from media_server.node import MediaNode
 from proctor.context import Context
 from tests.support.browser import have_chromium, join_and_start
-from tests.support.opus_packets import AudioRecord, record_audio
+from tests.support.opus_packets import AudioRecord, record_stream_audio
 from tests.support.servers import RunningApp
 from tests.support.sessions import create_session
 from tests.support.waiting import wait_for
@@ -35,12 +35,7 @@ async def _candidate(web_server: RunningApp, media_node: MediaNode, browser: Any
     page = await browser.new_page()
     try:
         await join_and_start(page, session["join_url"])
-
-        async def carried() -> Any:
-            return media_node.streams.get(sid)
-
-        stream = await wait_for(carried, within=15)
-        record = await record_audio(stream, seconds=4.0, within=60)
+        record = await record_stream_audio(media_node, sid, seconds=4.0, within=60)
     finally:
         await page.close()
         media_node.settings = full

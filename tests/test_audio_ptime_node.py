@@ -16,10 +16,9 @@ from bench.synthetic import connect_sender, encode_clip
 from media_server.node import MediaNode
 from proctor.context import Context
 from tests.support.media import face_canvas
-from tests.support.opus_packets import record_audio
+from tests.support.opus_packets import record_stream_audio
 from tests.support.servers import RunningApp
 from tests.support.sessions import create_session
-from tests.support.waiting import wait_for
 
 
 @pytest.mark.parametrize("ptime_ms", [60, 20])
@@ -37,11 +36,7 @@ async def test_the_sender_sends_the_frame_length_the_answer_asks(
         async with aiohttp.ClientSession() as http:
             pc = await connect_sender(clip, f"{web_server.url}/api/sessions/{sid}/offer", token, http)
             try:
-                async def carried() -> object:
-                    return media_node.streams.get(sid)
-
-                stream = await wait_for(carried, within=15)
-                record = await record_audio(stream, seconds=3.0, within=30)
+                record = await record_stream_audio(media_node, sid, seconds=3.0, within=30)
             finally:
                 await pc.close()
     finally:

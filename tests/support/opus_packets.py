@@ -38,6 +38,15 @@ class AudioRecord:
         return out
 
 
+async def record_stream_audio(media_node: Any, session_id: str, seconds: float, within: float) -> AudioRecord:
+    """`record_audio` of the session's stream once the node carries it (within 15 s)."""
+
+    async def carried() -> Any:
+        return media_node.streams.get(session_id)
+
+    return await record_audio(await wait_for(carried, within=15), seconds, within)
+
+
 async def record_audio(stream: Any, seconds: float, within: float) -> AudioRecord:
     """`seconds` of a stream's audio (RTP time, not wall time: a busy machine's senders may fall behind)."""
     record = AudioRecord()
