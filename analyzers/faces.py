@@ -36,12 +36,24 @@ interval, each drawn at random from 0.5x-1.5x of it, so a small second face appe
 within 1.5 s, before the multiple_people rule (2 s) could have started anyway. `detect_faces` and
 `detect_faces_in` (single pictures: identity, the pre-check, bench/quality) always run both models: a photo has no
 history.
+
+Pace of a live stream (FACES_SETTLED_FPS, 2 by default; FACES_FPS, 4, otherwise). Face counting is the costliest
+detector per stream (~3 % of a core at 4 fps), and most of an exam is one candidate sitting still. `FacesPace`
+analyses every other frame offered at FACES_FPS while the picture is settled: for SETTLE_S of media time every
+analysed frame held exactly one face at the minimum score and no weaker second detection, the picture not poor,
+no face only the full-range model sees, and the face in the same place (its centre within SETTLE_MOVE of its width
+of where it was, its size within SETTLE_SIZE). The first frame that is otherwise, or another detector's hint of
+multiple_people or no_face (the phone detector's person count), brings FACES_FPS back from the next frame, and it
+stays until the picture is settled again. A change is therefore seen at most 1/FACES_SETTLED_FPS after it happens
+(0.5 s, against 0.25 s at FACES_FPS), and timed at FACES_FPS from then on; the rules need 2-3 s of it to raise a
+flag (core/rules.py), so no flag a 4-fps stream raises is missed.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +88,12 @@ PART_AREA = 0.25
 # Normal frames never pay for it; a poor one pays a second pass of both models (~10-15 ms at 640x480).
 RETRY_CLAHE_CLIP = 4.0
 RETRY_CLAHE_TILES = 4
+# FacesPace: how long, and how still, a picture must be to be counted at FACES_SETTLED_FPS.
+SETTLE_S = 1.0
+SETTLE_MOVE = 0.25  # the face's centre moved at most this fraction of its box width between analysed frames
+SETTLE_SIZE = 1.25  # and its box's width changed by at most this factor
+# Other detectors' signals that unsettle the picture when active (analyzers/phone.py's person count).
+UNSETTLING_HINTS = frozenset({"multiple_people", "no_face"})
 # Live streams (FullRangeCadence): each interval between periodic full-range passes is drawn uniformly from
 # (1 - JITTER) to (1 + JITTER) times FACES_FULL_RANGE_INTERVAL_S.
 JITTER = 0.5
@@ -301,6 +319,75 @@ class FullRangeCadence:
         return {"frames": self.frames, "full_range": self.full_runs, "reasons": dict(self.reasons)}
 
 
+@dataclass
+class FacesPace:
+    """Which of the frames offered at FACES_FPS one stream's faces detector analyses (see the module doc).
+
+    `due` and `hint` run on the event loop, `analysed` on an analysis thread (one frame in flight per stream),
+    hence the lock."""
+
+    fps: float  # the rate frames are offered at (FACES_FPS)
+    settled_fps: float  # the rate while settled; 0, or not below fps: every offered frame
+    last_t: float | None = None  # media time of the last frame chosen
+    calm_since: float | None = None  # media time since which every analysed frame was settled-looking
+    last_box: tuple[float, float, float, float] | None = None
+    scans: int = 0  # frames chosen (what admission by load counts as due)
+    settled_skips: int = 0  # offered frames left out because the picture was settled
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def active(self) -> bool:
+        return 0 < self.settled_fps < self.fps
+
+    def settled(self, t: float) -> bool:
+        return self.calm_since is not None and t - self.calm_since + EPS >= SETTLE_S
+
+    def due(self, t: float) -> bool:
+        with self._lock:
+            take = (not self.active or self.last_t is None or t < self.last_t or not self.settled(t)
+                    # half an offered frame of slack: frames come on the FACES_FPS grid, give or take jitter
+                    or t - self.last_t + 0.5 / self.fps + EPS >= 1.0 / self.settled_fps)
+            if take:
+                self.last_t = t
+                self.scans += 1
+            else:
+                self.settled_skips += 1
+            return take
+
+    def analysed(self, t: float, faces: list[Face], found: int, poor: bool, small_face: bool) -> None:
+        """One analysed frame: `faces` at the minimum score, `found` detections in all (weaker ones too)."""
+        box = faces[0].box if len(faces) == 1 else None
+        with self._lock:
+            calm = box is not None and found == 1 and not poor and not small_face and _same_place(self.last_box, box)
+            self.last_box = box
+            if not calm:
+                self.calm_since = None
+            elif self.calm_since is None:
+                self.calm_since = t
+
+    def hint(self, kind: str, active: bool) -> None:
+        if active and kind in UNSETTLING_HINTS:
+            with self._lock:
+                self.calm_since = None
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"scans": self.scans, "settled_skips": self.settled_skips}
+
+
+def _same_place(before: tuple[float, float, float, float] | None, box: tuple[float, float, float, float]) -> bool:
+    """The face of `box` is where the last analysed frame's was: centre within SETTLE_MOVE of its width, width within
+    SETTLE_SIZE. No face before: not (the picture has just changed)."""
+    if before is None:
+        return False
+    width, width_before = box[2] - box[0], before[2] - before[0]
+    if width <= 0 or width_before <= 0 or max(width, width_before) > SETTLE_SIZE * min(width, width_before):
+        return False
+    dx = (box[0] + box[2] - before[0] - before[2]) / 2
+    dy = (box[1] + box[3] - before[1] - before[3]) / 2
+    return (dx * dx + dy * dy) ** 0.5 <= SETTLE_MOVE * width
+
+
 def quality_signal(quality: ImageQuality) -> Signal:
     details = {"problem": quality.problem, "brightness": quality.brightness, "contrast": quality.contrast,
                "sharpness": quality.sharpness, "message": quality.message}
@@ -314,6 +401,7 @@ class FaceDetector(Detector):
         self.fps = settings.faces_fps
         self.min_score = settings.face_min_score
         self.cadence = FullRangeCadence(settings.faces_full_range_interval_s, settings.faces_fps)
+        self.pace = FacesPace(settings.faces_fps, settings.faces_settled_fps)
         self._error: str | None = None
 
     def load(self) -> None:
@@ -327,6 +415,15 @@ class FaceDetector(Detector):
         if self._error:
             return False, self._error
         return True, "mediapipe face detection, short + full range (bundled)"
+
+    # --- pace (FacesPace): the frame slot's protocol (analyzers/live.py) ----------------------------------
+    def wants(self, media_time_s: float) -> bool:
+        """Whether the frame offered at this media time is to be analysed (the caller then calls analyze)."""
+        return self.pace.due(media_time_s)
+
+    def hint(self, signal: Signal, media_time_s: float) -> None:
+        """Another detector's signal on this stream."""
+        self.pace.hint(signal.kind, signal.active)
 
     def count(self, rgb: np.ndarray) -> list[Face]:
         return [face for face in detect_faces_in(rgb) if face.score >= self.min_score]
@@ -353,6 +450,7 @@ class FaceDetector(Detector):
         quality = assess(rgb)
         found = self.faces(rgb, quality, media_time_s)
         faces = [face for face in found if face.score >= self.min_score]
+        self.pace.analysed(media_time_s, faces, len(found), quality.poor, self.cadence.small_face)
         scores = [round(face.score, 3) for face in faces]
         boxes = [[round(v, 1) for v in face.box] for face in faces]
         details: dict[str, Any] = {"faces": len(faces), "scores": scores, "boxes": boxes,

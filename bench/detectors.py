@@ -54,6 +54,8 @@ LATE_S = ENROL_WINDOW_S  # identity's enrolment window: checks at IDENTITY_INTER
 # Identity's levers at exam start (the enrolment window), in rows of their own over the same frames:
 # IDENTITY_MIRROR=band (the default) switched off, and the full reference set ending the fast pace
 # (IDENTITY_FAST_UNTIL_ENROLLED, off by default: analyzers/identity.py says why) switched on.
+# Faces at FACES_FPS throughout (FACES_SETTLED_FPS=0), the full-range cadence on: the pace's own before.
+FACES_UNPACED = "faces, FACES_SETTLED_FPS=0 (before)"
 IDENTITY_LEVER_ROWS = ("identity, IDENTITY_MIRROR=always (before)", "identity, IDENTITY_FAST_UNTIL_ENROLLED=true")
 
 
@@ -177,18 +179,19 @@ def build(settings: Settings) -> list[Slot]:
     # Faces and identity before their cadences (issue 14), over the same frames: the faces row with the full-range
     # model on every frame hints no one (the adaptive one does, as on a node); identity at a fixed interval is
     # IDENTITY_STABLE_INTERVAL_S = IDENTITY_INTERVAL_S.
-    faces_every = FaceDetector(replace(settings, faces_full_range_interval_s=0.0))
+    faces_every = FaceDetector(replace(settings, faces_full_range_interval_s=0.0, faces_settled_fps=0.0))
+    faces_unpaced = FaceDetector(replace(settings, faces_settled_fps=0.0))  # FACES_SETTLED_FPS alone off
     identity_fixed = IdentityDetector(replace(settings, identity_stable_interval_s=settings.identity_interval_s))
-    for detector in (faces_every, identity_fixed):
+    for detector in (faces_every, faces_unpaced, identity_fixed):
         detector.load()
     identity_fixed.set_reference(face)
-    for detector in (faces_every, identity_fixed):
+    for detector in (faces_every, faces_unpaced, identity_fixed):
         detector.analyze(face, 0.0)
     slots = [Slot("faces", faces), Slot("gaze", gaze), Slot("identity", identity),
             Slot("phone, fixed PHONE_FPS", fixed), Slot("phone, adaptive", adaptive),
             Slot("faces, full range every frame", faces_every, hints=False),
             Slot("identity, fixed IDENTITY_INTERVAL_S", identity_fixed),
-            *identity_levers_off(settings, face)]
+            *identity_levers_off(settings, face), Slot(FACES_UNPACED, faces_unpaced, hints=False)]
     for slot in slots:  # the warm-up's embeddings are not part of the figure
         if isinstance(slot.detector, IdentityDetector):
             slot.detector.passes = {"single": 0, "mirrored": 0}
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     cadence = slots[4].detector.cadence if isinstance(slots[4].detector, PhoneDetector) else None
     machine = cpu_model()
     before = ("phone, fixed PHONE_FPS", "faces, full range every frame", "identity, fixed IDENTITY_INTERVAL_S",
-              *IDENTITY_LEVER_ROWS)
+              *IDENTITY_LEVER_ROWS, FACES_UNPACED)
     all_on = sum(r["ms_cpu_per_stream_s"] for r in rows if r["detector"] not in before)
     by_name = {slot.name: slot for slot in slots}
     faces_detector, identity_detector = by_name["faces"].detector, by_name["identity"].detector
@@ -258,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                   name: round(1000 * by_name[name].late_cpu_s / late_s, 1)
                   for name in ("identity", "identity, fixed IDENTITY_INTERVAL_S")},
               "faces_cadence": faces_detector.cadence.stats(),
+              "faces_pace_ratio": round(by_name[FACES_UNPACED].cpu_s / max(by_name["faces"].cpu_s, 1e-9), 2),
+              "faces_pace": faces_detector.pace.stats(),
               "identity_cadence": identity_detector.cadence.stats(),
               "identity_levers": {name: identity_split(by_name[name], args.seconds)
                                   for name in ("identity", *IDENTITY_LEVER_ROWS)}}
@@ -271,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                            "phone_interval_s": settings.phone_interval_s, "phone_burst_s": settings.phone_burst_s,
                            "phone_hint_ratio": settings.phone_hint_ratio,
                            "faces_full_range_interval_s": settings.faces_full_range_interval_s,
+                           "faces_settled_fps": settings.faces_settled_fps,
                            "identity_stable_interval_s": settings.identity_stable_interval_s,
                            "identity_mirror": settings.identity_mirror,
                            "identity_fast_until_enrolled": settings.identity_fast_until_enrolled},
@@ -294,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({all_on / 10:.1f} % of a core).", "",
               f"Faces: the full-range model only where it can change the answer (FACES_FULL_RANGE_INTERVAL_S "
               f"{settings.faces_full_range_interval_s:g}) costs {levers['faces_ratio']:.1f}x less per stream than "
-              f"on every frame (frames, full-range passes and why: {levers['faces_cadence']}). Identity: the "
+              f"on every frame, both with FACES_SETTLED_FPS=0 (frames, full-range passes and why: "
+              f"{levers['faces_cadence']}); FACES_SETTLED_FPS {settings.faces_settled_fps:g} (every other frame "
+              f"while the picture is settled) costs {levers['faces_pace_ratio']:.2f}x less than faces at FACES_FPS "
+              f"{settings.faces_fps:g} throughout ({levers['faces_pace']}). Identity: the "
               f"adaptive cadence (IDENTITY_STABLE_INTERVAL_S {settings.identity_stable_interval_s:g}) costs "
               f"{levers['identity_ratio']:.1f}x less over the whole run, whose first {LATE_S:g} s are the enrolment "
               f"window (checks every IDENTITY_INTERVAL_S); after it, ms CPU per "

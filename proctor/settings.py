@@ -407,6 +407,12 @@ class Settings:
         "Opus frame length asked of browsers (a=ptime in the answer), ms: 60 sends ~17 audio packets a second "
         "instead of 50, each costing the node's event loop alike; 20: what browsers send unasked (answer unchanged).")
     faces_fps: float = _setting("FACES_FPS", "4", _float(0.1), "Frames per second analysed for face counting.")
+    faces_settled_fps: float = _setting(
+        "FACES_SETTLED_FPS", "2", _float(0.0),
+        "Live streams: while the picture has been settled for a second (one face, clearly, in the same place, a "
+        "good picture, nothing another detector hinted), faces are counted at this rate instead of FACES_FPS; the "
+        "first frame that is not so brings FACES_FPS back at once (analyzers/faces.py FacesPace). 0: always "
+        "FACES_FPS.")
     face_min_score: float = _setting(
         "FACE_MIN_SCORE", "0.6", _float(0.0), "Lowest detector score that counts as a face.")
     faces_full_range_interval_s: float = _setting(
