@@ -217,7 +217,9 @@ async def _check_master_across_the_kill(ctx: Context, sid: str, dead_node: str, 
     recovered = next(r for r in rows if r["spool_id"] == open_segment["spool_id"])
     assert recovered["node_id"] == dead_node and recovered["start_s"] == open_segment["start_s"]
     assert recovered["state"] == "merged" and recovered["frames"] > 0
-    assert recovered["end_s"] - recovered["start_s"] >= CLUSTER_MS / 1000 - 0.05, "the first cluster was on disk"
+    # Killed >= 1.3 s in, its first two clusters were on disk (measured: 1.03-1.07 s recovered): the bound the
+    # test held with 1-s clusters (0.9 s), not loosened by the shorter ones.
+    assert recovered["end_s"] - recovered["start_s"] >= 2 * CLUSTER_MS / 1000 - 0.1, "two clusters were on disk"
     assert all(r["state"] == "merged" for r in rows)
 
     before, after = recovered, _the_one_break(list(rows), recovered["id"])
