@@ -54,6 +54,8 @@ from __future__ import annotations
 import os
 import random
 import threading
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +108,9 @@ class Face:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels, clipped to the frame
     keypoints: tuple[tuple[float, float], ...]  # right eye, left eye, nose tip, mouth, right ear, left ear (px)
     model: str = "full"  # which model found it: "short", "full" or "short+full"; "+enhanced": on the retry
+    # The model's own box, before clipping to the frame: where a landmark model is placed (analyzers/gaze.py).
+    # Set on a single model's detections (`_detect`); None on merged ones.
+    unclipped: tuple[float, float, float, float] | None = None
 
     @property
     def area(self) -> float:
@@ -147,12 +152,11 @@ def _detect(rgb: np.ndarray, model: int) -> list[Face]:
     faces = []
     for detection in result.detections or []:
         rel = detection.location_data.relative_bounding_box
-        x1 = min(max(rel.xmin * width, 0.0), width)
-        y1 = min(max(rel.ymin * height, 0.0), height)
-        x2 = min(max((rel.xmin + rel.width) * width, 0.0), width)
-        y2 = min(max((rel.ymin + rel.height) * height, 0.0), height)
+        box = (rel.xmin * width, rel.ymin * height, (rel.xmin + rel.width) * width, (rel.ymin + rel.height) * height)
+        x1, x2 = (min(max(v, 0.0), width) for v in box[::2])
+        y1, y2 = (min(max(v, 0.0), height) for v in box[1::2])
         points = tuple((kp.x * width, kp.y * height) for kp in detection.location_data.relative_keypoints)
-        faces.append(Face(float(detection.score[0]) - offset, (x1, y1, x2, y2), points, MODEL_NAMES[model]))
+        faces.append(Face(float(detection.score[0]) - offset, (x1, y1, x2, y2), points, MODEL_NAMES[model], box))
     return faces
 
 
@@ -213,10 +217,17 @@ def _merge(short: list[Face], full: list[Face]) -> list[Face]:
     return merged
 
 
-def detect_faces(rgb: np.ndarray) -> list[Face]:
-    """Every face either model finds (score >= GRAPH_MIN_SCORE on the common scale), best score first."""
+def short_range_faces(rgb: np.ndarray) -> list[Face]:
+    """The short-range model's detections alone (score >= GRAPH_MIN_SCORE on the common scale), in the graph's
+    order (best first)."""
+    return _detect(np.ascontiguousarray(rgb), SHORT_RANGE)
+
+
+def detect_faces(rgb: np.ndarray, short: list[Face] | None = None) -> list[Face]:
+    """Every face either model finds (score >= GRAPH_MIN_SCORE on the common scale), best score first. `short`:
+    the short-range model's detections on this picture, when the caller has them already (FrameFaces)."""
     rgb = np.ascontiguousarray(rgb)
-    faces = _merge(_detect(rgb, SHORT_RANGE), _detect(rgb, FULL_RANGE))
+    faces = _merge(_detect(rgb, SHORT_RANGE) if short is None else short, _detect(rgb, FULL_RANGE))
     faces.sort(key=lambda face: face.score, reverse=True)
     return faces
 
@@ -247,11 +258,13 @@ def _with_retry(faces: list[Face], retry: list[Face]) -> list[Face]:
     return sorted(merged, key=lambda face: face.score, reverse=True)
 
 
-def detect_faces_in(rgb: np.ndarray, quality: ImageQuality | None = None) -> list[Face]:
+def detect_faces_in(rgb: np.ndarray, quality: ImageQuality | None = None,
+                    short: list[Face] | None = None) -> list[Face]:
     """`detect_faces`, and in a poor picture (dark, washed out or blurred, as `assess` says) also on its
-    `enhanced` copy. `quality`: the picture's `assess`, when the caller has it already."""
+    `enhanced` copy. `quality`: the picture's `assess`, `short`: its short-range detections, when the caller has
+    them already."""
     rgb = np.ascontiguousarray(rgb)
-    faces = detect_faces(rgb)
+    faces = detect_faces(rgb, short)
     quality = assess(rgb) if quality is None else quality
     if quality.poor and not quality.covered:
         faces = _with_retry(faces, detect_faces(enhanced(rgb)))
@@ -320,39 +333,128 @@ class FullRangeCadence:
 
 
 @dataclass
+class _Detections:
+    media_time: float
+    picture: weakref.ref[np.ndarray]  # the very array: a frame is one media time and one conversion of it
+    faces: list[Face] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FrameFaces:
+    """One stream's short-range detections of its latest frames, made once per frame for whichever detector asks
+    first: the faces detector counts faces with them, gaze puts its landmark model on the best of them
+    (analyzers/gaze.py; mediapipe's FaceMesh ran this same model on every frame itself). The two detectors work on
+    the same frame in different analysis threads, so the second waits for the first's result instead of running the
+    model again. Also the media times gaze analysed: the faces pace keeps in step with them (FacesPace).
+
+    A detector built alone has one of its own; analyzers/registry.py gives a stream's faces and gaze detectors the
+    same one."""
+
+    KEEP = 4  # frames remembered: a detector works on the latest one or two
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._recent: deque[_Detections] = deque(maxlen=self.KEEP)
+        self._gaze_times: deque[float] = deque(maxlen=self.KEEP)
+        self.made = 0  # frames the model ran on
+        self.shared = 0  # requests answered with another detector's result
+
+    def short_range(self, rgb: np.ndarray, media_time_s: float) -> list[Face]:
+        """`short_range_faces` of the frame at this media time, run at most once per frame. A frame is this media
+        time and this array (analyzers/live.py converts a frame once for all its detectors): another picture given
+        the same time (a test, a still) is another frame."""
+        with self._lock:
+            entry = next((e for e in self._recent if e.media_time == media_time_s and e.picture() is rgb), None)
+            if entry is None:
+                entry = _Detections(media_time_s, weakref.ref(rgb))
+                self._recent.append(entry)
+        with entry.lock:
+            made = entry.faces is None
+            if entry.faces is None:
+                entry.faces = short_range_faces(rgb)
+            faces = entry.faces
+        with self._lock:
+            if made:
+                self.made += 1
+            else:
+                self.shared += 1
+        return faces
+
+    def gaze_at(self, media_time_s: float) -> None:
+        """Gaze is analysing the frame at this media time."""
+        with self._lock:
+            self._gaze_times.append(media_time_s)
+
+    def gaze_times(self) -> tuple[float, ...]:
+        with self._lock:
+            return tuple(self._gaze_times)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"made": self.made, "shared": self.shared}
+
+
+@dataclass
 class FacesPace:
     """Which of the frames offered at FACES_FPS one stream's faces detector analyses (see the module doc).
 
-    `due` and `hint` run on the event loop, `analysed` on an analysis thread (one frame in flight per stream),
-    hence the lock."""
+    While settled it takes every stride-th offered frame (FACES_FPS / FACES_SETTLED_FPS), and in step with gaze:
+    the offers counted from one gaze analysed (learnt from `frames`), so the frames it keeps are gaze's and the two
+    share one short-range detection (FrameFaces); until it has seen one, by time. `due` and `hint` run on the event
+    loop, `analysed` on an analysis thread (one frame in flight per stream), hence the lock."""
 
     fps: float  # the rate frames are offered at (FACES_FPS)
     settled_fps: float  # the rate while settled; 0, or not below fps: every offered frame
+    frames: FrameFaces | None = None  # the stream's shared detections, which also say which frames gaze took
     last_t: float | None = None  # media time of the last frame chosen
     calm_since: float | None = None  # media time since which every analysed frame was settled-looking
     last_box: tuple[float, float, float, float] | None = None
     scans: int = 0  # frames chosen (what admission by load counts as due)
     settled_skips: int = 0  # offered frames left out because the picture was settled
+    offers: int = 0  # frames offered so far
+    gaze_offer: int | None = None  # the number of the latest offered frame gaze analysed too
+    _offered: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=8))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def active(self) -> bool:
         return 0 < self.settled_fps < self.fps
 
+    @property
+    def stride(self) -> int:
+        return max(1, round(self.fps / self.settled_fps)) if self.active else 1
+
     def settled(self, t: float) -> bool:
         return self.calm_since is not None and t - self.calm_since + EPS >= SETTLE_S
 
     def due(self, t: float) -> bool:
+        gaze = self.frames.gaze_times() if self.frames is not None else ()
         with self._lock:
-            take = (not self.active or self.last_t is None or t < self.last_t or not self.settled(t)
-                    # half an offered frame of slack: frames come on the FACES_FPS grid, give or take jitter
-                    or t - self.last_t + 0.5 / self.fps + EPS >= 1.0 / self.settled_fps)
+            number = self.offers
+            self.offers += 1
+            self._offered.append((t, number))
+            self._follow(gaze)
+            if not self.active or self.last_t is None or t < self.last_t or not self.settled(t):
+                take = True
+            elif self.gaze_offer is not None:
+                take = (number - self.gaze_offer) % self.stride == 0
+            else:
+                # half an offered frame of slack: frames come on the FACES_FPS grid, give or take jitter
+                take = t - self.last_t + 0.5 / self.fps + EPS >= 1.0 / self.settled_fps
             if take:
                 self.last_t = t
                 self.scans += 1
             else:
                 self.settled_skips += 1
             return take
+
+    def _follow(self, gaze_times: tuple[float, ...]) -> None:
+        """The latest offered frame gaze analysed too (the same media time: the sampler gave both the same frame)."""
+        for t in reversed(gaze_times):
+            number = next((n for offered, n in reversed(self._offered) if offered == t), None)
+            if number is not None:
+                self.gaze_offer = number if self.gaze_offer is None else max(self.gaze_offer, number)
+                return
 
     def analysed(self, t: float, faces: list[Face], found: int, poor: bool, small_face: bool) -> None:
         """One analysed frame: `faces` at the minimum score, `found` detections in all (weaker ones too)."""
@@ -372,7 +474,10 @@ class FacesPace:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"scans": self.scans, "settled_skips": self.settled_skips}
+            stats = {"scans": self.scans, "settled_skips": self.settled_skips}
+        if self.frames is not None:
+            stats |= {f"detections_{key}": value for key, value in self.frames.stats().items()}
+        return stats
 
 
 def _same_place(before: tuple[float, float, float, float] | None, box: tuple[float, float, float, float]) -> bool:
@@ -400,8 +505,11 @@ class FaceDetector(Detector):
     def __init__(self, settings: Settings) -> None:
         self.fps = settings.faces_fps
         self.min_score = settings.face_min_score
-        self.cadence = FullRangeCadence(settings.faces_full_range_interval_s, settings.faces_fps)
-        self.pace = FacesPace(settings.faces_fps, settings.faces_settled_fps)
+        self.full_range = FullRangeCadence(settings.faces_full_range_interval_s, settings.faces_fps)
+        # The stream's short-range detections, shared with its gaze detector (analyzers/registry.py).
+        self.frame_faces = FrameFaces()
+        # Which frames it analyses (the name every detector that picks its own frames gives it: analyzers/live.py).
+        self.cadence = FacesPace(settings.faces_fps, settings.faces_settled_fps, self.frame_faces)
         self._error: str | None = None
 
     def load(self) -> None:
@@ -416,41 +524,46 @@ class FaceDetector(Detector):
             return False, self._error
         return True, "mediapipe face detection, short + full range (bundled)"
 
+    def share(self, frames: FrameFaces) -> None:
+        """Use these shared short-range detections (the stream's gaze detector has the same)."""
+        self.frame_faces = self.cadence.frames = frames
+
     # --- pace (FacesPace): the frame slot's protocol (analyzers/live.py) ----------------------------------
     def wants(self, media_time_s: float) -> bool:
         """Whether the frame offered at this media time is to be analysed (the caller then calls analyze)."""
-        return self.pace.due(media_time_s)
+        return self.cadence.due(media_time_s)
 
     def hint(self, signal: Signal, media_time_s: float) -> None:
         """Another detector's signal on this stream."""
-        self.pace.hint(signal.kind, signal.active)
+        self.cadence.hint(signal.kind, signal.active)
 
     def count(self, rgb: np.ndarray) -> list[Face]:
         return [face for face in detect_faces_in(rgb) if face.score >= self.min_score]
 
     def faces(self, rgb: np.ndarray, quality: ImageQuality, media_time_s: float) -> list[Face]:
-        """Every face found in a live frame (best first), the full-range model run as `cadence` says: a poor
+        """Every face found in a live frame (best first), the full-range model run as `full_range` says: a poor
         picture gets both models and the retry (`detect_faces_in`), any other frame the short-range model, and the
-        full-range one too when it can change the answer."""
+        full-range one too when it can change the answer. The short-range detections come from `frame_faces`:
+        made once per frame for this detector and gaze."""
+        short = self.frame_faces.short_range(rgb, media_time_s)  # the array as gaze gets it: the same frame
         rgb = np.ascontiguousarray(rgb)
         short_seen: int | None = None
         if quality.poor:
             why: str | None = "poor_image"
-            found = detect_faces_in(rgb, quality)
+            found = detect_faces_in(rgb, quality, short)
         else:
-            short = _detect(rgb, SHORT_RANGE)
             short_seen = sum(1 for face in short if face.score >= self.min_score)
-            why = self.cadence.why_full(media_time_s, short, self.min_score)
+            why = self.full_range.why_full(media_time_s, short, self.min_score)
             found = _merge(short, _detect(rgb, FULL_RANGE) if why is not None else [])
             found.sort(key=lambda face: face.score, reverse=True)
-        self.cadence.ran(media_time_s, why, found, short_seen, self.min_score)
+        self.full_range.ran(media_time_s, why, found, short_seen, self.min_score)
         return found
 
     def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
         quality = assess(rgb)
         found = self.faces(rgb, quality, media_time_s)
         faces = [face for face in found if face.score >= self.min_score]
-        self.pace.analysed(media_time_s, faces, len(found), quality.poor, self.cadence.small_face)
+        self.cadence.analysed(media_time_s, faces, len(found), quality.poor, self.full_range.small_face)
         scores = [round(face.score, 3) for face in faces]
         boxes = [[round(v, 1) for v in face.box] for face in faces]
         details: dict[str, Any] = {"faces": len(faces), "scores": scores, "boxes": boxes,

@@ -1,4 +1,9 @@
-"""Looking away: head pose (yaw/pitch) and iris position from mediapipe FaceMesh with iris (478 landmarks).
+"""Looking away: head pose (yaw/pitch) and iris position from mediapipe's face landmarks with iris (478 points).
+
+The landmarks are FaceMesh's (refine_landmarks=True), put on the face the short-range face detector found on the
+same frame: the detection the faces detector made for its own count (FrameFaces), so a frame both analyse runs that
+model once, not twice (FaceMesh ran it again inside; ~35 % of gaze's cost a frame). The same detection, choice
+and region as FaceMesh's give the same landmarks (tests/test_gaze_landmarks.py compares them on real photos).
 
 Head pose: cv2.solvePnP of six landmarks against a generic 3-D face and an approximate camera (focal length =
 frame width, centre = frame centre). A generic face gives yaw well but pitch with a per-person bias, so every
@@ -21,6 +26,7 @@ import cv2
 import numpy as np
 
 from analyzers.base import Detector, DetectorUnavailable, ModelPool, Signal, clamp01, load_once
+from analyzers.faces import SHORT_RANGE_SCORE_OFFSET, Face, FrameFaces, load_face_detection, short_range_faces
 from proctor.settings import Settings
 
 # Generic face in camera-like axes (x to the image's right, y down, z away from the camera), arbitrary units
@@ -110,12 +116,38 @@ def measure_landmarks(points: np.ndarray, width: int, height: int) -> GazeMeasur
     return GazeMeasure(pose[0], pose[1], pose[2], iris_x, iris_y)
 
 
-def _make_mesh() -> Any:
-    import mediapipe as mp
+# FaceLandmarkCpu is the subgraph mediapipe's FaceMesh runs on each face its detector found (inside
+# face_landmark_front_cpu); with attention it gives the 478 landmarks with irises (refine_landmarks=True). Here it is
+# given the region of interest directly, from a short-range detection the faces detector has made on the same frame
+# (FrameFaces): FaceMesh ran that same model on every frame itself.
+LANDMARK_GRAPH = """
+input_stream: "IMAGE:image"
+input_stream: "ROI:roi"
+output_stream: "LANDMARKS:face_landmarks"
+input_side_packet: "WITH_ATTENTION:with_attention"
+node {
+  calculator: "FaceLandmarkCpu"
+  input_stream: "IMAGE:image"
+  input_stream: "ROI:roi"
+  output_stream: "LANDMARKS:face_landmarks"
+  input_side_packet: "WITH_ATTENTION:with_attention"
+}
+"""
+# FaceMesh's choice of face (min_detection_confidence=0.5 on the short-range model's own scale, max_num_faces=1: the
+# best detection) and its region around it (face_detection_front_detection_to_roi: the box made square on its long
+# side and scaled 1.5x, turned so the eyes are level).
+MESH_MIN_SCORE = 0.5 - SHORT_RANGE_SCORE_OFFSET
+ROI_SCALE = 1.5
 
-    # static_image_mode: every frame stands alone, so one graph can serve many streams in turn.
-    return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
-                                           min_detection_confidence=0.5)
+
+def _make_landmarker() -> Any:
+    from google.protobuf import text_format
+    from mediapipe.framework import calculator_pb2
+    from mediapipe.python.solution_base import SolutionBase
+
+    config = text_format.Parse(LANDMARK_GRAPH, calculator_pb2.CalculatorGraphConfig())
+    # No state between calls (no previous-landmarks loopback): one graph serves many streams in turn.
+    return SolutionBase(graph_config=config, side_inputs={"with_attention": True})
 
 
 def _pool() -> ModelPool[Any]:
@@ -124,32 +156,64 @@ def _pool() -> ModelPool[Any]:
             import mediapipe  # noqa: F401
         except ImportError as exc:
             raise DetectorUnavailable(f"mediapipe is not installed ({exc}); pip install mediapipe==0.10.21") from None
-        pool: ModelPool[Any] = ModelPool(_make_mesh)
-        with pool.get() as mesh:
-            mesh.process(np.zeros((64, 64, 3), np.uint8))
+        pool: ModelPool[Any] = ModelPool(_make_landmarker)
+        with pool.get() as graph:
+            graph.process({"image": np.zeros((64, 64, 3), np.uint8), "roi": _roi_message(32, 32, 32, 0.0, 64, 64)})
         return pool
 
-    return load_once("mediapipe.face_mesh", build)
+    return load_once("mediapipe.face_landmark", build)
 
 
-def face_landmarks(rgb: np.ndarray) -> np.ndarray | None:
-    """478x3 landmarks in pixels (z in the same scale as x) of the most prominent face, or None."""
+def _roi_message(cx: float, cy: float, side: float, rotation: float, width: int, height: int) -> Any:
+    from mediapipe.framework.formats import rect_pb2
+
+    return rect_pb2.NormalizedRect(x_center=cx / width, y_center=cy / height, width=side / width,
+                                   height=side / height, rotation=rotation)
+
+
+def mesh_face(short: list[Face]) -> Face | None:
+    """The face FaceMesh would put its landmarks on: the best short-range detection at its minimum score."""
+    candidates = [face for face in short if face.score >= MESH_MIN_SCORE and face.unclipped is not None]
+    return max(candidates, key=lambda face: face.score, default=None)
+
+
+def region_of(face: Face) -> tuple[float, float, float, float]:
+    """(centre x, centre y, side, rotation in radians) in pixels of the landmark model's region for a detection."""
+    assert face.unclipped is not None
+    x1, y1, x2, y2 = face.unclipped
+    (right_x, right_y), (left_x, left_y) = face.keypoints[0], face.keypoints[1]
+    rotation = -math.atan2(-(left_y - right_y), left_x - right_x)  # target angle 0: the eyes level
+    rotation -= 2 * math.pi * math.floor((rotation + math.pi) / (2 * math.pi))  # within [-pi, pi)
+    return (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * ROI_SCALE, rotation
+
+
+def face_landmarks(rgb: np.ndarray, face: Face) -> np.ndarray | None:
+    """478x3 landmarks in pixels (z in the same scale as x) of the face of this short-range detection, or None when
+    the landmark model finds no face there (its face-presence score under 0.5)."""
     height, width = rgb.shape[:2]
-    with _pool().get() as mesh:
-        result = mesh.process(np.ascontiguousarray(rgb))
-    if not result.multi_face_landmarks:
+    roi = _roi_message(*region_of(face), width, height)
+    with _pool().get() as graph:
+        result = graph.process({"image": np.ascontiguousarray(rgb), "roi": roi})
+    if result.face_landmarks is None:
         return None
-    marks = result.multi_face_landmarks[0].landmark
+    marks = result.face_landmarks.landmark
     if len(marks) < MESH_POINTS:
         return None
     return np.array([(m.x * width, m.y * height, m.z * width) for m in marks], dtype=np.float64)
 
 
-def measure(rgb: np.ndarray) -> GazeMeasure | None:
-    points = face_landmarks(rgb)
+def measure_face(rgb: np.ndarray, short: list[Face]) -> GazeMeasure | None:
+    """GazeMeasure of the picture's best face, given its short-range detections; None without one."""
+    face = mesh_face(short)
+    points = None if face is None else face_landmarks(rgb, face)
     if points is None:
         return None
     return measure_landmarks(points, rgb.shape[1], rgb.shape[0])
+
+
+def measure(rgb: np.ndarray) -> GazeMeasure | None:
+    """GazeMeasure of a single picture (a reference photo, bench/quality)."""
+    return measure_face(rgb, short_range_faces(rgb))
 
 
 class GazeDetector(Detector):
@@ -168,9 +232,12 @@ class GazeDetector(Detector):
         self._samples: list[GazeMeasure] = []
         self._first_face_s: float | None = None
         self._error: str | None = None
+        # The stream's short-range detections: its own, or shared with its faces detector (analyzers/registry.py).
+        self.frame_faces = FrameFaces()
 
     def load(self) -> None:
         try:
+            load_face_detection()
             _pool()
         except DetectorUnavailable as exc:
             self._error = exc.reason
@@ -179,7 +246,7 @@ class GazeDetector(Detector):
     def status(self) -> tuple[bool, str]:
         if self._error:
             return False, self._error
-        return True, "mediapipe FaceMesh with iris (bundled) + solvePnP"
+        return True, "mediapipe face landmarks with iris (bundled) on the short-range face detection + solvePnP"
 
     @property
     def calibrated(self) -> bool:
@@ -226,8 +293,13 @@ class GazeDetector(Detector):
         # 0.5 at the threshold, 1.0 at twice the threshold.
         return Signal("looking_away", excess > 1.0, clamp01(excess / 2.0), details)
 
+    def share(self, frames: FrameFaces) -> None:
+        """Use these shared short-range detections (the stream's faces detector has the same)."""
+        self.frame_faces = frames
+
     def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
-        found = measure(rgb)
+        self.frame_faces.gaze_at(media_time_s)
+        found = measure_face(rgb, self.frame_faces.short_range(rgb, media_time_s))
         if found is None:
             return []  # no face: the faces detector reports that
         if self.baseline is None and not self._calibrate(found, media_time_s):

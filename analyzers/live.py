@@ -501,9 +501,7 @@ class StreamAnalysis:
 def _cadence_stats(slot: _DetectorSlot) -> dict[str, Any]:
     """{"cadence": {"scans", ...}} for a detector that picks its own frames (`wants`): admission by load compares
     the frames analysed with the scans it chose, not with its fps (media_server/admission.py analysis_rate)."""
-    # The faces detector's `cadence` is its full-range model's; the frames it picks are its `pace`'s.
-    picker = getattr(slot.detector, "pace", None) or getattr(slot.detector, "cadence", None)
-    stats = getattr(picker, "stats", None)
+    stats = getattr(getattr(slot.detector, "cadence", None), "stats", None)
     return {"cadence": stats()} if slot.wants is not None and callable(stats) else {}
 
 

@@ -56,6 +56,11 @@ def build_detectors(settings: Settings) -> Detectors:
             log.warning("detector %s unavailable: %s", name, exc.reason)
             continue
         out.append(detector)
+    faces, gaze = out.get("faces"), out.get("gaze")
+    if isinstance(faces, FaceDetector) and isinstance(gaze, GazeDetector):
+        # One short-range detection a frame for both (analyzers/faces.py FrameFaces); the faces pace then keeps to
+        # gaze's frames while settled.
+        gaze.share(faces.frame_faces)
     return out
 
 

@@ -424,6 +424,12 @@ def test_build_detectors_skips_unavailable_ones(models_home: Path, phone_model: 
     # Per-stream instances: state is not shared between streams.
     a, b = build_detectors(settings).get("gaze"), build_detectors(settings).get("gaze")
     assert a is not b
+    # A stream's faces and gaze detectors share one short-range detection a frame; streams do not.
+    assert isinstance(a, GazeDetector) and isinstance(b, GazeDetector) and a.frame_faces is not b.frame_faces
+    stream = build_detectors(settings)
+    faces, gaze = stream.get("faces"), stream.get("gaze")
+    assert isinstance(faces, FaceDetector) and isinstance(gaze, GazeDetector)
+    assert gaze.frame_faces is faces.frame_faces is faces.cadence.frames
 
 
 def test_detectors_and_rules_read_the_settings(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def scenes() -> dict[str, list[np.ndarray]]:
 def _detector(interval_s: float = 1.0, seed: int = 0) -> FaceDetector:
     detector = FaceDetector(Settings.defaults(faces_full_range_interval_s=interval_s))
     detector.load()
-    detector.cadence.rng.seed(seed)
+    detector.full_range.rng.seed(seed)
     return detector
 
 
@@ -71,10 +71,10 @@ def stream(detector: FaceDetector, script: list[tuple[float, str]], scenes: dict
     timeline = [name for seconds, name in script for _ in range(round(seconds * detector.fps))]
     for i, name in enumerate(timeline):
         t = i / detector.fps
-        before = detector.cadence.full_runs
+        before = detector.full_range.full_runs
         signals = {s.kind: s for s in detector.analyze(scenes[name][i % len(scenes[name])], t)}
         run.frames.append(t)
-        run.full.append(detector.cadence.full_runs > before)
+        run.full.append(detector.full_range.full_runs > before)
         run.signals.append(signals)
         s = signals["multiple_people"]
         for change in rules.update(s.kind, s.active, s.confidence, t, s.details):
@@ -98,7 +98,7 @@ def test_full_range_is_skipped_while_the_short_range_model_sees_the_face(
     run = stream(detector, [(seconds, "face")], scenes)
     # The first frame (no history) and then about once per interval, never on two frames in a row.
     assert run.full[0]
-    assert set(detector.cadence.reasons) == {"interval"}
+    assert set(detector.full_range.reasons) == {"interval"}
     assert seconds / (1 + JITTER) - 2 <= sum(run.full) <= seconds / (1 - JITTER) + 2
     assert sum(run.full) <= 0.4 * len(run.full)  # 4 fps: most frames run the short-range model alone
     gaps = np.diff([t for t, full in zip(run.frames, run.full, strict=True) if full])
@@ -116,7 +116,7 @@ def test_full_range_runs_on_every_frame_without_a_face(scenes: dict[str, list[np
     empty = [i for i, t in enumerate(run.frames) if 2.0 <= t < 7.0]
     assert all(run.full[i] for i in empty)  # no_face is confirmed by both models, every time
     assert all(run.signals[i]["no_face"].active for i in empty)
-    assert detector.cadence.reasons["no_face"] == len(empty)
+    assert detector.full_range.reasons["no_face"] == len(empty)
     back = [i for i, t in enumerate(run.frames) if t >= 7.25]
     assert not all(run.full[i] for i in back)  # the face back: the short-range model alone again
 
@@ -127,7 +127,7 @@ def test_both_models_run_on_every_frame_while_a_small_face_is_only_the_full_rang
     run = stream(detector, [(8.0, "small")], scenes)
     assert all(run.full)  # the first frame finds the small face; from then on every frame looks for it
     # Why: the face the full-range model found last time, or the short-range model's own weak detection of it.
-    reasons = detector.cadence.reasons
+    reasons = detector.full_range.reasons
     assert reasons.get("small_face", 0) + reasons.get("weak_face", 0) == len(run.frames) - 1, reasons
     assert all(s["multiple_people"].active and s["no_face"].details["faces"] == 2 for s in run.signals)
     assert run.multiple_started == 0.0
@@ -158,7 +158,7 @@ def test_a_small_second_face_that_appears_is_found_within_the_interval(
 def test_interval_zero_runs_both_models_on_every_frame_as_before(scenes: dict[str, list[np.ndarray]]) -> None:
     detector = _detector(0.0)
     run = stream(detector, [(3.0, "face"), (1.0, "empty")], scenes)
-    assert all(run.full) and detector.cadence.reasons == {"every_frame": 16}
+    assert all(run.full) and detector.full_range.reasons == {"every_frame": 16}
     frame = scenes["face"][0]
     found = detector.faces(frame, assess(frame), 100.0)
     assert found == detect_faces_in(frame)
@@ -191,7 +191,7 @@ def test_labelled_photos_count_the_same_faces_as_with_both_models_on_every_frame
             assert mine["no_face"].details["faces"] == theirs["no_face"].details["faces"], (name, i)
             for kind in ("no_face", "multiple_people", "poor_image"):
                 assert mine[kind].active == theirs[kind].active, (name, i, kind)
-        skipped += 3 - cadenced.cadence.full_runs
+        skipped += 3 - cadenced.full_range.full_runs
     assert skipped >= len(photos)  # at least half the later frames ran the short-range model alone
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from analyzers.base import Signal, rules_config
-from analyzers.faces import SETTLE_S, FaceDetector, FacesPace
+from analyzers.faces import SETTLE_S, FaceDetector, FacesPace, FrameFaces
 from core.rules import EventRules
 from proctor.settings import Settings
 from tests.support.media import empty_room, face_canvas, noisy_copies, other_person_canvas
@@ -100,6 +100,34 @@ def test_small_moves_and_inactive_hints_keep_it_settled() -> None:
     assert pace.settled(12 / FPS)
 
 
+@pytest.mark.parametrize("phase", [0, 1])
+def test_settled_it_keeps_to_the_frames_gaze_analyses(phase: int) -> None:
+    """Gaze (2 fps) takes every other frame the sampler offers faces (4 fps), from the first or from the second:
+    once settled, the pace takes exactly gaze's frames, so both share one short-range detection a frame. Before it
+    has seen gaze analyse a frame it keeps its own rhythm."""
+    frames = FrameFaces()
+    pace = FacesPace(FPS, SETTLED, frames)
+    times = [i / FPS for i in range(48)]
+    gaze = times[phase::2]
+    taken = []
+    for t in times:
+        if _offer(pace, t):
+            taken.append(t)
+        if t in gaze:
+            frames.gaze_at(t)  # gaze works on its frame after the sampler offered it to both
+    settled_from = next(t for t in times if pace.settled(t))
+    later = [t for t in times if t > settled_from]
+    assert [t for t in taken if t > settled_from] == [t for t in later if t in gaze]
+    # learnt at each offer from what gaze did before it
+    assert pace.gaze_offer == max(times.index(t) for t in gaze if t < times[-1])
+    # Without gaze: every other frame from wherever it settled (the test above), the stats without detections.
+    alone = FacesPace(FPS, SETTLED, FrameFaces())
+    taken_alone = [t for t in times if _offer(alone, t)]
+    assert np.allclose(np.diff([t for t in taken_alone if t > settled_from]), 1 / SETTLED)
+    assert alone.stats() == {"scans": len(taken_alone), "settled_skips": len(times) - len(taken_alone),
+                             "detections_made": 0, "detections_shared": 0}
+
+
 @pytest.mark.parametrize("settled_fps", [0.0, FPS, 8.0])
 def test_off_takes_every_frame(settled_fps: float) -> None:
     pace = FacesPace(FPS, settled_fps)
@@ -138,7 +166,7 @@ def _play(settled_fps: float, script: list[tuple[float, str]], scenes: dict[str,
     no_face and multiple_people through the real rules."""
     detector = FaceDetector(Settings.defaults(faces_settled_fps=settled_fps))
     detector.load()
-    detector.cadence.rng.seed(0)
+    detector.full_range.rng.seed(0)
     rules = EventRules(rules_config(Settings.defaults()))
     run = Run()
     timeline = [name for seconds, name in script for _ in range(round(seconds * FPS))]

@@ -103,7 +103,7 @@ def _pair(settings: Settings, seed: int = 0, **overrides: Any) -> tuple[Identity
     faces.load()
     assert identity.set_reference(face_canvas())
     identity.cadence.rng.seed(seed)
-    faces.cadence.rng.seed(seed)
+    faces.full_range.rng.seed(seed)
     return identity, faces
 
 
