@@ -368,9 +368,12 @@ def run_clip(clip: Clip, data_dir: Path, entries: dict[str, mf.Entry], settings:
     built = build_detectors(settings)
     detectors = [d for d in built if not getattr(d, "audio", False)]
     for detector in detectors:
-        cadence = getattr(detector, "cadence", None)
-        if cadence is not None:
-            cadence.rng.seed(seed)  # the phone's random scan times, the same at every run of the set
+        # Random schedules (the phone's scan times, identity's and the faces full-range model's intervals): the
+        # same at every run of the set.
+        for schedule in (getattr(detector, "cadence", None), getattr(detector, "full_range", None)):
+            rng = getattr(schedule, "rng", None)
+            if rng is not None:
+                rng.seed(seed)
     reference = _read(data_dir / clip.reference)
     reference_set = {}
     for detector in detectors:
