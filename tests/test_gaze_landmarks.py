@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from analyzers.faces import FaceDetector, FrameFaces, short_range_faces
-from analyzers.gaze import GazeDetector, face_landmarks, measure_landmarks, mesh_face
+from analyzers.gaze import GazeDetector, face_landmarks, measure_face, measure_landmarks, mesh_face
 from analyzers.registry import build_detectors
 from proctor.settings import Settings
 from tests.support.media import empty_room, face_canvas, noisy_copies
@@ -68,6 +68,7 @@ def test_the_same_landmarks_as_facemesh_on_real_photos(facemesh: object) -> None
         assert np.abs(mine[:, :2] - theirs[:, :2]).max() * 640 / max(width, height) < 0.1, name
         a, b = measure_landmarks(mine, width, height), measure_landmarks(theirs, width, height)
         assert a is not None and b is not None
+        assert measure_face(rgb, short_range_faces(rgb)) == a, name  # reads only the landmarks it measures
         assert (a.yaw, a.pitch, a.roll) == pytest.approx((b.yaw, b.pitch, b.roll), abs=0.1), name
         assert (a.iris_x, a.iris_y) == pytest.approx((b.iris_x, b.iris_y), abs=0.002), name
     assert found >= 150 and len(pictures) - found >= 30  # faces, and pictures without one, both well represented
