@@ -305,9 +305,13 @@ class GazeDetector(Detector):
         """Use these shared short-range detections (the stream's faces detector has the same)."""
         self.frame_faces = frames
 
-    def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
+    def measure_frame(self, rgb: np.ndarray, media_time_s: float) -> GazeMeasure | None:
+        """One live frame's measure, on the stream's shared short-range detections; None without a face."""
         self.frame_faces.gaze_at(media_time_s)
-        found = measure_face(rgb, self.frame_faces.short_range(rgb, media_time_s))
+        return measure_face(rgb, self.frame_faces.short_range(rgb, media_time_s))
+
+    def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
+        found = self.measure_frame(rgb, media_time_s)
         if found is None:
             return []  # no face: the faces detector reports that
         if self.baseline is None and not self._calibrate(found, media_time_s):

@@ -33,7 +33,7 @@ import psutil
 
 from analyzers.base import Detector, Signal
 from analyzers.faces import FaceDetector
-from analyzers.gaze import GazeDetector, measure_landmarks
+from analyzers.gaze import GazeDetector, GazeMeasure, measure_landmarks
 from analyzers.identity import ENROL_WINDOW_S, IdentityDetector
 from analyzers.models import install_bundled_weights
 from analyzers.objects import (
@@ -165,7 +165,7 @@ def play(slots: list[Slot], seconds: float, cpu: Cpu) -> None:
 
 class FaceMeshGaze(GazeDetector):
     """The gaze detector before issue 14's shared detections: mediapipe's FaceMesh (static images, one face, iris
-    landmarks) found the face and its landmarks itself on every frame. The same judgement follows."""
+    landmarks) found the face and its landmarks itself on every frame. The same judgement follows (analyze)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -174,19 +174,14 @@ class FaceMeshGaze(GazeDetector):
         self.mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
                                                     min_detection_confidence=0.5)
 
-    def analyze(self, rgb: np.ndarray, media_time_s: float) -> list[Signal]:
+    def measure_frame(self, rgb: np.ndarray, media_time_s: float) -> GazeMeasure | None:
         height, width = rgb.shape[:2]
         result = self.mesh.process(np.ascontiguousarray(rgb))
         if not result.multi_face_landmarks:
-            return []
+            return None
         points = np.array([(m.x * width, m.y * height, m.z * width)
                            for m in result.multi_face_landmarks[0].landmark], dtype=np.float64)
-        found = measure_landmarks(points, width, height)
-        if found is None:
-            return []
-        if self.baseline is None and not self._calibrate(found, media_time_s):
-            return []
-        return [self.judge(found)]
+        return measure_landmarks(points, width, height)
 
 
 def build(settings: Settings) -> list[Slot]:
