@@ -12,7 +12,9 @@ That thread runs everything the node does per packet: the datagram read, ICE dem
 the receiver's statistics, NACK generator, bandwidth estimator, RTCP, jitter buffer and our taps.
 
 `--fast-path both` (the default) runs the phases off, on, off, on in one run (same machine state, same sender),
-and prints the ratio. Nothing here needs a network; the machine's CPU model is printed with the figures.
+and prints the ratio. `--loop both` runs the receiver on the standard library's event loop and on uvloop
+(EVENT_LOOP), asyncio, uvloop, asyncio, uvloop, each with a fresh sender, and prints that ratio (use it with
+`--fast-path on` or `off`). Nothing here needs a network; the machine's CPU model is printed with the figures.
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ async def _rtp_packets(pcs: list[Any]) -> int:
 
 @dataclass
 class PhaseResult:
+    loop: str
     fast_path: bool
     streams: int
     seconds: float
@@ -207,7 +210,7 @@ class PhaseResult:
 
     def line(self) -> str:
         c = self.counts
-        return (f"fast path {'on ' if self.fast_path else 'off'}: {self.us_per_packet:6.1f} us/packet, "
+        return (f"{self.loop:7} fast path {'on ' if self.fast_path else 'off'}: {self.us_per_packet:6.1f} us/packet, "
                 f"{self.ms_per_stream_s:5.2f} ms CPU per stream-second (loop thread; process "
                 f"{self.process_cpu_s * 1000 / (self.streams * self.seconds):5.2f}, sender "
                 f"{self.sender_cpu_s * 1000 / (self.streams * self.seconds):5.2f}); "
@@ -220,6 +223,7 @@ class PhaseResult:
 async def _phase(sender: _Sender, fast_path: bool, streams: int, seconds: float, warmup_s: float,
                  profiler: cProfile.Profile | None) -> PhaseResult:
     from media_server import aiortc_compat
+    from proctor.loop import loop_name
 
     aiortc_compat.install_rtp_fast_path(fast_path)
     counts = _Counts()
@@ -243,7 +247,8 @@ async def _phase(sender: _Sender, fast_path: bool, streams: int, seconds: float,
     elapsed = time.monotonic() - started
     if profiler is not None:
         profiler.disable()
-    result = PhaseResult(fast_path, streams, elapsed, await _rtp_packets(pcs) - packets0, loop_cpu,
+    result = PhaseResult(loop_name(asyncio.get_running_loop()), fast_path, streams, elapsed,
+                         await _rtp_packets(pcs) - packets0, loop_cpu,
                          time.process_time() - process0, sender.cpu_s() - sender0, counts)
     await asyncio.gather(*(pc.close() for pc in pcs))
     await sender.ask({"cmd": "close"})
@@ -417,41 +422,64 @@ def _encode_clip(path: Path) -> None:
     path.write_bytes(pickle.dumps(encode_clip(frames, bitrate=VIDEO_BITRATE, temporal_layers=True)))
 
 
-async def _receiver(args: argparse.Namespace) -> list[PhaseResult]:
+async def _receiver(args: argparse.Namespace, clip: Path, printed: list[bool]) -> list[PhaseResult]:
     from bench.audio import cpu_model
     from media_server.ice import install_host_addresses
     from media_server.udp import install_batched_reads
 
     install_host_addresses(("127.0.0.1",))
-    install_batched_reads()
+    install_batched_reads()  # the node's setting: it applies to the asyncio loop only
     order = {"both": [False, True, False, True], "on": [True], "off": [False]}[args.fast_path]
     profiler = cProfile.Profile() if args.profile else None
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        clip = Path(tmp) / "clip.pickle"
-        await asyncio.to_thread(_encode_clip, clip)
-        sender = _Sender(clip)
-        await sender.start()
-        try:
+    sender = _Sender(clip)
+    await sender.start()
+    try:
+        if not printed:
             print(f"CPU: {cpu_model()}; {os.cpu_count()} cores; {args.streams} streams, {args.seconds:.0f} s "
                   f"a phase", flush=True)
-            for fast in order:
-                result = await _phase(sender, fast, args.streams, args.seconds, args.warmup, profiler)
-                print(result.line(), flush=True)
-                results.append(result)
-        finally:
-            await sender.stop()
+            printed.append(True)
+        for fast in order:
+            result = await _phase(sender, fast, args.streams, args.seconds, args.warmup, profiler)
+            print(result.line(), flush=True)
+            results.append(result)
+    finally:
+        await sender.stop()
     if profiler is not None:
         profiler.dump_stats(args.profile)
-    off = [r for r in results if not r.fast_path]
-    on = [r for r in results if r.fast_path]
-    if off and on:
-        us_off = sum(r.loop_cpu_s for r in off) * 1e6 / sum(r.packets for r in off)
-        us_on = sum(r.loop_cpu_s for r in on) * 1e6 / sum(r.packets for r in on)
-        ms_off = sum(r.ms_per_stream_s for r in off) / len(off)
-        ms_on = sum(r.ms_per_stream_s for r in on) / len(on)
-        print(f"off {us_off:.1f} us/packet, {ms_off:.2f} ms/stream-s; on {us_on:.1f} us/packet, "
-              f"{ms_on:.2f} ms/stream-s; on/off = {us_on / us_off:.2f}")
+    return results
+
+
+def _compare(results: list[PhaseResult], key: str, first: Any, second: Any) -> None:
+    """Print the two groups of phases (by `key`'s value) side by side: us per packet summed over the phases."""
+    a = [r for r in results if getattr(r, key) == first]
+    b = [r for r in results if getattr(r, key) == second]
+    if not a or not b:
+        return
+    us_a = sum(r.loop_cpu_s for r in a) * 1e6 / sum(r.packets for r in a)
+    us_b = sum(r.loop_cpu_s for r in b) * 1e6 / sum(r.packets for r in b)
+    ms_a = sum(r.ms_per_stream_s for r in a) / len(a)
+    ms_b = sum(r.ms_per_stream_s for r in b) / len(b)
+    def name(value: Any) -> str:
+        return f"fast path {'on' if value else 'off'}" if key == "fast_path" else str(value)
+
+    print(f"{name(first)} {us_a:.1f} us/packet, {ms_a:.2f} ms/stream-s; {name(second)} {us_b:.1f} us/packet, "
+          f"{ms_b:.2f} ms/stream-s; {name(second)}/{name(first)} = {us_b / us_a:.2f}")
+
+
+def _run_receivers(args: argparse.Namespace) -> list[PhaseResult]:
+    from proctor import loop as event_loop
+
+    loops = ["asyncio", "uvloop", "asyncio", "uvloop"] if args.loop == "both" else [args.loop]
+    results: list[PhaseResult] = []
+    printed: list[bool] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "clip.pickle"
+        _encode_clip(clip)
+        for kind in loops:
+            results += event_loop.run(_receiver(args, clip, printed), kind)
+    _compare(results, "fast_path", False, True)
+    _compare(results, "loop", "asyncio", "uvloop")
     return results
 
 
@@ -461,6 +489,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per phase")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first frames, not measured")
     parser.add_argument("--fast-path", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio", "both"), default="uvloop",
+                        help="the receiver's event loop (EVENT_LOOP; default uvloop, as the node); both: alternate")
     parser.add_argument("--profile",
                         help="write a cProfile of the measured windows here (with --fast-path on or off)")
     parser.add_argument("--micro", action="store_true",
@@ -475,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.micro:
         asyncio.run(_micro(args))
         return
-    asyncio.run(_receiver(args))
+    _run_receivers(args)
 
 
 if __name__ == "__main__":

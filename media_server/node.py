@@ -64,6 +64,7 @@ from media_server.outlets import Plugin
 from media_server.sdp import screen_offer, tune_answer
 from media_server.stream import CandidateStream
 from media_server.udp import install_batched_reads, install_rtp_fast_path
+from proctor import loop as event_loop
 from proctor import metrics, nodeauth
 from proctor.context import Context
 from proctor.http import error
@@ -468,8 +469,9 @@ class MediaNode:
         self.url = f"http://{self.settings.media_node_advertise_host or host}:{bound}"
         self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._control()),
                        asyncio.create_task(self.loop_lag.run())]
-        log.info("media node %s serving %s (capacity %d, admission by %s, %.2g CPUs)", self.node_id, self.url,
-                 self.settings.media_node_capacity, self.meter.limits.mode, self.meter.cpus)
+        log.info("media node %s serving %s (capacity %d, admission by %s, %.2g CPUs, %s event loop)", self.node_id,
+                 self.url, self.settings.media_node_capacity, self.meter.limits.mode, self.meter.cpus,
+                 event_loop.loop_name(asyncio.get_running_loop()))
         return runner
 
     async def stop(self) -> None:
@@ -528,7 +530,7 @@ async def run(settings: Settings, plugins: Callable[[Context], list[Plugin]]) ->
 
 
 def main(settings: Settings, plugins: Callable[[Context], list[Plugin]]) -> int:
-    asyncio.run(run(settings, plugins))
-    # asyncio.run waits for the default executor's threads (work handed off with to_thread) before it returns.
+    event_loop.run(run(settings, plugins), settings.event_loop)  # EVENT_LOOP: uvloop by default
+    # Like asyncio.run, it waits for the default executor's threads (work handed off with to_thread) before it returns.
     log.info("media node event loop closed; exiting")
     return 0

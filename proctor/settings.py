@@ -275,6 +275,11 @@ class Settings:
         "UDP port range a media node's ICE sockets bind in, FIRST-LAST (e.g. 50000-50999), for firewalls and "
         "Kubernetes hostPorts; each candidate's connection takes one port (the same on every host address), one "
         "more with TURN_URLS. Empty: any port.")
+    event_loop: str = _setting(
+        "EVENT_LOOP", "uvloop", _choice("uvloop", "asyncio"),
+        "The event loop of the web, media node and worker processes: uvloop (libuv, in C: a media node spends "
+        "less of its event loop per received packet) or asyncio (the standard library's). Same behaviour; "
+        "asyncio for before/after measurements (python -m bench.rtp_path --loop both).")
     rtp_fast_path: bool = _setting(
         "RTP_FAST_PATH", "true", _bool,
         "A media node receives RTP through leaner replacements of aiortc's per-packet methods (the same frames, "

@@ -22,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from proctor import loop as event_loop
 from proctor.embedded import EmbeddedPostgres, EmbeddedRedis
 from proctor.settings import Settings, mask_url_password
 
@@ -284,5 +285,5 @@ async def _run_worker(settings: Settings, roles: list[str]) -> None:
 
 
 def run_worker(settings: Settings, roles: str) -> int:
-    asyncio.run(_run_worker(settings, parse_worker_roles(roles)))
+    event_loop.run(_run_worker(settings, parse_worker_roles(roles)), settings.event_loop)
     return 0

@@ -22,6 +22,7 @@ from aiohttp import web
 from analyzers.models import install_bundled_weights
 from media_server.node import MediaNode
 from proctor import accounts, migrate
+from proctor import loop as event_loop
 from proctor.context import Context
 from proctor.embedded import EmbeddedPostgres, EmbeddedRedis
 from proctor.settings import Settings
@@ -196,6 +197,14 @@ async def staff_user(ctx: Context) -> dict[str, Any]:
     async with ctx.pool.acquire() as conn:
         user_id = await conn.fetchval("SELECT id FROM users WHERE name = $1", name)
     return {"name": name, "id": user_id}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """The suite's async tests (and the nodes, web apps and workers they run in-process) run on the event loop the
+    server processes run on: EVENT_LOOP (uvloop by default, `EVENT_LOOP=asyncio make test` for the standard
+    library's). One factory: test ids are unchanged."""
+    kind = os.environ.get("EVENT_LOOP", "").strip() or Settings.from_env().event_loop
+    return {kind: event_loop.loop_factory(kind)}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -422,7 +422,8 @@ class _Collect(asyncio.DatagramProtocol):
 
 async def test_batched_reads_drain_queued_datagrams_in_one_callback() -> None:
     """Datagrams already queued on a loopback socket: the loop runs the reader once per iteration between two
-    of this task's steps, so the first time anything has arrived, it all has (the stock transport: one)."""
+    of this task's steps, so the first time anything has arrived, it all has (the stock transport: one). On the
+    suite's loop: uvloop (EVENT_LOOP's default) drains a socket per wake by itself, the patch applies to asyncio's."""
     udp.install_batched_reads()
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(_Collect, local_addr=("127.0.0.1", 0))

@@ -1,10 +1,16 @@
-"""Batched UDP reads: one readiness callback drains every queued datagram, in order, and errors still reach
-the protocol the way the standard library delivers them."""
+"""Batched UDP reads on the standard library's loop (EVENT_LOOP=asyncio): one readiness callback drains every queued
+datagram, in order, and errors still reach the protocol the way the standard library delivers them.
+
+The patch is to asyncio's selector transport, so these tests run on a selector loop of their own whatever loop the
+suite runs on (uvloop reads every queued datagram per wake by itself: tests/test_aiortc_internals.py checks the
+drain on the suite's loop)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from media_server import udp
 
@@ -27,7 +33,20 @@ class _Errors(_Collect):
         self.errors.append(exc)
 
 
-async def test_socket_errors_reach_the_protocol_and_reading_goes_on() -> None:
+def _on_selector_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        runner.run(test())
+
+
+def test_socket_errors_reach_the_protocol_and_reading_goes_on() -> None:
+    _on_selector_loop(_socket_errors_reach_the_protocol_and_reading_goes_on)
+
+
+def test_one_wake_drains_the_socket() -> None:
+    _on_selector_loop(_one_wake_drains_the_socket)
+
+
+async def _socket_errors_reach_the_protocol_and_reading_goes_on() -> None:
     """The standard library's contract, kept by the batched body: an error from recvfrom (here the ICMP port
     unreachable a connected socket reports) goes to error_received, and the next datagram is still read."""
     udp.install_batched_reads()
@@ -57,7 +76,7 @@ async def test_socket_errors_reach_the_protocol_and_reading_goes_on() -> None:
         transport.close()
 
 
-async def test_one_wake_drains_the_socket() -> None:
+async def _one_wake_drains_the_socket() -> None:
     udp.install_batched_reads()
     assert udp.installed()
     loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ from analyzers.models import model_status
 from core.net import parse_networks
 from lti.routes import StaffPages
 from lti.routes import setup_routes as setup_lti
+from proctor import loop as event_loop
 from proctor import metrics
 from proctor.accounts import User
 from proctor.context import Context
@@ -204,4 +205,4 @@ def main(settings: Settings) -> None:
     app = create_app(settings)
     log.info("web listening on %s:%s (public %s)", settings.http_host, settings.http_port, settings.base_url)
     web.run_app(app, host=settings.http_host, port=settings.http_port, print=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-                **runner_options())
+                loop=event_loop.new_event_loop(settings.event_loop), **runner_options())
