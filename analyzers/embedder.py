@@ -53,13 +53,21 @@ FACERES_SIZE = 224
 FACERES_BGR_MEAN = np.asarray([103.939, 116.779, 123.68], dtype=np.float32)
 FACERES_OUTPUT = "global_pooling/Mean:0"  # the 1024-d identity features (the other outputs: age, gender)
 EMBED_TIMEOUT_S = 60.0
+# IDENTITY_DLIB_RUNTIME: what runs dlib's network in the worker. "onnx": analyzers/dlib_onnx.py's conversion of the
+# same .dat on onnxruntime (descriptors within 1e-5 of dlib's; measured 8.5 ms a chip against dlib's 129-217 ms on
+# the Xeon, one thread: dlib-bin has no BLAS); "dlib": dlib's own loops (before/after measurements).
+DLIB_RUNTIMES = ("onnx", "dlib")
+DEFAULT_DLIB_RUNTIME = "onnx"
+DLIB_WEIGHTS = "dlib_face_recognition_resnet_model_v1.dat"
 MIRROR = True  # embed the crop and its mirror image, return the normalised mean (see above)
 NICE = 10  # a first call waits for the worker to start and build the model
-_pools: dict[tuple[str, str], ProcessPoolExecutor] = {}
+_pools: dict[tuple[str, str, str], ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 # --- in the worker process ----------------------------------------------------------------------------------
 _model_name = ""
+_runtime = DEFAULT_DLIB_RUNTIME
+_dlib_swapped = False  # DeepFace's Dlib client runs on the ONNX conversion (IDENTITY_DLIB_RUNTIME=onnx)
 _faceres: Any = None  # onnxruntime session of the bundled FaceRes-deep (the fused model only)
 
 
@@ -79,8 +87,8 @@ def faceres_path() -> Path:
     return BUNDLED_FACERES
 
 
-def _worker_init(model_name: str, models_home: str, parent: int) -> None:
-    global _model_name
+def _worker_init(model_name: str, models_home: str, parent: int, runtime: str = DEFAULT_DLIB_RUNTIME) -> None:
+    global _model_name, _runtime
     threading.Thread(target=_exit_with_parent, args=(parent,), name="orphan-watch", daemon=True).start()
     # Below the node in CPU priority: on a busy machine the event loop carrying RTP and the per-frame detectors
     # come first; an identity check a little late costs nothing (a mismatch needs two checks in a row anyway).
@@ -90,6 +98,7 @@ def _worker_init(model_name: str, models_home: str, parent: int) -> None:
     os.environ["DEEPFACE_HOME"] = models_home
     os.environ["DEEPFACE_BACKEND_ENGINE"] = "onnx"
     _model_name = model_name
+    _runtime = runtime
 
 
 def _worker_build() -> str:
@@ -103,10 +112,53 @@ def _worker_build() -> str:
     if engine != "onnx" and ANY not in AVAILABLE_MODELS["facial_recognition"].get(name, {}):
         raise RuntimeError(f"DeepFace runs on {engine} here; {name} needs its onnx backend")
     DeepFace.build_model(name)
+    _use_dlib_runtime()
     if _model_name == FUSED_MODEL:
         _faceres_session()
     _worker_embed(np.full((160, 160, 3), 0.5, np.float32))
     return str(engine)
+
+
+def dlib_onnx_path(dat: Path) -> Path:
+    """Where the ONNX conversion of `dat` is kept: beside it, named by a digest of the .dat's bytes (a changed .dat
+    never meets a stale conversion); a temporary folder when the weights folder is read-only."""
+    import hashlib
+
+    digest = hashlib.sha256(dat.read_bytes()).hexdigest()[:16]
+    name = f"{dat.stem}.{digest}.onnx"
+    if os.access(dat.parent, os.W_OK):
+        return dat.parent / name
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "proctor-dlib-onnx" / name
+
+
+def _use_dlib_runtime() -> None:
+    """With IDENTITY_DLIB_RUNTIME=onnx, put the ONNX conversion of dlib's network in place of dlib's own inside
+    DeepFace's Dlib client (built and cached by DeepFace: `build_model` returns the same object each call), so
+    DeepFace's preprocessing (resize to 150x150, BGR to RGB, 0..255 uint8) is unchanged. Converted once per .dat
+    (~0.3 s) and kept (`dlib_onnx_path`). Idempotent; a worker started again after a crash runs it on its first
+    embedding."""
+    global _dlib_swapped
+    if _dlib_swapped or _runtime != "onnx" or _deepface_name(_model_name) != "Dlib":
+        return
+    from deepface import DeepFace
+
+    from analyzers import dlib_onnx
+
+    client = DeepFace.build_model("Dlib")
+    dat = Path(os.environ["DEEPFACE_HOME"]) / ".deepface" / "weights" / DLIB_WEIGHTS
+    target = dlib_onnx_path(dat)
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        dlib_onnx.convert(dat, target)
+    client.model.model = dlib_onnx.DlibResnetOnnx(target, threads=1)
+    _dlib_swapped = True
+
+
+def _worker_dlib_runtime() -> str:
+    """What runs dlib's network in this worker now: "onnx" once swapped in, else "dlib"."""
+    return "onnx" if _dlib_swapped else "dlib"
 
 
 def _faceres_session() -> Any:
@@ -201,6 +253,7 @@ def _deepface_embed(bgr: np.ndarray, mirror: bool) -> np.ndarray:
     from deepface import DeepFace
 
     name = _deepface_name(_model_name)
+    _use_dlib_runtime()
 
     def represent(images: list[np.ndarray]) -> list[np.ndarray]:
         result = DeepFace.represent(images if len(images) > 1 else images[0], model_name=name,
@@ -217,45 +270,51 @@ def _deepface_embed(bgr: np.ndarray, mirror: bool) -> np.ndarray:
 
 
 # --- in the media node ----------------------------------------------------------------------------------------
-def _pool(model_name: str, models_home: str) -> ProcessPoolExecutor:
-    key = (model_name, models_home)
+def _pool(model_name: str, models_home: str, runtime: str) -> ProcessPoolExecutor:
+    if runtime not in DLIB_RUNTIMES:
+        raise ValueError(f"unknown dlib runtime {runtime!r}: expected one of {', '.join(DLIB_RUNTIMES)}")
+    key = (model_name, models_home, runtime)
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
             # spawn, not fork: the node has threads (and mediapipe's) that a forked child would inherit mid-state.
             pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_worker_init, initargs=(model_name, models_home, os.getpid()))
+                                       initializer=_worker_init,
+                                       initargs=(model_name, models_home, os.getpid(), runtime))
             _pools[key] = pool
         return pool
 
 
-def _call(model_name: str, models_home: str, fn: Any, *args: Any) -> Any:
-    pool = _pool(model_name, models_home)
+def _call(model_name: str, models_home: str, runtime: str, fn: Any, *args: Any) -> Any:
+    pool = _pool(model_name, models_home, runtime)
     try:
         return pool.submit(fn, *args).result(timeout=EMBED_TIMEOUT_S)
     except BrokenProcessPool:
         with _pools_lock:  # the worker died: the next call starts a new one
-            if _pools.get((model_name, models_home)) is pool:
-                del _pools[(model_name, models_home)]
+            if _pools.get((model_name, models_home, runtime)) is pool:
+                del _pools[(model_name, models_home, runtime)]
         pool.shutdown(wait=False, cancel_futures=True)
         raise
 
 
-def build(model_name: str, models_home: str) -> str:
-    """Start the worker and build the model in it; raises what the build raised."""
-    return str(_call(model_name, models_home, _worker_build))
+def build(model_name: str, models_home: str, runtime: str = DEFAULT_DLIB_RUNTIME) -> str:
+    """Start the worker and build the model in it; raises what the build raised. `runtime`: what runs dlib's
+    network (IDENTITY_DLIB_RUNTIME, DLIB_RUNTIMES)."""
+    return str(_call(model_name, models_home, runtime, _worker_build))
 
 
-def embed(model_name: str, models_home: str, bgr: np.ndarray, mirror: bool = MIRROR) -> np.ndarray:
+def embed(model_name: str, models_home: str, bgr: np.ndarray, mirror: bool = MIRROR,
+          runtime: str = DEFAULT_DLIB_RUNTIME) -> np.ndarray:
     """The embedding of one face crop (BGR float32 in 0..1, as DeepFace's "skip" path takes it); `mirror`: the
     normalised mean with its mirror image's, in the same round trip."""
-    return np.asarray(_call(model_name, models_home, _worker_embed, np.ascontiguousarray(bgr), mirror),
+    return np.asarray(_call(model_name, models_home, runtime, _worker_embed, np.ascontiguousarray(bgr), mirror),
                       dtype=np.float64)
 
 
-def embed_parts(model_name: str, models_home: str, bgr: np.ndarray, mirrored: bool = False) -> list[np.ndarray]:
+def embed_parts(model_name: str, models_home: str, bgr: np.ndarray, mirrored: bool = False,
+                runtime: str = DEFAULT_DLIB_RUNTIME) -> list[np.ndarray]:
     """One pass of each network over the crop or (`mirrored`) its mirror image: see `_worker_parts`, `combine`."""
-    parts = _call(model_name, models_home, _worker_parts, np.ascontiguousarray(bgr), mirrored)
+    parts = _call(model_name, models_home, runtime, _worker_parts, np.ascontiguousarray(bgr), mirrored)
     return [np.asarray(part, dtype=np.float64) for part in parts]
 
 

@@ -459,6 +459,7 @@ class IdentityDetector(Detector):
         self.passes = {"single": 0, "mirrored": 0}  # live checks embedded with one pass / with the mirror pass too
         self.min_face_score = settings.face_min_score
         self.models_home = settings.models_home  # DeepFace's home
+        self.dlib_runtime = settings.identity_dlib_runtime  # IDENTITY_DLIB_RUNTIME: onnx (default) or dlib
         self.weights_dir = settings.deepface_weights_dir
         self._model: Any = None
         self._error: str | None = None
@@ -497,16 +498,16 @@ class IdentityDetector(Detector):
                 self.threshold = calibrated_threshold(self.model_name, self.metric)
             else:
                 distance(np.ones(2), np.ones(2), self.metric)  # validates the metric name
-            name, home = self.model_name, str(self.models_home)
+            name, home, runtime = self.model_name, str(self.models_home), self.dlib_runtime
 
             def build() -> Any:
                 # In the embedding process (analyzers/embedder.py): dlib holds the GIL for a whole inference.
                 try:
-                    return embedder.build(name, home)
+                    return embedder.build(name, home, runtime)
                 except Exception as exc:
                     raise DetectorUnavailable(f"DeepFace could not build {name}: {exc}") from exc
 
-            self._model = load_once(("deepface", name), build)
+            self._model = load_once(("deepface", name, home, runtime), build)
             load_face_detection()  # the face-finding graphs, too
         except DetectorUnavailable as exc:
             self._error = exc.reason
@@ -560,7 +561,8 @@ class IdentityDetector(Detector):
 
     def embed_face(self, rgb: np.ndarray, face: Face) -> np.ndarray:
         """The mirror-averaged embedding (references are always this one: enrolment pays both passes)."""
-        return embedder.embed(self.model_name, str(self.models_home), self._crop_bgr(rgb, face))
+        return embedder.embed(self.model_name, str(self.models_home), self._crop_bgr(rgb, face),
+                              runtime=self.dlib_runtime)
 
     def _check_embedding(self, rgb: np.ndarray, found: Look, references: Sequence[np.ndarray],
                          media_time_s: float) -> tuple[np.ndarray, bool]:
@@ -572,11 +574,11 @@ class IdentityDetector(Detector):
         if self.mirror_band is None or self.enrol_reason(found, 0.0, media_time_s) is None:
             return self.embed_face(rgb, found.face), True
         home, bgr = str(self.models_home), self._crop_bgr(rgb, found.face)
-        plain = embedder.embed_parts(self.model_name, home, bgr)
+        plain = embedder.embed_parts(self.model_name, home, bgr, runtime=self.dlib_runtime)
         single = embedder.combine(self.model_name, plain)
         if abs(best_distance(references, single, self.metric)[0] - self.threshold) > self.mirror_band:
             return single, False
-        mirrored = embedder.embed_parts(self.model_name, home, bgr, mirrored=True)
+        mirrored = embedder.embed_parts(self.model_name, home, bgr, mirrored=True, runtime=self.dlib_runtime)
         return embedder.combine(self.model_name, plain, mirrored), True
 
     def _scored(self, faces: list[Face]) -> list[Face]:

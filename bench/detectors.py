@@ -59,7 +59,9 @@ FACES_UNPACED = "faces, FACES_SETTLED_FPS=0 (before)"
 # Gaze as it was before it shared the faces detector's short-range detections: mediapipe's FaceMesh, which ran its
 # own face detector on every frame (FaceMeshGaze).
 GAZE_FACEMESH = "gaze, FaceMesh's own detection (before)"
-IDENTITY_LEVER_ROWS = ("identity, IDENTITY_MIRROR=always (before)", "identity, IDENTITY_FAST_UNTIL_ENROLLED=true")
+IDENTITY_DLIB = "identity, IDENTITY_DLIB_RUNTIME=dlib (before)"
+IDENTITY_LEVER_ROWS = ("identity, IDENTITY_MIRROR=always (before)", "identity, IDENTITY_FAST_UNTIL_ENROLLED=true",
+                       IDENTITY_DLIB)
 
 
 def clip_frames() -> tuple[list[np.ndarray], np.ndarray]:
@@ -229,11 +231,13 @@ def build(settings: Settings) -> list[Slot]:
 
 
 def identity_levers_off(settings: Settings, face: np.ndarray) -> list[Slot]:
-    """IDENTITY_LEVER_ROWS: identity with the mirror pass always (what every stream paid before), and with the full
-    set ending the window's pace."""
+    """IDENTITY_LEVER_ROWS: identity with the mirror pass always (what every stream paid before), with the full
+    set ending the window's pace, and with dlib's network run by dlib itself (before IDENTITY_DLIB_RUNTIME=onnx)."""
     slots = []
-    for name, fast, mirror in zip(IDENTITY_LEVER_ROWS, (False, True), ("always", "band"), strict=True):
-        detector = IdentityDetector(replace(settings, identity_mirror=mirror, identity_fast_until_enrolled=fast))
+    changes: tuple[dict[str, Any], ...] = ({"identity_mirror": "always"}, {"identity_fast_until_enrolled": True},
+                                           {"identity_dlib_runtime": "dlib"})
+    for name, change in zip(IDENTITY_LEVER_ROWS, changes, strict=True):
+        detector = IdentityDetector(replace(settings, **change))
         detector.load()
         detector.set_reference(face)
         for _ in range(2):  # the identity row's warm-up, which enrols its first frame at 0 s: the same start
@@ -312,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                            "faces_settled_fps": settings.faces_settled_fps,
                            "identity_stable_interval_s": settings.identity_stable_interval_s,
                            "identity_mirror": settings.identity_mirror,
-                           "identity_fast_until_enrolled": settings.identity_fast_until_enrolled},
+                           "identity_fast_until_enrolled": settings.identity_fast_until_enrolled,
+                           "identity_dlib_runtime": settings.identity_dlib_runtime},
               "run_s": round(time.perf_counter() - started, 1)}
     flags = "AVX-512" if machine["avx512"] else ("AVX2, no AVX-512" if machine["avx2"] else "no AVX2")
     lines = ["# Detector cost per stream", "",
@@ -349,9 +354,10 @@ def main(argv: list[str] | None = None) -> int:
               f"detections the faces detector had made (the faces pace keeps to gaze's frames while settled: "
               f"{levers['faces_pace']}). The faces row pays for the detections of the frames both analysed.", "",
               "Identity at exam start (the enrolment window, every stream in it at once), over the same frames: the "
-              "default (IDENTITY_MIRROR=band: the mirror pass only near the threshold), the mirror pass always "
-              "(before), and IDENTITY_FAST_UNTIL_ENROLLED=true (off by default: a full reference set ends the "
-              "window's fast pace):", "",
+              "default (IDENTITY_MIRROR=band: the mirror pass only near the threshold; IDENTITY_DLIB_RUNTIME=onnx: "
+              "dlib's network on onnxruntime), the mirror pass always (before), IDENTITY_FAST_UNTIL_ENROLLED=true "
+              "(off by default: a full reference set ends the window's fast pace), and dlib's network run by dlib "
+              "(before):", "",
               "| identity | ms CPU per stream-second, first 60 s | after | whole run | checks | passes "
               "(single, mirrored) |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {v['window_ms_per_stream_s']} | {v['after_ms_per_stream_s']} | "

@@ -25,7 +25,7 @@ MODEL = "Dlib"
 
 
 def _worker_pid(home: str) -> int:
-    return int(embedder._call(MODEL, home, os.getpid))
+    return int(embedder._call(MODEL, home, embedder.DEFAULT_DLIB_RUNTIME, os.getpid))
 
 
 def _gone(pid: int, within: float) -> bool:
@@ -71,7 +71,7 @@ SCRIPT = """
 import os, sys, time
 from analyzers import embedder
 embedder.build({model!r}, {home!r})
-print(embedder._call({model!r}, {home!r}, os.getpid), flush=True)
+print(embedder._call({model!r}, {home!r}, embedder.DEFAULT_DLIB_RUNTIME, os.getpid), flush=True)
 time.sleep(600)
 """
 
@@ -90,3 +90,38 @@ def test_worker_leaves_when_its_node_is_killed(models_home: Path) -> None:
     finally:
         if node.poll() is None:
             node.kill()
+
+
+@pytest.mark.parametrize("model", ["Dlib+FaceRes", "Dlib"])
+def test_the_onnx_runtime_embeds_what_dlib_embeds(models_home: Path, model: str) -> None:
+    """IDENTITY_DLIB_RUNTIME=onnx (analyzers/dlib_onnx.py inside DeepFace's Dlib client) gives the embeddings dlib
+    gives, through the whole worker path (DeepFace's preprocessing, the mirror average, the fusion), for real
+    faces of several sizes; the conversion is kept beside the .dat, named by its digest."""
+    import cv2
+    from skimage import data
+
+    home = str(models_home)
+    photos = [data.astronaut()] + [cv2.imread(str(ROOT / "bench" / "quality" / "data" / name))[:, :, ::-1]
+                                   for name in ("fr_obama.jpg", "cu_grace_70.jpg")]
+    crops = []
+    for photo in photos:
+        rgb = np.ascontiguousarray(photo)
+        face = max(detect_faces(rgb), key=lambda f: f.area)
+        crops.append(np.ascontiguousarray(face_crop(rgb, face)[:, :, ::-1], dtype=np.float32) / 255.0)
+    try:
+        for bgr in crops:
+            by_dlib = embedder.embed(model, home, bgr, runtime="dlib")
+            by_onnx = embedder.embed(model, home, bgr, runtime="onnx")
+            assert distance(by_dlib, by_onnx, "cosine") < 1e-9
+            assert float(np.max(np.abs(by_dlib - by_onnx))) < 1e-5
+            parts_dlib = embedder.embed_parts(model, home, bgr, mirrored=True, runtime="dlib")
+            parts_onnx = embedder.embed_parts(model, home, bgr, mirrored=True, runtime="onnx")
+            for a, b in zip(parts_dlib, parts_onnx, strict=True):
+                assert float(np.max(np.abs(a - b))) < 1e-4
+        assert embedder._call(model, home, "onnx", embedder._worker_dlib_runtime) == "onnx"
+        assert embedder._call(model, home, "dlib", embedder._worker_dlib_runtime) == "dlib"
+    finally:
+        embedder.shutdown()
+    kept = list((models_home / ".deepface" / "weights").glob("dlib_face_recognition_resnet_model_v1.*.onnx"))
+    assert len(kept) == 1 and kept[0] == embedder.dlib_onnx_path(
+        models_home / ".deepface" / "weights" / embedder.DLIB_WEIGHTS)
