@@ -600,9 +600,17 @@ def _datagram_received_fast(self: Any, data: bytes, addr: tuple[Any, ...]) -> No
     straight on. For VP8, Opus, RTX (dynamic payload types) and RTCP, aioice's parser always raises on these (their
     second byte is no STUN method), so nothing changes. The one difference: aioice checks no magic cookie, so an RTP
     packet with a static payload type 0-9 (PCMU, PCMA), no marker and a sequence number equal to its length minus 20
-    parses as a STUN request there and is lost; here it is delivered."""
+    parses as a STUN request there and is lost; here it is delivered.
+
+    An SRTP datagram for a connected DTLS transport with nothing queued before it is handled here and now
+    (`_receive_now`): no queue, no task wake-up, no chain of awaits per packet."""
     if data and data[0] > 3:
-        self.receiver.data_received(data, self.local_candidate.component)
+        connection = self.receiver
+        if 127 < data[0] < 192:
+            dtls = connection.__dict__.get(_DIRECT)
+            if dtls is not None and _receive_now(dtls, connection, data):
+                return
+        connection.data_received(data, self.local_candidate.component)
         return
     _ORIGINALS[(aioice.ice.StunProtocol, "datagram_received")](self, data, addr)
 
@@ -617,8 +625,11 @@ async def _recv_next_fast(self: Any) -> None:
     if not self._RTCDtlsTransport__handshake_done:
         await _ORIGINALS[(_Dtls, "_recv_next")](self)
         return
-    await _handle_datagram(self, await self.transport._recv())
     connection = getattr(self.transport, "_connection", None)
+    if isinstance(connection, aioice.ice.Connection) and _DIRECT not in connection.__dict__ \
+            and self.transport._recv == connection.recv:
+        connection.__dict__[_DIRECT] = self  # from now on its SRTP datagrams may skip the queue: _receive_now
+    await _handle_datagram(self, await self.transport._recv())
     queue = getattr(connection, "_queue", None)
     if not isinstance(connection, aioice.ice.Connection) or not isinstance(queue, asyncio.Queue):
         return
@@ -629,6 +640,41 @@ async def _recv_next_fast(self: Any) -> None:
         if item is None:
             raise ConnectionError("Connection lost while receiving data")
         await _handle_datagram(self, item[0])
+
+
+_DIRECT = "_proctor_direct_dtls"  # our attribute on an aioice Connection: the connected DTLS transport reading it
+_CONNECTED = aiortc.rtcdtlstransport.State.CONNECTED
+direct_packets = 0  # SRTP datagrams handled by _receive_now (tests and bench/rtp_path read it)
+
+
+def _receive_now(self: Any, connection: Any, data: bytes) -> bool:
+    """What `_recv_next_fast` would do with this SRTP datagram, done as it arrives: False (the caller queues it as
+    aioice does) unless the transport is connected, nothing is queued before it (order: the queue's task never
+    stops inside an item, so an empty queue means every earlier datagram is handled), the connection is nominated
+    (Connection.recvfrom's check) and it is RTP, not RTCP (rare; its handlers await). Only reached while the fast
+    path is installed (this module's methods are the classes'). Its RTCP replies (REMB, NACK, PLI) go out from a
+    task, in order."""
+    global direct_packets
+    if self._state is not _CONNECTED or connection._queue.qsize() or not connection._nominated or is_rtcp(data):
+        return False
+    srtp = self._rx_srtp
+    if srtp is None:
+        return False
+    self._RTCDtlsTransport__rx_bytes += len(data)
+    self._RTCDtlsTransport__rx_packets += 1
+    direct_packets += 1
+    arrival_time_ms = time.time_ns() // 1_000_000 + _NTP_UNIX_OFFSET_MS
+    try:
+        packet = _parse_rtp_fast(srtp.unprotect(data), self._rtp_header_extensions_map)
+    except (pylibsrtp.Error, ValueError):
+        return True  # aiortc drops both (logged at debug level)
+    receiver = self._rtp_router.route_rtp(packet)
+    if receiver is None:
+        return True
+    sends = _rtp_packet_now(receiver, packet, arrival_time_ms)  # what _handle_rtp_packet_fast (class-wide) does
+    if sends:
+        asyncio.get_running_loop().create_task(_send_in_order(sends))
+    return True
 
 
 async def _handle_datagram(self: Any, data: bytes) -> None:
@@ -673,13 +719,32 @@ def _codec_name(codec: Any) -> str:
     return name
 
 
+RtcpSend = tuple[Callable[..., Coroutine[Any, Any, None]], tuple[Any, ...]]
+
+
 async def _handle_rtp_packet_fast(self: Any, packet: RtpPacket, arrival_time_ms: int) -> None:
-    """aiortc RTCRtpReceiver._handle_rtp_packet, as 1.16.0: the same steps in the same order (bitrate estimate and
-    REMB, source bookkeeping, RTCP statistics, RTX unwrapping, NACK, depayloading, jitter buffer, PLI, decoder
-    queue), with attribute lookups hoisted, the codec name cached and the source's time kept as a float (aiortc
-    builds a timezone-aware datetime per packet; getSynchronizationSources converts on read)."""
+    """aiortc RTCRtpReceiver._handle_rtp_packet, as 1.16.0: `_rtp_packet_now`, then the RTCP it asks for."""
+    sends = _rtp_packet_now(self, packet, arrival_time_ms)
+    if sends:
+        await _send_in_order(sends)
+
+
+async def _send_in_order(sends: list[RtcpSend]) -> None:
+    for send, args in sends:
+        await send(*args)
+
+
+def _rtp_packet_now(self: Any, packet: RtpPacket, arrival_time_ms: int) -> list[RtcpSend] | None:
+    """aiortc RTCRtpReceiver._handle_rtp_packet, as 1.16.0, without awaiting: the same steps in the same order
+    (bitrate estimate and REMB, source bookkeeping, RTCP statistics, RTX unwrapping, NACK, depayloading, jitter
+    buffer, PLI, decoder queue), with attribute lookups hoisted, the codec name cached and the source's time kept
+    as a float (aiortc builds a timezone-aware datetime per packet; getSynchronizationSources converts on read).
+    The RTCP aiortc sends on the way (REMB, NACK, PLI: a few a second at most) is returned, in aiortc's order, for
+    the caller to send: sending changes no receiver state, so sending it after the packet is handled gives the
+    same packets as sending it in between."""
     if not self._enabled:
-        return
+        return None
+    sends: list[RtcpSend] | None = None
     estimator = self._RTCRtpReceiver__remote_bitrate_estimator
     if estimator is not None:
         abs_send_time = packet.extensions.abs_send_time
@@ -688,8 +753,8 @@ async def _handle_rtp_packet_fast(self: Any, packet: RtpPacket, arrival_time_ms:
                                  payload_size=len(packet.payload) + packet.padding_size, ssrc=packet.ssrc)
             rtcp_ssrc = self._RTCRtpReceiver__rtcp_ssrc
             if rtcp_ssrc is not None and remb is not None:
-                await self._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
-                                                     fci=pack_remb_fci(*remb)))
+                sends = [(self._send_rtcp, (RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
+                                                           fci=pack_remb_fci(*remb)),))]
     ssrc = packet.ssrc
     seen = self.__dict__.get(_SEEN)
     if seen is None:
@@ -698,7 +763,7 @@ async def _handle_rtp_packet_fast(self: Any, packet: RtpPacket, arrival_time_ms:
     codecs = self._RTCRtpReceiver__codecs
     codec = codecs.get(packet.payload_type)
     if codec is None:
-        return
+        return sends
     streams = self._RTCRtpReceiver__remote_streams
     stream = streams.get(ssrc)
     if stream is None:
@@ -708,16 +773,16 @@ async def _handle_rtp_packet_fast(self: Any, packet: RtpPacket, arrival_time_ms:
     if name.lower() == "rtx":
         original_ssrc = self._RTCRtpReceiver__rtx_ssrc.get(ssrc)
         if original_ssrc is None:
-            return
+            return sends
         apt = codec.parameters.get("apt")
         if len(packet.payload) < 2 or not isinstance(apt, int) or apt not in codecs:
-            return
+            return sends
         packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
         codec = codecs[apt]
         name = _codec_name(codec)
     nack = self._RTCRtpReceiver__nack_generator
     if nack is not None and nack.add(packet):
-        await self._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
+        sends = (sends or []) + [(self._send_rtcp_nack, (packet.ssrc, sorted(nack.missing)))]
     payload = packet.payload
     try:
         if not payload:
@@ -729,7 +794,7 @@ async def _handle_rtp_packet_fast(self: Any, packet: RtpPacket, arrival_time_ms:
         else:
             data = payload
     except ValueError:
-        return
+        return sends
     packet._data = data  # type: ignore[attr-defined]
     pli_flag, encoded_frame = self._RTCRtpReceiver__jitter_buffer.add(packet)
     decoder_error = self._RTCRtpReceiver__decoder_error
@@ -738,10 +803,11 @@ async def _handle_rtp_packet_fast(self: Any, packet: RtpPacket, arrival_time_ms:
         if self._RTCRtpReceiver__kind == "video":
             pli_flag = True
     if pli_flag:
-        await self._send_rtcp_pli(packet.ssrc)
+        sends = (sends or []) + [(self._send_rtcp_pli, (packet.ssrc,))]
     if encoded_frame is not None and self._RTCRtpReceiver__decoder_thread:
         encoded_frame.timestamp = self._RTCRtpReceiver__timestamp_mapper.map(encoded_frame.timestamp)
         self._RTCRtpReceiver__decoder_queue.put((codec, encoded_frame))
+    return sends
 
 
 def _synchronization_sources_fast(self: Any) -> list[Any]:
