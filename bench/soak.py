@@ -40,8 +40,9 @@ from bench.ingest import (
 WARMUP_S = 20
 WARM_S = 120
 # Thread pools that grow on demand up to a cap and then stay: more threads after the soak than before, within
-# the cap, is the pool having been busier, not a leak. (asyncio's default executor; the analysis pool.)
-BOUNDED_POOLS = {"asyncio_": 6, "analyze_": 2}
+# the cap, is the pool having been busier, not a leak. (The event loop's default executor, named by the loop:
+# asyncio's or uvloop's (EVENT_LOOP), min(32, CPUs + 4) threads; the analysis pool.)
+BOUNDED_POOLS = {"asyncio_": 6, "uvloop_": 6, "analyze_": 2}
 
 
 async def soak(args: argparse.Namespace) -> dict:
