@@ -24,6 +24,7 @@ view only when the crop alone lands near the threshold.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
@@ -37,6 +38,8 @@ import cv2
 import numpy as np
 
 from analyzers.models import BUNDLED_FACERES, FUSED_IDENTITY_MODEL
+
+log = logging.getLogger(__name__)
 
 # The default identity model is two networks whose embeddings are fused (see `fuse`): dlib's ResNet (DeepFace
 # "Dlib") and HSE FaceRes-deep (a MobileNet trained on VGGFace2 for identification, bundled as ONNX:
@@ -68,6 +71,7 @@ _pools_lock = threading.Lock()
 _model_name = ""
 _runtime = DEFAULT_DLIB_RUNTIME
 _dlib_swapped = False  # DeepFace's Dlib client runs on the ONNX conversion (IDENTITY_DLIB_RUNTIME=onnx)
+_dlib_refused = False  # the conversion failed: dlib runs the network
 _faceres: Any = None  # onnxruntime session of the bundled FaceRes-deep (the fused model only)
 
 
@@ -138,9 +142,10 @@ def _use_dlib_runtime() -> None:
     DeepFace's Dlib client (built and cached by DeepFace: `build_model` returns the same object each call), so
     DeepFace's preprocessing (resize to 150x150, BGR to RGB, 0..255 uint8) is unchanged. Converted once per .dat
     (~0.3 s) and kept (`dlib_onnx_path`). Idempotent; a worker started again after a crash runs it on its first
-    embedding."""
-    global _dlib_swapped
-    if _dlib_swapped or _runtime != "onnx" or _deepface_name(_model_name) != "Dlib":
+    embedding. A .dat it cannot convert (another network, a damaged file) leaves dlib running it, logged once:
+    the identity check still works, at dlib's cost."""
+    global _dlib_swapped, _dlib_refused
+    if _dlib_swapped or _dlib_refused or _runtime != "onnx" or _deepface_name(_model_name) != "Dlib":
         return
     from deepface import DeepFace
 
@@ -148,11 +153,17 @@ def _use_dlib_runtime() -> None:
 
     client = DeepFace.build_model("Dlib")
     dat = Path(os.environ["DEEPFACE_HOME"]) / ".deepface" / "weights" / DLIB_WEIGHTS
-    target = dlib_onnx_path(dat)
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        dlib_onnx.convert(dat, target)
-    client.model.model = dlib_onnx.DlibResnetOnnx(target, threads=1)
+    try:
+        target = dlib_onnx_path(dat)
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            dlib_onnx.convert(dat, target)
+        model = dlib_onnx.DlibResnetOnnx(target, threads=1)
+    except (ValueError, OSError) as exc:
+        _dlib_refused = True
+        log.warning("identity: %s not converted to ONNX (%s); dlib runs it", dat, exc)
+        return
+    client.model.model = model
     _dlib_swapped = True
 
 

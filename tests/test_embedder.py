@@ -125,3 +125,31 @@ def test_the_onnx_runtime_embeds_what_dlib_embeds(models_home: Path, model: str)
     kept = list((models_home / ".deepface" / "weights").glob("dlib_face_recognition_resnet_model_v1.*.onnx"))
     assert len(kept) == 1 and kept[0] == embedder.dlib_onnx_path(
         models_home / ".deepface" / "weights" / embedder.DLIB_WEIGHTS)
+
+
+def test_a_dat_it_cannot_convert_leaves_dlib_running_it(models_home: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """IDENTITY_DLIB_RUNTIME=onnx on weights the converter refuses (another network, a damaged file): the worker
+    logs it once and keeps dlib running them, so identity checks go on (here in-process, as the worker runs it)."""
+    from analyzers import dlib_onnx
+
+    def refuse(dat: Path, target: Path) -> Path:
+        raise dlib_onnx.DlibFormatError(f"{dat}: not dlib's face recognition ResNet")
+
+    monkeypatch.setenv("DEEPFACE_HOME", str(models_home))
+    monkeypatch.setenv("DEEPFACE_BACKEND_ENGINE", "onnx")
+    monkeypatch.setattr(embedder, "_model_name", "Dlib")
+    monkeypatch.setattr(embedder, "_runtime", "onnx")
+    monkeypatch.setattr(embedder, "_dlib_swapped", False)
+    monkeypatch.setattr(embedder, "_dlib_refused", False)
+    monkeypatch.setattr(embedder, "dlib_onnx_path", lambda dat: tmp_path / "never.onnx")
+    monkeypatch.setattr(dlib_onnx, "convert", refuse)
+    with caplog.at_level("WARNING", logger="analyzers.embedder"):
+        embedder._use_dlib_runtime()
+        embedder._use_dlib_runtime()  # refused once: not tried again
+    assert embedder._worker_dlib_runtime() == "dlib"
+    assert sum("not converted to ONNX" in r.getMessage() for r in caplog.records) == 1
+    from deepface import DeepFace
+
+    assert type(DeepFace.build_model("Dlib").model.model).__module__.startswith("_dlib_pybind11")
