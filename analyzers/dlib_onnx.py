@@ -33,12 +33,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:  # `onnx` (10 MB, 0.26 s to import) is loaded only to convert: the media node never does
+    import onnx
 
 # The input the network takes: a 150x150 RGB chip (input_rgb_image_sized<150>).
 CHIP_SIZE = 150
@@ -486,11 +487,15 @@ class _Graph:
         return f"{hint}_{self.count}"
 
     def constant(self, hint: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
         name = self.name(hint)
         self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
     def node(self, op: str, inputs: list[str], hint: str, output: str | None = None, **attributes: Any) -> str:
+        from onnx import helper
+
         out = output or self.name(hint)
         self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attributes))
         return out
@@ -512,6 +517,9 @@ def to_onnx(network: DlibResnet) -> onnx.ModelProto:
     transposes it to NCHW and applies dlib's input normalisation, (pixel - mean of its channel) / 256, so callers
     feed raw pixels. Output "descriptor": float32 [N, 128], what loss_metric's to_label hands out (no
     normalisation: dlib's descriptors are near unit length by training, not by construction)."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = _Graph([], [])
     rows, cols = network.input.rows, network.input.cols
     x = graph.node("Transpose", [INPUT_NAME], "nchw", perm=[0, 3, 1, 2])

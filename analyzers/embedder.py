@@ -37,6 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from analyzers import dlib_onnx
 from analyzers.models import BUNDLED_FACERES, FUSED_IDENTITY_MODEL
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,6 @@ def _use_dlib_runtime() -> None:
     if _dlib_swapped or _dlib_refused or _runtime != "onnx" or _deepface_name(_model_name) != "Dlib":
         return
     from deepface import DeepFace
-
-    from analyzers import dlib_onnx
 
     client = DeepFace.build_model("Dlib")
     dat = Path(os.environ["DEEPFACE_HOME"]) / ".deepface" / "weights" / DLIB_WEIGHTS

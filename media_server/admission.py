@@ -117,6 +117,7 @@ class TreeCpu:
         self._scanned_at = -math.inf
         self._gone_s = 0.0  # CPU of children that have exited since they were last read
         self._last: dict[tuple[int, float], float] = {}
+        self._total = 0.0  # the largest total returned: CPU time never runs backwards
 
     def _times(self, proc: Any) -> float:
         times = proc.cpu_times()
@@ -140,7 +141,10 @@ class TreeCpu:
             if key not in seen:
                 self._gone_s += last
         self._last = seen
-        return self._gone_s + sum(seen.values())
+        # An exited child's seconds move from the sum into _gone_s: the same time summed in another order can come
+        # out 1e-13 lower (seen: 594.1599999999999 after 594.16), which would read as negative CPU use.
+        self._total = max(self._total, self._gone_s + sum(seen.values()))
+        return self._total
 
 
 # --- samples and the estimate ------------------------------------------------------------------------------------

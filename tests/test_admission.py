@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import subprocess
 import sys
+import types
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -259,6 +261,37 @@ def test_tree_cpu_counts_the_children_and_keeps_what_exited_ones_used() -> None:
         child.wait(timeout=10)
     after = tree.seconds(2.0)
     assert after >= during  # the exited child's CPU stays counted
+
+
+
+class _FakeProcess:
+    """What TreeCpu reads of a psutil.Process: its pid, start time, CPU times and children."""
+
+    def __init__(self, pid: int, cpu_s: float, children: list[_FakeProcess] | None = None) -> None:
+        self.pid, self.cpu_s, self.kids, self.gone = pid, cpu_s, children or [], False
+
+    def create_time(self) -> float:
+        if self.gone:
+            raise psutil.NoSuchProcess(self.pid)
+        return 1.0
+
+    def cpu_times(self) -> Any:
+        return types.SimpleNamespace(user=self.cpu_s, system=0.0)
+
+    def children(self, recursive: bool = False) -> list[_FakeProcess]:
+        return [kid for kid in self.kids if not kid.gone]
+
+
+def test_tree_cpu_never_runs_backwards_when_a_child_exits() -> None:
+    """A child's seconds move from the live sum to the exited total when it exits: the same seconds summed in
+    another order must not read as less CPU than before (it did, by 1e-13, under `make test-under-load`)."""
+    rng = random.Random(1)
+    for _ in range(300):
+        first, second = _FakeProcess(2, rng.randint(1, 100_000) / 100), _FakeProcess(3, rng.randint(1, 100_000) / 100)
+        tree = TreeCpu(_FakeProcess(1, rng.randint(1, 100_000) / 100, [first, second]), rescan_s=0.0)
+        before = tree.seconds(0.0)
+        first.gone = True
+        assert tree.seconds(1.0) >= before
 
 
 # --- placement and the registry -----------------------------------------------------------------------------------

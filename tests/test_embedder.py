@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analyzers import embedder
+from analyzers import dlib_onnx, embedder
 from analyzers.faces import detect_faces
 from analyzers.identity import IdentityDetector, distance, face_crop
 from proctor.settings import Settings
@@ -132,7 +132,6 @@ def test_a_dat_it_cannot_convert_leaves_dlib_running_it(models_home: Path, tmp_p
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """IDENTITY_DLIB_RUNTIME=onnx on weights the converter refuses (another network, a damaged file): the worker
     logs it once and keeps dlib running them, so identity checks go on (here in-process, as the worker runs it)."""
-    from analyzers import dlib_onnx
 
     def refuse(dat: Path, target: Path) -> Path:
         raise dlib_onnx.DlibFormatError(f"{dat}: not dlib's face recognition ResNet")
