@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from analyzers import dlib_onnx
-from analyzers.models import BUNDLED_FACERES, FUSED_IDENTITY_MODEL
+from analyzers.models import BUNDLED_FACERES, FUSED_IDENTITY_MODEL, IDENTITY_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ EMBED_TIMEOUT_S = 60.0
 # the Xeon, one thread: dlib-bin has no BLAS); "dlib": dlib's own loops (before/after measurements).
 DLIB_RUNTIMES = ("onnx", "dlib")
 DEFAULT_DLIB_RUNTIME = "onnx"
-DLIB_WEIGHTS = "dlib_face_recognition_resnet_model_v1.dat"
 MIRROR = True  # embed the crop and its mirror image, return the normalised mean (see above)
 NICE = 10  # a first call waits for the worker to start and build the model
 _pools: dict[tuple[str, str, str], ProcessPoolExecutor] = {}
@@ -151,7 +150,7 @@ def _use_dlib_runtime() -> None:
     from deepface import DeepFace
 
     client = DeepFace.build_model("Dlib")
-    dat = Path(os.environ["DEEPFACE_HOME"]) / ".deepface" / "weights" / DLIB_WEIGHTS
+    dat = Path(os.environ["DEEPFACE_HOME"]) / ".deepface" / "weights" / IDENTITY_WEIGHTS["Dlib"]
     try:
         target = dlib_onnx_path(dat)
         if not target.is_file():

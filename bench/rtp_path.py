@@ -422,31 +422,23 @@ def _encode_clip(path: Path) -> None:
     path.write_bytes(pickle.dumps(encode_clip(frames, bitrate=VIDEO_BITRATE, temporal_layers=True)))
 
 
-async def _receiver(args: argparse.Namespace, clip: Path, printed: list[bool]) -> list[PhaseResult]:
-    from bench.audio import cpu_model
+async def _receiver(args: argparse.Namespace, clip: Path, profiler: cProfile.Profile | None) -> list[PhaseResult]:
     from media_server.ice import install_host_addresses
     from media_server.udp import install_batched_reads
 
     install_host_addresses(("127.0.0.1",))
     install_batched_reads()  # the node's setting: it applies to the asyncio loop only
     order = {"both": [False, True, False, True], "on": [True], "off": [False]}[args.fast_path]
-    profiler = cProfile.Profile() if args.profile else None
     results = []
     sender = _Sender(clip)
     await sender.start()
     try:
-        if not printed:
-            print(f"CPU: {cpu_model()}; {os.cpu_count()} cores; {args.streams} streams, {args.seconds:.0f} s "
-                  f"a phase", flush=True)
-            printed.append(True)
         for fast in order:
             result = await _phase(sender, fast, args.streams, args.seconds, args.warmup, profiler)
             print(result.line(), flush=True)
             results.append(result)
     finally:
         await sender.stop()
-    if profiler is not None:
-        profiler.dump_stats(args.profile)
     return results
 
 
@@ -460,6 +452,7 @@ def _compare(results: list[PhaseResult], key: str, first: Any, second: Any) -> N
     us_b = sum(r.loop_cpu_s for r in b) * 1e6 / sum(r.packets for r in b)
     ms_a = sum(r.ms_per_stream_s for r in a) / len(a)
     ms_b = sum(r.ms_per_stream_s for r in b) / len(b)
+
     def name(value: Any) -> str:
         return f"fast path {'on' if value else 'off'}" if key == "fast_path" else str(value)
 
@@ -468,16 +461,21 @@ def _compare(results: list[PhaseResult], key: str, first: Any, second: Any) -> N
 
 
 def _run_receivers(args: argparse.Namespace) -> list[PhaseResult]:
+    from bench.audio import cpu_model
     from proctor import loop as event_loop
 
     loops = ["asyncio", "uvloop", "asyncio", "uvloop"] if args.loop == "both" else [args.loop]
+    profiler = cProfile.Profile() if args.profile else None  # over every measured window, of every loop
     results: list[PhaseResult] = []
-    printed: list[bool] = []
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.pickle"
         _encode_clip(clip)
+        print(f"CPU: {cpu_model()}; {os.cpu_count()} cores; {args.streams} streams, {args.seconds:.0f} s a phase",
+              flush=True)
         for kind in loops:
-            results += event_loop.run(_receiver(args, clip, printed), kind)
+            results += event_loop.run(_receiver(args, clip, profiler), kind)
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
     _compare(results, "fast_path", False, True)
     _compare(results, "loop", "asyncio", "uvloop")
     return results

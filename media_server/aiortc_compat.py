@@ -665,13 +665,13 @@ def _receive_now(self: Any, connection: Any, data: bytes) -> bool:
     direct_packets += 1
     arrival_time_ms = time.time_ns() // 1_000_000 + _NTP_UNIX_OFFSET_MS
     try:
-        packet = _parse_rtp_fast(srtp.unprotect(data), self._rtp_header_extensions_map)
-    except (pylibsrtp.Error, ValueError):
-        return True  # aiortc drops both (logged at debug level)
-    receiver = self._rtp_router.route_rtp(packet)
-    if receiver is None:
+        plain = srtp.unprotect(data)
+    except pylibsrtp.Error:
+        return True  # aiortc drops it (logged at debug level)
+    routed = _routed(self, plain)
+    if routed is None:
         return True
-    sends = _rtp_packet_now(receiver, packet, arrival_time_ms)  # what _handle_rtp_packet_fast (class-wide) does
+    sends = _rtp_packet_now(*routed, arrival_time_ms)  # what _handle_rtp_packet_fast (class-wide) does
     if sends:
         asyncio.get_running_loop().create_task(_send_in_order(sends))
     return True
@@ -882,15 +882,22 @@ _UINT32 = struct.Struct("!L")
 _TWO_UINT16 = struct.Struct("!HH")
 
 
-async def _handle_rtp_data_fast(self: Any, data: bytes, arrival_time_ms: int) -> None:
-    """aiortc RTCDtlsTransport._handle_rtp_data, as 1.16.0, parsing with _parse_rtp_fast."""
+def _routed(self: Any, data: bytes) -> tuple[Any, RtpPacket] | None:
+    """aiortc RTCDtlsTransport._handle_rtp_data's parse and route, as 1.16.0, parsing with _parse_rtp_fast: the
+    receiver and the packet, or None (unparsable: aiortc logs it at debug level; or no receiver for it)."""
     try:
         packet = _parse_rtp_fast(data, self._rtp_header_extensions_map)
     except ValueError:
-        return  # aiortc logs it at debug level
+        return None
     receiver = self._rtp_router.route_rtp(packet)
-    if receiver is not None:
-        await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
+    return None if receiver is None else (receiver, packet)
+
+
+async def _handle_rtp_data_fast(self: Any, data: bytes, arrival_time_ms: int) -> None:
+    """aiortc RTCDtlsTransport._handle_rtp_data, as 1.16.0 (`_routed`)."""
+    routed = _routed(self, data)
+    if routed is not None:
+        await routed[0]._handle_rtp_packet(routed[1], arrival_time_ms=arrival_time_ms)
 
 
 def _parse_rtp_fast(data: bytes, extensions_map: HeaderExtensionsMap) -> RtpPacket:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from core.net import parse_networks
 from core.rules import parse_event_timing
 from core.scoring import parse_weights
+from proctor.loop import LOOPS
 
 MAX_PRESIGN_SECONDS = 12 * 3600
 
@@ -276,7 +277,7 @@ class Settings:
         "Kubernetes hostPorts; each candidate's connection takes one port (the same on every host address), one "
         "more with TURN_URLS. Empty: any port.")
     event_loop: str = _setting(
-        "EVENT_LOOP", "uvloop", _choice("uvloop", "asyncio"),
+        "EVENT_LOOP", "uvloop", _choice(*LOOPS),
         "The event loop of the web, media node and worker processes: uvloop (libuv, in C: a media node spends "
         "less of its event loop per received packet) or asyncio (the standard library's). Same behaviour; "
         "asyncio for before/after measurements (python -m bench.rtp_path --loop both).")

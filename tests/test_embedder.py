@@ -18,6 +18,7 @@ import pytest
 from analyzers import dlib_onnx, embedder
 from analyzers.faces import detect_faces
 from analyzers.identity import IdentityDetector, distance, face_crop
+from analyzers.models import IDENTITY_WEIGHTS
 from proctor.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +125,7 @@ def test_the_onnx_runtime_embeds_what_dlib_embeds(models_home: Path, model: str)
         embedder.shutdown()
     kept = list((models_home / ".deepface" / "weights").glob("dlib_face_recognition_resnet_model_v1.*.onnx"))
     assert len(kept) == 1 and kept[0] == embedder.dlib_onnx_path(
-        models_home / ".deepface" / "weights" / embedder.DLIB_WEIGHTS)
+        models_home / ".deepface" / "weights" / IDENTITY_WEIGHTS["Dlib"])
 
 
 def test_a_dat_it_cannot_convert_leaves_dlib_running_it(models_home: Path, tmp_path: Path,
