@@ -34,8 +34,11 @@ BUNDLED_FACERES = Path(__file__).resolve().parent / "weights" / "faceres-deep.on
 FETCHED_PHONE_MODEL = "phone/yolo.onnx"
 # NanoDet-m 416 ships in the package (analyzers/weights/NOTICE.md: origin, licences, SHA-256, conversion).
 BUNDLED_PHONE_MODEL = Path(__file__).resolve().parent / "weights" / "nanodet-m-416.onnx"
+# Its int8 quantisation (PHONE_NANODET_INT8, the default; analyzers/weights/quantize_nanodet.py builds it).
+BUNDLED_PHONE_MODEL_INT8 = Path(__file__).resolve().parent / "weights" / "nanodet-m-416-int8.onnx"
 BUNDLED_PHONE_DETAIL = ("bundled NanoDet-m 416 (COCO mAP 0.235: weak, phones missed often — fetch a YOLO model for "
                         "more: `proctor models fetch`)")
+BUNDLED_PHONE_DETAIL_INT8 = BUNDLED_PHONE_DETAIL.replace("NanoDet-m 416 (", "NanoDet-m 416 int8 (", 1)
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ class PhoneModel:
             return f"YOLO ONNX {self.path} (user-supplied: PHONE_MODEL_PATH)"
         if self.origin == "fetched":
             return f"YOLO ONNX {self.path} (fetched: `proctor models fetch`)"
-        return BUNDLED_PHONE_DETAIL
+        return BUNDLED_PHONE_DETAIL_INT8 if self.path == BUNDLED_PHONE_MODEL_INT8 else BUNDLED_PHONE_DETAIL
 
     def problem(self) -> str | None:
         """Why it cannot run here (its file is missing), or None."""
@@ -120,8 +123,10 @@ class PhoneModel:
         if self.origin == "user":
             # Set but wrong: a mistake to fix, never silently replaced by the weaker bundled model.
             return f"PHONE_MODEL_PATH {self.path} does not exist: no phone detection"
+        rebuild = "analyzers/weights/quantize_nanodet.py" if self.path == BUNDLED_PHONE_MODEL_INT8 \
+            else "analyzers/weights/convert_nanodet.sh"
         return (f"bundled NanoDet weights missing ({self.path}): reinstall the package, rebuild them with "
-                "analyzers/weights/convert_nanodet.sh, or set PHONE_MODEL_PATH: no phone detection")
+                f"{rebuild}, or set PHONE_MODEL_PATH: no phone detection")
 
 
 def phone_model(settings: Settings) -> PhoneModel:
@@ -131,7 +136,8 @@ def phone_model(settings: Settings) -> PhoneModel:
     fetched = fetched_phone_model(settings)
     if fetched.is_file():
         return PhoneModel("yolo", "fetched", fetched)
-    return PhoneModel("nanodet", "bundled", BUNDLED_PHONE_MODEL)
+    return PhoneModel("nanodet", "bundled",
+                      BUNDLED_PHONE_MODEL_INT8 if settings.phone_nanodet_int8 else BUNDLED_PHONE_MODEL)
 
 
 def phone_status(settings: Settings) -> ModelStatus:

@@ -267,7 +267,12 @@ def _session(path: Path, what: str) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # An int8 model (QDQ: the bundled NanoDet's quantisation) keeps its float MaxPool only if onnxruntime does not
+        # move the QuantizeLinear/DequantizeLinear pair across it: a uint8 NCHW pool costs 7-12 ms a scan here
+        # against 0.6 in float (the int8 scan: 21 ms with the pool in float, 33 with it in uint8). No float graph
+        # has such pairs, so this changes nothing for one.
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=["QDQPropagationTransformer"])
     except Exception as exc:  # onnxruntime raises its own types for a corrupt or non-ONNX file
         raise DetectorUnavailable(f"{what} {path} is not a usable ONNX model: {exc}") from exc
 

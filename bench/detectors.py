@@ -60,6 +60,8 @@ FACES_UNPACED = "faces, FACES_SETTLED_FPS=0 (before)"
 # own face detector on every frame (FaceMeshGaze).
 GAZE_FACEMESH = "gaze, FaceMesh's own detection (before)"
 IDENTITY_DLIB = "identity, IDENTITY_DLIB_RUNTIME=dlib (before)"
+# The bundled NanoDet in float, as it ran before PHONE_NANODET_INT8 (adaptive cadence, same frames).
+PHONE_FLOAT = "phone, adaptive, PHONE_NANODET_INT8=false (before)"
 IDENTITY_LEVER_ROWS = ("identity, IDENTITY_MIRROR=always (before)", "identity, IDENTITY_FAST_UNTIL_ENROLLED=true",
                        IDENTITY_DLIB)
 
@@ -201,7 +203,8 @@ def build(settings: Settings) -> list[Slot]:
             detector.analyze(face, 0.0)
     # Fresh phone detectors (per-stream cadence state) over the warm shared model.
     fixed, adaptive = (PhoneDetector(replace(settings, phone_adaptive=on)) for on in (False, True))
-    for detector in (fixed, adaptive):
+    phone_float = PhoneDetector(replace(settings, phone_nanodet_int8=False))
+    for detector in (fixed, adaptive, phone_float):
         detector.load()
     # Faces and identity before their cadences (issue 14), over the same frames: the faces row with the full-range
     # model on every frame hints no one (the adaptive one does, as on a node); identity at a fixed interval is
@@ -221,7 +224,7 @@ def build(settings: Settings) -> list[Slot]:
             Slot("faces, full range every frame", faces_every, hints=False),
             Slot("identity, fixed IDENTITY_INTERVAL_S", identity_fixed),
             *identity_levers_off(settings, face), Slot(FACES_UNPACED, faces_unpaced, hints=False),
-            Slot(GAZE_FACEMESH, gaze_facemesh, hints=False)]
+            Slot(GAZE_FACEMESH, gaze_facemesh, hints=False), Slot(PHONE_FLOAT, phone_float)]
     for slot in slots:  # the warm-up's embeddings and detections are not part of the figure
         if isinstance(slot.detector, IdentityDetector):
             slot.detector.passes = {"single": 0, "mirrored": 0}
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     cadence = slots[4].detector.cadence if isinstance(slots[4].detector, PhoneDetector) else None
     machine = cpu_model()
     before = ("phone, fixed PHONE_FPS", "faces, full range every frame", "identity, fixed IDENTITY_INTERVAL_S",
-              *IDENTITY_LEVER_ROWS, FACES_UNPACED, GAZE_FACEMESH)
+              *IDENTITY_LEVER_ROWS, FACES_UNPACED, GAZE_FACEMESH, PHONE_FLOAT)
     all_on = sum(r["ms_cpu_per_stream_s"] for r in rows if r["detector"] not in before)
     by_name = {slot.name: slot for slot in slots}
     faces_detector, identity_detector = by_name["faces"].detector, by_name["identity"].detector
@@ -298,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
               "faces_pace_ratio": round(by_name[FACES_UNPACED].cpu_s / max(by_name["faces"].cpu_s, 1e-9), 2),
               "faces_pace": faces_detector.cadence.stats(),
               "gaze_ratio": round(by_name[GAZE_FACEMESH].cpu_s / max(by_name["gaze"].cpu_s, 1e-9), 2),
+              "phone_int8_ratio": round(next(r["ms_cpu_per_frame"] for r in rows if r["detector"] == PHONE_FLOAT)
+                                        / max(adaptive["ms_cpu_per_frame"], 1e-9), 2),
               "gaze_analysed": by_name["gaze"].analysed,
               "gaze_shared": faces_detector.frame_faces.stats()["shared"],
               "identity_cadence": identity_detector.cadence.stats(),
@@ -335,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{settings.phone_burst_s:g}) costs {ratio:.1f}x less per stream than a fixed PHONE_FPS "
               f"{settings.phone_fps:g} (scans and bursts: {result['phone_cadence']}). Every detector on at its "
               f"default cadence (phone adaptive): {all_on:.1f} ms CPU per stream-second "
-              f"({all_on / 10:.1f} % of a core).", "",
+              f"({all_on / 10:.1f} % of a core). The bundled NanoDet in int8 (PHONE_NANODET_INT8, the default) "
+              f"costs {levers['phone_int8_ratio']:.2f}x less per scan than in float (before), same cadence, same "
+              "frames.", "",
               f"Faces: the full-range model only where it can change the answer (FACES_FULL_RANGE_INTERVAL_S "
               f"{settings.faces_full_range_interval_s:g}) costs {levers['faces_ratio']:.1f}x less per stream than "
               f"on every frame, both with FACES_SETTLED_FPS=0 (frames, full-range passes and why: "

@@ -33,9 +33,11 @@ from bench.ingest import (
     node_info,
     running_system,
     stats,
+    tree_cpu_s,
     tree_rss,
     upload_reference,
 )
+from media_server.admission import analysis_counters
 
 WARMUP_S = 20
 WARM_S = 120
@@ -121,10 +123,21 @@ def _trend(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return slope, (sum(r * r for r in residuals) / (len(xs) - 2) / sxx) ** 0.5
 
 
+def _analysed(snap: dict[str, Any]) -> dict[str, int]:
+    """Frames each detector has analysed so far, summed over the node's streams: the rate between two samples
+    shows which detector's work moves with time (an enrolment window, a burst)."""
+    streams = snap.get("plugins", {}).get("Analysis", {}).get("streams")
+    totals: dict[str, int] = {}
+    for (_, detector), counter in analysis_counters(streams, set(streams or ())).items():
+        totals[detector] = totals.get(detector, 0) + counter.analysed
+    return totals
+
+
 def _sample(snap: dict[str, Any], proc: psutil.Process, t_s: int) -> dict[str, Any]:
     fps = [s["fps"] for s in snap["streams"]]
     uploader = snap.get("plugins", {}).get("Archive", {}).get("uploader", {})
-    return {"t_s": t_s, "rss_mb": round(tree_rss(proc) / 2**20, 1),
+    return {"t_s": t_s, "rss_mb": round(tree_rss(proc) / 2**20, 1), "cpu_s": round(tree_cpu_s(proc), 2),
+            "analysed": _analysed(snap),
             "node_rss_mb": round(proc.memory_info().rss / 2**20, 1),  # without the embedder worker
             "streams": len(snap["streams"]),
             "min_fps": min(fps) if fps else 0, "loop_lag_p99_ms": snap["loop_lag_ms"]["p99"],

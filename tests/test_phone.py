@@ -13,6 +13,7 @@ import hashlib
 import os
 import tomllib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -83,22 +84,26 @@ def overlap(a: list[float], b: tuple[int, int, int, int]) -> float:
     return ix * iy / union
 
 
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory: pytest.TempPathFactory) -> PhoneDetector:
-    """The phone detector at its default settings on a fresh install: nothing fetched, no PHONE_MODEL_PATH."""
-    detector = PhoneDetector(Settings.defaults(deepface_home=str(tmp_path_factory.mktemp("models"))))
+@pytest.fixture(scope="module", params=[True, False], ids=["int8", "float"])
+def bundled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> PhoneDetector:
+    """The phone detector on a fresh install (nothing fetched, no PHONE_MODEL_PATH): the bundled NanoDet quantised
+    to int8 (the default) and in float (PHONE_NANODET_INT8=false); every photo test holds for both."""
+    detector = PhoneDetector(Settings.defaults(deepface_home=str(tmp_path_factory.mktemp("models")),
+                                               phone_nanodet_int8=request.param))
     detector.load()
     return detector
 
 
 # --- NanoDet on real photos ------------------------------------------------------------------------------
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float"])
 def test_bundled_nanodet_finds_the_real_phone(
-        yolo_jpg: tuple[np.ndarray, tuple[float, float, float, float]], tmp_path: Path) -> None:
+        yolo_jpg: tuple[np.ndarray, tuple[float, float, float, float]], tmp_path: Path, int8: bool) -> None:
     rgb, where = yolo_jpg
     # A weak model: 0.42 on the full-size photo, 0.34 on the 640-px copy, 0.26-0.46 on crops and rescales of it; so
     # at the default PHONE_CONF (0.35) it is found in one and missed in the other. Here: the one box it sees is the
     # phone, with a score in that band, and nothing else is a phone.
-    detector = PhoneDetector(Settings.defaults(deepface_home=str(tmp_path), phone_conf=0.25))
+    detector = PhoneDetector(Settings.defaults(deepface_home=str(tmp_path), phone_conf=0.25,
+                                               phone_nanodet_int8=int8))
     detector.load()
     [phone] = detector.detect(rgb)
     assert 0.25 <= phone[4] <= 0.5
@@ -243,10 +248,14 @@ def test_model_choice_order(tmp_path: Path, yolo_model: Path) -> None:
     assert fetched_phone_model(settings) == tmp_path / FETCHED_PHONE_MODEL == tmp_path / "phone" / "yolo.onnx"
     # A fresh install: the bundled NanoDet.
     choice = phone_model(settings)
-    assert (choice.backend, choice.origin, choice.path) == ("nanodet", "bundled", models.BUNDLED_PHONE_MODEL)
+    assert (choice.backend, choice.origin, choice.path) == ("nanodet", "bundled", models.BUNDLED_PHONE_MODEL_INT8)
     status = model_status(settings)["phone"]
-    assert status["status"] == "ok" and status["detail"].startswith("bundled NanoDet-m 416 (COCO mAP 0.235: weak")
+    assert status["status"] == "ok" and status["detail"].startswith("bundled NanoDet-m 416 int8 (COCO mAP 0.235: weak")
     assert "proctor models fetch" in status["detail"]
+    # PHONE_NANODET_INT8=false: the float model.
+    floating = Settings.defaults(deepface_home=str(tmp_path), phone_nanodet_int8=False)
+    assert phone_model(floating) == models.PhoneModel("nanodet", "bundled", models.BUNDLED_PHONE_MODEL)
+    assert model_status(floating)["phone"] == {"status": "ok", "detail": models.BUNDLED_PHONE_DETAIL}
     # `proctor models fetch` installed a YOLO export: it wins over the bundled model.
     fetched = fetched_phone_model(settings)
     fetched.parent.mkdir(parents=True)
@@ -259,6 +268,7 @@ def test_model_choice_order(tmp_path: Path, yolo_model: Path) -> None:
     detector.load()
     assert detector.status() == (True, f"YOLO ONNX {fetched} (fetched: `proctor models fetch`)")
     assert detector.detect_all(np.zeros((640, 640, 3), np.uint8)).phones[0][4] == pytest.approx(0.9)
+    assert phone_model(replace(settings, phone_nanodet_int8=False)) == choice  # no effect on a YOLO model
     # PHONE_MODEL_PATH wins over both.
     user = Settings.defaults(deepface_home=str(tmp_path), phone_model_path=str(yolo_model))
     choice = phone_model(user)
@@ -274,19 +284,23 @@ def test_model_choice_order(tmp_path: Path, yolo_model: Path) -> None:
 
 def test_bundled_detector_status_and_registry(bundled: PhoneDetector, tmp_path: Path) -> None:
     ok, detail = bundled.status()
-    assert ok and detail == models.BUNDLED_PHONE_DETAIL
+    assert ok and detail == (models.BUNDLED_PHONE_DETAIL_INT8 if bundled.model.path == models.BUNDLED_PHONE_MODEL_INT8
+                             else models.BUNDLED_PHONE_DETAIL)
     assert bundled.fps == 1.0 and bundled.thresholds == Thresholds(phone=0.35, person=0.45, iou=0.45)
     detectors = build_detectors(Settings.defaults(deepface_home=str(tmp_path), analyzers_enabled=("phone",)))
     assert [d.name for d in detectors] == ["phone"] and detectors.unavailable == {}
 
 
-def test_missing_bundled_weights_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "BUNDLED_PHONE_MODEL", tmp_path / "gone.onnx")
-    settings = Settings.defaults(deepface_home=str(tmp_path))
+@pytest.mark.parametrize(("int8", "name", "rebuild"), [(True, "BUNDLED_PHONE_MODEL_INT8", "quantize_nanodet.py"),
+                                                       (False, "BUNDLED_PHONE_MODEL", "convert_nanodet.sh")])
+def test_missing_bundled_weights_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, int8: bool,
+                                              name: str, rebuild: str) -> None:
+    monkeypatch.setattr(models, name, tmp_path / "gone.onnx")
+    settings = Settings.defaults(deepface_home=str(tmp_path), phone_nanodet_int8=int8)
     status = model_status(settings)["phone"]
     assert status["status"] == "unavailable" and "bundled NanoDet weights missing" in status["detail"]
     detector = PhoneDetector(settings)
-    with pytest.raises(DetectorUnavailable, match="convert_nanodet.sh"):
+    with pytest.raises(DetectorUnavailable, match=rebuild):
         detector.load()
     assert detector.status()[0] is False
 
@@ -296,7 +310,9 @@ def test_the_bundled_file_is_packaged_and_documented() -> None:
     weights = root / "analyzers" / "weights"
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())
     assert "weights/*.onnx" in pyproject["tool"]["setuptools"]["package-data"]["analyzers"]
+    assert "weights/quantize_*" in pyproject["tool"]["setuptools"]["package-data"]["analyzers"]
     notice = (weights / "NOTICE.md").read_text()
-    digest = hashlib.sha256(models.BUNDLED_PHONE_MODEL.read_bytes()).hexdigest()
-    assert models.BUNDLED_PHONE_MODEL.parent == weights and digest in notice
+    for path in (models.BUNDLED_PHONE_MODEL, models.BUNDLED_PHONE_MODEL_INT8):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert path.parent == weights and digest in notice, path.name
     assert "Apache License" in notice and "MIT License" in notice
