@@ -495,8 +495,9 @@ class Settings:
         "burst; 1 or more: only boxes that count do.")
     phone_nanodet_int8: bool = _setting(
         "PHONE_NANODET_INT8", "true", _bool,
-        "The bundled NanoDet runs quantised to int8 (analyzers/weights/nanodet-m-416-int8.onnx): 2-2.7x less CPU a "
-        "scan, answers within what a one-pixel shift of the picture changes in the float model's (NOTICE.md). "
+        "The bundled NanoDet runs quantised to int8 (analyzers/weights/nanodet-m-416-int8.onnx): ~3x less CPU a "
+        "scan where the CPU has VNNI, the same answers on every x86 CPU, within what a one-pixel shift of the "
+        "picture changes in the float model's (analyzers/weights/NOTICE.md). "
         "false: the float model. No effect on a YOLO model (PHONE_MODEL_PATH, `proctor models fetch`).")
     phone_conf: float = _setting("PHONE_CONF", "0.35", _float(0.01), "Lowest \"cell phone\" score that counts.")
     phone_iou: float = _setting("PHONE_IOU", "0.45", _float(0.01), "Box overlap above which detections merge (NMS).")

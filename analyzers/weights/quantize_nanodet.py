@@ -13,9 +13,12 @@ Three steps, each for a reason:
    tensor has no finite range to calibrate, so the pad is folded into the MaxPool's own `pads` (MaxPool ignores
    padded cells: the same result exactly).
 2. onnxruntime's pre-processing (shape inference, graph optimisation: the other Pads fold into their Convs).
-3. Static QDQ quantisation, per-channel int8 weights, uint8 activations, MinMax calibration on every second photo
-   of bench/quality/data (114 pictures: faces near and far, phones, empty rooms, poor light; the other 114 are the
-   held-out check). The stem stays float: the first convolution (3 input channels, full resolution: int8 gains
+3. Static QDQ quantisation, per-channel int8 weights in 7 bits (`reduce_range`), uint8 activations, MinMax
+   calibration on every second photo of bench/quality/data (114 pictures: faces near and far, phones, empty rooms,
+   poor light; the other 114 are the held-out check). 7 bits because x86 CPUs without VNNI (AVX2, AVX-512 before
+   VNNI) multiply uint8 by int8 with VPMADDUBSW, whose 16-bit pair sums saturate for 8-bit weights: with 8 bits the
+   same model answered differently on an AVX2 CPU (QEMU's Haswell: outputs off by up to 0.16) than with VNNI; with 7
+   bits (255 x 64 x 2 < 32767) both give the same bytes. The stem stays float: the first convolution (3 input channels, full resolution: int8 gains
    nothing there), its activation and the MaxPool (onnxruntime pools uint8 NCHW tensors 10x slower than float).
 
 The session that runs it must not move QuantizeLinear/DequantizeLinear pairs across the MaxPool (onnxruntime's
@@ -40,6 +43,7 @@ SOURCE = HERE / "nanodet-m-416.onnx"
 OUTPUT = HERE / "nanodet-m-416-int8.onnx"
 CALIBRATION = ROOT / "bench" / "quality" / "data"
 INPUT = "input_1:0"
+REDUCE_RANGE = True  # 7-bit weights: see the module doc
 STEM = 3  # the first nodes left in float after folding: Conv, LeakyRelu, MaxPool
 
 
@@ -126,7 +130,8 @@ def quantize(source: Path = SOURCE, output: Path = OUTPUT, photos: list[Path] | 
             raise ValueError(f"{source}: unexpected stem {[node.op_type for node in stem]}")
         quantize_static(str(prepared), str(output), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=[node.name for node in stem])
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=[node.name for node in stem],
+                        reduce_range=REDUCE_RANGE)
     return hashlib.sha256(output.read_bytes()).hexdigest()
 
 
