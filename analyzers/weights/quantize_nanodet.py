@@ -18,8 +18,9 @@ Three steps, each for a reason:
    poor light; the other 114 are the held-out check). 7 bits because x86 CPUs without VNNI (AVX2, AVX-512 before
    VNNI) multiply uint8 by int8 with VPMADDUBSW, whose 16-bit pair sums saturate for 8-bit weights: with 8 bits the
    same model answered differently on an AVX2 CPU (QEMU's Haswell: outputs off by up to 0.16) than with VNNI; with 7
-   bits (255 x 64 x 2 < 32767) both give the same bytes. The stem stays float: the first convolution (3 input channels, full resolution: int8 gains
-   nothing there), its activation and the MaxPool (onnxruntime pools uint8 NCHW tensors 10x slower than float).
+   bits (255 x 64 x 2 < 32767) both give the same bytes. The stem stays float: the first convolution (3 input
+   channels, full resolution: int8 gains nothing there), its activation and the MaxPool (onnxruntime pools uint8
+   NCHW tensors 10x slower than float).
 
 The session that runs it must not move QuantizeLinear/DequantizeLinear pairs across the MaxPool (onnxruntime's
 QDQPropagationTransformer would make the pool uint8 again): analyzers/objects.py `_session` disables it.
@@ -42,6 +43,10 @@ ROOT = HERE.parents[1]
 SOURCE = HERE / "nanodet-m-416.onnx"
 OUTPUT = HERE / "nanodet-m-416-int8.onnx"
 CALIBRATION = ROOT / "bench" / "quality" / "data"
+if str(ROOT) not in sys.path:  # run as a script: the repository's packages
+    sys.path.insert(0, str(ROOT))
+from analyzers.objects import nanodet_blob  # noqa: E402 (after the path it needs)
+
 INPUT = "input_1:0"
 REDUCE_RANGE = True  # 7-bit weights: see the module doc
 STEM = 3  # the first nodes left in float after folding: Conv, LeakyRelu, MaxPool
@@ -90,9 +95,6 @@ def calibration_photos(folder: Path = CALIBRATION) -> list[Path]:
 
 def _blobs(photos: list[Path]) -> Iterator[dict[str, np.ndarray]]:
     from PIL import Image
-
-    sys.path.insert(0, str(ROOT))
-    from analyzers.objects import nanodet_blob
 
     for photo in photos:
         with Image.open(photo) as image:
