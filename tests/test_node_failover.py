@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 
 from archiver.assemble import finalize
+from archiver.spool import SpoolSegment
 from archiver.webm import CLUSTER_MS, ProbeResult, frame_at, probe, recover_partial
 from lifecycle.sweep import sweep_disconnected
 from media_server.node import MediaNode
@@ -97,13 +98,13 @@ async def _kill_mid_segment(proc: subprocess.Popen[bytes], node_url: str, spool_
     raise AssertionError(f"no moment {KILL_PHASE_S} s into an open segment within 20 s")
 
 
-def _on_disk_at_kill(spool_dir: Path, session_id: str, segment: dict[str, Any], tmp_path: Path) -> ProbeResult:
+def _on_disk_at_kill(spool_dir: Path, segment: dict[str, Any], tmp_path: Path) -> ProbeResult:
     """What the dead node's open segment held on disk at the kill: a copy of its spool file taken before the
     restart's recovery touches it, recovered the way the node does. The recovered row must keep all of it; how much
     that is depends on how far the archive lagged the received media (0.3-0.8 s, more on a loaded machine), which a
     wall-clock bound cannot know."""
     copy = tmp_path / "at-kill.webm"
-    copy.write_bytes((spool_dir / session_id / f"{segment['spool_id']}.webm").read_bytes())
+    copy.write_bytes(SpoolSegment(**segment).path(spool_dir).read_bytes())
     result = recover_partial(copy, tmp_path / "at-kill-recovered.webm")
     assert result is not None, "nothing usable was on disk at the kill"
     return result
@@ -166,7 +167,7 @@ async def test_page_moves_to_another_node_when_its_node_dies(web_server: Running
         url = next(n.url for n in await live_nodes(ctx.redis) if n.node_id == node_id)
         open_segment, received_s = await _kill_mid_segment(proc, url, ctx.settings.spool_dir, sid, ctx.settings)
         killed_at = time.time()
-        on_disk = await asyncio.to_thread(_on_disk_at_kill, ctx.settings.spool_dir, sid, open_segment, tmp_path)
+        on_disk = await asyncio.to_thread(_on_disk_at_kill, ctx.settings.spool_dir, open_segment, tmp_path)
 
         async def moved() -> bool:
             stream = media_node.streams.get(sid)

@@ -101,7 +101,7 @@ def _blobs(photos: list[Path]) -> Iterator[dict[str, np.ndarray]]:
             yield {INPUT: nanodet_blob(np.asarray(image.convert("RGB")))[0]}
 
 
-def quantize(source: Path = SOURCE, output: Path = OUTPUT, photos: list[Path] | None = None) -> str:
+def quantize(source: Path = SOURCE, output: Path = OUTPUT) -> str:
     """Write the int8 model to `output`; returns its SHA-256."""
     import onnx
     from onnxruntime.quantization import (
@@ -115,7 +115,7 @@ def quantize(source: Path = SOURCE, output: Path = OUTPUT, photos: list[Path] | 
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.blobs = _blobs(calibration_photos() if photos is None else photos)
+            self.blobs = _blobs(calibration_photos())
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.blobs, None)
@@ -127,7 +127,7 @@ def quantize(source: Path = SOURCE, output: Path = OUTPUT, photos: list[Path] | 
         folded, prepared = Path(tmp) / "folded.onnx", Path(tmp) / "prepared.onnx"
         onnx.save(model, str(folded))
         quant_pre_process(str(folded), str(prepared), skip_symbolic_shape=True)
-        stem = [node for node in onnx.load(str(prepared)).graph.node[:STEM]]
+        stem = list(onnx.load(str(prepared)).graph.node[:STEM])
         if [node.op_type for node in stem] != ["Conv", "LeakyRelu", "MaxPool"]:
             raise ValueError(f"{source}: unexpected stem {[node.op_type for node in stem]}")
         quantize_static(str(prepared), str(output), Reader(), quant_format=QuantFormat.QDQ,
