@@ -47,6 +47,14 @@ multiple_people or no_face (the phone detector's person count), brings FACES_FPS
 stays until the picture is settled again. A change is therefore seen at most 1/FACES_SETTLED_FPS after it happens
 (0.5 s, against 0.25 s at FACES_FPS), and timed at FACES_FPS from then on; the rules need 2-3 s of it to raise a
 flag (core/rules.py), so no flag a 4-fps stream raises is missed.
+
+An empty seat is settled too (FACES_SETTLED_EMPTY, on by default): for SETTLE_S every analysed frame held no face at
+the minimum score and a good picture. It is the costliest picture to count: both models run on every frame of it,
+since no_face needs both. The first frame with a face at the minimum score, a poor picture or a hint of
+multiple_people brings FACES_FPS back, as above; so a candidate coming back is seen at most 1/FACES_SETTLED_FPS
+after it happens, and the no_face flag, already raised, ends at most one offered frame later than at FACES_FPS.
+Weaker detections (under the minimum) do not unsettle it: an empty room's poster or shadow scores 0.3-0.5 on and off,
+and the full-range model runs on every analysed frame of an empty seat anyway.
 """
 
 from __future__ import annotations
@@ -406,9 +414,11 @@ class FacesPace:
     fps: float  # the rate frames are offered at (FACES_FPS)
     settled_fps: float  # the rate while settled; 0, or not below fps: every offered frame
     frames: FrameFaces | None = None  # the stream's shared detections, which also say which frames gaze took
+    empty_settles: bool = False  # an empty seat settles too (FACES_SETTLED_EMPTY)
     last_t: float | None = None  # media time of the last frame chosen
     calm_since: float | None = None  # media time since which every analysed frame was settled-looking
     last_box: tuple[float, float, float, float] | None = None
+    last_empty: bool = False  # the last analysed frame was an empty seat (empty_settles only)
     scans: int = 0  # frames chosen (what admission by load counts as due)
     settled_skips: int = 0  # offered frames left out because the picture was settled
     offers: int = 0  # frames offered so far
@@ -459,9 +469,15 @@ class FacesPace:
     def analysed(self, t: float, faces: list[Face], found: int, poor: bool, small_face: bool) -> None:
         """One analysed frame: `faces` at the minimum score, `found` detections in all (weaker ones too)."""
         box = faces[0].box if len(faces) == 1 else None
+        empty = self.empty_settles and not faces and not poor
         with self._lock:
-            calm = box is not None and found == 1 and not poor and not small_face and _same_place(self.last_box, box)
+            if empty:
+                calm = self.last_empty  # a second empty frame in a row: nothing has changed
+            else:
+                calm = (box is not None and found == 1 and not poor and not small_face
+                        and _same_place(self.last_box, box))
             self.last_box = box
+            self.last_empty = empty
             if not calm:
                 self.calm_since = None
             elif self.calm_since is None:
@@ -509,7 +525,8 @@ class FaceDetector(Detector):
         # The stream's short-range detections, shared with its gaze detector (analyzers/registry.py).
         self.frame_faces = FrameFaces()
         # Which frames it analyses (the name every detector that picks its own frames gives it: analyzers/live.py).
-        self.cadence = FacesPace(settings.faces_fps, settings.faces_settled_fps, self.frame_faces)
+        self.cadence = FacesPace(settings.faces_fps, settings.faces_settled_fps, self.frame_faces,
+                                 settings.faces_settled_empty)
         self._error: str | None = None
 
     def load(self) -> None:

@@ -421,9 +421,15 @@ class Settings:
     faces_settled_fps: float = _setting(
         "FACES_SETTLED_FPS", "2", _float(0.0),
         "Live streams: while the picture has been settled for a second (one face, clearly, in the same place, a "
-        "good picture, nothing another detector hinted), faces are counted at this rate instead of FACES_FPS; the "
-        "first frame that is not so brings FACES_FPS back at once (analyzers/faces.py FacesPace). 0: always "
-        "FACES_FPS.")
+        "good picture, nothing another detector hinted; or an empty seat: FACES_SETTLED_EMPTY), faces are counted "
+        "at this rate instead of FACES_FPS; the first frame that is not so brings FACES_FPS back at once "
+        "(analyzers/faces.py FacesPace). 0: always FACES_FPS.")
+    faces_settled_empty: bool = _setting(
+        "FACES_SETTLED_EMPTY", "true", _bool,
+        "Live streams: an empty seat (no face at FACE_MIN_SCORE for a second, a good picture) is settled too, and "
+        "counted at FACES_SETTLED_FPS until a face, a poor picture or a hint of multiple_people appears "
+        "(analyzers/faces.py FacesPace); both face models run on every frame of an empty seat. false: only one "
+        "still face settles.")
     face_min_score: float = _setting(
         "FACE_MIN_SCORE", "0.6", _float(0.0), "Lowest detector score that counts as a face.")
     faces_full_range_interval_s: float = _setting(

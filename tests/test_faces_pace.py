@@ -128,15 +128,62 @@ def test_settled_it_keeps_to_the_frames_gaze_analyses(phase: int) -> None:
                              "detections_made": 0, "detections_shared": 0}
 
 
+def _offer_empty(pace: FacesPace, t: float, weak: int = 0, poor: bool = False) -> bool:
+    """One frame of an empty seat offered at media time t: no face at the minimum, `weak` detections under it."""
+    if not pace.due(t):
+        return False
+    pace.analysed(t, [], weak, poor=poor, small_face=False)
+    return True
+
+
+def test_an_empty_seat_settles_too() -> None:
+    """FACES_SETTLED_EMPTY: a second of frames with no face at the minimum (weaker detections allowed) settles the
+    pace as a still face does; without it an empty seat is counted at FACES_FPS throughout."""
+    pace = FacesPace(FPS, SETTLED, empty_settles=True)
+    times = [i / FPS for i in range(40)]
+    taken = [t for i, t in enumerate(times) if _offer_empty(pace, t, weak=i % 3 == 0)]  # a poster scoring 0.4 on/off
+    settled_from = next(t for t in times if pace.settled(t))
+    assert settled_from == pytest.approx(1 / FPS + SETTLE_S)
+    later = [t for t in taken if t >= settled_from - 1 / FPS]
+    assert len(later) > 10 and np.allclose(np.diff(later), 1 / SETTLED)
+    off = FacesPace(FPS, SETTLED, empty_settles=False)
+    assert all(_offer_empty(off, t) for t in times)
+
+
+@pytest.mark.parametrize("change", ["face", "two_faces", "poor", "hint"])
+def test_anything_in_an_empty_seat_brings_every_frame_back(change: str) -> None:
+    pace = FacesPace(FPS, SETTLED, empty_settles=True)
+    t = 0.0
+    while not pace.settled(t) or not pace.due(t):
+        _offer_empty(pace, t)
+        t += 1 / FPS
+    if change == "face":
+        pace.analysed(t, [_Face(_box())], 1, poor=False, small_face=False)  # type: ignore[list-item]
+    elif change == "two_faces":
+        pace.analysed(t, [_Face(_box()), _Face(_box(400))], 2, poor=False, small_face=False)  # type: ignore[list-item]
+    elif change == "poor":
+        pace.analysed(t, [], 0, poor=True, small_face=False)  # dark or covered: poor_image, not an empty seat
+    else:
+        pace.analysed(t, [], 0, poor=False, small_face=False)
+        pace.hint("multiple_people", True)  # the phone detector's person count
+    # Every offered frame from the next one, for a second at least (the face, now calm, settles it again later).
+    following = [t + (i + 1) / FPS for i in range(int(SETTLE_S * FPS))]
+    assert all(_offer(pace, u) for u in following)
+
+
 @pytest.mark.parametrize("settled_fps", [0.0, FPS, 8.0])
 def test_off_takes_every_frame(settled_fps: float) -> None:
     pace = FacesPace(FPS, settled_fps)
     assert all(_offer(pace, i / FPS) for i in range(40))
 
 
-def test_the_setting() -> None:
+def test_the_settings() -> None:
     assert Settings.defaults().faces_settled_fps == 2.0
     assert Settings.from_env({"FACES_SETTLED_FPS": "0"}, env_file=None).faces_settled_fps == 0.0
+    assert Settings.defaults().faces_settled_empty is True
+    assert Settings.from_env({"FACES_SETTLED_EMPTY": "false"}, env_file=None).faces_settled_empty is False
+    assert FaceDetector(Settings.defaults()).cadence.empty_settles is True
+    assert FaceDetector(Settings.defaults(faces_settled_empty=False)).cadence.empty_settles is False
 
 
 # --- the real models ------------------------------------------------------------------------------------------
@@ -161,10 +208,11 @@ class Run:
     ended: dict[str, float] = field(default_factory=dict)
 
 
-def _play(settled_fps: float, script: list[tuple[float, str]], scenes: dict[str, list[np.ndarray]]) -> Run:
+def _play(settled_fps: float, script: list[tuple[float, str]], scenes: dict[str, list[np.ndarray]],
+          empty_settles: bool = True) -> Run:
     """The frames the node's sampler offers at FACES_FPS, as analyzers/live.py's slot does: `wants`, then analyze;
     no_face and multiple_people through the real rules."""
-    detector = FaceDetector(Settings.defaults(faces_settled_fps=settled_fps))
+    detector = FaceDetector(Settings.defaults(faces_settled_fps=settled_fps, faces_settled_empty=empty_settles))
     detector.load()
     detector.full_range.rng.seed(0)
     rules = EventRules(rules_config(Settings.defaults()))
@@ -188,9 +236,19 @@ def _play(settled_fps: float, script: list[tuple[float, str]], scenes: dict[str,
 def test_same_flags_within_a_frame_and_half_the_frames_while_settled(scenes: dict[str, list[np.ndarray]]) -> None:
     """A candidate alone for 12 s, a second person beside them for 4 s, alone 8 s, gone 6 s, back 6 s: the paced
     stream raises the same flags as the stream analysed at FACES_FPS, each starting at most one offered frame later
-    (0.25 s), and analyses about half the frames of the settled stretches."""
+    (0.25 s), and analyses about half the frames of the settled stretches, the empty seat's too (and all of those
+    without FACES_SETTLED_EMPTY)."""
     script = [(12.0, "face"), (4.0, "two"), (8.0, "face"), (6.0, "empty"), (6.0, "face")]
     paced, every = _play(SETTLED, script, scenes), _play(0.0, script, scenes)
+    still_only = _play(SETTLED, script, scenes, empty_settles=False)
+    for run in (paced, still_only):
+        assert set(run.started) == set(every.started)
+        for kind, end in every.ended.items():
+            assert abs(run.ended[kind] - end) <= 1 / FPS + 1e-9, (kind, end, run.ended.get(kind))
+    # The empty seat (24-30 s): every frame for a second or so, then every other one; every frame without the setting.
+    empty = [t for t in paced.analysed if 24.0 <= t < 30.0]
+    assert len(empty) <= (SETTLE_S + 2 / FPS) * FPS + (6.0 - SETTLE_S) * SETTLED + 1
+    assert [t for t in still_only.analysed if 24.0 <= t < 30.0] == [t for t in every.analysed if 24.0 <= t < 30.0]
     assert set(every.started) == {"multiple_people", "no_face"}
     assert set(paced.started) == set(every.started)
     for kind, start in every.started.items():
