@@ -65,7 +65,7 @@ from media_server.sdp import screen_offer, tune_answer
 from media_server.stream import CandidateStream
 from media_server.udp import install_batched_reads, install_rtp_fast_path
 from proctor import loop as event_loop
-from proctor import metrics, nodeauth
+from proctor import memory, metrics, nodeauth
 from proctor.context import Context
 from proctor.http import error
 from proctor.redis import SESSION_CONTROL, SESSION_NODE
@@ -339,6 +339,8 @@ class MediaNode:
                                                           if s.pc.connectionState != "closed"),
                                   "decode_queue": self.decode_pool.queued(),
                                   "audio_decode_queue": self.audio_pool.queued(),
+                                  # What an RSS that grows is made of (bench/soak.py fits a trend to each).
+                                  "memory": await asyncio.to_thread(memory.heap),
                                   "plugins": {type(p).__name__: p.stats() for p in self.plugins},
                                   "streams": [s.snapshot() for s in self.streams.values()]})
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import sys
 import threading
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,33 @@ def limit_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     if libc is None:
         return False
     return bool(libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
+
+
+class _Mallinfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (malloc.h, glibc >= 2.33): every field a size_t."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap() -> dict[str, float | int]:
+    """What the process's memory is made of, to tell a leak from fragmentation when its RSS grows: malloc's bytes in
+    use (`in_use_mb`: allocated and not freed, arenas and mmapped chunks), free but still held in the arenas
+    (`free_mb`: what fragmentation keeps, malloc_trim returns the whole pages of it), mmapped chunks alone, and
+    Python's own live small objects (`python_blocks`, pymalloc blocks: Python objects kept alive). In use growing
+    with Python's blocks flat points at native code (a codec, a model runtime); free growing, at fragmentation.
+    Walks every arena under its lock (microseconds to a millisecond): call it off the event loop, now and then."""
+    stats: dict[str, float | int] = {"python_blocks": sys.getallocatedblocks()}
+    libc = _libc()
+    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if mallinfo2 is None:
+        return stats
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    mb = 2.0**20
+    stats.update({"in_use_mb": round((info.uordblks + info.hblkhd) / mb, 1), "free_mb": round(info.fordblks / mb, 1),
+                  "mmapped_mb": round(info.hblkhd / mb, 1)})
+    return stats
 
 
 def trim() -> bool:

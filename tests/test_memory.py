@@ -47,3 +47,40 @@ def test_trimming_runs_on_its_own_thread_and_stops() -> None:
     stop = memory.start_trimming(every_s=0.01)
     assert stop is not None
     stop.set()
+
+
+# Memory in use (native: malloc called directly, as a codec or a model runtime would), then freed but held by
+# fragmentation, then Python objects kept alive: each shows in its own part.
+_HEAP_PROBE = textwrap.dedent("""
+    import ctypes, ctypes.util, json
+    from proctor import memory
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    pointers = (ctypes.c_void_p * 100_000)()
+    steps = {"start": memory.heap()}
+    for i in range(len(pointers)):
+        pointers[i] = libc.malloc(1000)  # ~100 MB in use, no Python object kept
+    steps["allocated"] = memory.heap()
+    for i in range(len(pointers)):
+        if i % 1000:  # one in a thousand survives, pinning the freed ones between them
+            libc.free(pointers[i])
+    steps["freed"] = memory.heap()
+    objects = [object() for _ in range(100_000)]  # small Python objects: pymalloc blocks
+    steps["objects"] = memory.heap()
+    print(json.dumps(steps))
+""")
+
+
+def test_heap_tells_memory_in_use_from_memory_held_free_and_from_python_objects() -> None:
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], check=True, capture_output=True, text=True).stdout
+    steps = json.loads(out)
+    start, allocated, freed, objects = (steps[k] for k in ("start", "allocated", "freed", "objects"))
+    assert allocated["in_use_mb"] - start["in_use_mb"] > 80
+    assert allocated["python_blocks"] - start["python_blocks"] < 1_000
+    assert allocated["in_use_mb"] - freed["in_use_mb"] > 80
+    assert freed["free_mb"] - start["free_mb"] > 80  # freed but held: the survivors fragment the heap
+    assert objects["python_blocks"] - freed["python_blocks"] >= 100_000
+    assert set(start) == {"python_blocks", "in_use_mb", "free_mb", "mmapped_mb"}
