@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 import threading
@@ -23,6 +24,7 @@ DEFAULT_ARENAS = 2
 TRIM_EVERY_S = 30.0
 
 
+@functools.cache  # find_library runs ldconfig (~1 ms): once per process, not on every trim or /stats
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if not name:
