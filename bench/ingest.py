@@ -5,10 +5,15 @@
 Starts `proctor up` on a scratch data dir, then
 1. opens one candidate page in headless Chromium, connects, and reloads it `--reloads` times: the time from
    each reload to the first video frame at the server (the node's stats) gives the median and p95;
-2. adds synthetic candidates (pre-encoded 640x480@30 VP8 + Opus, no encoding on the sender) step by step; at
+2. adds synthetic candidates (pre-encoded 640x480 VP8 + Opus, no encoding on the sender) step by step; at
    each step, after `--hold` seconds, reads every stream's fps and loss from the node, its event-loop lag and the
-   node process's CPU. A step passes when every stream keeps >= 25 fps with < 1 % loss and the loop's p99
-   wake-up lag stays under 50 ms.
+   node process's CPU. A step passes when every stream keeps >= 5/6 of its frame rate (25 of 30 fps) with < 1 %
+   loss and the loop's p99 wake-up lag stays under 50 ms.
+
+The senders send what a browser sends under the system's settings (`SenderProfile`): VIDEO_FPS frames a second,
+VIDEO_SCALABILITY_MODE's temporal layers, at 5/6 of VIDEO_BITRATE_KBPS (1000 kbit/s under the 1200 cap, what the
+senders have sent since the first run); `--set` changes them as it changes the page's, `--fps`, `--video-kbps` and
+`--layers` override.
 Writes bench/results/ingest.md and ingest.json.
 
 With `--nodes 2` a second `proctor media` process (same Postgres, Redis and data dir) runs beside the one
@@ -47,6 +52,31 @@ from media_server.admission import Sample, analysis_counters, analysis_rate
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CLIP_FACE_S, CLIP_EMPTY_S = 12, 6
+
+
+@dataclass(frozen=True)
+class SenderProfile:
+    """What each synthetic sender sends: the camera's frame rate, the encoder's bitrate and temporal layers."""
+    fps: int
+    kbps: int
+    layers: str  # "L1T3", "L1T2" or "off"
+
+    @classmethod
+    def of(cls, settings: dict[str, str], fps: int = 0, kbps: int = 0, layers: str = "") -> SenderProfile:
+        """A browser's under `settings` (the --set pairs over the defaults); non-zero arguments override."""
+        from proctor.settings import Settings
+
+        system = Settings.from_env(settings, env_file=None)
+        mode = {"on": "L1T3", "L1T1": "off"}.get(layers, layers) or system.video_scalability_mode
+        return cls(fps or system.video_fps, kbps or system.video_bitrate_kbps * 5 // 6,
+                   "off" if mode == "L1T1" else mode)
+
+    def min_fps(self) -> float:
+        return self.fps * 5 / 6
+
+    def describe(self) -> str:
+        layers = "no temporal layers" if self.layers == "off" else self.layers
+        return f"640x480 at {self.fps} fps, {self.kbps} kbit/s, {layers}"
 # The key that signs calls to the nodes of the system start_system started (their /stats needs a signature).
 _NODE_KEY: dict[str, bytes] = {}
 
@@ -209,7 +239,7 @@ def moving_face(base: np.ndarray, count: int = 90) -> list[np.ndarray]:
 
 
 async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: list[int], hold: float,
-                     profile_s: float = 0.0, layers: bool = True, every_step: bool = False,
+                     profile_s: float = 0.0, sender: SenderProfile | None = None, every_step: bool = False,
                      settle: float = 3.0) -> list[dict]:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
@@ -221,9 +251,13 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
     # 12 s with a moving, noisy face, then 6 s with nobody: every stream raises and clears a no_face alert
     # each 18 s, so the alert figure is measured under the load, not at rest.
     empty = empty_room()
-    # Layered as Chromium sends it by default (VIDEO_SCALABILITY_MODE=L1T3), unless --layers off.
-    clip = encode_clip([moving[i % 90] for i in range(CLIP_FACE_S * 30)] + [empty] * (CLIP_EMPTY_S * 30),
-                       temporal_layers=layers)
+    # As a browser sends under the settings (layered as Chromium encodes VIDEO_SCALABILITY_MODE); the face
+    # sways at the same speed whatever the frame rate.
+    sender = sender or SenderProfile.of({})
+    rate = sender.fps
+    clip = encode_clip([moving[(i * 30 // rate) % 90] for i in range(CLIP_FACE_S * rate)]
+                       + [empty] * (CLIP_EMPTY_S * rate),
+                       fps=rate, bitrate=sender.kbps * 1000, gop=2 * rate, temporal_layers=sender.layers)
     node_procs = [psutil.Process(node["pid"]) for node in nodes]
     loader = psutil.Process()
     results = []
@@ -288,8 +322,8 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
             # Every stream at full rate with no loss; the archive drops no frame; every analyzer keeps >= 90 %
             # of its default rate and alerts publish within a second (p95); the loop that carries RTP stays
             # responsive (p99 wake-up lag < 50 ms on every node).
-            ok = (len(snap) == target and min(fps) >= 25 and max(loss) < 1 and dropped == 0 and analysed >= 90
-                  and alert_p95 < 1000 and lag_p99 < 50)
+            ok = (len(snap) == target and min(fps) >= sender.min_fps() and max(loss) < 1 and dropped == 0
+                  and analysed >= 90 and alert_p95 < 1000 and lag_p99 < 50)
             row = {"streams": target, "refused": bool(refused), "carried": len(snap), "node_cpu_pct": round(cpu, 1),
                    "cpu_pct_per_stream": round(cpu / target, 2), "min_fps": min(fps),
                    "archive_dropped_frames": dropped, "analysed_pct_of_default_rate": analysed,
@@ -301,7 +335,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                 row["nodes"] = per_node
             print(json.dumps(row), flush=True)
             for s in snap:
-                if s["fps"] < 25:  # what a stalled stream looked like, for the record
+                if s["fps"] < sender.min_fps():  # what a stalled stream looked like, for the record
                     print("slow stream:", json.dumps(s), flush=True)
             results.append(row)
             if refused or (not ok and not every_step):
@@ -312,8 +346,13 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
     return results
 
 
+def sender_profile(args: argparse.Namespace) -> SenderProfile:
+    return SenderProfile.of(_settings(args.set), args.fps, args.video_kbps, args.layers)
+
+
 def write_results(loads: list[float], steps: list[dict], args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    sender = sender_profile(args)
     carried = max((s["streams"] for s in steps if s["ok"]), default=0)
     nodes = args.nodes
     suffix = f"-{args.out}" if args.out else ("" if nodes == 1 else f"-{nodes}nodes")
@@ -325,13 +364,17 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
         "nodes": nodes,
         "steps": steps,
         "machine": {"cpus": os.cpu_count(), "hold_s": args.hold, "settle_s": args.settle, **cpu_model()},
-        "layers": args.layers, "settings": _settings(args.set),
+        "layers": sender.layers, "sender": {"fps": sender.fps, "kbps": sender.kbps, "layers": sender.layers},
+        "settings": _settings(args.set),
     }
     (RESULTS / f"ingest{suffix}.json").write_text(json.dumps(summary, indent=2))
     extra = "".join(f" --set {pair}" for pair in args.set) + (f" --out {args.out}" if args.out else "")
+    extra += f" --fps {args.fps}" if args.fps else ""
+    extra += f" --video-kbps {args.video_kbps}" if args.video_kbps else ""
+    extra += f" --layers {args.layers}" if args.layers else ""
     settle = f" --settle {args.settle:g}" if args.settle != 3.0 else ""
     command = (f"`.venv/bin/python -m bench.ingest --nodes {nodes} --steps {args.steps} --hold {args.hold:g}{settle} "
-               f"--reloads {args.reloads} --layers {args.layers}{extra}`")
+               f"--reloads {args.reloads}{extra}`")
     machine = cpu_model()
     loads_s = summary["page_load_to_first_frame_s"]
     lines = [
@@ -340,13 +383,15 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
         f"({os.cpu_count()} CPUs, {machine['model']}, AVX-512: {'yes' if machine['avx512'] else 'no'}; the "
         "synthetic senders run on it too), each with the archiver and every available analyzer "
         "on every stream at its default rate; signaling places each stream on the least loaded node. Each step "
-        f"adds senders (pre-encoded 640x480@30 VP8 + Opus: {CLIP_FACE_S} s of a moving face, then {CLIP_EMPTY_S} s "
+        f"adds senders (pre-encoded VP8, {sender.describe()}, + Opus: {CLIP_FACE_S} s of a moving face, then "
+        f"{CLIP_EMPTY_S} s "
         f"with nobody, looped, so no_face alerts come and go), waits {args.settle:g} s, then measures over "
         f"{args.hold:g} s. "
         "Node CPU and RSS include the node's child process (the identity embedder's worker).", "",
         f"Page reload -> first frame at the server (real Chromium, {len(loads)} reloads): median "
         f"{loads_s['median']} s, p95 {loads_s['p95']} s.", "",
-        f"Streams carried: **{carried}**. A step passes when every stream keeps >= 25 fps with < 1 % RTP loss, the "
+        f"Streams carried: **{carried}**. A step passes when every stream keeps >= {sender.min_fps():g} fps (5/6 of "
+        f"its {sender.fps}) with < 1 % RTP loss, the "
         "archive drops no frame, every analyzer keeps >= 90 % of its default rate, alerts publish within 1 s (p95, "
         "confirming frame arrival -> Redis) and every node's event-loop wake-up lag stays < 50 ms (p99). Steal: "
         "the machine's CPU time the hypervisor gave to others over the step (a VM; compare steps read near 0).", "",
@@ -460,7 +505,7 @@ async def _run(args: argparse.Namespace, base: str, data_dir: Path, urls: dict[s
         urls_ = [node["url"] for node in nodes]
         loads = await page_loads(base, token, urls_, args.reloads) if args.reloads else []
         steps = await load_steps(base, token, nodes, [int(s) for s in args.steps.split(",")], args.hold,
-                                 args.profile, args.layers == "on", args.every_step, args.settle)
+                                 args.profile, sender_profile(args), args.every_step, args.settle)
         write_results(loads, steps, args)
     finally:
         for media in extra:
@@ -524,8 +569,12 @@ def main() -> None:
                         help="a setting for the system under test (repeatable), e.g. PHONE_ADAPTIVE=false")
     parser.add_argument("--out", default="", help="results go to bench/results/ingest-OUT.md/json")
     parser.add_argument("--every-step", action="store_true", help="go on past a step that fails")
-    parser.add_argument("--layers", choices=("on", "off"), default="on",
-                        help="senders mark VP8 temporal layers (L1T3, as Chromium by default) or send none")
+    parser.add_argument("--layers", choices=("on", "off", "L1T3", "L1T2", "L1T1"), default="",
+                        help="senders' VP8 temporal layers (default: VIDEO_SCALABILITY_MODE's, as Chromium encodes "
+                             "them; on = L1T3)")
+    parser.add_argument("--fps", type=int, default=0, help="senders' frame rate (default: VIDEO_FPS)")
+    parser.add_argument("--video-kbps", type=int, default=0,
+                        help="senders' video bitrate (default: 5/6 of VIDEO_BITRATE_KBPS, 1000 under the 1200 cap)")
     parser.add_argument("--profile", type=float, default=0.0,
                         help="seconds of py-spy sampling at the last step (bench/results/profile-ingest.md)")
     asyncio.run(main_async(parser.parse_args()))

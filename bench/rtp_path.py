@@ -5,9 +5,10 @@
 What is measured: real aiortc peer connections on loopback UDP, set up as the node sets them up (batched UDP reads,
 127.0.0.1 host candidates, recvonly answer, the encoded taps with decode=False, the loss tap and the stale-gap
 give-up on the webcam, a data channel). The senders are aiortc peer connections in a SUBPROCESS replaying a
-pre-encoded clip (bench/synthetic.py: 640x480@30 VP8 at 1 Mbit/s, L1T3 temporal layers as Chromium sends them,
-20 ms Opus), so their CPU is not ours: the figure is the receiving event loop thread's CPU time
-(time.thread_time in that thread) over a window after warm-up, divided by the RTP packets that arrived in it.
+pre-encoded clip (bench/synthetic.py: 640x480 VP8, by default 30 fps at 1 Mbit/s in L1T3 temporal layers as
+Chromium sends them, as the figures recorded since the fast path; `--fps 15 --video-kbps 667 --layers L1T2` is what
+the page asks for now; 20 ms Opus), so their CPU is not ours: the figure is the receiving event loop thread's CPU
+time (time.thread_time in that thread) over a window after warm-up, divided by the RTP packets that arrived in it.
 That thread runs everything the node does per packet: the datagram read, ICE demux, SRTP unprotect, RTP parse,
 the receiver's statistics, NACK generator, bandwidth estimator, RTCP, jitter buffer and our taps.
 
@@ -407,7 +408,7 @@ async def _micro(args: argparse.Namespace) -> None:
     print(f"on/off = {on / off:.2f}")
 
 
-def _encode_clip(path: Path) -> None:
+def _encode_clip(path: Path, fps: int = 30, kbps: int = VIDEO_BITRATE // 1000, layers: str = "L1T3") -> None:
     import numpy as np
 
     from bench.synthetic import encode_clip
@@ -416,10 +417,12 @@ def _encode_clip(path: Path) -> None:
     base = face_canvas()
     rng = np.random.default_rng(1)
     frames = []
-    for i in range(CLIP_S * 30):
+    for i in range(CLIP_S * fps):
         noisy = base.astype(np.int16) + rng.integers(-10, 11, base.shape, dtype=np.int16)
-        frames.append(np.clip(np.roll(noisy, int(4 * np.sin(i / 14)), axis=1), 0, 255).astype(np.uint8))
-    path.write_bytes(pickle.dumps(encode_clip(frames, bitrate=VIDEO_BITRATE, temporal_layers=True)))
+        sway = int(4 * np.sin(i * 30 / fps / 14))  # the same motion whatever the frame rate
+        frames.append(np.clip(np.roll(noisy, sway, axis=1), 0, 255).astype(np.uint8))
+    path.write_bytes(pickle.dumps(encode_clip(frames, fps=fps, bitrate=kbps * 1000, gop=2 * fps,
+                                              temporal_layers=layers)))
 
 
 async def _receiver(args: argparse.Namespace, clip: Path, profiler: cProfile.Profile | None) -> list[PhaseResult]:
@@ -469,9 +472,9 @@ def _run_receivers(args: argparse.Namespace) -> list[PhaseResult]:
     results: list[PhaseResult] = []
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.pickle"
-        _encode_clip(clip)
-        print(f"CPU: {cpu_model()}; {os.cpu_count()} cores; {args.streams} streams, {args.seconds:.0f} s a phase",
-              flush=True)
+        _encode_clip(clip, args.fps, args.video_kbps, args.layers)
+        print(f"CPU: {cpu_model()}; {os.cpu_count()} cores; {args.streams} streams, {args.seconds:.0f} s a phase; "
+              f"video {args.fps} fps, {args.video_kbps} kbit/s, layers {args.layers}", flush=True)
         for kind in loops:
             results += event_loop.run(_receiver(args, clip, profiler), kind)
     if profiler is not None:
@@ -495,6 +498,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the receiver stage alone (SRTP, parse, receivers, taps), no sockets: steadier on a "
                              "busy machine")
     parser.add_argument("--rounds", type=int, default=5, help="--micro: off/on pairs (the median is reported)")
+    parser.add_argument("--fps", type=int, default=30, help="the senders' frame rate")
+    parser.add_argument("--video-kbps", type=int, default=VIDEO_BITRATE // 1000, help="the senders' video bitrate")
+    parser.add_argument("--layers", choices=("L1T3", "L1T2", "off"), default="L1T3",
+                        help="the senders' VP8 temporal layers")
     parser.add_argument("--sender", help=argparse.SUPPRESS)  # internal: run as the sender subprocess
     args = parser.parse_args(argv)
     if args.sender:

@@ -1,5 +1,5 @@
-"""Synthetic candidates: aiortc senders that replay pre-encoded VP8 (640x480@30) and Opus, with no encoding on
-the sender side, so a load test measures the server, not the load generator.
+"""Synthetic candidates: aiortc senders that replay pre-encoded VP8 (640x480, 30 fps unless told) and Opus, with
+no encoding on the sender side, so a load test measures the server, not the load generator.
 
 The clip is a face (offline test photo) with grain and motion, encoded once with libvpx at the target bitrate
 and a keyframe every `gop` frames; each sender replays the packets in a loop at real time.
@@ -8,7 +8,9 @@ With `temporal_layers=True` the clip is encoded as Chromium encodes VP8 under `s
 temporal layers in the repeating pattern 0, 2, 1, 2, each frame told by libvpx's per-frame reference flags what
 it may reference and update (WebRTC's pattern: the base layer references and updates only LAST; layer 1 references
 LAST and updates GOLDEN; layer 2 references both and updates nothing; no layer above 0 updates the entropy
-context), so the base-layer frames decode on their own. FFmpeg's libvpx wrapper takes the flags from the frame's
+context), so the base-layer frames decode on their own. `temporal_layers="L1T2"` encodes two layers, 0, 1
+repeating, layer 1 as L1T3's first layer-2 frame (references LAST, updates nothing): what a page asking for
+L1T2 gets. FFmpeg's libvpx wrapper takes the flags from the frame's
 `vp8-flags` metadata, which PyAV can only set through a filter (`metadata=mode=add`). The senders then mark each
 frame's TID and TL0PICIDX in the VP8 payload descriptor (RFC 7741), as Chromium does (`install_layered_packetizer`).
 
@@ -61,6 +63,12 @@ _L1T3_FLAGS = (
     _NO_REF_GF | _NO_REF_ARF | _NO_UPD_LAST | _NO_UPD_ARF | _NO_UPD_ENTROPY,
     _NO_REF_ARF | _NO_UPD_LAST | _NO_UPD_GF | _NO_UPD_ARF | _NO_UPD_ENTROPY,
 )
+# L1T2: base as L1T3's, layer 1 references LAST and updates nothing
+L1T2_PATTERN = (0, 1)
+_L1T2_FLAGS = _L1T3_FLAGS[:2]
+# VIDEO_SCALABILITY_MODE -> (layer of each position, libvpx flags of each position)
+LAYER_MODES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "L1T3": (L1T3_PATTERN, _L1T3_FLAGS), "L1T2": (L1T2_PATTERN, _L1T2_FLAGS)}
 
 
 @dataclass
@@ -97,7 +105,12 @@ def _flag_graph(width: int, height: int, fps: int, flags: int) -> av.filter.Grap
 
 
 def encode_clip(frames: list[np.ndarray], fps: int = 30, bitrate: int = 1_000_000, gop: int = 60,
-                temporal_layers: bool = False) -> EncodedClip:
+                temporal_layers: bool | str = False) -> EncodedClip:
+    """`temporal_layers`: True or "L1T3" (as Chromium encodes by default), "L1T2", or False / "off" / "L1T1"."""
+    mode = "L1T3" if temporal_layers is True else (temporal_layers or "off")
+    if mode not in (*LAYER_MODES, "off", "L1T1"):
+        raise ValueError(f"no such layer mode: {mode!r}")
+    pattern, flags = LAYER_MODES.get(mode, ((), ()))
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height = frames[0].shape[1], frames[0].shape[0]
     codec.pix_fmt = "yuv420p"
@@ -105,23 +118,22 @@ def encode_clip(frames: list[np.ndarray], fps: int = 30, bitrate: int = 1_000_00
     codec.bit_rate = bitrate
     codec.gop_size = gop
     codec.options = {"deadline": "good", "cpu-used": "5", "lag-in-frames": "0"}
-    graphs = ([_flag_graph(codec.width, codec.height, fps, flags) for flags in _L1T3_FLAGS]
-              if temporal_layers else [])
+    graphs = [_flag_graph(codec.width, codec.height, fps, each) for each in flags]
     video: list[tuple[bytes, bool]] = []
     for i, rgb in enumerate(frames):
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
         frame.pts = i
         frame.time_base = codec.time_base
         if graphs:
-            graphs[i % 4].push(frame)
-            frame = graphs[i % 4].pull()
+            graphs[i % len(graphs)].push(frame)
+            frame = graphs[i % len(graphs)].pull()
         # lag-in-frames 0: one packet per frame, in order, so packet i is frame i
         video += [(bytes(p), bool(p.is_keyframe)) for p in codec.encode(frame)]
     video += [(bytes(p), bool(p.is_keyframe)) for p in codec.encode(None)]
     audio = exam_room_audio()
     # A keyframe (libvpx may place one anywhere) refreshes every reference: it belongs to the base layer.
-    layers = ([0 if key else L1T3_PATTERN[i % 4] for i, (_, key) in enumerate(video)]
-              if temporal_layers else None)
+    layers = ([0 if key else pattern[i % len(pattern)] for i, (_, key) in enumerate(video)]
+              if pattern else None)
     return EncodedClip(video, audio, fps, layers)
 
 

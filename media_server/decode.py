@@ -32,7 +32,8 @@ from proctor import priority
 
 log = logging.getLogger(__name__)
 
-# A stream's frames waiting to be decoded beyond this (3 s at 30 fps) are dropped: see the module doc.
+# A stream's frames waiting to be decoded beyond this (12 s of a layered stream's 7.5 base-layer frames a second,
+# 3 s of 30 fps without layers) are dropped: see the module doc.
 MAX_BACKLOG_FRAMES = 90
 # Frames taken from the queue per pass: bounds how long one pass runs before the deliveries go out.
 BATCH = 64
@@ -209,9 +210,10 @@ class FrameSampler:
     def submit(self, data: bytes, timestamp: int, temporal_layer: int | None = None) -> None:
         """An encoded VP8 frame, on the event loop (from the encoded tap).
 
-        When the browser encodes temporal layers (the page asks for L1T3: layers 0,2,1,2 repeating), base-layer
-        frames reference only base-layer frames, so decoding those alone gives correct pictures at a quarter of
-        the frame rate (7.5 of 30 fps), still more than any detector samples: the frames above the base layer
+        When the browser encodes temporal layers (the page asks for VIDEO_SCALABILITY_MODE: L1T2's layers 0,1
+        or L1T3's 0,2,1,2 repeating), base-layer frames reference only base-layer frames, so decoding those alone
+        gives correct pictures at half or a quarter of the frame rate (7.5 of 15 or 30 fps), still at least what
+        any detector samples (proctor/settings.py checks it): the frames above the base layer
         are not decoded at all (the archive keeps every frame: it takes them from the encoded outlet). Without
         layers every frame is decoded, as before."""
         if self._pool is None or self.decoder is None or not self._slots:

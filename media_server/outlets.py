@@ -28,7 +28,8 @@ class EncodedFrame:
     data: bytes
     timestamp: int  # RTP time, unwrapped, in clock_rate units
     clock_rate: int
-    # VP8 temporal layer (0 = base) when the sender encodes layers (the page asks for L1T3), else None.
+    # VP8 temporal layer (0 = base) when the sender encodes layers (the page asks for VIDEO_SCALABILITY_MODE),
+    # else None.
     temporal_layer: int | None = None
 
     @property

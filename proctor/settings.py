@@ -187,6 +187,10 @@ def _networks(raw: str) -> tuple[str, ...]:
     return entries
 
 
+# VIDEO_SCALABILITY_MODE -> one frame in how many is in the base layer
+BASE_LAYER_SHARE = {"L1T3": 4, "L1T2": 2, "L1T1": 1, "off": 1}
+
+
 def _setting(env: str, default: str, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
     return field(default=None, metadata={"env": env, "default": default, "parse": parse, "doc": doc, "secret": secret})
 
@@ -347,13 +351,22 @@ class Settings:
         "Retry-After of signaling's 503 when no media node has room; the candidate page retries after it.")
     video_width: int = _setting("VIDEO_WIDTH", "640", _int(160, 3840), "Target camera width asked of browsers.")
     video_height: int = _setting("VIDEO_HEIGHT", "480", _int(120, 2160), "Target camera height.")
-    video_fps: int = _setting("VIDEO_FPS", "30", _int(5, 60), "Target camera frame rate.")
+    # 15 fps in two temporal layers at 800 kbit/s: the node decodes the same 7.5 base-layer frames a second as
+    # from 30 fps in L1T3, each given the same bits (libwebrtc gives VP8's base layer 60 % of the rate with two
+    # layers, 40 % with three, simulcast_rate_allocator.cc kLayerRateAllocation: 480 kbit/s either way), while
+    # the candidate uploads, the node receives and the archive keeps two thirds of the bytes in half the frames
+    # (bench/results/summary.md, issue 14).
+    video_fps: int = _setting(
+        "VIDEO_FPS", "15", _int(5, 60),
+        "Target camera frame rate (what the archive keeps). With temporal layers the node decodes the base layer "
+        "alone: VIDEO_FPS / 2 frames a second with L1T2, / 4 with L1T3, which must reach FACES_FPS and GAZE_FPS.")
     video_bitrate_kbps: int = _setting(
-        "VIDEO_BITRATE_KBPS", "1200", _int(100, 20000), "Start and cap bitrate asked of browsers, kbit/s.")
+        "VIDEO_BITRATE_KBPS", "800", _int(100, 20000), "Start and cap bitrate asked of browsers, kbit/s.")
     video_scalability_mode: str = _setting(
-        "VIDEO_SCALABILITY_MODE", "L1T3", _choice("L1T3", "L1T2", "L1T1", "off"),
-        "Temporal layers asked of the browser's VP8 encoder: the node decodes only the base layer (a quarter of "
-        "the frames with L1T3), the archive keeps every frame. off: no layers, every frame decoded.")
+        "VIDEO_SCALABILITY_MODE", "L1T2", _choice("L1T3", "L1T2", "L1T1", "off"),
+        "Temporal layers asked of the browser's VP8 encoder: the node decodes only the base layer (half the "
+        "frames with L1T2, a quarter with L1T3), the archive keeps every frame. off: no layers, every frame "
+        "decoded.")
     disconnect_timeout_s: int = _setting(
         "DISCONNECT_TIMEOUT_S", "120", _int(5), "A session whose candidate stays disconnected this long ends.")
     drain_timeout_s: int = _setting(
@@ -603,8 +616,20 @@ class Settings:
             raise SettingsError("SECRET_KEY: must be at least 32 characters")
         if self.turn_urls and not self.turn_secret:
             raise SettingsError("TURN_SECRET: required when TURN_URLS is set")
+        wanted = max(self.faces_fps, self.gaze_fps)
+        if self.decoded_fps < wanted:
+            raise SettingsError(
+                f"VIDEO_FPS: {self.video_fps} fps with VIDEO_SCALABILITY_MODE={self.video_scalability_mode} decodes "
+                f"{self.decoded_fps:g} frames a second (the base layer), fewer than the {wanted:g} FACES_FPS / "
+                "GAZE_FPS analyse: raise VIDEO_FPS or ask for fewer layers")
 
     # --- derived values ----------------------------------------------------------------------------
+    @property
+    def decoded_fps(self) -> float:
+        """Frames a second a media node decodes of a browser's VIDEO_FPS: the base layer's alone when the encoder
+        sends temporal layers (media_server/decode.py FrameSampler.submit)."""
+        return self.video_fps / BASE_LAYER_SHARE[self.video_scalability_mode]
+
     @property
     def base_url(self) -> str:
         if self.public_base_url:

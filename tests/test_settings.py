@@ -107,3 +107,17 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [f.metadata["env"] for f in fields(Settings) if f"| `{f.metadata['env']}` |" not in readme]
     assert not missing, f"README configuration table lacks {missing}: paste `proctor settings --table`"
+
+
+def test_a_base_layer_slower_than_the_detectors_is_refused() -> None:
+    """VIDEO_FPS with temporal layers decodes VIDEO_FPS / 2 (L1T2) or / 4 (L1T3) frames a second: fewer than
+    FACES_FPS would leave the faces detector short of frames without a word, so the settings say so."""
+    assert Settings.from_env({}, env_file=None).decoded_fps == 7.5  # 15 fps, L1T2
+    assert Settings.from_env({"VIDEO_FPS": "30", "VIDEO_SCALABILITY_MODE": "L1T3"}, env_file=None).decoded_fps == 7.5
+    assert Settings.from_env({"VIDEO_FPS": "8", "VIDEO_SCALABILITY_MODE": "off"}, env_file=None).decoded_fps == 8
+    with pytest.raises(SettingsError, match="VIDEO_FPS: 15 fps with VIDEO_SCALABILITY_MODE=L1T3 decodes 3.75"):
+        Settings.from_env({"VIDEO_SCALABILITY_MODE": "L1T3"}, env_file=None)
+    with pytest.raises(SettingsError, match="fewer than the 5 FACES_FPS"):
+        Settings.from_env({"FACES_FPS": "5", "VIDEO_FPS": "8"}, env_file=None)
+    # FACES_FPS lowered with it: fine
+    assert Settings.from_env({"VIDEO_FPS": "8", "FACES_FPS": "2", "GAZE_FPS": "2"}, env_file=None).decoded_fps == 4

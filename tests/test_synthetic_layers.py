@@ -48,6 +48,24 @@ def test_the_base_layer_decodes_alone_to_the_same_pictures(layered: EncodedClip)
     assert any(not np.array_equal(broken[i], full[i]) for i in broken if layered.layers[i] == 2)
 
 
+def test_l1t2_base_layer_decodes_alone_and_skipping_it_breaks_the_pictures() -> None:
+    base_picture = face_canvas()
+    frames = [np.roll(base_picture, int(6 * np.sin(i / 5)), axis=1) for i in range(24)]
+    clip = encode_clip(frames, fps=15, bitrate=500_000, gop=12, temporal_layers="L1T2")
+    assert clip.layers is not None and clip.layers[:6] == [0, 1, 0, 1, 0, 1]
+    full = _decode(clip, lambda i: True)
+    base = _decode(clip, lambda i: clip.layers[i] == 0)
+    assert len(base) == 12 and all(np.array_equal(base[i], full[i]) for i in base)
+    # The control: the layer-1 frames decoded without the base frame before them are not the same pictures.
+    broken = _decode(clip, lambda i: i % 12 != 2)
+    assert any(not np.array_equal(broken[i], full[i]) for i in broken if clip.layers[i] == 1 and i % 12 > 2)
+
+
+def test_an_unknown_layer_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="L1T4"):
+        encode_clip([face_canvas()] * 2, temporal_layers="L1T4")
+
+
 def test_an_unlayered_clip_has_no_layers() -> None:
     clip = encode_clip([face_canvas()] * 4, gop=4)
     assert clip.layers is None

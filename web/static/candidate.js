@@ -140,7 +140,8 @@
       params.encodings[0].maxBitrate = cfg.bitrateKbps * 1000;
       params.encodings[0].maxFramerate = cfg.video.fps;
       params.degradationPreference = "maintain-resolution";
-      // Temporal layers (L1T3): the node decodes only the base layer; a browser that refuses streams without.
+      // Temporal layers (VIDEO_SCALABILITY_MODE, L1T2 by default): the node decodes only the base layer; a
+      // browser that refuses streams without.
       const layered = cfg.scalabilityMode && cfg.scalabilityMode !== "off";
       if (layered) params.encodings[0].scalabilityMode = cfg.scalabilityMode;
       try { await sender.setParameters(params); } catch (err) {
