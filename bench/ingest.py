@@ -290,7 +290,8 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
             wall_before = time.monotonic()
             loader.cpu_percent(None)
             rss_before = [tree_rss(proc) for proc in node_procs]
-            before = [plugin_counts(await stats(http, node["url"]), ours) for node in nodes]
+            before_stats = [await stats(http, node["url"]) for node in nodes]
+            before = [plugin_counts(node_stats, ours) for node_stats in before_stats]
             await asyncio.sleep(hold)
             wall = time.monotonic() - wall_before
             cpus = [(tree_cpu_s(proc) - earlier) / wall * 100 for proc, earlier in zip(node_procs, cpu_before,
@@ -299,8 +300,12 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
             steal = steal_pct(machine_before, psutil.cpu_times())
             per_node = []
             snap = []
-            for node, cpu, rss, earlier in zip(nodes, cpus, rss_before, before, strict=True):
+            threads: dict[str, float] = {}
+            for node, cpu, rss, earlier, earlier_stats in zip(nodes, cpus, rss_before, before, before_stats,
+                                                              strict=True):
                 node_stats = await stats(http, node["url"])
+                for name, pct in thread_pcts(earlier_stats, node_stats, wall).items():
+                    threads[name] = round(threads.get(name, 0.0) + pct, 1)
                 mine = [s for s in node_stats["streams"] if s["session_id"] in ours]
                 snap += mine
                 now = plugin_counts(node_stats, ours)
@@ -330,7 +335,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
                    "alert_publish_p95_ms": alert_p95,
                    "median_fps": statistics.median(fps), "max_loss_pct": max(loss), "loop_lag_p99_ms": lag_p99,
                    "node_rss_mb": round(sum(rss_before) / 2**20), "loader_cpu_pct": round(loader_cpu, 1),
-                   "steal_pct": steal, "ok": ok}
+                   "steal_pct": steal, "threads_pct": threads, "ok": ok}
             if len(nodes) > 1:
                 row["nodes"] = per_node
             print(json.dumps(row), flush=True)
@@ -412,8 +417,25 @@ def write_results(loads: list[float], steps: list[dict], args: argparse.Namespac
             per = " | ".join(f"{n['streams']} / {n['cpu_pct']} / {n['min_fps']} / {n['loop_lag_p99_ms']}"
                              for n in s["nodes"])
             lines.append(f"| {s['streams']} | {per} |")
+    if any(s.get("threads_pct") for s in steps):
+        lines += ["", "Where the node processes' CPU went, % of a core per group of threads (proctor/threadcpu.py; "
+                  "the rest of the node CPU above is its child process, the identity embedder):", ""]
+        lines += [f"- {s['streams']} streams: " + ", ".join(f"{name} {pct}" for name, pct in s["threads_pct"].items())
+                  for s in steps if s.get("threads_pct")]
     (RESULTS / f"ingest{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def thread_pcts(before: dict[str, Any], after: dict[str, Any], wall_s: float) -> dict[str, float]:
+    """% of a core each group of the node process's threads used between two /stats readings (proctor/threadcpu.py),
+    largest first; groups under 0.5 % together as "other"."""
+    start, end = before.get("thread_cpu_s") or {}, after.get("thread_cpu_s") or {}
+    pcts = {name: 100 * (seconds - start.get(name, 0.0)) / wall_s for name, seconds in end.items()}
+    out = {name: round(pct, 1) for name, pct in sorted(pcts.items(), key=lambda kv: -kv[1]) if pct >= 0.5}
+    other = sum(pct for name, pct in pcts.items() if name not in out)
+    if other > 0:
+        out["other"] = round(other, 1)
+    return out
 
 
 def plugin_counts(node_stats: dict[str, Any], ours: set[str]) -> dict[str, Any]:

@@ -65,7 +65,7 @@ from media_server.sdp import screen_offer, tune_answer
 from media_server.stream import CandidateStream
 from media_server.udp import install_batched_reads, install_rtp_fast_path
 from proctor import loop as event_loop
-from proctor import memory, metrics, nodeauth
+from proctor import memory, metrics, nodeauth, threadcpu
 from proctor.context import Context
 from proctor.http import error
 from proctor.redis import SESSION_CONTROL, SESSION_NODE
@@ -129,6 +129,7 @@ class MediaNode:
     def __init__(self, ctx: Context, plugins: list[Plugin] | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
+        self.loop_thread: int | None = None
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.url = ""
         self.streams: dict[str, CandidateStream] = {}
@@ -341,6 +342,8 @@ class MediaNode:
                                   "audio_decode_queue": self.audio_pool.queued(),
                                   # What an RSS that grows is made of (bench/soak.py fits a trend to each).
                                   "memory": await asyncio.to_thread(memory.heap),
+                                  # Where the CPU goes (bench/ingest.py takes two readings a step apart).
+                                  "thread_cpu_s": await asyncio.to_thread(threadcpu.cpu_by_thread, self.loop_thread),
                                   "plugins": {type(p).__name__: p.stats() for p in self.plugins},
                                   "streams": [s.snapshot() for s in self.streams.values()]})
 
@@ -459,6 +462,7 @@ class MediaNode:
                 await asyncio.sleep(1.0)
 
     async def start(self, host: str, port: int) -> web.AppRunner:
+        self.loop_thread = threading.get_native_id()  # /stats tells its CPU apart from the pools'
         self.decode_pool.start(asyncio.get_running_loop())
         self.audio_pool.start(asyncio.get_running_loop())
         for plugin in self.plugins:

@@ -35,7 +35,7 @@ from tests.support.sessions import create_session
 from tests.support.waiting import wait_for
 
 DATA = Path(__file__).resolve().parent.parent / "bench" / "quality" / "data"
-BASE_FPS = 7.5  # what the sampler sees with temporal layers (a quarter of 30 fps)
+BASE_FPS = 7.5  # what the sampler sees with temporal layers (half of 15 fps in L1T2, a quarter of 30 in L1T3)
 GRID = 1 / BASE_FPS
 TICK_S = 0.5
 
