@@ -11,9 +11,10 @@ Starts `proctor up` on a scratch data dir, then
    loss and the loop's p99 wake-up lag stays under 50 ms.
 
 The senders send what a browser sends under the system's settings (`SenderProfile`): VIDEO_FPS frames a second,
-VIDEO_SCALABILITY_MODE's temporal layers, at 5/6 of VIDEO_BITRATE_KBPS (1000 kbit/s under the 1200 cap, what the
-senders have sent since the first run); `--set` changes them as it changes the page's, `--fps`, `--video-kbps` and
-`--layers` override.
+VIDEO_SCALABILITY_MODE's temporal layers (libvpx's layer rate control with libwebrtc's shares), at 5/6 of
+VIDEO_BITRATE_KBPS (666 kbit/s under the 800 cap; 1000 under the 1200 of the former defaults, what the senders
+sent from the first run); `--set` changes them as it changes the page's, `--fps`, `--video-kbps` and `--layers`
+override. Each step also reports where the node process's CPU went, per group of threads (`threads_pct`).
 Writes bench/results/ingest.md and ingest.json.
 
 With `--nodes 2` a second `proctor media` process (same Postgres, Redis and data dir) runs beside the one
@@ -77,6 +78,8 @@ class SenderProfile:
     def describe(self) -> str:
         layers = "no temporal layers" if self.layers == "off" else self.layers
         return f"640x480 at {self.fps} fps, {self.kbps} kbit/s, {layers}"
+
+
 # The key that signs calls to the nodes of the system start_system started (their /stats needs a signature).
 _NODE_KEY: dict[str, bytes] = {}
 
