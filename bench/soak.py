@@ -44,7 +44,7 @@ WARM_S = 120
 # Thread pools that grow on demand up to a cap and then stay: more threads after the soak than before, within
 # the cap, is the pool having been busier, not a leak. (The event loop's default executor, named by the loop:
 # asyncio's or uvloop's (EVENT_LOOP), min(32, CPUs + 4) threads; the analysis pool.)
-BOUNDED_POOLS = {"asyncio_": 6, "uvloop_": 6, "analyze_": 2}
+BOUNDED_POOLS = {"asyncio": 6, "uvloop": 6, "analyze": 2}
 
 
 async def soak(args: argparse.Namespace) -> dict:

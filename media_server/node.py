@@ -90,10 +90,11 @@ STREAMS_CLOSE_TIMEOUT_S = 45.0
 
 
 def _thread_names() -> dict[str, int]:
-    """Live Python threads by name with the numbers taken out ("analyze_0" -> "analyze_"): which pool grew."""
+    """Live Python threads by name without their pool's number ("analyze_0" -> "analyze", as /stats groups their
+    CPU: proctor/threadcpu.py): which pool grew."""
     names: dict[str, int] = {}
     for thread in threading.enumerate():
-        name = "".join(c for c in thread.name if not c.isdigit())
+        name = threadcpu.group_name(thread.name)
         names[name] = names.get(name, 0) + 1
     return names
 

@@ -18,7 +18,7 @@ TASKS = Path("/proc/self/task")
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _group(name: str) -> str:
+def group_name(name: str) -> str:
     """A thread's name without the number its pool gave it: "analyze_1" -> "analyze", "mediapipe/3" -> "mediapipe"."""
     return name.rstrip("0123456789").rstrip("_-/") or name
 
@@ -32,7 +32,7 @@ def _python_names(loop_thread: int | None) -> dict[int, str]:
         if thread.native_id == loop_thread:
             names[thread.native_id] = "event-loop"
         else:
-            names[thread.native_id] = _group(thread.name)
+            names[thread.native_id] = group_name(thread.name)
     return names
 
 
@@ -65,6 +65,6 @@ def cpu_by_thread(loop_thread: int | None = None) -> dict[str, float]:
             continue
         comm, seconds = read
         tid = int(task.name)
-        name = python.get(tid) or ("native" if comm == own else f"native:{_group(comm)}")
+        name = python.get(tid) or ("native" if comm == own else f"native:{group_name(comm)}")
         out[name] = out.get(name, 0.0) + seconds
     return {name: round(seconds, 2) for name, seconds in sorted(out.items())}

@@ -50,10 +50,10 @@ def test_a_busy_pool_shows_under_its_name_and_the_loop_thread_under_event_loop()
 
 
 def test_names_lose_their_pool_numbers() -> None:
-    assert threadcpu._group("analyze_12") == "analyze"
-    assert threadcpu._group("mediapipe/3") == "mediapipe"
-    assert threadcpu._group("vp8-decode") == "vp8-decode"
-    assert threadcpu._group("1234") == "1234"
+    assert threadcpu.group_name("analyze_12") == "analyze"
+    assert threadcpu.group_name("mediapipe/3") == "mediapipe"
+    assert threadcpu.group_name("vp8-decode") == "vp8-decode"
+    assert threadcpu.group_name("1234") == "1234"
 
 
 def test_a_thread_name_with_parentheses_and_spaces_is_read(tmp_path: Path) -> None:
