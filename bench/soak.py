@@ -3,10 +3,10 @@
     .venv/bin/python -m bench.soak [--streams 8] [--minutes 10] [--every 10]
 
 Starts `proctor up` (one media node with the archiver and all analyzers), connects `--streams` synthetic
-candidates (pre-encoded 640x480@30 VP8 + Opus), samples the node's RSS, stream count, fps, event-loop lag,
-threads, file descriptors, asyncio tasks and queues every `--every` seconds, and reports the RSS trend after
-the first two minutes as MB per minute. Then every candidate hangs up, and the node must come back
-to where it started: no stream, peer connection, task, thread or file left over, queues empty.
+candidates (pre-encoded 640x480 VP8 as a browser sends it under the settings, + Opus), samples the node's RSS,
+stream count, fps, event-loop lag, threads, file descriptors, asyncio tasks and queues every `--every` seconds,
+and reports the RSS trend after the first two minutes as MB per minute. Then every candidate hangs up, and the
+node must come back to where it started: no stream, peer connection, task, thread or file left over, queues empty.
 Writes bench/results/soak.md and soak.json. With `--check` (make chaos) it exits 1 when memory is not flat
 (|trend| >= 1 MB/min), a queue grew, or something leaked.
 """
@@ -27,6 +27,7 @@ import psutil
 
 from bench.ingest import (
     RESULTS,
+    SenderProfile,
     _settings,
     cpu_model,
     new_session,
@@ -54,14 +55,16 @@ async def soak(args: argparse.Namespace) -> dict:
 
     install_host_addresses(("127.0.0.1",))
     samples = []
+    sender = sender_profile(args)
     with running_system("soak-", _settings(args.set)) as system:
         base, token = system.base, system.token
         face = face_canvas()
         none = np.full_like(face, 90)
         # Scenes change every 10 s so events start and end all along (exercising the event path too).
-        frames = [face] * 300 + [none] * 300
-        # Temporal layers as Chromium sends them by default (the node decodes the base layer only).
-        clip = await asyncio.to_thread(encode_clip, frames, 30, 800_000, 60, True)
+        # The frame rate, layers and bitrate a browser sends under the settings (bench.ingest.SenderProfile).
+        fps = sender.fps
+        frames = [face] * (10 * fps) + [none] * (10 * fps)
+        clip = await asyncio.to_thread(encode_clip, frames, fps, sender.kbps * 1000, 2 * fps, sender.layers)
         async with aiohttp.ClientSession() as http:
             node = await node_info(http, base, token)
             node_proc = psutil.Process(node["pid"])
@@ -110,7 +113,8 @@ async def soak(args: argparse.Namespace) -> dict:
     return {"streams": args.streams, "minutes": args.minutes, "samples": samples,
             "rss_slope_mb_per_min": round(slope, 2), "rss_slope_se": round(slope_se, 2), "trend_from_s": WARM_S,
             "parts": _parts(settled),
-            "baseline": baseline, "after": after, "problems": _problems(baseline, samples, after, slope, args.streams)}
+            "baseline": baseline, "after": after,
+            "problems": _problems(baseline, samples, after, slope, args.streams, sender.min_fps())}
 
 
 def _trend(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -168,13 +172,17 @@ def _sample(snap: dict[str, Any], proc: psutil.Process, t_s: int) -> dict[str, A
             "memory": snap.get("memory") or {}}  # the node's heap (proctor/memory.py heap)
 
 
+def sender_profile(args: argparse.Namespace) -> SenderProfile:
+    return SenderProfile.of(_settings(args.set))
+
+
 def _problems(baseline: dict[str, Any], samples: list[dict[str, Any]], after: dict[str, Any], slope: float,
-              streams: int) -> list[str]:
+              streams: int, min_fps: float = 25.0) -> list[str]:
     problems = []
     if abs(slope) >= 1.0:
         problems.append(f"RSS trend {slope:.2f} MB/min after the first {WARM_S} s")
-    if any(s["streams"] != streams or s["min_fps"] < 25 for s in samples):
-        problems.append("a stream dropped or fell under 25 fps during the soak")
+    if any(s["streams"] != streams or s["min_fps"] < min_fps for s in samples):
+        problems.append(f"a stream dropped or fell under {min_fps:g} fps during the soak")
     if max((s["decode_queue"] or 0) for s in samples) > 10 * streams:
         problems.append("the decode queue grew")
     if max((s["upload_queue"] or 0) for s in samples) > 2 * streams:
@@ -214,9 +222,9 @@ def main() -> None:
     extra = "".join(f" --set {pair}" for pair in args.set)
     lines = ["# Soak", "", f"Command: `.venv/bin/python -m bench.soak --streams {result['streams']} --minutes "
              f"{result['minutes']} --every {args.every:g}{extra}` (a sample every {args.every:g} s; the table shows "
-             "one per ~30 s, soak.json all of them; one media node, archiver and all analyzers on; senders with VP8 "
-             f"temporal layers as Chromium sends them). CPU: {machine['model']}, {psutil.cpu_count()} CPUs, AVX-512: "
-             f"{'yes' if machine['avx512'] else 'no'}.", "",
+             "one per ~30 s, soak.json all of them; one media node, archiver and all analyzers on; senders send "
+             f"{sender_profile(args).describe()}, as Chromium under the settings). CPU: {machine['model']}, "
+             f"{psutil.cpu_count()} CPUs, AVX-512: {'yes' if machine['avx512'] else 'no'}.", "",
              f"RSS trend after the first {result['trend_from_s']} s: **{result['rss_slope_mb_per_min']} "
              f"+- {result['rss_slope_se']} MB/min** (least squares, +- one standard error)", "",
              "Leak check (before the streams / after they all hung up): "
