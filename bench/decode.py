@@ -22,7 +22,7 @@ import time
 import av
 import numpy as np
 
-from bench.ingest import RESULTS, SenderProfile, cpu_model, moving_face
+from bench.ingest import RESULTS, SenderProfile, cpu_model, moving_face, swaying
 from bench.synthetic import encode_clip
 from tests.support.media import face_canvas
 
@@ -30,8 +30,7 @@ from tests.support.media import face_canvas
 def clip_frames(seconds: int, fps: int = 30) -> list[np.ndarray]:
     """The ingest benchmark's moving face (bench.ingest.moving_face), looped for `seconds`, swaying at the same
     speed whatever the frame rate."""
-    moving = moving_face(face_canvas())
-    return [moving[(i * 30 // fps) % len(moving)] for i in range(seconds * fps)]
+    return swaying(moving_face(face_canvas()), seconds, fps)
 
 
 def layered_clip(seconds: int, sender: SenderProfile) -> tuple[list[bytes], list[bytes]]:

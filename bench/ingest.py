@@ -68,9 +68,9 @@ class SenderProfile:
         from proctor.settings import Settings
 
         system = Settings.from_env(settings, env_file=None)
-        mode = {"on": "L1T3", "L1T1": "off"}.get(layers, layers) or system.video_scalability_mode
+        mode = layers or system.video_scalability_mode
         return cls(fps or system.video_fps, kbps or system.video_bitrate_kbps * 5 // 6,
-                   "off" if mode == "L1T1" else mode)
+                   {"on": "L1T3", "L1T1": "off"}.get(mode, mode))
 
     def min_fps(self) -> float:
         return self.fps * 5 / 6
@@ -241,6 +241,12 @@ def moving_face(base: np.ndarray, count: int = 90) -> list[np.ndarray]:
     return frames
 
 
+def swaying(moving: list[np.ndarray], seconds: int, fps: int) -> list[np.ndarray]:
+    """`seconds` of moving_face's frames (made at 30 fps), looped, at `fps`: the face sways at the same speed
+    whatever the frame rate."""
+    return [moving[(i * 30 // fps) % len(moving)] for i in range(seconds * fps)]
+
+
 async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: list[int], hold: float,
                      profile_s: float = 0.0, sender: SenderProfile | None = None, every_step: bool = False,
                      settle: float = 3.0) -> list[dict]:
@@ -258,8 +264,7 @@ async def load_steps(base: str, token: str, nodes: list[dict[str, Any]], steps: 
     # sways at the same speed whatever the frame rate.
     sender = sender or SenderProfile.of({})
     rate = sender.fps
-    clip = encode_clip([moving[(i * 30 // rate) % 90] for i in range(CLIP_FACE_S * rate)]
-                       + [empty] * (CLIP_EMPTY_S * rate),
+    clip = encode_clip(swaying(moving, CLIP_FACE_S, rate) + [empty] * (CLIP_EMPTY_S * rate),
                        fps=rate, bitrate=sender.kbps * 1000, gop=2 * rate, temporal_layers=sender.layers)
     node_procs = [psutil.Process(node["pid"]) for node in nodes]
     loader = psutil.Process()
