@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import logging
-import threading
 import time
 import uuid
 from collections import deque
@@ -27,6 +26,7 @@ import numpy as np
 from analyzers.base import Detector, Signal, apply_sensitivity, rules_config
 from analyzers.models import install_bundled_weights
 from analyzers.registry import build_detectors
+from analyzers.rgb import RgbConverter
 from analyzers.voice import AudioSlot, VoiceDetector
 from core.accommodations import NONE, Accommodations
 from core.live import EventAlert
@@ -147,8 +147,7 @@ class StreamAnalysis:
         self.slots: list[_DetectorSlot] = []
         self.audio_slots: list[AudioSlot] = []  # the voice detector, fed the stream's decoded audio
         self.closed = False
-        self._convert_lock = threading.Lock()
-        self._last_rgb: tuple[float, np.ndarray] | None = None
+        self._rgb = RgbConverter()
         self.db_ids: dict[int, int] = {}  # rules event id -> events.id
         self._extendable: dict[str, int] = {}  # kind -> rules event id of its latest extendable event
         self._thumb_at = 0.0
@@ -222,18 +221,9 @@ class StreamAnalysis:
 
     # --- inputs -------------------------------------------------------------------------------------------
     def rgb(self, item: _Frame) -> np.ndarray:
-        """The frame as RGB, converted once however many detectors asked for it (only sampled frames pay).
-
-        Converting one av.VideoFrame from two threads at once shares its swscale context and crashes the
-        process, so conversion is serialized per stream; detectors get a read-only array.
-        """
-        with self._convert_lock:
-            if self._last_rgb is not None and self._last_rgb[0] == item.media_time:
-                return self._last_rgb[1]
-            rgb = item.frame.to_ndarray(format="rgb24")
-            rgb.flags.writeable = False
-            self._last_rgb = (item.media_time, rgb)
-            return rgb
+        """The frame as RGB, converted once however many detectors asked for it (only sampled frames pay);
+        detectors get a read-only array."""
+        return self._rgb(item.frame, item.media_time)
 
     def hint_others(self, source: _DetectorSlot, signals: list[Signal], media_time_s: float) -> None:
         """One detector's signals, passed to this stream's other detectors that take hints (never across streams)."""
