@@ -7,8 +7,8 @@ candidates (pre-encoded 640x480 VP8 as a browser sends it under the settings, + 
 stream count, fps, event-loop lag, threads, file descriptors, asyncio tasks and queues every `--every` seconds,
 and reports the RSS trend after the first two minutes as MB per minute. Then every candidate hangs up, and the
 node must come back to where it started: no stream, peer connection, task, thread or file left over, queues empty.
-Writes bench/results/soak.md and soak.json. With `--check` (make chaos) it exits 1 when memory is not flat
-(|trend| >= 1 MB/min), a queue grew, or something leaked.
+Writes bench/results/soak.md and soak.json (soak-OUT.* with `--out OUT`). With `--check` (make chaos) it exits 1
+when memory is not flat (|trend| >= 1 MB/min), a queue grew, or something leaked.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from bench.ingest import (
     node_info,
     running_system,
     stats,
+    steal_pct,
     tree_cpu_s,
     tree_rss,
     upload_reference,
@@ -101,9 +102,14 @@ async def soak(args: argparse.Namespace) -> dict:
             baseline = _sample(await stats(http, node["url"]), node_proc, -1)
             pcs = await connect("soak")
             started = time.monotonic()
+            machine = psutil.cpu_times()
             while time.monotonic() - started < args.minutes * 60:
                 await asyncio.sleep(args.every)
                 samples.append(_sample(await stats(http, node["url"]), node_proc, round(time.monotonic() - started)))
+                # The hypervisor's share since the last sample: a queue that grows while steal is high is the
+                # host's doing, not the node's (2026-12-03: a 5-minute overload in a 25-minute soak, unexplained).
+                now = psutil.cpu_times()
+                samples[-1]["steal_pct"], machine = steal_pct(machine, now), now
                 print(json.dumps(samples[-1]), flush=True)
             after = await hang_up(pcs, baseline)
     # RSS swings by +-10 MB from one sample to the next (malloc arenas of ~40 threads), so the trend is fitted
@@ -172,6 +178,11 @@ def _sample(snap: dict[str, Any], proc: psutil.Process, t_s: int) -> dict[str, A
             "memory": snap.get("memory") or {}}  # the node's heap (proctor/memory.py heap)
 
 
+def _mean_steal(samples: list[dict[str, Any]]) -> float | None:
+    steals = [s["steal_pct"] for s in samples if s.get("steal_pct") is not None]
+    return round(sum(steals) / len(steals), 1) if steals else None
+
+
 def sender_profile(args: argparse.Namespace) -> SenderProfile:
     return SenderProfile.of(_settings(args.set))
 
@@ -214,10 +225,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                         help="a setting for the system under test (repeatable)")
     parser.add_argument("--check", action="store_true", help="exit 1 on a leak, a growing queue or memory growth")
+    parser.add_argument("--out", default="", help="results go to bench/results/soak-OUT.md/json (default soak.md)")
     args = parser.parse_args()
     result = asyncio.run(soak(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps(result, indent=2))
+    name = f"soak-{args.out}" if args.out else "soak"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     machine = cpu_model()
     extra = "".join(f" --set {pair}" for pair in args.set)
     lines = ["# Soak", "", f"Command: `.venv/bin/python -m bench.soak --streams {result['streams']} --minutes "
@@ -226,7 +239,9 @@ def main() -> None:
              f"{sender_profile(args).describe()}, as Chromium under the settings). CPU: {machine['model']}, "
              f"{psutil.cpu_count()} CPUs, AVX-512: {'yes' if machine['avx512'] else 'no'}.", "",
              f"RSS trend after the first {result['trend_from_s']} s: **{result['rss_slope_mb_per_min']} "
-             f"+- {result['rss_slope_se']} MB/min** (least squares, +- one standard error)", "",
+             f"+- {result['rss_slope_se']} MB/min** (least squares, +- one standard error). Steal (the host's "
+             f"share of this VM's CPU) over the samples: mean {_mean_steal(result['samples'])} %, highest "
+             f"{max((s.get('steal_pct') or 0 for s in result['samples']), default=0)} %.", "",
              "Leak check (before the streams / after they all hung up): "
              + ", ".join(f"{k} {result['baseline'][k]} / {result['after'][k]}"
                          for k in ("streams", "peer_connections", "tasks", "threads", "fds", "rss_mb")) + ".",
@@ -238,12 +253,13 @@ def main() -> None:
                f"{result['parts'][key]['first']} | {result['parts'][key]['last']} |"
                for key, label in PARTS if key in result["parts"]), "",
              "| t (s) | node RSS MB | streams | min fps | loop lag p99 ms | threads | fds | tasks | decode queue "
-             "| upload queue |", "| " + "--- | " * 10]
+             "| upload queue | steal % |", "| " + "--- | " * 11]
     shown = max(1, round(30 / max(args.every, 1e-9)))  # the table lists one sample per ~30 s; soak.json has all
     for s in result["samples"][::shown]:
         lines.append(f"| {s['t_s']} | {s['rss_mb']} | {s['streams']} | {s['min_fps']} | {s['loop_lag_p99_ms']} | "
-                     f"{s['threads']} | {s['fds']} | {s['tasks']} | {s['decode_queue']} | {s['upload_queue']} |")
-    (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
+                     f"{s['threads']} | {s['fds']} | {s['tasks']} | {s['decode_queue']} | {s['upload_queue']} | "
+                     f"{s.get('steal_pct')} |")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.check and result["problems"]:
         sys.exit("soak: " + "; ".join(result["problems"]))
