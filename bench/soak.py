@@ -49,14 +49,13 @@ WARM_S = 120
 BOUNDED_POOLS = {"asyncio": 6, "uvloop": 6, "analyze": 2}
 
 
-async def soak(args: argparse.Namespace) -> dict:
+async def soak(args: argparse.Namespace, sender: SenderProfile) -> dict:
     from bench.synthetic import connect_sender, encode_clip
     from media_server.ice import install_host_addresses
     from tests.support.media import face_canvas
 
     install_host_addresses(("127.0.0.1",))
     samples = []
-    sender = sender_profile(args)
     with running_system("soak-", _settings(args.set)) as system:
         base, token = system.base, system.token
         face = face_canvas()
@@ -178,17 +177,16 @@ def _sample(snap: dict[str, Any], proc: psutil.Process, t_s: int) -> dict[str, A
             "memory": snap.get("memory") or {}}  # the node's heap (proctor/memory.py heap)
 
 
-def _mean_steal(samples: list[dict[str, Any]]) -> float | None:
+def _steal(samples: list[dict[str, Any]]) -> str:
+    """The samples' steal, mean and highest, for the report's header."""
     steals = [s["steal_pct"] for s in samples if s.get("steal_pct") is not None]
-    return round(sum(steals) / len(steals), 1) if steals else None
-
-
-def sender_profile(args: argparse.Namespace) -> SenderProfile:
-    return SenderProfile.of(_settings(args.set))
+    if not steals:
+        return "not reported by this platform"
+    return f"mean {round(sum(steals) / len(steals), 1)} %, highest {max(steals)} %"
 
 
 def _problems(baseline: dict[str, Any], samples: list[dict[str, Any]], after: dict[str, Any], slope: float,
-              streams: int, min_fps: float = 25.0) -> list[str]:
+              streams: int, min_fps: float) -> list[str]:
     problems = []
     if abs(slope) >= 1.0:
         problems.append(f"RSS trend {slope:.2f} MB/min after the first {WARM_S} s")
@@ -227,21 +225,22 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 on a leak, a growing queue or memory growth")
     parser.add_argument("--out", default="", help="results go to bench/results/soak-OUT.md/json (default soak.md)")
     args = parser.parse_args()
-    result = asyncio.run(soak(args))
+    # What a browser sends under the settings (bench.ingest.SenderProfile): frame rate, layers, bitrate.
+    sender = SenderProfile.of(_settings(args.set))
+    result = asyncio.run(soak(args, sender))
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"soak-{args.out}" if args.out else "soak"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     machine = cpu_model()
-    extra = "".join(f" --set {pair}" for pair in args.set)
+    extra = "".join(f" --set {pair}" for pair in args.set) + (f" --out {args.out}" if args.out else "")
     lines = ["# Soak", "", f"Command: `.venv/bin/python -m bench.soak --streams {result['streams']} --minutes "
              f"{result['minutes']} --every {args.every:g}{extra}` (a sample every {args.every:g} s; the table shows "
              "one per ~30 s, soak.json all of them; one media node, archiver and all analyzers on; senders send "
-             f"{sender_profile(args).describe()}, as Chromium under the settings). CPU: {machine['model']}, "
+             f"{sender.describe()}, as Chromium under the settings). CPU: {machine['model']}, "
              f"{psutil.cpu_count()} CPUs, AVX-512: {'yes' if machine['avx512'] else 'no'}.", "",
              f"RSS trend after the first {result['trend_from_s']} s: **{result['rss_slope_mb_per_min']} "
              f"+- {result['rss_slope_se']} MB/min** (least squares, +- one standard error). Steal (the host's "
-             f"share of this VM's CPU) over the samples: mean {_mean_steal(result['samples'])} %, highest "
-             f"{max((s.get('steal_pct') or 0 for s in result['samples']), default=0)} %.", "",
+             f"share of this VM's CPU) over the samples: {_steal(result['samples'])}.", "",
              "Leak check (before the streams / after they all hung up): "
              + ", ".join(f"{k} {result['baseline'][k]} / {result['after'][k]}"
                          for k in ("streams", "peer_connections", "tasks", "threads", "fds", "rss_mb")) + ".",
