@@ -1,4 +1,5 @@
-"""Counting faces: mediapipe face detection, short-range and full-range models together, and the picture's quality.
+"""Counting faces: mediapipe's face detection models (BlazeFace short and full range, run on onnxruntime by
+analyzers/blazeface.py), both together, and the picture's quality.
 
 Feeds `no_face` (nobody in front of the camera), `multiple_people` (a second face in view) and `poor_image` (too
 dark, washed out, blurred or covered: analyzers/image_quality.py). A dark or covered camera is a `poor_image`,
@@ -21,8 +22,10 @@ short-range model and 0.6 for the full-range one, and every caller (identity, pr
 Measured false faces at that minimum: 2 of 131 face-free frames as before (both the full-range model's); 12 of
 524 with their degraded copies against 10.
 
-The graphs are shared by every stream of the process through one small pool per model (a mediapipe graph is
-not thread-safe); the identity detector and the pre-check use `detect_faces` too.
+Each model is loaded once per process and shared by every stream (an onnxruntime session is thread-safe); the
+identity detector and the pre-check use `detect_faces` too. The detections are mediapipe's FaceDetection graph's own
+to within a score of 0.001 (95th percentile; tests/test_blazeface.py), so the figures and thresholds below, measured
+on that graph, hold.
 
 Cadence of the full-range model on a live stream (FACES_FULL_RANGE_INTERVAL_S, 1 s by default; 0: both models on
 every frame). The full-range model is two thirds of a frame's cost, and on most frames of an exam the short-range
@@ -70,15 +73,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from analyzers.base import Detector, DetectorUnavailable, ModelPool, Signal, clamp01, load_once
+from analyzers.base import Detector, DetectorUnavailable, Signal, clamp01, load_once, onnx_session
+from analyzers.blazeface import FACES_DETAIL, FULL_RANGE_MODEL, SHORT_RANGE_MODEL, BlazeFace
 from analyzers.image_quality import ImageQuality, assess
 from proctor.settings import Settings
 
-# The graphs' own floor (on the merged, comparable scale); we filter by Settings.face_min_score after it, so
-# scores just below the configured minimum are still reported in details for tuning.
-GRAPH_MIN_SCORE = 0.3
 SHORT_RANGE, FULL_RANGE = 0, 1  # mediapipe's model_selection
 MODEL_NAMES = {SHORT_RANGE: "short", FULL_RANGE: "full"}
+BLAZEFACE = {SHORT_RANGE: SHORT_RANGE_MODEL, FULL_RANGE: FULL_RANGE_MODEL}
+# The models' own floors, on the common scale (short-range 0.5 - SHORT_RANGE_SCORE_OFFSET, full-range 0.6: the
+# graphs' min_score_thresh, analyzers/blazeface.py); Settings.face_min_score filters after them, so scores below
+# the configured minimum and above these are still reported in details for tuning.
 # Subtracted from the short-range model's scores so they compare with the full-range model's (see above).
 SHORT_RANGE_SCORE_OFFSET = 0.1
 # The same face found by both models: boxes overlapping this much (IoU), or the centre of one inside the other.
@@ -125,46 +130,36 @@ class Face:
         return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
 
 
-def _pool(model: int) -> ModelPool[Any]:
-    def make_graph() -> Any:
-        import mediapipe as mp
+def _model(model: int) -> BlazeFace:
+    """The shared model (loaded once per process, warmed up); raises DetectorUnavailable."""
+    spec = BLAZEFACE[model]
 
-        floor = GRAPH_MIN_SCORE + (SHORT_RANGE_SCORE_OFFSET if model == SHORT_RANGE else 0.0)
-        return mp.solutions.face_detection.FaceDetection(model_selection=model, min_detection_confidence=floor)
+    def build() -> BlazeFace:
+        if not spec.path.is_file():
+            raise DetectorUnavailable(f"bundled face detection weights missing ({spec.path}): reinstall the package, "
+                                      "or rebuild them with analyzers/weights/convert_blazeface.sh")
+        loaded = BlazeFace(spec, onnx_session(spec.path, "bundled BlazeFace"))
+        loaded.detect(np.zeros((64, 64, 3), np.uint8))  # warm up now, not on the first live frame
+        return loaded
 
-    def build() -> ModelPool[Any]:
-        try:
-            import mediapipe  # noqa: F401
-        except ImportError as exc:
-            raise DetectorUnavailable(f"mediapipe is not installed ({exc}); pip install mediapipe==0.10.21") from None
-        pool: ModelPool[Any] = ModelPool(make_graph)
-        with pool.get() as graph:  # load and warm up one graph now, not on the first live frame
-            graph.process(np.zeros((64, 64, 3), np.uint8))
-        return pool
-
-    return load_once(("mediapipe.face_detection", model), build)
+    return load_once(("blazeface", spec.name), build)
 
 
 def load_face_detection() -> None:
-    """Load and warm up the shared face-detection graphs (once per process); raises DetectorUnavailable."""
+    """Load and warm up the shared face-detection models (once per process); raises DetectorUnavailable."""
     for model in MODEL_NAMES:
-        _pool(model)
+        _model(model)
 
 
 def _detect(rgb: np.ndarray, model: int) -> list[Face]:
     """One model's faces, scores on the common scale."""
     height, width = rgb.shape[:2]
-    with _pool(model).get() as graph:
-        result = graph.process(rgb)
     offset = SHORT_RANGE_SCORE_OFFSET if model == SHORT_RANGE else 0.0
     faces = []
-    for detection in result.detections or []:
-        rel = detection.location_data.relative_bounding_box
-        box = (rel.xmin * width, rel.ymin * height, (rel.xmin + rel.width) * width, (rel.ymin + rel.height) * height)
-        x1, x2 = (min(max(v, 0.0), width) for v in box[::2])
-        y1, y2 = (min(max(v, 0.0), height) for v in box[1::2])
-        points = tuple((kp.x * width, kp.y * height) for kp in detection.location_data.relative_keypoints)
-        faces.append(Face(float(detection.score[0]) - offset, (x1, y1, x2, y2), points, MODEL_NAMES[model], box))
+    for found in _model(model).detect(rgb):
+        x1, x2 = (min(max(v, 0.0), width) for v in found.box[::2])
+        y1, y2 = (min(max(v, 0.0), height) for v in found.box[1::2])
+        faces.append(Face(found.score - offset, (x1, y1, x2, y2), found.keypoints, MODEL_NAMES[model], found.box))
     return faces
 
 
@@ -226,13 +221,12 @@ def _merge(short: list[Face], full: list[Face]) -> list[Face]:
 
 
 def short_range_faces(rgb: np.ndarray) -> list[Face]:
-    """The short-range model's detections alone (score >= GRAPH_MIN_SCORE on the common scale), in the graph's
-    order (best first)."""
+    """The short-range model's detections alone (score >= its floor, 0.4 on the common scale), best first."""
     return _detect(np.ascontiguousarray(rgb), SHORT_RANGE)
 
 
 def detect_faces(rgb: np.ndarray, short: list[Face] | None = None) -> list[Face]:
-    """Every face either model finds (score >= GRAPH_MIN_SCORE on the common scale), best score first. `short`:
+    """Every face either model finds (score >= its model's floor on the common scale), best score first. `short`:
     the short-range model's detections on this picture, when the caller has them already (FrameFaces)."""
     rgb = np.ascontiguousarray(rgb)
     faces = _merge(_detect(rgb, SHORT_RANGE) if short is None else short, _detect(rgb, FULL_RANGE))
@@ -539,7 +533,7 @@ class FaceDetector(Detector):
     def status(self) -> tuple[bool, str]:
         if self._error:
             return False, self._error
-        return True, "mediapipe face detection, short + full range (bundled)"
+        return True, FACES_DETAIL
 
     def share(self, frames: FrameFaces) -> None:
         """Use these shared short-range detections (the stream's gaze detector has the same)."""

@@ -11,6 +11,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from analyzers.blazeface import FACES_DETAIL, FULL_RANGE_MODEL, SHORT_RANGE_MODEL
 from proctor.settings import Settings
 
 # File names DeepFace looks for in $DEEPFACE_HOME/.deepface/weights for each selectable identity model.
@@ -154,9 +155,19 @@ def mediapipe_status(what: str) -> ModelStatus:
     return ModelStatus("ok", f"mediapipe {what} (bundled)")
 
 
+def faces_status() -> ModelStatus:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return ModelStatus("unavailable", "onnxruntime is not installed")
+    missing = [str(model.path) for model in (SHORT_RANGE_MODEL, FULL_RANGE_MODEL) if not model.path.is_file()]
+    if missing:
+        return ModelStatus("unavailable", f"bundled face detection weights missing ({', '.join(missing)}): reinstall "
+                                          "the package, or rebuild them with analyzers/weights/convert_blazeface.sh")
+    return ModelStatus("ok", FACES_DETAIL)
+
+
 def model_status(settings: Settings) -> dict[str, dict[str, str]]:
     statuses = {
-        "faces": mediapipe_status("face detection, short + full range"),
+        "faces": faces_status(),
         "gaze": mediapipe_status("FaceMesh with iris"),
         "identity": identity_status(settings),
         "phone": phone_status(settings),

@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from analyzers.base import DetectorUnavailable
+from analyzers.base import DetectorUnavailable, onnx_session
 
 PERSON_CLASS = 0
 PHONE_CLASS = 67
@@ -252,31 +252,6 @@ def decode_nanodet(levels: Sequence[NanoDetLevel], conf: float, class_id: int,
 
 
 # --- the backends --------------------------------------------------------------------------------------------
-def _session(path: Path, what: str) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise DetectorUnavailable(f"onnxruntime is not installed ({exc})") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # many streams share the cores: one thread per run
-    options.inter_op_num_threads = 1
-    # Measured with bench/detectors.py-style thread CPU time on NanoDet (AMD EPYC, AVX2): graph optimisation is
-    # already ORT_ENABLE_ALL by default (BASIC/EXTENDED were 20-40 % slower); with one intra-op thread there is no
-    # pool to spin, and the arena and denormals-as-zero made no difference beyond noise (64-68 ms each). Spinning
-    # is switched off anyway, so that a later change to the thread counts cannot burn idle cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    try:
-        # An int8 model (QDQ: the bundled NanoDet's quantisation) keeps its float MaxPool only if onnxruntime does not
-        # move the QuantizeLinear/DequantizeLinear pair across it: a uint8 NCHW pool costs 7-12 ms a scan here
-        # against 0.6 in float (the int8 scan: 21 ms with the pool in float, 33 with it in uint8). No float graph
-        # has such pairs, so this changes nothing for one.
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=["QDQPropagationTransformer"])
-    except Exception as exc:  # onnxruntime raises its own types for a corrupt or non-ONNX file
-        raise DetectorUnavailable(f"{what} {path} is not a usable ONNX model: {exc}") from exc
-
-
 class ObjectModel(ABC):
     """One loaded COCO detector, shared by every stream of a process (InferenceSession.run is thread-safe)."""
 
@@ -287,7 +262,7 @@ class ObjectModel(ABC):
 
 class YoloModel(ObjectModel):
     def __init__(self, path: Path, what: str = "PHONE_MODEL_PATH") -> None:
-        self.session: Any = _session(path, what)
+        self.session: Any = onnx_session(path, what)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name = inputs[0].name
         shape = inputs[0].shape
@@ -309,7 +284,7 @@ class YoloModel(ObjectModel):
 
 class NanoDetModel(ObjectModel):
     def __init__(self, path: Path, what: str = "bundled NanoDet") -> None:
-        self.session: Any = _session(path, what)
+        self.session: Any = onnx_session(path, what)
         self.input_name = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape
         if list(shape) != [1, 3, NANODET_SIZE, NANODET_SIZE]:

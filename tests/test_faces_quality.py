@@ -21,6 +21,7 @@ from skimage import data
 
 from analyzers import faces as faces_mod
 from analyzers.base import Signal
+from analyzers.blazeface import FACES_DETAIL
 from analyzers.faces import Face, FaceDetector, detect_faces, detect_faces_in
 from analyzers.image_quality import BLURRED_SHARPNESS, MESSAGES, assess, blurred_below
 from analyzers.live import StreamAnalysis, _Frame
@@ -217,7 +218,7 @@ def test_merge_keeps_one_face_per_face() -> None:
 
 
 def test_detector_status_names_both_models(detector: FaceDetector) -> None:
-    assert detector.status() == (True, "mediapipe face detection, short + full range (bundled)")
+    assert detector.status() == (True, FACES_DETAIL)
 
 
 def test_cost_per_frame_of_each_model() -> None:

@@ -55,6 +55,7 @@ def test_the_same_landmarks_as_facemesh_on_real_photos(facemesh: object) -> None
     pictures = _pictures()
     assert len(pictures) > 200
     found = 0
+    landmark_errors: list[float] = []
     for name, rgb in pictures:
         height, width = rgb.shape[:2]
         theirs = _facemesh_points(facemesh, rgb)
@@ -64,14 +65,22 @@ def test_the_same_landmarks_as_facemesh_on_real_photos(facemesh: object) -> None
         if mine is None or theirs is None:
             continue
         found += 1
-        # In pixels of a 640-px picture: measured 0.005 at most over these photos (the same model on the same region)
-        assert np.abs(mine[:, :2] - theirs[:, :2]).max() * 640 / max(width, height) < 0.1, name
+        # The region is FaceMesh's to a fraction of a pixel: our short-range detection (analyzers/blazeface.py on
+        # onnxruntime) is mediapipe's graph's to ~0.005 input pixels (median), not bit for bit, and the landmark
+        # model answers a region moved by a tenth of a pixel with landmarks moved by up to ~1-3 pixels (the same
+        # detection twice gives the same landmarks exactly). Measured over these photos: landmarks 0.23 px (median),
+        # 1.8 (95th percentile), 2.9 at most in a 640-px picture; yaw 0.68 degrees at most, pitch 0.30, roll 0.16,
+        # iris 0.017 eye widths (gaze's thresholds: 25-30 degrees, 0.15 eye widths). With mediapipe's own detection
+        # they were 0.005 px at most.
+        assert np.abs(mine[:, :2] - theirs[:, :2]).max() * 640 / max(width, height) < 4.0, name
         a, b = measure_landmarks(mine, width, height), measure_landmarks(theirs, width, height)
         assert a is not None and b is not None
         assert measure_face(rgb, short_range_faces(rgb)) == a, name  # reads only the landmarks it measures
-        assert (a.yaw, a.pitch, a.roll) == pytest.approx((b.yaw, b.pitch, b.roll), abs=0.1), name
-        assert (a.iris_x, a.iris_y) == pytest.approx((b.iris_x, b.iris_y), abs=0.002), name
+        assert (a.yaw, a.pitch, a.roll) == pytest.approx((b.yaw, b.pitch, b.roll), abs=1.0), name
+        assert (a.iris_x, a.iris_y) == pytest.approx((b.iris_x, b.iris_y), abs=0.025), name
+        landmark_errors.append(float(np.abs(mine[:, :2] - theirs[:, :2]).max() * 640 / max(width, height)))
     assert found >= 150 and len(pictures) - found >= 30  # faces, and pictures without one, both well represented
+    assert float(np.median(landmark_errors)) < 0.5  # typically a fraction of a pixel, not the worst case
 
 
 def test_one_detection_a_frame_whoever_asks_first() -> None:
