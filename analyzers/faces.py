@@ -80,10 +80,10 @@ from proctor.settings import Settings
 
 SHORT_RANGE, FULL_RANGE = 0, 1  # mediapipe's model_selection
 MODEL_NAMES = {SHORT_RANGE: "short", FULL_RANGE: "full"}
+# Each model keeps its own floor (BlazeFaceModel.min_score: 0.5 short range, 0.6 full range, the graphs' own; on the
+# common scale 0.4 and 0.6); Settings.face_min_score filters after it, so scores below the configured minimum and
+# above the floor are still reported in details for tuning.
 BLAZEFACE = {SHORT_RANGE: SHORT_RANGE_MODEL, FULL_RANGE: FULL_RANGE_MODEL}
-# The models' own floors, on the common scale (short-range 0.5 - SHORT_RANGE_SCORE_OFFSET, full-range 0.6: the
-# graphs' min_score_thresh, analyzers/blazeface.py); Settings.face_min_score filters after them, so scores below
-# the configured minimum and above these are still reported in details for tuning.
 # Subtracted from the short-range model's scores so they compare with the full-range model's (see above).
 SHORT_RANGE_SCORE_OFFSET = 0.1
 # The same face found by both models: boxes overlapping this much (IoU), or the centre of one inside the other.
