@@ -17,11 +17,11 @@ holds (tests/test_blazeface.py compares the two on real photos):
    overlap it, its box and keypoints the score-weighted mean of theirs, its score its own.
 5. DetectionProjectionCalculator: back to the picture's coordinates.
 
-Why not mediapipe's graph itself: on a 640x480 frame the graph cost 3.8 ms (short range) and 9.3 ms (full range) of
-CPU on an Intel Xeon with AVX-512, where this costs about a third (bench/detectors.py; summary.md). The graph spends
-it on its own image copies and on TFLite's float kernels; onnxruntime runs the same float32 arithmetic for less.
-An InferenceSession is thread-safe, so one per model serves every stream of the process (mediapipe needed a
-pool of graphs).
+Why not mediapipe's graph itself: the same call costs less here. On a 640x480 frame, AMD EPYC (Zen 4, AVX-512):
+1.44-1.53 ms of CPU against the graph's 1.68-1.70 (short range), 3.48-3.51 against 4.68-4.90 (full range)
+(`python -m bench.face_models`). On the Intel Xeon of earlier sessions the graph cost 3.8 / 9.3 ms where TFLite's
+interpreter alone took 2.2 / 6.4, so more is expected there (not measured). An InferenceSession is thread-safe, so
+one per model serves every stream of the process (mediapipe needed a pool of graphs).
 """
 
 from __future__ import annotations
@@ -106,6 +106,8 @@ class Letterbox:
 
 def input_tensor(rgb: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """The picture as the model's 1 x size x size x 3 float input in [-1, 1], and where the input lies on it."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
+        raise ValueError(f"a picture must be HxWx3 uint8 RGB, not {rgb.shape} {rgb.dtype}")
     height, width = rgb.shape[:2]
     side = float(max(width, height))
     box = Letterbox((width - side) / 2, (height - side) / 2, side)
@@ -127,7 +129,9 @@ def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size
     anchors scoring at least min_score."""
     # exp(100) fits a float32; the clip is mediapipe's score_clipping_thresh.
     scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1).astype(np.float64), -SCORE_CLIP, SCORE_CLIP)))
-    keep = np.flatnonzero(scores >= min_score)
+    sizes = regressors.reshape(-1, COORDS)[:, 2:4]
+    # As the calculator: a box the model gives a negative or NaN width or height is no detection.
+    keep = np.flatnonzero((scores >= min_score) & np.all(sizes >= 0, axis=1))
     raw = regressors.reshape(-1, COORDS)[keep] / size
     centre = anchors[keep]
     out = np.empty((len(keep), COORDS), dtype=np.float32)
@@ -159,7 +163,11 @@ def weighted_nms(scores: np.ndarray, boxes: np.ndarray, iou: float = NMS_IOU) ->
     while remaining.size:
         top = remaining[0]
         overlap = _iou(boxes[top], boxes[remaining]) > iou
-        overlap[0] = True  # the best overlaps itself (a degenerate box's IoU is 0)
+        if not overlap.any():
+            # A box of no area overlaps nothing, itself included: the calculator keeps it as it is and, having
+            # removed nothing this round, stops there.
+            kept.append((float(scores[top]), boxes[top].copy()))
+            break
         group = remaining[overlap]
         weights = scores[group]
         kept.append((float(scores[top]), (boxes[group] * weights[:, None]).sum(axis=0) / weights.sum()))

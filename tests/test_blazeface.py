@@ -104,11 +104,17 @@ def test_decode_places_a_box_and_keypoints_on_its_anchor() -> None:
     assert np.allclose(boxes[0, :4], (cx - 0.125, cy - 0.25, cx + 0.125, cy + 0.25))
     assert np.allclose(boxes[0, 4:6], (anchors[at][0] - 0.1, anchors[at][1]))
     assert decode(regressors, logits - 1e6 - 10.0, anchors, 128, 0.5)[0].size == 0  # nothing at the minimum
+    logits[0, at, 0] = 0.0  # exactly the minimum (sigmoid 0.5): kept, as the calculator keeps it
+    assert decode(regressors, logits, anchors, 128, 0.5)[0].tolist() == [0.5]
+    regressors[0, at, 2] = -1.0  # a negative width is no detection, however sure the model is
+    assert decode(regressors, logits, anchors, 128, 0.5)[0].size == 0
+    regressors[0, at, 2] = np.nan
+    assert decode(regressors, logits, anchors, 128, 0.5)[0].size == 0
 
 
 def test_weighted_suppression_averages_what_overlaps_the_best() -> None:
     def row(x1: float, y1: float, x2: float, y2: float) -> list[float]:
-        return [x1, y1, x2, y2] + [x1, y1] * 6
+        return [x1, y1, x2, y2] + [x2, y2] * 6  # keypoints at the bottom-right corner
 
     boxes = np.array([row(0.1, 0.1, 0.3, 0.3), row(0.12, 0.1, 0.32, 0.3), row(0.6, 0.6, 0.7, 0.7),
                       row(0.2, 0.2, 0.4, 0.4)], np.float32)
@@ -117,7 +123,12 @@ def test_weighted_suppression_averages_what_overlaps_the_best() -> None:
     assert [score for score, _ in kept] == pytest.approx([0.9, 0.8, 0.7])  # each keeps its own score
     # The best absorbed the second (IoU 0.82), weighted 0.9 : 0.6; the fourth overlaps it by 0.14 only: its own.
     assert np.allclose(kept[0][1][:4], (0.108, 0.1, 0.308, 0.3))
+    assert np.allclose(kept[0][1][4:], (0.308, 0.3) * 6)  # keypoints weighted the same way
     assert np.allclose(kept[1][1], boxes[2]) and np.allclose(kept[2][1], boxes[3])
+    # A box of no area overlaps nothing, not even itself: the calculator keeps it as it is and stops there.
+    flat = np.array([row(0.5, 0.5, 0.5, 0.6), row(0.1, 0.1, 0.3, 0.3)], np.float32)
+    [(score, box)] = weighted_nms(np.array([0.9, 0.8], np.float32), flat)
+    assert score == pytest.approx(0.9) and np.allclose(box, flat[0])
 
 
 def test_input_is_the_picture_letterboxed_onto_the_models_square() -> None:
@@ -127,6 +138,22 @@ def test_input_is_the_picture_letterboxed_onto_the_models_square() -> None:
     assert (box.x0, box.y0, box.side) == (0.0, -80.0, 640.0)
     assert np.allclose(tensor[0, :15], -1.0) and np.allclose(tensor[0, -15:], -1.0)  # black bars: -1
     assert np.allclose(tensor[0, 17:111], 1.0)  # white picture: 1
+
+
+def test_input_pixels_are_sampled_corner_to_corner() -> None:
+    """The warp maps the picture's pixel corners onto the input's, as mediapipe's converter does: input column u
+    samples the picture at u * side / size exactly (cv2.resize would sample half a pixel further)."""
+    ramp = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (256, 1, 3))  # value = column
+    tensor, _ = input_tensor(ramp, 128)
+    assert np.allclose(tensor[0, 64, :, 0], np.arange(0, 256, 2) / 127.5 - 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("picture", [np.zeros((48, 64), np.uint8), np.zeros((48, 64, 4), np.uint8),
+                                     np.zeros((48, 64, 3), np.float32), np.zeros((0, 64, 3), np.uint8)],
+                         ids=["grey", "rgba", "float", "empty"])
+def test_a_picture_that_is_not_rgb_is_refused_clearly(picture: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="HxWx3 uint8 RGB"):
+        input_tensor(picture, 128)
 
 
 def test_one_session_serves_many_threads() -> None:
@@ -156,6 +183,11 @@ def test_missing_weights_are_refused_with_a_reason(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(models_mod, "SHORT_RANGE_MODEL", gone)
     status = models_mod.faces_status()
     assert status.status == "unavailable" and "none.onnx" in status.detail
+    # An ONNX file that loads but is another model (the bundled NanoDet): refused, not a crash on the first frame.
+    wrong = dataclasses.replace(SHORT_RANGE_MODEL, name="short-wrong", file="nanodet-m-416-int8.onnx")
+    monkeypatch.setitem(faces_mod.BLAZEFACE, faces_mod.SHORT_RANGE, wrong)
+    with pytest.raises(DetectorUnavailable, match="are not BlazeFace's"):
+        faces_mod.load_face_detection()
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     with pytest.raises(DetectorUnavailable, match="not a usable ONNX model"):

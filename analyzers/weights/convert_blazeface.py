@@ -8,8 +8,9 @@ SOURCE_DIR holds mediapipe 0.10.21's `face_detection_short_range.tflite` and `fa
 read through a DENSIFY op, which tf2onnx cannot convert; `densify` writes them out dense (the values TFLite's own
 DENSIFY computes) and drops those ops: the same model, the same outputs (checked: 0.0 apart). Then tf2onnx
 (`--tflite`, opset 17). Each ONNX file is checked against the TFLite interpreter on the original model (outputs
-within 1e-3 on real-photo inputs) and, when SHIPPED_DIR is given, against the shipped file (within 1e-4): tf2onnx
-orders nodes differently from run to run, so the bytes differ.
+within 1e-3 on real-photo inputs) and, when SHIPPED_DIR holds them, against the shipped files (within 1e-4): tf2onnx
+orders nodes differently from run to run, so the bytes differ. A file reaches OUTPUT_DIR only once its checks pass;
+the intermediate files stay in SOURCE_DIR.
 """
 
 from __future__ import annotations
@@ -98,22 +99,37 @@ def _largest_gap(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 def main(source_dir: Path, output_dir: Path, shipped_dir: Path | None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
+    if shipped_dir is not None and shipped_dir.resolve() == output_dir.resolve():
+        raise SystemExit("SHIPPED_DIR is OUTPUT_DIR: the rebuild would be compared with itself (copy the shipped files "
+                         "elsewhere first, as convert_blazeface.sh does)")
     for tflite, onnx_name in MODELS.items():
         source, out = source_dir / tflite, output_dir / onnx_name
-        dense = output_dir / (source.stem + "-dense.tflite")
+        dense = source_dir / (source.stem + "-dense.tflite")  # beside the source: never into OUTPUT_DIR
+        converted = source_dir / (source.stem + ".onnx")  # replaces `out` only once every check has passed
         print(f"{tflite}: {densify(source, dense)} sparse tensors made dense")
-        subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--tflite", str(dense), "--output", str(out),
-                        "--opset", "17"], check=True, capture_output=True)
+        run = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--tflite", str(dense), "--output",
+                              str(converted), "--opset", "17"], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"tf2onnx failed on {dense}:\n{run.stdout}\n{run.stderr}")
         size = int(_interpreter(source).get_input_details()[0]["shape"][1])  # type: ignore[attr-defined]
-        for tensor in _inputs(size):
-            gap = _largest_gap(_tflite_outputs(source, tensor), _onnx_outputs(out, tensor))
+        inputs = _inputs(size)
+        if len(inputs) != 8:
+            raise SystemExit(f"{len(inputs)} of 8 check photos found in bench/quality/data: run from a checkout")
+        shipped_file = None if shipped_dir is None else shipped_dir / onnx_name
+        if shipped_file is not None and not shipped_file.is_file():
+            print(f"{onnx_name}: no shipped file at {shipped_file}: checked against the TFLite model only")
+            shipped_file = None
+        for tensor in inputs:
+            gap = _largest_gap(_tflite_outputs(source, tensor), _onnx_outputs(converted, tensor))
             if gap > 1e-3:
                 raise SystemExit(f"{onnx_name}: outputs {gap} from the TFLite model's")
-            if shipped_dir is not None:
-                shipped = _largest_gap(_onnx_outputs(shipped_dir / onnx_name, tensor), _onnx_outputs(out, tensor))
+            if shipped_file is not None:
+                shipped = _largest_gap(_onnx_outputs(shipped_file, tensor), _onnx_outputs(converted, tensor))
                 if shipped > 1e-4:
                     raise SystemExit(f"{onnx_name}: outputs {shipped} from the shipped file's")
-        print(f"{onnx_name}: agrees with the TFLite model (and the shipped file, when given) on 8 real-photo inputs")
+        converted.replace(out)
+        print(f"{onnx_name}: agrees with the TFLite model{' and the shipped file' if shipped_file else ''} on 8 "
+              "real-photo inputs")
 
 
 if __name__ == "__main__":

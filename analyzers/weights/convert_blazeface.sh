@@ -9,7 +9,7 @@
 #   PYTHON=python3.12 WORK=/tmp/somewhere analyzers/weights/convert_blazeface.sh
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+here="$(realpath "$(dirname "${BASH_SOURCE[0]}")")"  # resolved, as $out is: a symlinked path is still the same dir
 python="${PYTHON:-python3.11}"
 work="$(realpath -m "${WORK:-$(mktemp -d /tmp/blazeface-convert.XXXXXX)}")"
 mkdir -p "$work"
@@ -33,9 +33,10 @@ echo "== throwaway venv: tf2onnx 1.17, tensorflow-cpu 2.21"
 venv/bin/pip install --quiet "tf2onnx==1.17.*" "tensorflow-cpu==2.21.*" onnxruntime opencv-python-headless
 
 echo "== convert and check"
-shipped=()
-if [[ "$out" != "$here" ]]; then shipped=("$here"); else cp "$here"/face_detection_*.onnx "$work/" && shipped=("$work"); fi
-venv/bin/python "$here/convert_blazeface.py" "$work" "$out" "${shipped[@]}"
+# The shipped files to compare with: copied aside when the rebuild goes over them (none there: no comparison).
+mkdir -p shipped
+cp "$here"/face_detection_short_range.onnx "$here"/face_detection_full_range.onnx shipped/ 2>/dev/null || true
+venv/bin/python "$here/convert_blazeface.py" "$work" "$out" "$work/shipped"
 
 echo "== done in $((SECONDS - started)) s; the throwaway files are in $work (rm -rf it)"
 sha256sum "$out"/face_detection_short_range.onnx "$out"/face_detection_full_range.onnx
