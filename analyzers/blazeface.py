@@ -33,6 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from analyzers.objects import iou as box_iou
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 KEYPOINTS = 6  # right eye, left eye, nose tip, mouth, right ear, left ear (the subject's)
 COORDS = 4 + 2 * KEYPOINTS
@@ -64,8 +66,17 @@ class BlazeFaceModel:
 
 
 SHORT_RANGE_MODEL = BlazeFaceModel("short", "face_detection_short_range.onnx", 128, (8, 16, 16, 16), True, 0.5)
-FACES_DETAIL = "BlazeFace short + full range (mediapipe's models, bundled ONNX on onnxruntime)"
 FULL_RANGE_MODEL = BlazeFaceModel("full", "face_detection_full_range.onnx", 192, (4,), False, 0.6)
+FACES_DETAIL = "BlazeFace short + full range (mediapipe's models, bundled ONNX on onnxruntime)"
+
+
+def missing_weights(*models: BlazeFaceModel) -> str | None:
+    """Why these bundled models cannot load for want of their files (None: every file is there)."""
+    missing = [str(model.path) for model in models if not model.path.is_file()]
+    if not missing:
+        return None
+    return (f"bundled face detection weights missing ({', '.join(missing)}): reinstall the package, or rebuild them "
+            "with analyzers/weights/convert_blazeface.sh")
 
 
 @dataclass(frozen=True)
@@ -129,10 +140,10 @@ def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size
     anchors scoring at least min_score."""
     # exp(100) fits a float32; the clip is mediapipe's score_clipping_thresh.
     scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1).astype(np.float64), -SCORE_CLIP, SCORE_CLIP)))
-    sizes = regressors.reshape(-1, COORDS)[:, 2:4]
+    rows = regressors.reshape(-1, COORDS)
     # As the calculator: a box the model gives a negative or NaN width or height is no detection.
-    keep = np.flatnonzero((scores >= min_score) & np.all(sizes >= 0, axis=1))
-    raw = regressors.reshape(-1, COORDS)[keep] / size
+    keep = np.flatnonzero((scores >= min_score) & np.all(rows[:, 2:4] >= 0, axis=1))
+    raw = rows[keep] / size
     centre = anchors[keep]
     out = np.empty((len(keep), COORDS), dtype=np.float32)
     cx, cy = raw[:, 0] + centre[:, 0], raw[:, 1] + centre[:, 1]
@@ -141,16 +152,6 @@ def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, size
     out[:, 4::2] = raw[:, 4::2] + centre[:, :1]
     out[:, 5::2] = raw[:, 5::2] + centre[:, 1:]
     return scores[keep].astype(np.float32), out
-
-
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0.0, None)
-    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0.0, None)
-    inter = ix * iy
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def weighted_nms(scores: np.ndarray, boxes: np.ndarray, iou: float = NMS_IOU) -> list[tuple[float, np.ndarray]]:
@@ -162,7 +163,7 @@ def weighted_nms(scores: np.ndarray, boxes: np.ndarray, iou: float = NMS_IOU) ->
     kept: list[tuple[float, np.ndarray]] = []
     while remaining.size:
         top = remaining[0]
-        overlap = _iou(boxes[top], boxes[remaining]) > iou
+        overlap = box_iou(boxes[top], boxes[remaining]) > iou
         if not overlap.any():
             # A box of no area overlaps nothing, itself included: the calculator keeps it as it is and, having
             # removed nothing this round, stops there.
@@ -195,13 +196,12 @@ class BlazeFace:
         outputs = self.session.run(None, {self.input_name: tensor})
         return outputs[self.regressors_at], outputs[1 - self.regressors_at]
 
-    def detect(self, rgb: np.ndarray, min_score: float | None = None) -> list[RawFace]:
-        """The faces in an HxWx3 uint8 RGB picture scoring at least min_score (the graph's by default), best first,
-        in picture pixels."""
-        min_score = self.model.min_score if min_score is None else min_score
+    def detect(self, rgb: np.ndarray) -> list[RawFace]:
+        """The faces in an HxWx3 uint8 RGB picture scoring at least the graph's minimum, best first, in picture
+        pixels."""
         tensor, box = input_tensor(rgb, self.model.size)
         regressors, logits = self.raw(tensor)
-        scores, boxes = decode(regressors, logits, self.anchors, self.model.size, min_score)
+        scores, boxes = decode(regressors, logits, self.anchors, self.model.size, self.model.min_score)
         faces = []
         for score, found in weighted_nms(scores, boxes):
             xy = found.astype(np.float64) * box.side

@@ -74,7 +74,7 @@ import cv2
 import numpy as np
 
 from analyzers.base import Detector, DetectorUnavailable, Signal, clamp01, load_once, onnx_session
-from analyzers.blazeface import FACES_DETAIL, FULL_RANGE_MODEL, SHORT_RANGE_MODEL, BlazeFace
+from analyzers.blazeface import FACES_DETAIL, FULL_RANGE_MODEL, SHORT_RANGE_MODEL, BlazeFace, missing_weights
 from analyzers.image_quality import ImageQuality, assess
 from proctor.settings import Settings
 
@@ -135,9 +135,9 @@ def _model(model: int) -> BlazeFace:
     spec = BLAZEFACE[model]
 
     def build() -> BlazeFace:
-        if not spec.path.is_file():
-            raise DetectorUnavailable(f"bundled face detection weights missing ({spec.path}): reinstall the package, "
-                                      "or rebuild them with analyzers/weights/convert_blazeface.sh")
+        missing = missing_weights(spec)
+        if missing:
+            raise DetectorUnavailable(missing)
         session = onnx_session(spec.path, "bundled BlazeFace")
         try:
             loaded = BlazeFace(spec, session)

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from analyzers.blazeface import FACES_DETAIL, FULL_RANGE_MODEL, SHORT_RANGE_MODEL
+from analyzers.blazeface import FACES_DETAIL, FULL_RANGE_MODEL, SHORT_RANGE_MODEL, missing_weights
 from proctor.settings import Settings
 
 # File names DeepFace looks for in $DEEPFACE_HOME/.deepface/weights for each selectable identity model.
@@ -158,10 +158,9 @@ def mediapipe_status(what: str) -> ModelStatus:
 def faces_status() -> ModelStatus:
     if importlib.util.find_spec("onnxruntime") is None:
         return ModelStatus("unavailable", "onnxruntime is not installed")
-    missing = [str(model.path) for model in (SHORT_RANGE_MODEL, FULL_RANGE_MODEL) if not model.path.is_file()]
+    missing = missing_weights(SHORT_RANGE_MODEL, FULL_RANGE_MODEL)
     if missing:
-        return ModelStatus("unavailable", f"bundled face detection weights missing ({', '.join(missing)}): reinstall "
-                                          "the package, or rebuild them with analyzers/weights/convert_blazeface.sh")
+        return ModelStatus("unavailable", missing)
     return ModelStatus("ok", FACES_DETAIL)
 
 
