@@ -45,7 +45,7 @@ from analyzers.objects import (
     nanodet_blob,
 )
 from analyzers.phone import PhoneDetector
-from bench.ingest import CLIP_EMPTY_S, CLIP_FACE_S, RESULTS, cpu_model, moving_face
+from bench.ingest import CLIP_EMPTY_S, CLIP_FACE_S, RESULTS, cpu_model, moving_face, simd_words
 from proctor.settings import Settings
 from tests.support.media import empty_room, face_canvas
 
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                            "identity_fast_until_enrolled": settings.identity_fast_until_enrolled,
                            "identity_dlib_runtime": settings.identity_dlib_runtime},
               "run_s": round(time.perf_counter() - started, 1)}
-    flags = "AVX-512" if machine["avx512"] else ("AVX2, no AVX-512" if machine["avx2"] else "no AVX2")
+    flags = simd_words(machine)
     lines = ["# Detector cost per stream", "",
              f"Command: `.venv/bin/python -m bench.detectors --seconds {args.seconds:g}` ({args.seconds:g} media "
              f"seconds of the ingest clip: {CLIP_FACE_S} s of a moving face, {CLIP_EMPTY_S} s of nobody, on the "

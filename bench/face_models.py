@@ -25,7 +25,7 @@ import numpy as np
 
 from analyzers.base import onnx_session
 from analyzers.blazeface import FULL_RANGE_MODEL, SHORT_RANGE_MODEL, BlazeFace, BlazeFaceModel, input_tensor
-from bench.ingest import RESULTS, cpu_model
+from bench.ingest import RESULTS, cpu_model, simd_words
 
 PHOTOS = Path(__file__).resolve().parent / "quality" / "data"
 SELECTION = {SHORT_RANGE_MODEL.name: 0, FULL_RANGE_MODEL.name: 1}  # mediapipe's model_selection
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     pictures = _pictures()
     rows = [measure(model, pictures, args.calls) for model in (SHORT_RANGE_MODEL, FULL_RANGE_MODEL)]
     machine = cpu_model()
-    flags = "AVX-512" if machine["avx512"] else ("AVX2, no AVX-512" if machine["avx2"] else "no AVX2")
+    flags = simd_words(machine)
     head = ["model", "input", "mediapipe_ms", "onnxruntime_ms", "network_ms", "ratio", "photos", "faces_mediapipe",
             "faces_onnxruntime", "largest_score_gap"]
     lines = ["# Face detection: onnxruntime against mediapipe's graph", "",

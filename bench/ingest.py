@@ -515,6 +515,11 @@ def cpu_model() -> dict[str, Any]:
     return {"model": model, "avx512": any(f.startswith("avx512") for f in flags), "avx2": "avx2" in flags}
 
 
+def simd_words(machine: dict[str, Any]) -> str:
+    """`cpu_model`'s vector extensions in the words the benchmarks' reports use."""
+    return "AVX-512" if machine["avx512"] else ("AVX2, no AVX-512" if machine["avx2"] else "no AVX2")
+
+
 def _settings(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
