@@ -279,8 +279,12 @@ class EventRules:
             rule = self._rule(kind)
             if rule.latched:
                 changes += self._advance(kind, rule, tr, t)
-            elif t - tr.last_t > rule.max_gap_s + EPS and (tr.open or tr.run_start is not None or tr.votes):
-                changes += self._break(kind, tr)
+            elif t - tr.last_t > rule.max_gap_s + EPS:
+                if tr.open or tr.run_start is not None or tr.votes:
+                    changes += self._break(kind, tr)
+                # Every source's latest is older than last_t, so stale now: let go of their frames (a detector
+                # that stopped, e.g. switched off mid-exam, would otherwise keep its last one for good).
+                tr.sources.clear()
         return changes
 
     @staticmethod
@@ -376,7 +380,9 @@ class EventRules:
                 tr.run_peak, tr.run_details, tr.run_ref = confidence, details, frame_ref
             return self._maybe_start(kind, rule, tr, t)
         # A clear frame breaks a pending run (flicker never starts); pending votes only expire with time.
-        tr.run_start, tr.run_frames = None, 0
+        _drop_run(tr)
+        if tr.votes:
+            _expire_votes(tr, t - rule.vote_window_s - EPS)
         if not tr.open:
             return []
         if tr.clear_start is None:
@@ -397,7 +403,7 @@ class EventRules:
         if t - tr.run_start < rule.start_after_s - EPS or tr.run_frames < rule.min_active_frames:
             return []
         change = self._open(kind, tr, tr.run_start, tr.run_peak, tr.run_details, tr.run_ref)
-        tr.run_start, tr.run_frames = None, 0
+        _drop_run(tr)
         return [change]
 
     def _vote(self, kind: str, rule: KindRule, tr: _Track, vote: _Seen) -> list[EventChange]:
@@ -406,11 +412,7 @@ class EventRules:
         while tr.vote_peaks and tr.vote_peaks[-1].confidence < vote.confidence:
             tr.vote_peaks.pop()  # weaker and older: never the window's peak while this vote is in it
         tr.vote_peaks.append(vote)
-        oldest = vote.t - rule.vote_window_s - EPS
-        while tr.votes[0] < oldest:
-            tr.votes.popleft()
-        while tr.vote_peaks[0].t < oldest:
-            tr.vote_peaks.popleft()
+        _expire_votes(tr, vote.t - rule.vote_window_s - EPS)
         if len(tr.votes) < rule.votes or vote.t - tr.votes[0] < rule.start_after_s - EPS:
             return []
         peak = tr.vote_peaks[0]
@@ -438,7 +440,7 @@ class EventRules:
         if tr.open:
             assert tr.last_t is not None
             changes.append(self._end(kind, tr, tr.clear_start if tr.clear_start is not None else tr.last_t))
-        tr.run_start, tr.run_frames = None, 0
+        _drop_run(tr)
         tr.votes.clear()
         tr.vote_peaks.clear()
         tr.clear_start, tr.clear_frames = None, 0
@@ -448,7 +450,10 @@ class EventRules:
         change = self._change("end", kind, tr, end_s)
         tr.start_s = None
         tr.clear_start, tr.clear_frames = None, 0
-        tr.run_start, tr.run_frames = None, 0
+        _drop_run(tr)
+        # The ended event's frame has left with its change: holding it here would keep a decoded picture (~1 MB
+        # at 640x480) per stream and kind until that kind's next event, which a long exam may never bring.
+        tr.peak, tr.details, tr.frame_ref = 0.0, {}, None
         return change
 
     @staticmethod
@@ -456,6 +461,20 @@ class EventRules:
         assert tr.start_s is not None
         return EventChange(kind_type, kind, tr.start_s, end_s, round(tr.peak, 4), dict(tr.details), tr.frame_ref,
                            tr.event_id)
+
+
+def _expire_votes(tr: _Track, oldest: float) -> None:
+    """Votes (and candidate peak frames) from before `oldest` have left the window."""
+    while tr.votes and tr.votes[0] < oldest:
+        tr.votes.popleft()
+    while tr.vote_peaks and tr.vote_peaks[0].t < oldest:
+        tr.vote_peaks.popleft()
+
+
+def _drop_run(tr: _Track) -> None:
+    """Forget a pending run, its peak frame included (an open event keeps its own reference)."""
+    tr.run_start, tr.run_frames = None, 0
+    tr.run_peak, tr.run_details, tr.run_ref = -1.0, {}, None
 
 
 _BROWSER = {

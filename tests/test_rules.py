@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import replace
 
 import pytest
@@ -359,3 +361,70 @@ def test_sources_a_late_observation_applies_at_the_present() -> None:
     assert rules.update("multiple_people", False, 0.0, 9.0, {"persons": 1}, source="persons") == []
     [end] = rules.update("multiple_people", False, 0.0, 11.0, {"persons": 1}, source="persons")
     assert end.end_s == 11.0
+
+
+class _Picture:
+    """Stands for a decoded frame (~1 MB at 640x480): only its lifetime matters here."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+
+def _held(rules: EventRules, refs: list[weakref.ref[_Picture]]) -> list[float]:
+    gc.collect()
+    return [ref().t for ref in refs if ref() is not None]  # type: ignore[union-attr]
+
+
+def _observe(rules: EventRules, refs: list[weakref.ref[_Picture]], kind: str, t: float, active: bool,
+             confidence: float = 0.8, source: str | None = None) -> list[str]:
+    picture = _Picture(t)
+    refs.append(weakref.ref(picture))
+    changes = rules.update(kind, active, confidence if active else 0.1, t, frame_ref=picture, source=source)
+    return [c.type for c in changes]  # the changes (and the frames they carry) are dropped, as after a snapshot
+
+
+def test_rules_keep_no_frame_once_an_event_ended() -> None:
+    """An ended event's peak frame left with its changes: the rules must not keep it (one picture per stream and
+    kind for the rest of an exam, ~1 MB each: the 32-stream soak's memory growth)."""
+    rules, refs = EventRules(), []  # no_face: start after 3 s, end after 2 s
+    kinds = [k for t in range(40) for k in _observe(rules, refs, "no_face", t * 0.25, t < 20)]
+    assert kinds == ["start", "end"]
+    assert _held(rules, refs) == []
+
+
+def test_rules_keep_no_frame_of_a_run_that_never_started() -> None:
+    rules, refs = EventRules(), []
+    for t in range(8):  # 2 s of no_face: less than its 3 s, then clear frames
+        _observe(rules, refs, "no_face", t * 0.25, True, confidence=0.5 + t / 100)
+    for t in range(8, 20):
+        _observe(rules, refs, "no_face", t * 0.25, False)
+    assert _held(rules, refs) == []
+
+
+def test_rules_keep_only_the_open_events_peak() -> None:
+    rules, refs = EventRules(), []
+    for t in range(30):  # 7.5 s active, the peak at 1.0 s
+        _observe(rules, refs, "no_face", t * 0.25, True, confidence=0.9 if t == 4 else 0.6)
+    assert _held(rules, refs) == [1.0]
+
+
+def test_rules_let_go_of_frames_after_a_gap_and_of_votes_out_of_their_window() -> None:
+    rules, refs = EventRules(), []
+    for t in range(6):  # a pending no_face run, then the stream stalls
+        _observe(rules, refs, "no_face", t * 0.25, True)
+    _observe(rules, refs, "phone", 0.1, True)  # two phone votes of three: no event...
+    _observe(rules, refs, "phone", 1.1, True)
+    assert _held(rules, refs) == [0.0, 0.1, 1.1]  # the run's peak (its first frame) and both votes' frames
+    for t in range(2, 12):  # ...then clear frames for longer than the 5-s window
+        _observe(rules, refs, "phone", float(t), False)
+    assert _held(rules, refs) == [0.0]  # the votes left their window
+    rules.tick(30.0)  # no no_face frame for far longer than its max_gap_s: the run is broken
+    assert _held(rules, refs) == []
+
+
+def test_rules_let_go_of_a_stopped_sources_frame() -> None:
+    rules, refs = EventRules(), []
+    for t in range(4):
+        _observe(rules, refs, "multiple_people", float(t), False, source="persons")
+    rules.tick(60.0)  # the persons detector stopped (switched off): its last frame is stale
+    assert _held(rules, refs) == []
