@@ -386,14 +386,14 @@ def _observe(rules: EventRules, refs: list[weakref.ref[_Picture]], kind: str, t:
 def test_rules_keep_no_frame_once_an_event_ended() -> None:
     """An ended event's peak frame left with its changes: the rules must not keep it (one picture per stream and
     kind for the rest of an exam, ~1 MB each: the 32-stream soak's memory growth)."""
-    rules, refs = EventRules(), []  # no_face: start after 3 s, end after 2 s
+    rules, refs = EventRules(), list[weakref.ref[_Picture]]()  # no_face: start after 3 s, end after 2 s
     kinds = [k for t in range(40) for k in _observe(rules, refs, "no_face", t * 0.25, t < 20)]
     assert kinds == ["start", "end"]
     assert _held(rules, refs) == []
 
 
 def test_rules_keep_no_frame_of_a_run_that_never_started() -> None:
-    rules, refs = EventRules(), []
+    rules, refs = EventRules(), list[weakref.ref[_Picture]]()
     for t in range(8):  # 2 s of no_face: less than its 3 s, then clear frames
         _observe(rules, refs, "no_face", t * 0.25, True, confidence=0.5 + t / 100)
     for t in range(8, 20):
@@ -402,14 +402,14 @@ def test_rules_keep_no_frame_of_a_run_that_never_started() -> None:
 
 
 def test_rules_keep_only_the_open_events_peak() -> None:
-    rules, refs = EventRules(), []
+    rules, refs = EventRules(), list[weakref.ref[_Picture]]()
     for t in range(30):  # 7.5 s active, the peak at 1.0 s
         _observe(rules, refs, "no_face", t * 0.25, True, confidence=0.9 if t == 4 else 0.6)
     assert _held(rules, refs) == [1.0]
 
 
 def test_rules_let_go_of_frames_after_a_gap_and_of_votes_out_of_their_window() -> None:
-    rules, refs = EventRules(), []
+    rules, refs = EventRules(), list[weakref.ref[_Picture]]()
     for t in range(6):  # a pending no_face run, then the stream stalls
         _observe(rules, refs, "no_face", t * 0.25, True)
     _observe(rules, refs, "phone", 0.1, True)  # two phone votes of three: no event...
@@ -423,7 +423,7 @@ def test_rules_let_go_of_frames_after_a_gap_and_of_votes_out_of_their_window() -
 
 
 def test_rules_let_go_of_a_stopped_sources_frame() -> None:
-    rules, refs = EventRules(), []
+    rules, refs = EventRules(), list[weakref.ref[_Picture]]()
     for t in range(4):
         _observe(rules, refs, "multiple_people", float(t), False, source="persons")
     rules.tick(60.0)  # the persons detector stopped (switched off): its last frame is stale
