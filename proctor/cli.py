@@ -130,6 +130,8 @@ def cmd_media(args: argparse.Namespace) -> int:
     if settings.media_malloc_arenas:  # before the node starts its threads
         memory.limit_arenas(settings.media_malloc_arenas)
         memory.start_trimming()
+    if settings.media_malloc_mmap_kb:
+        memory.fix_mmap_threshold(settings.media_malloc_mmap_kb)
     try:
         return media(settings, media_plugins)
     except OSError as exc:

@@ -19,8 +19,10 @@ import threading
 
 log = logging.getLogger(__name__)
 
-M_ARENA_MAX = -8  # mallopt parameter number (malloc.h)
+M_ARENA_MAX = -8  # mallopt parameter numbers (malloc.h)
+M_MMAP_THRESHOLD = -3
 DEFAULT_ARENAS = 2
+DEFAULT_MMAP_THRESHOLD_KB = 256
 TRIM_EVERY_S = 30.0
 
 
@@ -43,6 +45,21 @@ def limit_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     if libc is None:
         return False
     return bool(libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
+
+
+def fix_mmap_threshold(kib: int = DEFAULT_MMAP_THRESHOLD_KB) -> bool:
+    """Serve every allocation of `kib` KiB or more with a mapping of its own, unmapped when it is freed. True when
+    applied. Call before the process starts its threads.
+
+    glibc's threshold starts at 128 KiB but rises to the size of any mapped chunk freed (up to 32 MiB), so soon after
+    start a node's frame-sized buffers (a 640x480 RGB picture ~900 KiB, a decoded plane ~300, a model's input
+    200-1200) come from the arenas, interleaved with small long-lived allocations that keep their pages from being
+    returned: the arenas' free memory, and the RSS, creep up over hours (bench/results/summary.md, 2026-12-04
+    evening). A fixed threshold also stops that adjustment; smaller allocations keep the arenas' speed."""
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(kib * 1024)))
 
 
 class _Mallinfo2(ctypes.Structure):

@@ -321,6 +321,10 @@ class Settings:
         "MEDIA_MALLOC_ARENAS", "2", _int(0, 64),
         "glibc malloc arenas a media node may use, and a malloc_trim every 30 s, so its memory stays flat over a "
         "day of streams (proctor/memory.py). 0: glibc's defaults, no trimming.")
+    media_malloc_mmap_kb: int = _setting(
+        "MEDIA_MALLOC_MMAP_KB", "256", _int(0, 32768),
+        "Allocations of this many KiB or more (frames, model inputs) get a mapping of their own, returned to the "
+        "kernel when freed, instead of fragmenting the arenas (proctor/memory.py). 0: glibc's sliding threshold.")
     media_node_capacity: int = _setting(
         "MEDIA_NODE_CAPACITY", "24", _int(1),
         "Most streams one media node accepts: a ceiling; with ADMISSION=load it admits by measured load below it.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -84,3 +85,28 @@ def test_heap_tells_memory_in_use_from_memory_held_free_and_from_python_objects(
     assert freed["free_mb"] - start["free_mb"] > 80  # freed but held: the survivors fragment the heap
     assert objects["python_blocks"] - freed["python_blocks"] >= 100_000
     assert set(start) == {"python_blocks", "in_use_mb", "free_mb", "mmapped_mb"}
+
+
+# A frame-sized buffer freed, then pictures of ~900 KiB allocated and kept (as a stream's analysis does): glibc's
+# sliding threshold has risen to 2 MB with the first free, so the pictures come from the arena; with the threshold
+# fixed, each has its own mapping (returned to the kernel when it is freed, whatever lives around it).
+_MMAP_PROBE = textwrap.dedent("""
+    import sys
+    from proctor import memory
+    applied = memory.fix_mmap_threshold(256) if sys.argv[1] == "fixed" else None
+    scratch = bytearray(2_000_000)
+    del scratch
+    pictures = [bytearray(900_000) for _ in range(4)]
+    print(applied, memory.heap()["mmapped_mb"])
+""")
+
+
+@pytest.mark.parametrize("threshold", ["fixed", "sliding"])
+def test_a_fixed_mmap_threshold_maps_frame_sized_buffers(threshold: str) -> None:
+    out = subprocess.run([sys.executable, "-c", _MMAP_PROBE, threshold], check=True, capture_output=True,
+                         text=True, env={**os.environ, "GLIBC_TUNABLES": ""}).stdout
+    applied, mmapped_mb = out.split()
+    if threshold == "fixed":
+        assert applied == "True" and float(mmapped_mb) >= 3.4  # the four pictures: 4 x 0.86 MiB
+    else:
+        assert float(mmapped_mb) < 3.4  # glibc's default: at least one picture landed in the arena
