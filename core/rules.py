@@ -374,7 +374,7 @@ class EventRules:
             if rule.votes > 0:
                 return self._vote(kind, rule, tr, _Seen(t, True, confidence, details, frame_ref))
             if tr.run_start is None:
-                tr.run_start, tr.run_frames, tr.run_peak = t, 0, -1.0
+                tr.run_start = t  # the rest of a run's state was reset with the last one (_drop_run)
             tr.run_frames += 1
             if confidence > tr.run_peak:
                 tr.run_peak, tr.run_details, tr.run_ref = confidence, details, frame_ref

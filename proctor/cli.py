@@ -127,11 +127,12 @@ def cmd_media(args: argparse.Namespace) -> int:
     overrides = {"MEDIA_NODE_PORT": str(args.port)} if args.port is not None else {}
     settings = _load_settings(overrides)
     priority.configure(settings.analysis_nice)
-    if settings.media_malloc_arenas:  # before the node starts its threads
-        memory.limit_arenas(settings.media_malloc_arenas)
-        memory.start_trimming()
+    # Both before the node starts its threads (the trimming one included).
     if settings.media_malloc_mmap_kb:
         memory.fix_mmap_threshold(settings.media_malloc_mmap_kb)
+    if settings.media_malloc_arenas:
+        memory.limit_arenas(settings.media_malloc_arenas)
+        memory.start_trimming()
     try:
         return media(settings, media_plugins)
     except OSError as exc:

@@ -41,10 +41,7 @@ def _libc() -> ctypes.CDLL | None:
 
 def limit_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     """Cap glibc's malloc arenas; call before the process starts its threads. True when applied."""
-    libc = _libc()
-    if libc is None:
-        return False
-    return bool(libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arenas)))
+    return _mallopt(M_ARENA_MAX, arenas)
 
 
 def fix_mmap_threshold(kib: int = DEFAULT_MMAP_THRESHOLD_KB) -> bool:
@@ -56,10 +53,14 @@ def fix_mmap_threshold(kib: int = DEFAULT_MMAP_THRESHOLD_KB) -> bool:
     200-1200) come from the arenas, interleaved with small long-lived allocations that keep their pages from being
     returned: the arenas' free memory, and the RSS, creep up over hours (bench/results/summary.md, 2026-12-04
     evening). A fixed threshold also stops that adjustment; smaller allocations keep the arenas' speed."""
+    return _mallopt(M_MMAP_THRESHOLD, kib * 1024)
+
+
+def _mallopt(parameter: int, value: int) -> bool:
     libc = _libc()
     if libc is None:
         return False
-    return bool(libc.mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(kib * 1024)))
+    return bool(libc.mallopt(ctypes.c_int(parameter), ctypes.c_int(value)))
 
 
 class _Mallinfo2(ctypes.Structure):
